@@ -1,0 +1,173 @@
+//! A Strata node: opens the storage layer, serves the `strata.v1` gRPC API
+//! (plus the standard health and reflection services) and runs retention.
+//!
+//! Owns the gRPC edge: request validation and the single mapping from
+//! storage errors to `tonic::Status` ([`status`]).
+
+mod convert;
+mod service;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_proto::v1::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
+use strata_storage::{LogManager, StorageError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tracing::info;
+
+pub use strata_storage::LogConfig;
+pub use service::{FETCH_MAX_BYTES_DEFAULT, FETCH_MAX_BYTES_LIMIT, MAX_WAIT_LIMIT, Services};
+
+/// Largest gRPC message accepted or sent (above the largest batch allowed).
+pub const GRPC_MESSAGE_LIMIT: usize = strata_storage::MAX_MESSAGE_BYTES_LIMIT as usize + 1024 * 1024;
+
+/// HTTP/2 flow-control windows (the 64 KiB default throttles large batches).
+pub const H2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// How long shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub defaults: LogConfig,
+    pub retention_check_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("startup task failed: {0}")]
+    Startup(String),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), ServerError>>,
+    retention: JoinHandle<()>,
+    logs: Arc<LogManager>,
+}
+
+impl Node {
+    /// Recovers the data directory, binds, and starts serving. Returns once
+    /// the node accepts connections.
+    pub async fn start(config: NodeConfig) -> Result<Self, ServerError> {
+        let (data_dir, defaults) = (config.data_dir.clone(), config.defaults);
+        let logs = tokio::task::spawn_blocking(move || LogManager::open(&data_dir, defaults))
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))??;
+        let logs = Arc::new(logs);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+
+        let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
+        let services = Services::new(Arc::clone(&logs), streams_stop);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ProducerServer<Services>>().await;
+        health.set_serving::<ConsumerServer<Services>>().await;
+        health.set_serving::<AdminServer<Services>>().await;
+        health.set_service_status("", ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            // Large windows: a produce request carries up to a whole batch.
+            .initial_stream_window_size(Some(H2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(H2_CONNECTION_WINDOW))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                ProducerServer::new(services.clone())
+                    .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
+                    .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
+            )
+            .add_service(
+                ConsumerServer::new(services.clone())
+                    .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
+                    .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
+            )
+            .add_service(AdminServer::new(services));
+        // Accepted sockets get TCP_NODELAY: small responses (acks) must not
+        // wait for delayed ACKs.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown_rx.await;
+                    health.set_service_status("", ServingStatus::NotServing).await;
+                    // Subscriptions, produce streams and long polls end now.
+                    let _ = stop_streams.send(true);
+                })
+                .await
+                .map_err(ServerError::from)
+        });
+        let retention = tokio::spawn(retention_loop(Arc::clone(&logs), config.retention_check_interval));
+        info!(%addr, data_dir = %config.data_dir.display(), "strata node serving");
+        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs })
+    }
+
+    /// The address the node listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, closes the
+    /// storage (every queued append completes) and returns.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.retention.abort();
+        let _ = (&mut self.retention).await;
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
+            Ok(joined) => joined.map_err(|e| ServerError::Startup(e.to_string()))?,
+            Err(_) => {
+                tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing their connections");
+                self.server.abort();
+                Ok(())
+            }
+        };
+        if let Ok(logs) = Arc::try_unwrap(self.logs) {
+            logs.close().await;
+        }
+        served
+    }
+}
+
+async fn retention_loop(logs: Arc<LogManager>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let logs = Arc::clone(&logs);
+        let _ = tokio::task::spawn_blocking(move || logs.apply_retention(strata_storage::now_ms())).await;
+    }
+}

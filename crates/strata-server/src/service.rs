@@ -1,0 +1,378 @@
+//! gRPC handlers: produce, fetch/subscribe/list offsets, and admin.
+//!
+//! Handlers validate the request completely before anything is appended, so a
+//! rejected request writes nothing.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use strata_proto::v1 as pb;
+use strata_record::{BatchBuilder, BatchHeader, Compression};
+use strata_storage::{AppendTicket, LogManager, PartitionLog, ReadResult};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::status::{from_storage, invalid};
+
+/// Default and upper bound of a fetch's `max_bytes`.
+pub const FETCH_MAX_BYTES_DEFAULT: usize = 1024 * 1024;
+pub const FETCH_MAX_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+/// Upper bound of a long poll.
+pub const MAX_WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// Produce requests in flight on one ProduceStream before it stops reading.
+const STREAM_IN_FLIGHT_MAX: usize = 1024;
+/// Fetched chunks buffered per subscription before the server waits.
+const SUBSCRIBE_BUFFER: usize = 4;
+
+/// Shared state of every service on a node.
+#[derive(Clone)]
+pub struct Services {
+    logs: Arc<LogManager>,
+    round_robin: Arc<AtomicU32>,
+    /// Becomes true when the node shuts down: streams and long polls end.
+    shutdown: watch::Receiver<bool>,
+}
+
+fn shutting_down() -> Status {
+    crate::status::status(tonic::Code::Unavailable, pb::ErrorReason::ShuttingDown, "the server is shutting down")
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+impl Services {
+    pub fn new(logs: Arc<LogManager>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { logs, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
+        self.logs.partition(topic, partition).map_err(from_storage)
+    }
+
+    /// Validates a produce request and turns it into one batch per partition.
+    fn prepare(&self, req: &pb::ProduceRequest) -> Result<Vec<(PartitionLog, Bytes)>, Status> {
+        let count = self.logs.partition_count(&req.topic).map_err(from_storage)?;
+        match (req.records.is_empty(), req.batch.is_empty()) {
+            (true, true) => return Err(invalid("the produce request holds no records")),
+            (false, false) => return Err(invalid("set either `records` or `batch`, not both")),
+            _ => {}
+        }
+        if !req.batch.is_empty() {
+            let Some(p) = req.partition else {
+                return Err(invalid("a pre-encoded `batch` needs an explicit `partition`"));
+            };
+            return Ok(vec![(self.partition(&req.topic, p)?, req.batch.clone())]);
+        }
+        let now = strata_storage::now_ms();
+        let mut groups: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
+        let mut no_key_partition = None;
+        for record in &req.records {
+            let p = match (req.partition, &record.key) {
+                (Some(p), _) => p,
+                (None, Some(key)) => strata_record::partition_for_key(key, count),
+                (None, None) => *no_key_partition
+                    .get_or_insert_with(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % count),
+            };
+            groups
+                .entry(p)
+                .or_insert_with(|| BatchBuilder::new(Compression::None))
+                .push(&convert::record_from_proto(record, now));
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for (p, builder) in groups {
+            let log = self.partition(&req.topic, p)?;
+            let batch = builder.build();
+            let limit = log.config().max_message_bytes;
+            if batch.len() > limit as usize {
+                return Err(from_storage(strata_storage::StorageError::BatchTooLarge {
+                    topic: req.topic.clone(),
+                    size: batch.len(),
+                    limit,
+                }));
+            }
+            out.push((log, batch));
+        }
+        Ok(out)
+    }
+
+    /// Queues every batch of a request, in order.
+    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<(u32, AppendTicket)>, Status> {
+        let prepared = self.prepare(req)?;
+        let mut tickets = Vec::with_capacity(prepared.len());
+        for (log, batch) in prepared {
+            tickets.push((log.partition(), log.submit(batch).await.map_err(from_storage)?));
+        }
+        Ok(tickets)
+    }
+}
+
+async fn await_tickets(request_id: u64, tickets: Vec<(u32, AppendTicket)>) -> Result<pb::ProduceResponse, Status> {
+    let mut appends = Vec::with_capacity(tickets.len());
+    for (partition, ticket) in tickets {
+        let info = ticket.wait().await.map_err(from_storage)?;
+        appends.push(pb::PartitionAppend {
+            partition,
+            base_offset: info.base_offset,
+            record_count: info.record_count,
+        });
+    }
+    Ok(pb::ProduceResponse { request_id, appends, error: None })
+}
+
+fn error_response(request_id: u64, status: &Status) -> pb::ProduceResponse {
+    let reason = tonic_types::StatusExt::get_details_error_info(status).map(|i| i.reason).unwrap_or_default();
+    pb::ProduceResponse {
+        request_id,
+        appends: Vec::new(),
+        error: Some(pb::ProduceError { code: status.code() as i32, message: status.message().to_owned(), reason }),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::producer_server::Producer for Services {
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+        let req = request.into_inner();
+        let tickets = self.submit(&req).await?;
+        Ok(Response::new(await_tickets(req.request_id, tickets).await?))
+    }
+
+    type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
+        let services = self.clone();
+        let in_flight = Arc::new(Semaphore::new(STREAM_IN_FLIGHT_MAX));
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    () = until_shutdown(shutdown.clone()) => Err(shutting_down()),
+                };
+                let req = match next {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
+                // Submitting here, in arrival order, fixes the offset order.
+                match services.submit(&req).await {
+                    Ok(tickets) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let response = await_tickets(req.request_id, tickets)
+                                .await
+                                .unwrap_or_else(|s| error_response(req.request_id, &s));
+                            let _ = tx.send(Ok(response)).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(status) => {
+                        if tx.send(Ok(error_response(req.request_id, &status))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn fetch_max_bytes(requested: u32) -> usize {
+    match requested {
+        0 => FETCH_MAX_BYTES_DEFAULT,
+        n => (n as usize).min(FETCH_MAX_BYTES_LIMIT),
+    }
+}
+
+fn fetch_response(read: ReadResult, offset: u64, decode: bool) -> Result<pb::FetchResponse, Status> {
+    let next_offset = match read.batches.last() {
+        Some(b) => BatchHeader::parse(b).map_err(|e| Status::internal(e.to_string()))?.next_offset(),
+        None => offset,
+    };
+    let mut response = pb::FetchResponse {
+        batches: Vec::new(),
+        records: Vec::new(),
+        high_watermark: read.high_watermark,
+        log_start_offset: read.log_start_offset,
+        next_offset,
+    };
+    if decode {
+        for batch in &read.batches {
+            let records = strata_record::decode(batch).map_err(|e| Status::internal(e.to_string()))?;
+            response
+                .records
+                .extend(records.into_iter().filter(|r| r.offset >= offset).map(convert::record_to_proto));
+        }
+    } else {
+        response.batches = read.batches;
+    }
+    Ok(response)
+}
+
+#[tonic::async_trait]
+impl pb::consumer_server::Consumer for Services {
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = request.into_inner();
+        let log = self.partition(&req.topic, req.partition)?;
+        let max_bytes = fetch_max_bytes(req.max_bytes);
+        let mut read = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
+        if read.batches.is_empty() && req.max_wait_ms > 0 {
+            let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT_LIMIT);
+            tokio::select! {
+                _ = log.wait_beyond(req.offset, wait) => {}
+                () = until_shutdown(self.shutdown.clone()) => return Err(shutting_down()),
+            }
+            read = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
+        }
+        Ok(Response::new(fetch_response(read, req.offset, req.decode)?))
+    }
+
+    type SubscribeStream = BoxStream<pb::FetchResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let log = self.partition(&req.topic, req.partition)?;
+        let max_bytes = fetch_max_bytes(req.max_bytes);
+        // Fail fast on a bad starting offset, before the stream opens.
+        let first = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut offset = req.offset;
+            let mut read = Ok(first);
+            let mut hw = log.watch_high_watermark();
+            loop {
+                let chunk = match read {
+                    Ok(r) if r.batches.is_empty() => None,
+                    Ok(r) => Some(fetch_response(r, offset, req.decode)),
+                    Err(e) => Some(Err(from_storage(e))),
+                };
+                match chunk {
+                    Some(Ok(response)) => {
+                        offset = response.next_offset;
+                        if tx.send(Ok(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    None => {
+                        let stopping = tokio::select! {
+                            changed = hw.wait_for(|hw| *hw > offset) => if changed.is_err() { return } else { false },
+                            () = tx.closed() => return,
+                            () = until_shutdown(shutdown.clone()) => true,
+                        };
+                        if stopping {
+                            let _ = tx.send(Err(shutting_down())).await;
+                            return;
+                        }
+                    }
+                }
+                read = log.read(offset, max_bytes).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let count = self.logs.partition_count(&req.topic).map_err(from_storage)?;
+        let spec = pb::OffsetSpec::try_from(req.spec).unwrap_or(pb::OffsetSpec::Unspecified);
+        if spec == pb::OffsetSpec::Unspecified {
+            return Err(invalid("`spec` must be EARLIEST, LATEST or TIMESTAMP"));
+        }
+        let partitions = if req.partitions.is_empty() { (0..count).collect() } else { req.partitions };
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let log = self.partition(&req.topic, p)?;
+            let (offset, timestamp_ms, found) = match spec {
+                pb::OffsetSpec::Earliest => (log.log_start_offset(), -1, true),
+                pb::OffsetSpec::Latest => (log.high_watermark(), -1, true),
+                _ => match log.offset_for_timestamp(req.timestamp_ms).await.map_err(from_storage)? {
+                    Some((offset, ts)) => (offset, ts, true),
+                    None => (log.high_watermark(), -1, false),
+                },
+            };
+            offsets.push(pb::PartitionOffset { partition: p, offset, timestamp_ms, found });
+        }
+        Ok(Response::new(pb::ListOffsetsResponse { offsets }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        let overrides = convert::overrides_from_proto(req.config);
+        let info = self.logs.create_topic(&req.name, req.partitions, overrides).await.map_err(from_storage)?;
+        Ok(Response::new(pb::CreateTopicResponse { topic: Some(convert::topic_to_proto(&info)) }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.logs.delete_topic(&request.into_inner().name).await.map_err(from_storage)?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let topics = self.logs.list_topics().map_err(from_storage)?;
+        Ok(Response::new(pb::ListTopicsResponse { topics: topics.iter().map(convert::topic_to_proto).collect() }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        let info = self.logs.describe_topic(&request.into_inner().name).map_err(from_storage)?;
+        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(convert::topic_to_proto(&info)) }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
+        let req = request.into_inner();
+        let changes = convert::overrides_from_proto(req.config);
+        if changes == strata_storage::TopicOverrides::default() {
+            return Err(invalid("`config` sets no field to change"));
+        }
+        let info = self.logs.alter_topic(&req.name, changes).await.map_err(from_storage)?;
+        Ok(Response::new(pb::AlterTopicConfigResponse { topic: Some(convert::topic_to_proto(&info)) }))
+    }
+}

@@ -1,0 +1,76 @@
+//! Errors of the storage layer. Each variant says whether the caller may retry
+//! ([`StorageError::is_retriable`]) and carries enough context (topic,
+//! partition, file, byte position) for an operator to act on it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use strata_record::FormatError;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: Arc<std::io::Error> },
+    #[error("index database error: {0}")]
+    Index(String),
+    #[error(
+        "corrupt data in topic '{topic}' partition {partition}: file {file} at byte {position}: {detail}"
+    )]
+    Corrupt { topic: String, partition: u32, file: PathBuf, position: u64, detail: String },
+    #[error("topic '{topic}' partition {partition} refuses to serve: {reason}")]
+    PartitionFailed { topic: String, partition: u32, reason: Arc<str> },
+    #[error(
+        "offset {offset} is out of range for topic '{topic}' partition {partition}: valid offsets are {start} to {end}"
+    )]
+    OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
+    #[error("batch of {size} bytes exceeds max_message_bytes ({limit}) of topic '{topic}'")]
+    BatchTooLarge { topic: String, size: usize, limit: u32 },
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] FormatError),
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    #[error("topic '{topic}' has no partition {partition} (it has {count})")]
+    UnknownPartition { topic: String, partition: u32, count: u32 },
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("invalid topic name '{name}': {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("invalid partition count {count}: must be between 1 and {max}")]
+    InvalidPartitionCount { count: u32, max: u32 },
+    #[error("invalid topic config: {0}")]
+    InvalidConfig(String),
+    #[error("data directory {0} is in use by another strata process")]
+    DataDirLocked(PathBuf),
+    #[error("storage is shutting down")]
+    ShuttingDown,
+}
+
+impl StorageError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source: Arc::new(source) }
+    }
+
+    /// True when the same request may succeed if sent again later.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::ShuttingDown)
+    }
+}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Index(e.into_string())
+    }
+}
+
+/// Adds a path to I/O errors.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| StorageError::io(path, e))
+    }
+}

@@ -1,0 +1,437 @@
+//! Partition indices and small durable state, behind the [`LogIndex`] trait;
+//! [`RocksIndex`] implements it on one node-wide RocksDB.
+//!
+//! Contract (what the partition log relies on):
+//! - Index entries describe batches that are already fsync'd in their segment.
+//!   They are written without a RocksDB sync: after a crash the index may lag
+//!   the segments (recovery re-adds what is missing) but never leads them.
+//! - `put_meta` and `put_segment_meta` are durable when they return when the
+//!   caller asks for it (`sync`); retention depends on that ordering.
+//! - Keys are prefixed by (topic id, partition), so one RocksDB serves every
+//!   partition and a deleted topic's keys are one range delete.
+
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StorageError};
+
+/// Where one batch lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub segment_base: u64,
+    pub position: u64,
+    pub size: u32,
+}
+
+/// Durable per-partition state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// First offset still held; everything below was deleted by retention.
+    pub log_start_offset: u64,
+}
+
+/// What the log records about a segment when it is sealed (rolled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub size: u64,
+    pub next_offset: u64,
+    pub max_timestamp_ms: i64,
+}
+
+/// Offset and time indices plus durable metadata of one partition.
+pub trait LogIndex: Send + Sync + 'static {
+    /// Adds batch entries and time-index points `(running max timestamp, base offset)`.
+    fn put(&self, entries: &[IndexEntry], time_points: &[(i64, u64)]) -> Result<()>;
+    /// The batch holding `offset`: the entry with the greatest base offset <= `offset`.
+    fn lookup(&self, offset: u64) -> Result<Option<IndexEntry>>;
+    /// The entry with the greatest base offset.
+    fn last(&self) -> Result<Option<IndexEntry>>;
+    /// Base offset of the first batch whose running max timestamp is >= `ts`.
+    fn lookup_time(&self, ts: i64) -> Result<Option<u64>>;
+    /// The newest time-index point.
+    fn last_time(&self) -> Result<Option<(i64, u64)>>;
+    /// Removes every entry for batches at or after `offset`.
+    fn truncate_from(&self, offset: u64) -> Result<()>;
+    /// Removes every entry for batches before `offset` (retention). The time
+    /// point that covered the removed range moves to `offset`, so time lookups
+    /// stay exact for what remains.
+    fn purge_before(&self, offset: u64) -> Result<()>;
+    fn meta(&self) -> Result<PartitionMeta>;
+    fn put_meta(&self, meta: &PartitionMeta, sync: bool) -> Result<()>;
+    fn segment_meta(&self, base: u64) -> Result<Option<SegmentMeta>>;
+    fn put_segment_meta(&self, base: u64, meta: &SegmentMeta) -> Result<()>;
+    fn delete_segment_meta(&self, base: u64) -> Result<()>;
+    /// Removes everything this partition stored.
+    fn destroy(&self) -> Result<()>;
+}
+
+const CF_OFFSETS: &str = "offset_index";
+const CF_TIMES: &str = "time_index";
+const CF_PARTITIONS: &str = "partition_meta";
+const CF_SEGMENTS: &str = "segment_meta";
+/// Node-wide catalog (topics, id counter); used by the log manager.
+pub(crate) const CF_CATALOG: &str = "catalog";
+
+/// The node-wide RocksDB.
+pub struct IndexDb {
+    db: DB,
+}
+
+impl std::fmt::Debug for IndexDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexDb").field("path", &self.db.path()).finish()
+    }
+}
+
+impl IndexDb {
+    pub fn open(path: &std::path::Path) -> Result<Arc<Self>> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(64 * 1024 * 1024);
+        let cfs = [CF_OFFSETS, CF_TIMES, CF_PARTITIONS, CF_SEGMENTS, CF_CATALOG]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Arc::new(Self { db }))
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::Index(format!("column family {name} is missing")))
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    /// Index of one partition.
+    pub fn partition(self: &Arc<Self>, topic_id: u64, partition: u32) -> RocksIndex {
+        let mut prefix = [0u8; 12];
+        prefix[..8].copy_from_slice(&topic_id.to_be_bytes());
+        prefix[8..].copy_from_slice(&partition.to_be_bytes());
+        RocksIndex { db: Arc::clone(self), prefix }
+    }
+}
+
+/// [`LogIndex`] of one partition in the node's [`IndexDb`].
+#[derive(Debug, Clone)]
+pub struct RocksIndex {
+    db: Arc<IndexDb>,
+    prefix: [u8; 12],
+}
+
+fn ts_key(ts: i64) -> [u8; 8] {
+    // Flip the sign bit so that big-endian byte order sorts like i64.
+    ((ts as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn ts_from_key(b: &[u8]) -> i64 {
+    (be_u64(b) ^ (1 << 63)) as i64
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl RocksIndex {
+    fn key(&self, suffix: u64) -> [u8; 20] {
+        let mut k = [0u8; 20];
+        k[..12].copy_from_slice(&self.prefix);
+        k[12..].copy_from_slice(&suffix.to_be_bytes());
+        k
+    }
+
+    fn prefix_end(&self) -> [u8; 20] {
+        let mut k = [0xffu8; 20];
+        k[..12].copy_from_slice(&self.prefix);
+        k
+    }
+
+    fn encode_entry(e: &IndexEntry) -> [u8; 28] {
+        let mut v = [0u8; 28];
+        v[..8].copy_from_slice(&e.next_offset.to_le_bytes());
+        v[8..16].copy_from_slice(&e.segment_base.to_le_bytes());
+        v[16..24].copy_from_slice(&e.position.to_le_bytes());
+        v[24..].copy_from_slice(&e.size.to_le_bytes());
+        v
+    }
+
+    fn decode_entry(key: &[u8], v: &[u8]) -> Result<IndexEntry> {
+        if key.len() != 20 || v.len() != 28 {
+            return Err(StorageError::Index(format!(
+                "malformed offset index entry (key {} bytes, value {} bytes)",
+                key.len(),
+                v.len()
+            )));
+        }
+        Ok(IndexEntry {
+            base_offset: be_u64(&key[12..]),
+            next_offset: le_u64(v, 0),
+            segment_base: le_u64(v, 8),
+            position: le_u64(v, 16),
+            size: u32::from_le_bytes([v[24], v[25], v[26], v[27]]),
+        })
+    }
+
+    /// The entry at or before `key` within this partition, in `cf`.
+    fn seek_prev(&self, cf: &str, key: &[u8]) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+        let cf = self.db.cf(cf)?;
+        let mut it = self.db.db().iterator_cf(cf, IteratorMode::From(key, Direction::Reverse));
+        match it.next() {
+            Some(Ok((k, v))) if k.starts_with(&self.prefix) => Ok(Some((k, v))),
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(None),
+        }
+    }
+
+    fn seek_next(&self, cf: &str, key: &[u8]) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+        let cf = self.db.cf(cf)?;
+        let mut it = self.db.db().iterator_cf(cf, IteratorMode::From(key, Direction::Forward));
+        match it.next() {
+            Some(Ok((k, v))) if k.starts_with(&self.prefix) => Ok(Some((k, v))),
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Time points of this partition, newest first while `keep` says so.
+    fn time_points_rev(&self, mut keep: impl FnMut(u64) -> bool) -> Result<Vec<(i64, u64)>> {
+        let cf = self.db.cf(CF_TIMES)?;
+        let end = self.prefix_end();
+        let mut out = Vec::new();
+        for item in self.db.db().iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse)) {
+            let (k, v) = item?;
+            if !k.starts_with(&self.prefix) || !keep(le_u64(&v, 0)) {
+                break;
+            }
+            out.push((ts_from_key(&k[12..]), le_u64(&v, 0)));
+        }
+        Ok(out)
+    }
+}
+
+impl LogIndex for RocksIndex {
+    fn put(&self, entries: &[IndexEntry], time_points: &[(i64, u64)]) -> Result<()> {
+        let offsets = self.db.cf(CF_OFFSETS)?;
+        let times = self.db.cf(CF_TIMES)?;
+        let mut batch = WriteBatch::default();
+        for e in entries {
+            batch.put_cf(offsets, self.key(e.base_offset), Self::encode_entry(e));
+        }
+        for (ts, base) in time_points {
+            let mut k = [0u8; 20];
+            k[..12].copy_from_slice(&self.prefix);
+            k[12..].copy_from_slice(&ts_key(*ts));
+            batch.put_cf(times, k, base.to_le_bytes());
+        }
+        self.db.write(batch, false)
+    }
+
+    fn lookup(&self, offset: u64) -> Result<Option<IndexEntry>> {
+        self.seek_prev(CF_OFFSETS, &self.key(offset))?
+            .map(|(k, v)| Self::decode_entry(&k, &v))
+            .transpose()
+    }
+
+    fn last(&self) -> Result<Option<IndexEntry>> {
+        self.seek_prev(CF_OFFSETS, &self.prefix_end())?
+            .map(|(k, v)| Self::decode_entry(&k, &v))
+            .transpose()
+    }
+
+    fn lookup_time(&self, ts: i64) -> Result<Option<u64>> {
+        let mut k = [0u8; 20];
+        k[..12].copy_from_slice(&self.prefix);
+        k[12..].copy_from_slice(&ts_key(ts));
+        Ok(self.seek_next(CF_TIMES, &k)?.map(|(_, v)| le_u64(&v, 0)))
+    }
+
+    fn last_time(&self) -> Result<Option<(i64, u64)>> {
+        Ok(self
+            .seek_prev(CF_TIMES, &self.prefix_end())?
+            .map(|(k, v)| (ts_from_key(&k[12..]), le_u64(&v, 0))))
+    }
+
+    fn truncate_from(&self, offset: u64) -> Result<()> {
+        let offsets = self.db.cf(CF_OFFSETS)?;
+        let times = self.db.cf(CF_TIMES)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(offsets, self.key(offset), self.prefix_end());
+        batch.delete_cf(offsets, self.prefix_end());
+        // Time points are monotonic in offset too: the ones to drop are a suffix.
+        for (ts, _) in self.time_points_rev(|base| base >= offset)? {
+            let mut k = [0u8; 20];
+            k[..12].copy_from_slice(&self.prefix);
+            k[12..].copy_from_slice(&ts_key(ts));
+            batch.delete_cf(times, k);
+        }
+        self.db.write(batch, false)
+    }
+
+    fn purge_before(&self, offset: u64) -> Result<()> {
+        let offsets = self.db.cf(CF_OFFSETS)?;
+        let times = self.db.cf(CF_TIMES)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(offsets, self.key(0), self.key(offset));
+        let start = self.key(0);
+        let mut last_removed = None;
+        for item in self.db.db().iterator_cf(times, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(&self.prefix) || le_u64(&v, 0) >= offset {
+                break;
+            }
+            last_removed = Some(k.clone());
+            batch.delete_cf(times, &k);
+        }
+        if let Some(k) = last_removed {
+            // Keep the running maximum, now attached to the first kept batch,
+            // unless a later point already starts there.
+            let ts = ts_from_key(&k[12..]);
+            let next = self.lookup_time(ts.saturating_add(1))?;
+            if next != Some(offset) {
+                batch.put_cf(times, &k, offset.to_le_bytes());
+            }
+        }
+        self.db.write(batch, false)
+    }
+
+    fn meta(&self) -> Result<PartitionMeta> {
+        let cf = self.db.cf(CF_PARTITIONS)?;
+        match self.db.db().get_cf(cf, self.prefix)? {
+            None => Ok(PartitionMeta::default()),
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| StorageError::Index(format!("malformed partition metadata: {e}"))),
+        }
+    }
+
+    fn put_meta(&self, meta: &PartitionMeta, sync: bool) -> Result<()> {
+        let cf = self.db.cf(CF_PARTITIONS)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, self.prefix, serde_json::to_vec(meta).map_err(|e| StorageError::Index(e.to_string()))?);
+        self.db.write(batch, sync)
+    }
+
+    fn segment_meta(&self, base: u64) -> Result<Option<SegmentMeta>> {
+        let cf = self.db.cf(CF_SEGMENTS)?;
+        match self.db.db().get_cf(cf, self.key(base))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StorageError::Index(format!("malformed segment metadata: {e}"))),
+        }
+    }
+
+    fn put_segment_meta(&self, base: u64, meta: &SegmentMeta) -> Result<()> {
+        let cf = self.db.cf(CF_SEGMENTS)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, self.key(base), serde_json::to_vec(meta).map_err(|e| StorageError::Index(e.to_string()))?);
+        self.db.write(batch, false)
+    }
+
+    fn delete_segment_meta(&self, base: u64) -> Result<()> {
+        let cf = self.db.cf(CF_SEGMENTS)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf, self.key(base));
+        self.db.write(batch, false)
+    }
+
+    fn destroy(&self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for name in [CF_OFFSETS, CF_TIMES, CF_SEGMENTS] {
+            let cf = self.db.cf(name)?;
+            batch.delete_range_cf(cf, self.key(0), self.prefix_end());
+            batch.delete_cf(cf, self.prefix_end());
+        }
+        batch.delete_cf(self.db.cf(CF_PARTITIONS)?, self.prefix);
+        self.db.write(batch, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(base: u64, next: u64) -> IndexEntry {
+        IndexEntry { base_offset: base, next_offset: next, segment_base: 0, position: base * 10, size: 10 }
+    }
+
+    #[test]
+    fn lookup_finds_the_batch_holding_an_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = IndexDb::open(dir.path()).expect("open");
+        let idx = db.partition(1, 0);
+        let other = db.partition(1, 1);
+        idx.put(&[entry(0, 5), entry(5, 9), entry(9, 10)], &[]).expect("put");
+        other.put(&[entry(100, 200)], &[]).expect("put");
+        assert_eq!(idx.lookup(0).expect("lookup"), Some(entry(0, 5)));
+        assert_eq!(idx.lookup(7).expect("lookup"), Some(entry(5, 9)));
+        assert_eq!(idx.lookup(500).expect("lookup"), Some(entry(9, 10)));
+        assert_eq!(idx.last().expect("last"), Some(entry(9, 10)));
+        assert_eq!(other.lookup(50).expect("lookup"), None);
+        idx.truncate_from(5).expect("truncate");
+        assert_eq!(idx.last().expect("last"), Some(entry(0, 5)));
+        assert_eq!(other.last().expect("last"), Some(entry(100, 200)));
+        idx.purge_before(5).expect("purge");
+        assert_eq!(idx.last().expect("last"), None);
+    }
+
+    #[test]
+    fn time_lookup_returns_first_batch_reaching_a_timestamp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = IndexDb::open(dir.path()).expect("open");
+        let idx = db.partition(2, 3);
+        idx.put(&[], &[(-5, 0), (100, 10), (250, 20)]).expect("put");
+        assert_eq!(idx.lookup_time(-100).expect("t"), Some(0));
+        assert_eq!(idx.lookup_time(100).expect("t"), Some(10));
+        assert_eq!(idx.lookup_time(101).expect("t"), Some(20));
+        assert_eq!(idx.lookup_time(251).expect("t"), None);
+        assert_eq!(idx.last_time().expect("t"), Some((250, 20)));
+        // Retention removes batches below 15: the point (100, 10) moves to 15.
+        idx.purge_before(15).expect("purge");
+        assert_eq!(idx.lookup_time(0).expect("t"), Some(15));
+        assert_eq!(idx.lookup_time(101).expect("t"), Some(20));
+        idx.truncate_from(20).expect("truncate");
+        assert_eq!(idx.last_time().expect("t"), Some((100, 15)));
+    }
+
+    #[test]
+    fn meta_roundtrip_and_destroy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = IndexDb::open(dir.path()).expect("open");
+        let idx = db.partition(9, 0);
+        assert_eq!(idx.meta().expect("meta"), PartitionMeta::default());
+        idx.put_meta(&PartitionMeta { log_start_offset: 42 }, true).expect("put");
+        let seg = SegmentMeta { size: 1, next_offset: 2, max_timestamp_ms: 3 };
+        idx.put_segment_meta(0, &seg).expect("seg");
+        idx.put(&[entry(0, 1)], &[(1, 0)]).expect("put");
+        assert_eq!(idx.meta().expect("meta").log_start_offset, 42);
+        assert_eq!(idx.segment_meta(0).expect("seg"), Some(seg));
+        idx.destroy().expect("destroy");
+        assert_eq!(idx.meta().expect("meta"), PartitionMeta::default());
+        assert_eq!(idx.last().expect("last"), None);
+        assert_eq!(idx.last_time().expect("last"), None);
+        assert_eq!(idx.segment_meta(0).expect("seg"), None);
+    }
+}

@@ -1,0 +1,29 @@
+//! Strata's storage layer: durable, partitioned, append-only logs.
+//!
+//! Each partition is a directory of segment files holding record batches
+//! exactly as [`strata_record`] encodes them, written by a group-commit writer
+//! (many appends, one `fdatasync`, then every waiter is acknowledged). A
+//! node-wide RocksDB, behind the [`LogIndex`] trait, holds the offset and time
+//! indices, partition and segment metadata and the topic catalog; payloads
+//! never go into RocksDB. Recovery after a crash verifies checksums, truncates
+//! a torn tail and repairs the indices; corruption anywhere else makes the
+//! partition refuse to serve and names the file and byte position.
+//!
+//! The segment log is built to become each partition's Raft log: batches carry
+//! a term, offsets are assigned by the single writer, and the index supports
+//! truncating a suffix.
+
+mod config;
+mod error;
+mod index;
+mod log;
+mod manager;
+mod segment;
+
+pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, MIN_SEGMENT_BYTES, TopicOverrides};
+pub use error::{Result, StorageError};
+pub use index::{IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
+pub use log::{AppendInfo, AppendTicket, PartitionLog, PartitionStatus, ReadResult};
+pub use manager::{LogManager, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, TopicInfo, TopicRecord, validate_topic_name};
+
+pub use strata_record::now_ms;

@@ -1,0 +1,707 @@
+//! One partition's log: segments on disk, the group-commit writer, reads,
+//! recovery and retention.
+//!
+//! Invariants:
+//! - Only fsync'd bytes are visible: the high watermark (`hw`) and each
+//!   segment's `durable_len` move only after `fdatasync` returned and the
+//!   batches were indexed. An append is acknowledged after the same point.
+//! - Offsets are contiguous from the log start offset to the high watermark;
+//!   batches in a segment are back to back, each with a valid CRC32C.
+//! - A partition that met corruption or a failed write refuses reads and
+//!   writes until restart (recovery then decides what is safe).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use strata_record::BatchHeader;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::config::LogConfig;
+use crate::error::{IoContext, Result, StorageError};
+use crate::index::{IndexEntry, LogIndex, PartitionMeta, SegmentMeta};
+use crate::segment::{self, Segment};
+
+/// Appends waiting for the writer; a full queue makes producers wait.
+const APPEND_QUEUE_CAPACITY: usize = 4096;
+/// Upper bound of one group commit (bytes written per fsync).
+const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Result of an acknowledged append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub record_count: u32,
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    pub batches: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// Point-in-time description of a partition.
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub segments: u32,
+    pub size_bytes: u64,
+    pub failure: Option<String>,
+}
+
+/// An append queued for the writer; resolves once the batch is durable.
+#[derive(Debug)]
+pub struct AppendTicket(oneshot::Receiver<Result<AppendInfo>>);
+
+impl AppendTicket {
+    pub async fn wait(self) -> Result<AppendInfo> {
+        self.0.await.map_err(|_| StorageError::ShuttingDown)?
+    }
+}
+
+struct AppendRequest {
+    batch: Bytes,
+    header: BatchHeader,
+    reply: oneshot::Sender<Result<AppendInfo>>,
+}
+
+struct WriterState {
+    next_offset: u64,
+    running_max_ts: i64,
+    /// Bytes written to the active segment (durable or about to be).
+    active_len: u64,
+}
+
+pub(crate) struct Inner {
+    topic: String,
+    partition: u32,
+    dir: PathBuf,
+    index: Arc<dyn LogIndex>,
+    config: RwLock<LogConfig>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<WriterState>,
+    log_start: AtomicU64,
+    hw: watch::Sender<u64>,
+    failure: RwLock<Option<Arc<str>>>,
+}
+
+/// Handle to a partition log; cheap to clone.
+#[derive(Clone)]
+pub struct PartitionLog {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<AppendRequest>,
+    writer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("topic", &self.inner.topic)
+            .field("partition", &self.inner.partition)
+            .finish()
+    }
+}
+
+fn lock_poisoned() -> StorageError {
+    StorageError::PartitionFailed {
+        topic: String::new(),
+        partition: 0,
+        reason: "internal lock poisoned by a panic".into(),
+    }
+}
+
+impl PartitionLog {
+    /// Opens (recovering) or creates the partition in `dir`. Must be called
+    /// within a tokio runtime: it starts the partition's writer task.
+    /// Corruption does not fail the call: the partition opens in the failed
+    /// state and reports the corruption on every request.
+    pub fn open(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        index: Arc<dyn LogIndex>,
+        config: LogConfig,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let (hw, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            topic: topic.to_owned(),
+            partition,
+            dir: dir.to_owned(),
+            index,
+            config: RwLock::new(config),
+            segments: RwLock::new(Vec::new()),
+            writer: Mutex::new(WriterState { next_offset: 0, running_max_ts: i64::MIN, active_len: 0 }),
+            log_start: AtomicU64::new(0),
+            hw,
+            failure: RwLock::new(None),
+        });
+        match inner.recover() {
+            Ok(()) => {}
+            Err(e @ StorageError::Corrupt { .. }) => {
+                tracing::error!(error = %e, "partition refuses to serve until the corruption is repaired");
+                inner.fail(&e);
+            }
+            Err(e) => return Err(e),
+        }
+        let (tx, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
+        let writer = tokio::spawn(writer_loop(Arc::clone(&inner), rx));
+        Ok(Self { inner, tx, writer: Arc::new(Mutex::new(Some(writer))) })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.inner.partition
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        *self.inner.hw.borrow()
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.inner.log_start.load(Ordering::Acquire)
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.config.read().map(|c| *c).unwrap_or_default()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        if let Ok(mut c) = self.inner.config.write() {
+            *c = config;
+        }
+    }
+
+    /// Appends one encoded batch (validated here), and returns once it is
+    /// fsync'd. Concurrent appends share fsyncs.
+    pub async fn append(&self, batch: Bytes) -> Result<AppendInfo> {
+        self.submit(batch).await?.wait().await
+    }
+
+    /// Validates a batch and queues it for the writer. Batches get offsets in
+    /// the order they are submitted; the ticket resolves once the batch is
+    /// fsync'd. Lets a pipelined producer keep order without waiting.
+    pub async fn submit(&self, batch: Bytes) -> Result<AppendTicket> {
+        self.inner.check_failed()?;
+        let limit = self.config().max_message_bytes;
+        if batch.len() > limit as usize {
+            return Err(StorageError::BatchTooLarge { topic: self.inner.topic.clone(), size: batch.len(), limit });
+        }
+        let header = strata_record::validate(&batch)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(AppendRequest { batch, header, reply })
+            .await
+            .map_err(|_| StorageError::ShuttingDown)?;
+        Ok(AppendTicket(rx))
+    }
+
+    /// Reads whole batches starting with the one holding `offset`, about
+    /// `max_bytes` worth (at least one batch when data is available).
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.read_blocking(offset, max_bytes))
+            .await
+            .map_err(|e| StorageError::Index(format!("read task failed: {e}")))?
+    }
+
+    /// Waits until the high watermark passes `offset`, up to `timeout`.
+    /// Returns the high watermark.
+    pub async fn wait_beyond(&self, offset: u64, timeout: Duration) -> u64 {
+        let mut rx = self.inner.hw.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|hw| *hw > offset)).await;
+        self.high_watermark()
+    }
+
+    /// A receiver that sees every high watermark change.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.inner.hw.subscribe()
+    }
+
+    /// First offset whose record timestamp is >= `ts`, with that timestamp.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.offset_for_timestamp(ts))
+            .await
+            .map_err(|e| StorageError::Index(format!("lookup task failed: {e}")))?
+    }
+
+    /// Deletes segments that fall outside the retention limits. Blocking.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        self.inner.apply_retention(now_ms)
+    }
+
+    pub fn status(&self) -> PartitionStatus {
+        let segments = self.inner.segments.read().map(|s| s.clone()).unwrap_or_default();
+        PartitionStatus {
+            partition: self.inner.partition,
+            log_start_offset: self.log_start_offset(),
+            high_watermark: self.high_watermark(),
+            segments: segments.len() as u32,
+            size_bytes: segments.iter().map(|s| s.len()).sum(),
+            failure: self.inner.failure().map(|f| f.to_string()),
+        }
+    }
+
+    /// Refuses every later request (used when the topic is deleted).
+    pub fn close(&self, reason: &str) {
+        self.inner.set_failure(reason.into());
+    }
+
+    /// The writer task, to await after the last handle is dropped (it ends
+    /// once every queued append is done). `None` after the first call.
+    pub fn take_writer(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.writer.lock().ok().and_then(|mut w| w.take())
+    }
+
+    /// Removes the partition's index data; the caller removes its directory.
+    pub fn destroy_index(&self) -> Result<()> {
+        self.inner.index.destroy()
+    }
+}
+
+async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.batch.len();
+        let mut group = vec![first];
+        while bytes < GROUP_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(req) => {
+                    bytes += req.batch.len();
+                    group.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<(Bytes, BatchHeader)> = group.iter().map(|r| (r.batch.clone(), r.header)).collect();
+        let worker = Arc::clone(&inner);
+        let result = tokio::task::spawn_blocking(move || worker.write_group(&batches))
+            .await
+            .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
+        match result {
+            Ok(infos) => {
+                for (req, info) in group.into_iter().zip(infos) {
+                    let _ = req.reply.send(Ok(info));
+                }
+            }
+            Err(e) => {
+                // After a failed write or fsync the page cache can no longer be
+                // trusted (fsyncgate): stop serving until recovery runs.
+                if !matches!(e, StorageError::PartitionFailed { .. }) {
+                    tracing::error!(topic = %inner.topic, partition = inner.partition, error = %e, "write failed; partition stops serving");
+                    inner.fail(&e);
+                }
+                for req in group {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+struct Touched {
+    segment: Arc<Segment>,
+    len: u64,
+    next_offset: u64,
+    max_ts: i64,
+}
+
+impl Inner {
+    fn failure(&self) -> Option<Arc<str>> {
+        self.failure.read().ok().and_then(|f| f.clone())
+    }
+
+    fn set_failure(&self, reason: Arc<str>) {
+        if let Ok(mut f) = self.failure.write()
+            && f.is_none()
+        {
+            *f = Some(reason);
+        }
+    }
+
+    fn fail(&self, error: &StorageError) {
+        self.set_failure(error.to_string().into());
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match self.failure() {
+            None => Ok(()),
+            Some(reason) => Err(StorageError::PartitionFailed {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                reason,
+            }),
+        }
+    }
+
+    fn corrupt(&self, file: &Path, position: u64, detail: impl Into<String>) -> StorageError {
+        StorageError::Corrupt {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            file: file.to_owned(),
+            position,
+            detail: detail.into(),
+        }
+    }
+
+    fn segments(&self) -> Result<Vec<Arc<Segment>>> {
+        self.segments.read().map(|s| s.clone()).map_err(|_| lock_poisoned())
+    }
+
+    // ----- recovery ------------------------------------------------------
+
+    fn recover(&self) -> Result<()> {
+        let meta = self.index.meta()?;
+        let mut bases = segment::list(&self.dir)?;
+        // Segments wholly below the log start are left over from a retention
+        // pass that crashed between recording the new start and unlinking.
+        for base in bases.iter().filter(|b| **b < meta.log_start_offset) {
+            let path = self.dir.join(segment::file_name(*base));
+            info!(file = %path.display(), "removing segment below the log start offset");
+            std::fs::remove_file(&path).at(&path)?;
+            self.index.delete_segment_meta(*base)?;
+        }
+        bases.retain(|b| *b >= meta.log_start_offset);
+        if bases.is_empty() {
+            bases.push(meta.log_start_offset);
+            drop(Segment::open(&self.dir, meta.log_start_offset, true)?);
+            segment::sync_dir(&self.dir)?;
+        }
+        if bases[0] != meta.log_start_offset {
+            return Err(self.corrupt(
+                &self.dir.join(segment::file_name(bases[0])),
+                0,
+                format!(
+                    "the log starts at offset {} but the first segment file starts at {}: segment files are missing",
+                    meta.log_start_offset, bases[0]
+                ),
+            ));
+        }
+        self.log_start.store(meta.log_start_offset, Ordering::Release);
+
+        let last_indexed = self.index.last()?;
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut expected = bases[0];
+        let mut rebuilding = false;
+        let mut running_max_ts = i64::MIN;
+        for (i, base) in bases.iter().copied().enumerate() {
+            let is_active = i + 1 == bases.len();
+            let seg = Segment::open(&self.dir, base, false)?;
+            if base != expected {
+                return Err(self.corrupt(
+                    &seg.path,
+                    0,
+                    format!("segment starts at offset {base}, but the previous one ends at {expected}"),
+                ));
+            }
+            let file_len = seg.file.metadata().at(&seg.path)?.len();
+            let trusted = if is_active || rebuilding {
+                None
+            } else {
+                self.index.segment_meta(base)?.filter(|m| m.size == file_len)
+            };
+            if let Some(m) = trusted {
+                seg.durable_len.store(m.size, Ordering::Release);
+                seg.next_offset.store(m.next_offset, Ordering::Release);
+                seg.max_timestamp_ms.store(m.max_timestamp_ms, Ordering::Release);
+                expected = m.next_offset;
+                segments.push(Arc::new(seg));
+                continue;
+            }
+            // From the first segment that needs a scan on, the index is rebuilt.
+            if !rebuilding {
+                rebuilding = true;
+                self.index.truncate_from(base)?;
+                running_max_ts = self.index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
+            }
+            let scan = segment::scan(&seg.path, base)?;
+            let mut valid_len = scan.valid_len;
+            if let Some(fault) = &scan.fault {
+                let indexed_end = last_indexed
+                    .filter(|e| e.segment_base == base)
+                    .map_or(0, |e| e.position + u64::from(e.size));
+                if !is_active || fault.position < indexed_end || fault.valid_batch_follows {
+                    return Err(self.corrupt(&seg.path, fault.position, fault.error.clone()));
+                }
+                warn!(
+                    topic = %self.topic, partition = self.partition, file = %seg.path.display(),
+                    position = fault.position, dropped_bytes = file_len - fault.position, reason = %fault.error,
+                    "truncating torn tail left by a crash (never acknowledged)"
+                );
+                seg.file.set_len(fault.position).at(&seg.path)?;
+                valid_len = fault.position;
+            }
+            if is_active {
+                // What survived in the page cache is made durable before it is served.
+                seg.file.sync_all().at(&seg.path)?;
+            }
+            let mut entries = Vec::with_capacity(scan.batches.len());
+            let mut points = Vec::new();
+            let mut seg_max = i64::MIN;
+            for b in &scan.batches {
+                entries.push(IndexEntry {
+                    base_offset: b.header.base_offset,
+                    next_offset: b.header.next_offset(),
+                    segment_base: base,
+                    position: b.position,
+                    size: b.header.size as u32,
+                });
+                if b.header.max_timestamp_ms > running_max_ts {
+                    running_max_ts = b.header.max_timestamp_ms;
+                    points.push((running_max_ts, b.header.base_offset));
+                }
+                seg_max = seg_max.max(b.header.max_timestamp_ms);
+            }
+            self.index.put(&entries, &points)?;
+            expected = scan.batches.last().map_or(base, |b| b.header.next_offset());
+            seg.durable_len.store(valid_len, Ordering::Release);
+            seg.next_offset.store(expected, Ordering::Release);
+            seg.max_timestamp_ms.store(seg_max, Ordering::Release);
+            if !is_active {
+                self.index.put_segment_meta(
+                    base,
+                    &SegmentMeta { size: valid_len, next_offset: expected, max_timestamp_ms: seg_max },
+                )?;
+            }
+            segments.push(Arc::new(seg));
+        }
+        if !rebuilding {
+            running_max_ts = self.index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
+        }
+        let active_len = segments.last().map_or(0, |s| s.len());
+        {
+            let mut w = self.writer.lock().map_err(|_| lock_poisoned())?;
+            *w = WriterState { next_offset: expected, running_max_ts, active_len };
+        }
+        *self.segments.write().map_err(|_| lock_poisoned())? = segments;
+        self.hw.send_replace(expected);
+        info!(
+            topic = %self.topic, partition = self.partition,
+            log_start = meta.log_start_offset, high_watermark = expected, segments = bases.len(),
+            "partition recovered"
+        );
+        Ok(())
+    }
+
+    // ----- writes --------------------------------------------------------
+
+    /// Writes a group of batches, fsyncs, indexes, then publishes them.
+    fn write_group(&self, group: &[(Bytes, BatchHeader)]) -> Result<Vec<AppendInfo>> {
+        self.check_failed()?;
+        let config = self.config.read().map(|c| *c).map_err(|_| lock_poisoned())?;
+        let mut w = self.writer.lock().map_err(|_| lock_poisoned())?;
+        let mut active = self.segments()?.last().cloned().ok_or_else(lock_poisoned)?;
+        let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _)| b.len()).sum());
+        let mut entries = Vec::with_capacity(group.len());
+        let mut points = Vec::new();
+        let mut infos = Vec::with_capacity(group.len());
+        let mut touched: Vec<Touched> = Vec::new();
+        let mut seg_max = active.max_timestamp_ms.load(Ordering::Acquire);
+        let now = crate::now_ms();
+        for (batch, header) in group {
+            let size = batch.len() as u64;
+            let too_big = w.active_len + size > config.segment_bytes;
+            let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
+            if w.active_len > 0 && (too_big || too_old) {
+                write_and_sync(&active, &buf)?;
+                buf.clear();
+                touched.push(Touched {
+                    segment: Arc::clone(&active),
+                    len: w.active_len,
+                    next_offset: w.next_offset,
+                    max_ts: seg_max,
+                });
+                active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
+                segment::sync_dir(&self.dir)?;
+                self.segments.write().map_err(|_| lock_poisoned())?.push(Arc::clone(&active));
+                w.active_len = 0;
+                seg_max = i64::MIN;
+            }
+            let start = buf.len();
+            buf.extend_from_slice(batch);
+            strata_record::stamp(&mut buf[start..], w.next_offset, 0);
+            entries.push(IndexEntry {
+                base_offset: w.next_offset,
+                next_offset: w.next_offset + u64::from(header.record_count),
+                segment_base: active.base,
+                position: w.active_len,
+                size: size as u32,
+            });
+            if header.max_timestamp_ms > w.running_max_ts {
+                w.running_max_ts = header.max_timestamp_ms;
+                points.push((header.max_timestamp_ms, w.next_offset));
+            }
+            seg_max = seg_max.max(header.max_timestamp_ms);
+            infos.push(AppendInfo { base_offset: w.next_offset, record_count: header.record_count });
+            w.next_offset += u64::from(header.record_count);
+            w.active_len += size;
+        }
+        write_and_sync(&active, &buf)?;
+        self.index.put(&entries, &points)?;
+        // Sealed segments get their metadata after their entries are indexed,
+        // so metadata present implies a complete index for that segment.
+        for t in &touched {
+            self.index.put_segment_meta(
+                t.segment.base,
+                &SegmentMeta { size: t.len, next_offset: t.next_offset, max_timestamp_ms: t.max_ts },
+            )?;
+        }
+        touched.push(Touched { segment: active, len: w.active_len, next_offset: w.next_offset, max_ts: seg_max });
+        for t in &touched {
+            t.segment.max_timestamp_ms.fetch_max(t.max_ts, Ordering::AcqRel);
+            t.segment.next_offset.store(t.next_offset, Ordering::Release);
+            t.segment.durable_len.store(t.len, Ordering::Release);
+        }
+        self.hw.send_replace(w.next_offset);
+        Ok(infos)
+    }
+
+    // ----- reads ---------------------------------------------------------
+
+    fn out_of_range(&self, offset: u64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+            start: self.log_start.load(Ordering::Acquire),
+            end: *self.hw.borrow(),
+        }
+    }
+
+    fn read_blocking(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        self.check_failed()?;
+        let hw = *self.hw.borrow();
+        let log_start = self.log_start.load(Ordering::Acquire);
+        if offset < log_start || offset > hw {
+            return Err(self.out_of_range(offset));
+        }
+        let mut result = ReadResult { batches: Vec::new(), high_watermark: hw, log_start_offset: log_start };
+        if offset == hw {
+            return Ok(result);
+        }
+        let entry = self.index.lookup(offset)?.filter(|e| e.next_offset > offset).ok_or_else(|| {
+            StorageError::Index(format!(
+                "no index entry for offset {offset} of topic '{}' partition {}",
+                self.topic, self.partition
+            ))
+        })?;
+        let segments = self.segments()?;
+        let Ok(i) = segments.binary_search_by_key(&entry.segment_base, |s| s.base) else {
+            // Deleted by retention since the checks above.
+            return Err(self.out_of_range(offset));
+        };
+        let seg = &segments[i];
+        let end = seg.len();
+        let want = max_bytes.max(entry.size as usize) as u64;
+        let len = want.min(end.saturating_sub(entry.position));
+        let buf = Bytes::from(seg.read_at(entry.position, len as usize)?);
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let file_pos = entry.position + pos as u64;
+            let header = match strata_record::BatchHeader::parse(&buf[pos..]) {
+                Ok(h) => h,
+                Err(_) if pos > 0 && buf.len() - pos < strata_record::HEADER_LEN => break,
+                Err(e) => return Err(self.read_corruption(seg, file_pos, e.to_string())),
+            };
+            if pos + header.size > buf.len() {
+                if pos == 0 {
+                    return Err(self.read_corruption(seg, file_pos, "batch runs past the durable end of the segment"));
+                }
+                break; // partial batch at the max_bytes limit
+            }
+            let batch = buf.slice(pos..pos + header.size);
+            if let Err(e) = strata_record::verify(&batch) {
+                return Err(self.read_corruption(seg, file_pos, e.to_string()));
+            }
+            result.batches.push(batch);
+            pos += header.size;
+        }
+        Ok(result)
+    }
+
+    fn read_corruption(&self, seg: &Segment, position: u64, detail: impl Into<String>) -> StorageError {
+        let e = self.corrupt(&seg.path, position, detail);
+        tracing::error!(error = %e, "corruption found on read; partition stops serving");
+        self.fail(&e);
+        e
+    }
+
+    fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
+        self.check_failed()?;
+        let Some(base) = self.index.lookup_time(ts)? else { return Ok(None) };
+        let mut offset = base.max(self.log_start.load(Ordering::Acquire));
+        loop {
+            let read = self.read_blocking(offset, 1 << 20)?;
+            if read.batches.is_empty() {
+                return Ok(None);
+            }
+            for batch in &read.batches {
+                for record in strata_record::decode(batch)? {
+                    if record.offset >= offset && record.timestamp_ms >= ts {
+                        return Ok(Some((record.offset, record.timestamp_ms)));
+                    }
+                }
+                offset = BatchHeader::parse(batch)?.next_offset();
+            }
+        }
+    }
+
+    // ----- retention -----------------------------------------------------
+
+    fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        if self.failure().is_some() {
+            return Ok(0);
+        }
+        let config = self.config.read().map(|c| *c).map_err(|_| lock_poisoned())?;
+        let segments = self.segments()?;
+        let Some((_, sealed)) = segments.split_last() else { return Ok(0) };
+        let mut total: u64 = segments.iter().map(|s| s.len()).sum();
+        let mut doomed = 0;
+        for seg in sealed {
+            let by_size = config.retention_bytes >= 0 && total - seg.len() >= config.retention_bytes as u64;
+            let by_time = config.retention_ms > 0
+                && seg.max_timestamp_ms.load(Ordering::Acquire) < now_ms.saturating_sub(config.retention_ms);
+            if !(by_size || by_time) {
+                break;
+            }
+            total -= seg.len();
+            doomed += 1;
+        }
+        if doomed == 0 {
+            return Ok(0);
+        }
+        let new_start = segments[doomed].base;
+        // Order matters for crash safety: the durable log start moves first,
+        // so a crash leaves only files that recovery deletes.
+        self.index.put_meta(&PartitionMeta { log_start_offset: new_start }, true)?;
+        self.log_start.store(new_start, Ordering::Release);
+        self.segments.write().map_err(|_| lock_poisoned())?.drain(..doomed);
+        self.index.purge_before(new_start)?;
+        for seg in &segments[..doomed] {
+            self.index.delete_segment_meta(seg.base)?;
+            std::fs::remove_file(&seg.path).at(&seg.path)?;
+        }
+        segment::sync_dir(&self.dir)?;
+        info!(topic = %self.topic, partition = self.partition, deleted_segments = doomed, log_start = new_start, "retention deleted segments");
+        Ok(doomed)
+    }
+}
+
+fn write_and_sync(seg: &Segment, buf: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    (&seg.file).write_all(buf).at(&seg.path)?;
+    seg.file.sync_data().at(&seg.path)
+}

@@ -1,0 +1,324 @@
+//! The node's topics: catalog (in RocksDB), directories, partition logs, and
+//! the retention pass.
+//!
+//! Data directory layout:
+//! ```text
+//! DATA/strata.lock                  held while a node runs
+//! DATA/index/                       RocksDB: indices, partition and topic metadata
+//! DATA/topics/<name>-<id>/<p>/      segment files of partition p
+//! ```
+//! Topic ids are never reused, so a topic deleted and created again never
+//! sees the old topic's files or index keys.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{LogConfig, TopicOverrides};
+use crate::error::{IoContext, Result, StorageError};
+use crate::index::{CF_CATALOG, IndexDb};
+use crate::log::{PartitionLog, PartitionStatus};
+
+/// Upper bound on partitions per topic.
+pub const MAX_PARTITIONS: u32 = 10_000;
+/// Longest topic name (as Kafka).
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+
+const TOPIC_KEY_PREFIX: &str = "topic/";
+const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
+
+/// A topic as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: u64,
+    pub partitions: u32,
+    pub overrides: TopicOverrides,
+}
+
+/// A topic with its effective config and partition states.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub name: String,
+    pub id: u64,
+    pub config: LogConfig,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+struct Topic {
+    record: RwLock<TopicRecord>,
+    dir: PathBuf,
+    partitions: Vec<PartitionLog>,
+}
+
+/// Owner of every topic of a node.
+pub struct LogManager {
+    root: PathBuf,
+    db: Arc<IndexDb>,
+    defaults: LogConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises catalog changes (create, delete, alter).
+    catalog_lock: tokio::sync::Mutex<()>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for LogManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogManager").field("root", &self.root).finish()
+    }
+}
+
+/// Checks a topic name: 1 to 249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let bad = |reason| Err(StorageError::InvalidTopicName { name: name.to_owned(), reason });
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return bad("the name is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn lock_poisoned() -> StorageError {
+    StorageError::Index("topic table lock poisoned by a panic".into())
+}
+
+impl LogManager {
+    /// Opens the data directory, recovering every partition. Blocking; call
+    /// within a tokio runtime (partitions start writer tasks).
+    pub fn open(root: &Path, defaults: LogConfig) -> Result<Self> {
+        defaults.validate()?;
+        std::fs::create_dir_all(root.join("topics")).at(root)?;
+        let lock_path = root.join("strata.lock");
+        let lock = File::create(&lock_path).at(&lock_path)?;
+        if lock.try_lock().is_err() {
+            return Err(StorageError::DataDirLocked(root.to_owned()));
+        }
+        let db = IndexDb::open(&root.join("index"))?;
+        let manager = Self {
+            root: root.to_owned(),
+            db,
+            defaults,
+            topics: RwLock::new(BTreeMap::new()),
+            catalog_lock: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        };
+        let records = manager.load_catalog()?;
+        let mut known_dirs = Vec::new();
+        for record in records {
+            let topic = manager.open_topic(record)?;
+            known_dirs.push(topic.dir.clone());
+            let name = topic.record.read().map_err(|_| lock_poisoned())?.name.clone();
+            manager.topics.write().map_err(|_| lock_poisoned())?.insert(name, topic);
+        }
+        // Directories without a catalog entry belong to deletions that crashed
+        // half-way: finish them.
+        let topics_dir = root.join("topics");
+        for entry in std::fs::read_dir(&topics_dir).at(&topics_dir)? {
+            let path = entry.at(&topics_dir)?.path();
+            if !known_dirs.contains(&path) {
+                warn!(dir = %path.display(), "removing directory of a deleted topic");
+                std::fs::remove_dir_all(&path).at(&path)?;
+            }
+        }
+        Ok(manager)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn defaults(&self) -> LogConfig {
+        self.defaults
+    }
+
+    fn load_catalog(&self) -> Result<Vec<TopicRecord>> {
+        let cf = self.db.cf(CF_CATALOG)?;
+        let mut out = Vec::new();
+        for item in self.db.db().prefix_iterator_cf(cf, TOPIC_KEY_PREFIX) {
+            let (k, v) = item?;
+            if !k.starts_with(TOPIC_KEY_PREFIX.as_bytes()) {
+                break;
+            }
+            out.push(
+                serde_json::from_slice(&v)
+                    .map_err(|e| StorageError::Index(format!("malformed topic record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn open_topic(&self, record: TopicRecord) -> Result<Arc<Topic>> {
+        let dir = self.root.join("topics").join(format!("{}-{}", record.name, record.id));
+        let config = record.overrides.apply(&self.defaults);
+        let mut partitions = Vec::with_capacity(record.partitions as usize);
+        for p in 0..record.partitions {
+            let index = Arc::new(self.db.partition(record.id, p));
+            partitions.push(PartitionLog::open(&record.name, p, &dir.join(p.to_string()), index, config)?);
+        }
+        Ok(Arc::new(Topic { record: RwLock::new(record), dir, partitions }))
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::UnknownTopic(name.to_owned()))
+    }
+
+    fn info(&self, topic: &Topic) -> Result<TopicInfo> {
+        let record = topic.record.read().map_err(|_| lock_poisoned())?.clone();
+        Ok(TopicInfo {
+            config: record.overrides.apply(&self.defaults),
+            name: record.name,
+            id: record.id,
+            partitions: topic.partitions.iter().map(PartitionLog::status).collect(),
+        })
+    }
+
+    fn put_record(&self, batch: &mut WriteBatch, record: &TopicRecord) -> Result<()> {
+        let cf = self.db.cf(CF_CATALOG)?;
+        let value = serde_json::to_vec(record).map_err(|e| StorageError::Index(e.to_string()))?;
+        batch.put_cf(cf, format!("{TOPIC_KEY_PREFIX}{}", record.name), value);
+        Ok(())
+    }
+
+    /// Creates a topic. The catalog entry is durable before this returns.
+    pub async fn create_topic(&self, name: &str, partitions: u32, overrides: TopicOverrides) -> Result<TopicInfo> {
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(StorageError::InvalidPartitionCount { count: partitions, max: MAX_PARTITIONS });
+        }
+        overrides.apply(&self.defaults).validate()?;
+        let _guard = self.catalog_lock.lock().await;
+        if self.topic(name).is_ok() {
+            return Err(StorageError::TopicExists(name.to_owned()));
+        }
+        let cf = self.db.cf(CF_CATALOG)?;
+        let id = match self.db.db().get_cf(cf, NEXT_TOPIC_ID_KEY)? {
+            Some(v) if v.len() == 8 => u64::from_le_bytes(v[..8].try_into().map_err(|_| lock_poisoned())?),
+            Some(_) => return Err(StorageError::Index("malformed topic id counter".into())),
+            None => 1,
+        };
+        let record = TopicRecord { name: name.to_owned(), id, partitions, overrides };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, NEXT_TOPIC_ID_KEY, (id + 1).to_le_bytes());
+        self.put_record(&mut batch, &record)?;
+        self.db.write(batch, true)?;
+        // Creating the directories and empty segments is brief; done inline.
+        let topic = self.open_topic(record)?;
+        self.topics.write().map_err(|_| lock_poisoned())?.insert(name.to_owned(), Arc::clone(&topic));
+        info!(topic = name, partitions, id, "topic created");
+        self.info(&topic)
+    }
+
+    /// Deletes a topic: catalog entry first (durable), then indices and files.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let _guard = self.catalog_lock.lock().await;
+        let topic = self.topic(name)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.db.cf(CF_CATALOG)?, format!("{TOPIC_KEY_PREFIX}{name}"));
+        self.db.write(batch, true)?;
+        self.topics.write().map_err(|_| lock_poisoned())?.remove(name);
+        for p in &topic.partitions {
+            p.close("the topic was deleted");
+            p.destroy_index()?;
+        }
+        let dir = topic.dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).at(&dir))
+            .await
+            .map_err(|e| StorageError::Index(format!("delete task failed: {e}")))??;
+        info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Changes a topic's overrides (set fields only); applies at once.
+    pub async fn alter_topic(&self, name: &str, changes: TopicOverrides) -> Result<TopicInfo> {
+        let _guard = self.catalog_lock.lock().await;
+        let topic = self.topic(name)?;
+        let mut record = topic.record.read().map_err(|_| lock_poisoned())?.clone();
+        record.overrides = record.overrides.merge(&changes);
+        let config = record.overrides.apply(&self.defaults);
+        config.validate()?;
+        let mut batch = WriteBatch::default();
+        self.put_record(&mut batch, &record)?;
+        self.db.write(batch, true)?;
+        for p in &topic.partitions {
+            p.set_config(config);
+        }
+        *topic.record.write().map_err(|_| lock_poisoned())? = record;
+        self.info(&topic)
+    }
+
+    pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let topics: Vec<_> = self.topics.read().map_err(|_| lock_poisoned())?.values().cloned().collect();
+        topics.iter().map(|t| self.info(t)).collect()
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        self.info(&*self.topic(name)?)
+    }
+
+    pub fn partition_count(&self, name: &str) -> Result<u32> {
+        Ok(self.topic(name)?.partitions.len() as u32)
+    }
+
+    pub fn partition(&self, name: &str, partition: u32) -> Result<PartitionLog> {
+        let topic = self.topic(name)?;
+        topic.partitions.get(partition as usize).cloned().ok_or_else(|| StorageError::UnknownPartition {
+            topic: name.to_owned(),
+            partition,
+            count: topic.partitions.len() as u32,
+        })
+    }
+
+    /// Closes every partition, waiting until their writers have finished what
+    /// was queued; then releases the data directory. Handles to partitions
+    /// still held elsewhere delay this (up to a 30 s limit).
+    pub async fn close(self) {
+        let topics = match self.topics.write() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return,
+        };
+        let writers: Vec<_> =
+            topics.values().flat_map(|t| t.partitions.iter().filter_map(PartitionLog::take_writer)).collect();
+        drop(topics);
+        for writer in writers {
+            if tokio::time::timeout(std::time::Duration::from_secs(30), writer).await.is_err() {
+                warn!("a partition writer did not stop within 30 s; closing anyway");
+            }
+        }
+    }
+
+    /// One retention pass over every partition. Blocking.
+    pub fn apply_retention(&self, now_ms: i64) -> usize {
+        let topics: Vec<_> = match self.topics.read() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return 0,
+        };
+        let mut deleted = 0;
+        for topic in topics {
+            for p in &topic.partitions {
+                match p.apply_retention(now_ms) {
+                    Ok(n) => deleted += n,
+                    Err(e) => warn!(topic = p.topic(), partition = p.partition(), error = %e, "retention pass failed"),
+                }
+            }
+        }
+        deleted
+    }
+}

@@ -1,0 +1,179 @@
+//! Segment files: append-only files of whole record batches, named by the
+//! base offset of their first batch (`00000000000000000000.log`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use strata_record::{BatchHeader, FormatError, HEADER_LEN};
+
+use crate::error::{IoContext, Result};
+
+pub(crate) const SUFFIX: &str = ".log";
+
+pub(crate) fn file_name(base: u64) -> String {
+    format!("{base:020}{SUFFIX}")
+}
+
+/// Base offsets of the segment files in `dir`, ascending.
+pub(crate) fn list(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(SUFFIX)
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).at(dir)?.sync_all().at(dir)
+}
+
+/// An open segment. `durable_len` bytes are fsync'd and indexed: the only part
+/// readers may see.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base: u64,
+    pub path: PathBuf,
+    pub file: File,
+    pub durable_len: AtomicU64,
+    pub next_offset: AtomicU64,
+    pub max_timestamp_ms: AtomicI64,
+    pub created_ms: i64,
+}
+
+impl Segment {
+    pub fn open(dir: &Path, base: u64, create: bool) -> Result<Self> {
+        let path = dir.join(file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .open(&path)
+            .at(&path)?;
+        Ok(Self {
+            base,
+            path,
+            file,
+            durable_len: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base),
+            max_timestamp_ms: AtomicI64::new(i64::MIN),
+            created_ms: crate::now_ms(),
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.durable_len.load(Ordering::Acquire)
+    }
+
+    pub fn read_at(&self, position: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, position).at(&self.path)?;
+        Ok(buf)
+    }
+}
+
+/// One batch found by a scan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScannedBatch {
+    pub position: u64,
+    pub header: BatchHeader,
+}
+
+/// Where and why a scan stopped early.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanFault {
+    pub position: u64,
+    pub error: String,
+    /// The faulty batch's declared end lies within the file and a valid batch
+    /// follows it there: the fault is in the middle of data, not a torn tail.
+    pub valid_batch_follows: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub batches: Vec<ScannedBatch>,
+    /// Bytes of the file made of valid batches.
+    pub valid_len: u64,
+    pub fault: Option<ScanFault>,
+}
+
+/// Reads a whole segment, verifying every batch's checksum and that offsets
+/// run on contiguously from `expected_base`.
+pub(crate) fn scan(path: &Path, expected_base: u64) -> Result<Scan> {
+    let file = File::open(path).at(path)?;
+    let file_len = file.metadata().at(path)?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    let mut batches = Vec::new();
+    let mut pos = 0u64;
+    let mut expected = expected_base;
+    let mut buf = Vec::new();
+    while pos < file_len {
+        let outcome = read_one(&mut reader, &mut buf, file_len - pos, expected);
+        match outcome {
+            Ok(header) => {
+                batches.push(ScannedBatch { position: pos, header });
+                pos += header.size as u64;
+                expected = header.next_offset();
+            }
+            Err(error) => {
+                let valid_batch_follows = valid_batch_after(&file, file_len, pos, &buf);
+                return Ok(Scan {
+                    batches,
+                    valid_len: pos,
+                    fault: Some(ScanFault { position: pos, error, valid_batch_follows }),
+                });
+            }
+        }
+    }
+    Ok(Scan { batches, valid_len: pos, fault: None })
+}
+
+fn read_one(reader: &mut impl Read, buf: &mut Vec<u8>, remaining: u64, expected: u64) -> Result<BatchHeader, String> {
+    buf.clear();
+    buf.resize(HEADER_LEN.min(remaining as usize), 0);
+    reader.read_exact(buf).map_err(|e| e.to_string())?;
+    let header = BatchHeader::parse(buf).map_err(|e| e.to_string())?;
+    if header.size as u64 > remaining {
+        return Err(FormatError::Truncated { needed: header.size, available: remaining as usize }.to_string());
+    }
+    buf.resize(header.size, 0);
+    reader.read_exact(&mut buf[HEADER_LEN..]).map_err(|e| e.to_string())?;
+    strata_record::verify(buf).map_err(|e| e.to_string())?;
+    if header.base_offset != expected {
+        return Err(format!("batch base offset {} where {expected} was expected", header.base_offset));
+    }
+    if header.record_count == 0 {
+        return Err("batch holds no records".into());
+    }
+    Ok(header)
+}
+
+/// Whether a checksum-valid batch starts where the faulty batch at `pos`
+/// (its header bytes in `head`) declares its end.
+fn valid_batch_after(file: &File, file_len: u64, pos: u64, head: &[u8]) -> bool {
+    let Ok(header) = BatchHeader::parse(head) else { return false };
+    let next = pos + header.size as u64;
+    if next + HEADER_LEN as u64 > file_len {
+        return false;
+    }
+    let mut h = vec![0u8; HEADER_LEN];
+    if file.read_exact_at(&mut h, next).is_err() {
+        return false;
+    }
+    let Ok(next_header) = BatchHeader::parse(&h) else { return false };
+    if next + next_header.size as u64 > file_len {
+        return false;
+    }
+    let mut whole = vec![0u8; next_header.size];
+    file.read_exact_at(&mut whole, next).is_ok() && strata_record::verify(&whole).is_ok()
+}

@@ -1,0 +1,216 @@
+//! `strata bench produce|consume`: drives a node with the shared load
+//! generator ([`strata_bench`]).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use strata_bench::{Limits, Op, Report, Worker};
+use strata_client::{Client, Compression};
+use strata_record::BatchBuilder;
+
+use crate::ClientOpts;
+use crate::cli::OutputFormat;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Producers send batches and wait for each acknowledgement (fsync'd).
+    Produce(ProduceBench),
+    /// Consumers read a topic from the start to its end.
+    Consume(ConsumeBench),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Topic to use (created if missing).
+    #[arg(long, default_value = "strata-bench")]
+    pub topic: String,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: u32,
+    /// Concurrent workers (each has one request in flight).
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub concurrency: usize,
+    /// gRPC connections shared by the workers.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// Stop after this long (e.g. 30s); the default when --records is not given is 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Unmeasured warm-up before the measured run.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceBench {
+    #[command(flatten)]
+    pub common: Common,
+    /// Value size of each record in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Records per produce request.
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub batch: usize,
+    /// Batch compression: none, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
+    /// Seed of the payload generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeBench {
+    #[command(flatten)]
+    pub common: Common,
+    /// Bytes asked for per fetch.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub fetch_bytes: u32,
+}
+
+/// Hard cap on any bench run.
+const MAX_RUN: Duration = Duration::from_secs(3600);
+
+fn limits(c: &Common) -> Limits {
+    let duration = match (c.records, c.duration) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (_, d) => d,
+    };
+    Limits { records: c.records, duration, max_duration: MAX_RUN, warmup: c.warmup }
+}
+
+async fn clients(opts: &ClientOpts, n: usize) -> anyhow::Result<Vec<Client>> {
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        out.push(crate::cli::connect(opts).await?);
+    }
+    Ok(out)
+}
+
+fn print(report: &Report, format: crate::cli::OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Text => report.print_text(),
+        OutputFormat::Json => println!("{}", serde_json::to_string(report)?),
+    }
+    Ok(())
+}
+
+pub async fn run(opts: &ClientOpts, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(args) => produce(opts, args).await,
+        BenchCommand::Consume(args) => consume(opts, args).await,
+    }
+}
+
+/// Partition count of the topic, creating it when missing.
+async fn ensure_topic(client: &Client, c: &Common) -> anyhow::Result<u32> {
+    match client.describe_topic(&c.topic).await {
+        Ok(t) => Ok(t.partition_count),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+            eprintln!("creating topic {} with {} partitions", c.topic, c.partitions);
+            Ok(client.create_topic(&c.topic, c.partitions, Default::default()).await?.partition_count)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct ProduceWorker {
+    client: Client,
+    topic: String,
+    partition: u32,
+    values: Vec<Bytes>,
+    compression: Compression,
+    record_size: usize,
+}
+
+impl Worker for ProduceWorker {
+    async fn op(&mut self) -> anyhow::Result<Option<Op>> {
+        let now = strata_record::now_ms();
+        let mut builder = BatchBuilder::with_capacity(self.compression, self.values.len() * (self.record_size + 8));
+        for v in &self.values {
+            builder.push_parts(now, None, v, &[]);
+        }
+        self.client.produce_batch(&self.topic, self.partition, builder.build()).await?;
+        let n = self.values.len() as u64;
+        Ok(Some(Op { records: n, bytes: n * self.record_size as u64 }))
+    }
+}
+
+async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
+    let c = &args.common;
+    let clients = clients(opts, c.connections).await?;
+    let partitions = ensure_topic(&clients[0], c).await?;
+    eprintln!(
+        "bench produce: topic {} ({partitions} partitions), {} workers x {} records of {} bytes per request, compression {:?}, seed {}",
+        c.topic, c.concurrency, args.batch, args.record_size, args.compression, args.seed
+    );
+    let workers = (0..c.concurrency.max(1))
+        .map(|w| ProduceWorker {
+            client: clients[w % clients.len()].clone(),
+            topic: c.topic.clone(),
+            partition: w as u32 % partitions,
+            values: (0..args.batch.max(1))
+                .map(|i| Bytes::from(strata_bench::payload(args.seed ^ ((w as u64) << 32) ^ i as u64, args.record_size)))
+                .collect(),
+            compression: args.compression,
+            record_size: args.record_size,
+        })
+        .collect();
+    let label = format!("strata produce c={} b={} p={partitions}", c.concurrency, args.batch);
+    let report = strata_bench::run(&label, workers, limits(c)).await?;
+    print(&report, c.format)
+}
+
+struct ConsumeWorker {
+    client: Client,
+    topic: String,
+    partition: u32,
+    next: u64,
+    end: u64,
+    fetch_bytes: u32,
+}
+
+impl Worker for ConsumeWorker {
+    async fn op(&mut self) -> anyhow::Result<Option<Op>> {
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let chunk = self.client.fetch(&self.topic, self.partition, self.next, self.fetch_bytes, Duration::ZERO).await?;
+        let records = chunk.records.iter().take_while(|r| r.offset < self.end).count() as u64;
+        let bytes = chunk.records.iter().take_while(|r| r.offset < self.end).map(|r| r.value.len() as u64).sum();
+        self.next = chunk.next_offset;
+        Ok(Some(Op { records, bytes }))
+    }
+}
+
+async fn consume(opts: &ClientOpts, args: ConsumeBench) -> anyhow::Result<()> {
+    let c = &args.common;
+    let clients = clients(opts, c.connections).await?;
+    let topic = clients[0].describe_topic(&c.topic).await.context("the consume bench reads an existing topic")?;
+    let workers: Vec<ConsumeWorker> = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ConsumeWorker {
+            client: clients[i % clients.len()].clone(),
+            topic: c.topic.clone(),
+            partition: p.partition,
+            next: p.log_start_offset,
+            end: p.high_watermark,
+            fetch_bytes: args.fetch_bytes,
+        })
+        .collect();
+    let total: u64 = workers.iter().map(|w| w.end - w.next).sum();
+    eprintln!("bench consume: topic {} ({} partitions, {total} records)", c.topic, workers.len());
+    let label = format!("strata consume p={}", workers.len());
+    let report = strata_bench::run(&label, workers, limits(c)).await?;
+    print(&report, c.format)
+}

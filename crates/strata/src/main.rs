@@ -1,0 +1,173 @@
+//! `strata`: the node (`strata server`), the command-line client (`topic`,
+//! `produce`, `consume`) and the load generator (`bench`).
+
+mod bench;
+mod cli;
+mod config;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about = "Strata: a durable, partitioned, replicated log", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every command that talks to a server.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Server address, HOST:PORT.
+    #[arg(long, global = true, env = "STRATA_SERVER", default_value = strata_client::DEFAULT_SERVER)]
+    pub server: String,
+    /// Deadline of each request, e.g. 10s or 500ms.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node.
+    Server(ServerArgs),
+    /// Create, list, describe, alter and delete topics.
+    Topic {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+    },
+    /// Produce one record per line of standard input.
+    Produce {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(flatten)]
+        args: cli::ProduceArgs,
+    },
+    /// Print records of a topic, one per line.
+    Consume {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(flatten)]
+        args: cli::ConsumeArgs,
+    },
+    /// Measure produce or consume throughput and latency.
+    Bench {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// TOML config file (see `strata server --print-default-config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address, HOST:PORT (overrides the config).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (overrides the config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format: text or json (overrides the config).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    if let Err(e) = result {
+        if is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => run_server(args).await,
+        Command::Topic { client, command } => cli::topic(&client, command).await,
+        Command::Produce { client, args } => cli::produce(&client, args).await,
+        Command::Consume { client, args } => cli::consume(&client, args).await,
+        Command::Bench { client, command } => bench::run(&client, command).await,
+    }
+}
+
+fn init_logging(format: &str, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{}", config::DEFAULT_CONFIG);
+        return Ok(());
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut config = config::ServerConfig::load(args.config.as_deref(), &env)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    let node_config = config.node_config()?;
+    init_logging(&config.log_format, &config.log_level);
+    let node = strata_server::Node::start(node_config).await?;
+    eprintln!(
+        "strata {} listening on {} (data in {})",
+        env!("CARGO_PKG_VERSION"),
+        node.addr(),
+        config.data_dir.display()
+    );
+    shutdown_signal().await;
+    eprintln!("strata: shutting down");
+    node.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
