@@ -82,7 +82,8 @@ struct Shared {
 
 /// Runs `workers` to the limits and reports.
 pub async fn run<W: Worker>(label: &str, workers: Vec<W>, limits: Limits) -> anyhow::Result<Report> {
-    let shared = Arc::new(Shared { records: AtomicU64::new(0), bytes: AtomicU64::new(0), stop: AtomicBool::new(false) });
+    let shared =
+        Arc::new(Shared { records: AtomicU64::new(0), bytes: AtomicU64::new(0), stop: AtomicBool::new(false) });
     let start = Instant::now();
     let measure_from = start + limits.warmup;
     let deadline = start + limits.duration.unwrap_or(limits.max_duration).min(limits.max_duration) + limits.warmup;
@@ -202,12 +203,8 @@ mod tests {
 
     #[tokio::test]
     async fn run_counts_every_operation_until_workers_finish() {
-        let limits = Limits {
-            records: None,
-            duration: None,
-            max_duration: Duration::from_secs(60),
-            warmup: Duration::ZERO,
-        };
+        let limits =
+            Limits { records: None, duration: None, max_duration: Duration::from_secs(60), warmup: Duration::ZERO };
         let report = run("t", vec![Counter { left: 5 }, Counter { left: 7 }], limits).await.expect("run");
         assert_eq!(report.operations, 12);
         assert_eq!(report.records, 120);
@@ -216,12 +213,8 @@ mod tests {
 
     #[tokio::test]
     async fn run_stops_at_the_record_limit() {
-        let limits = Limits {
-            records: Some(50),
-            duration: None,
-            max_duration: Duration::from_secs(60),
-            warmup: Duration::ZERO,
-        };
+        let limits =
+            Limits { records: Some(50), duration: None, max_duration: Duration::from_secs(60), warmup: Duration::ZERO };
         let report = run("t", vec![Counter { left: 1000 }], limits).await.expect("run");
         assert_eq!(report.records, 50);
     }

@@ -43,23 +43,14 @@ impl Client {
             StartOffset::Timestamp(ts) => (pb::OffsetSpec::Timestamp, ts),
         };
         let offsets = self.list_offsets(topic, &[partition], spec, ts).await?;
-        offsets
-            .first()
-            .map(|o| o.offset)
-            .ok_or(ClientError::Protocol("ListOffsets response without the partition"))
+        offsets.first().map(|o| o.offset).ok_or(ClientError::Protocol("ListOffsets response without the partition"))
     }
 
     /// Tails a partition from `start`: a stream of records that never ends
     /// on its own (the server pushes new records as they become durable).
     pub async fn subscribe(&self, topic: &str, partition: u32, start: StartOffset) -> Result<RecordStream> {
         let offset = self.resolve_offset(topic, partition, start).await?;
-        let req = pb::SubscribeRequest {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            max_bytes: 0,
-            decode: false,
-        };
+        let req = pb::SubscribeRequest { topic: topic.to_owned(), partition, offset, max_bytes: 0, decode: false };
         let inbound = self.consumer_rpc().subscribe(req).await?.into_inner();
         let stream = inbound
             .scan(offset, |next, item| {

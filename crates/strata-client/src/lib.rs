@@ -21,8 +21,8 @@ use tonic::transport::{Channel, Endpoint};
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
 pub use error::ClientError;
 pub use pb::{TopicConfig, TopicDescription};
-pub use strata_proto::v1 as proto;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
+pub use strata_proto::v1 as proto;
 pub use strata_record::{Compression, Header, Record};
 
 /// Default address of a local node.
@@ -178,17 +178,10 @@ impl Client {
 
     /// Produces one encoded batch to a partition; returns its base offset.
     pub async fn produce_batch(&self, topic: &str, partition: u32, batch: Bytes) -> Result<u64> {
-        let req = pb::ProduceRequest {
-            topic: topic.to_owned(),
-            partition: Some(partition),
-            batch,
-            ..Default::default()
-        };
+        let req =
+            pb::ProduceRequest { topic: topic.to_owned(), partition: Some(partition), batch, ..Default::default() };
         let resp = self.producer_rpc().produce(self.request(req)).await?.into_inner();
-        resp.appends
-            .first()
-            .map(|a| a.base_offset)
-            .ok_or(ClientError::Protocol("Produce response without an append"))
+        resp.appends.first().map(|a| a.base_offset).ok_or(ClientError::Protocol("Produce response without an append"))
     }
 
     /// One fetch: records at or after `offset`, waiting up to `max_wait` for

@@ -209,10 +209,7 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, FormatError> {
         return Err(FormatError::Empty);
     }
     if header.max_timestamp_ms < header.first_timestamp_ms {
-        return Err(FormatError::Timestamps {
-            first: header.first_timestamp_ms,
-            max: header.max_timestamp_ms,
-        });
+        return Err(FormatError::Timestamps { first: header.first_timestamp_ms, max: header.max_timestamp_ms });
     }
     let payload = decompress(header.compression, &batch[HEADER_LEN..header.size])?;
     let mut reader = RecordReader::new(&payload, &header);
@@ -263,10 +260,7 @@ pub fn decode(batch: &Bytes) -> Result<Vec<Record>, FormatError> {
         });
     }
     if out.len() as u32 != header.record_count {
-        return Err(FormatError::RecordCount {
-            declared: header.record_count,
-            actual: out.len() as u32,
-        });
+        return Err(FormatError::RecordCount { declared: header.record_count, actual: out.len() as u32 });
     }
     Ok(out)
 }
@@ -300,17 +294,14 @@ fn decompress(compression: Compression, data: &[u8]) -> Result<std::borrow::Cow<
     }
     let frame = &data[4..];
     let out = match compression {
-        Compression::Lz4 => lz4_flex::block::decompress(frame, size)
-            .map_err(|e| FormatError::Decompress(e.to_string()))?,
-        Compression::Zstd => zstd::bulk::decompress(frame, size)
-            .map_err(|e| FormatError::Decompress(e.to_string()))?,
+        Compression::Lz4 => {
+            lz4_flex::block::decompress(frame, size).map_err(|e| FormatError::Decompress(e.to_string()))?
+        }
+        Compression::Zstd => zstd::bulk::decompress(frame, size).map_err(|e| FormatError::Decompress(e.to_string()))?,
         Compression::None => unreachable!("handled above"),
     };
     if out.len() != size {
-        return Err(FormatError::Decompress(format!(
-            "expected {size} bytes, got {}",
-            out.len()
-        )));
+        return Err(FormatError::Decompress(format!("expected {size} bytes, got {}", out.len())));
     }
     Ok(std::borrow::Cow::Owned(out))
 }
@@ -405,13 +396,7 @@ impl BatchBuilder {
     }
 
     pub fn with_capacity(compression: Compression, capacity: usize) -> Self {
-        Self {
-            compression,
-            payload: BytesMut::with_capacity(capacity),
-            count: 0,
-            first_ts: None,
-            max_ts: i64::MIN,
-        }
+        Self { compression, payload: BytesMut::with_capacity(capacity), count: 0, first_ts: None, max_ts: i64::MIN }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -497,10 +482,7 @@ impl BatchBuilder {
 
 /// Encodes records into one batch.
 pub fn encode(records: &[Record], compression: Compression) -> Bytes {
-    let mut builder = BatchBuilder::with_capacity(
-        compression,
-        records.iter().map(Record::encoded_len_hint).sum(),
-    );
+    let mut builder = BatchBuilder::with_capacity(compression, records.iter().map(Record::encoded_len_hint).sum());
     for r in records {
         builder.push(r);
     }
@@ -509,9 +491,7 @@ pub fn encode(records: &[Record], compression: Compression) -> Bytes {
 
 /// Milliseconds since the Unix epoch (the time base of record timestamps).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Partition for a record key: Kafka's murmur2-based default partitioner, so

@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tracing::info;
 
-pub use strata_storage::LogConfig;
 pub use service::{FETCH_MAX_BYTES_DEFAULT, FETCH_MAX_BYTES_LIMIT, MAX_WAIT_LIMIT, Services};
+pub use strata_storage::LogConfig;
 
 /// Largest gRPC message accepted or sent (above the largest batch allowed).
 pub const GRPC_MESSAGE_LIMIT: usize = strata_storage::MAX_MESSAGE_BYTES_LIMIT as usize + 1024 * 1024;

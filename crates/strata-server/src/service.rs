@@ -79,8 +79,9 @@ impl Services {
             let p = match (req.partition, &record.key) {
                 (Some(p), _) => p,
                 (None, Some(key)) => strata_record::partition_for_key(key, count),
-                (None, None) => *no_key_partition
-                    .get_or_insert_with(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % count),
+                (None, None) => {
+                    *no_key_partition.get_or_insert_with(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % count)
+                }
             };
             groups
                 .entry(p)
@@ -119,11 +120,7 @@ async fn await_tickets(request_id: u64, tickets: Vec<(u32, AppendTicket)>) -> Re
     let mut appends = Vec::with_capacity(tickets.len());
     for (partition, ticket) in tickets {
         let info = ticket.wait().await.map_err(from_storage)?;
-        appends.push(pb::PartitionAppend {
-            partition,
-            base_offset: info.base_offset,
-            record_count: info.record_count,
-        });
+        appends.push(pb::PartitionAppend { partition, base_offset: info.base_offset, record_count: info.record_count });
     }
     Ok(pb::ProduceResponse { request_id, appends, error: None })
 }
@@ -219,9 +216,7 @@ fn fetch_response(read: ReadResult, offset: u64, decode: bool) -> Result<pb::Fet
     if decode {
         for batch in &read.batches {
             let records = strata_record::decode(batch).map_err(|e| Status::internal(e.to_string()))?;
-            response
-                .records
-                .extend(records.into_iter().filter(|r| r.offset >= offset).map(convert::record_to_proto));
+            response.records.extend(records.into_iter().filter(|r| r.offset >= offset).map(convert::record_to_proto));
         }
     } else {
         response.batches = read.batches;

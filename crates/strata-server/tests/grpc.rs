@@ -112,10 +112,19 @@ async fn bad_input_gets_clear_statuses_and_writes_nothing() {
 
     let msg = expect_code(c.produce_records("nope", None, vec![rec(None, "x")]).await, Code::NotFound, "UNKNOWN_TOPIC");
     assert_eq!(msg, "unknown topic 'nope'");
-    let msg = expect_code(c.produce_records("t", Some(5), vec![rec(None, "x")]).await, Code::NotFound, "UNKNOWN_PARTITION");
+    let msg =
+        expect_code(c.produce_records("t", Some(5), vec![rec(None, "x")]).await, Code::NotFound, "UNKNOWN_PARTITION");
     assert!(msg.contains("no partition 5"), "{msg}");
-    expect_code(c.create_topic("bad/name", 1, TopicConfig::default()).await, Code::InvalidArgument, "INVALID_TOPIC_NAME");
-    expect_code(c.create_topic("zero", 0, TopicConfig::default()).await, Code::InvalidArgument, "INVALID_PARTITION_COUNT");
+    expect_code(
+        c.create_topic("bad/name", 1, TopicConfig::default()).await,
+        Code::InvalidArgument,
+        "INVALID_TOPIC_NAME",
+    );
+    expect_code(
+        c.create_topic("zero", 0, TopicConfig::default()).await,
+        Code::InvalidArgument,
+        "INVALID_PARTITION_COUNT",
+    );
     expect_code(c.create_topic("t", 1, TopicConfig::default()).await, Code::AlreadyExists, "TOPIC_ALREADY_EXISTS");
     let bad_cfg = TopicConfig { retention_ms: Some(0), ..TopicConfig::default() };
     expect_code(c.create_topic("cfg", 1, bad_cfg).await, Code::InvalidArgument, "INVALID_CONFIG");
@@ -123,7 +132,8 @@ async fn bad_input_gets_clear_statuses_and_writes_nothing() {
     let msg = expect_code(c.produce_records("t", Some(0), vec![big]).await, Code::InvalidArgument, "RECORD_TOO_LARGE");
     assert!(msg.contains("max_message_bytes"), "{msg}");
     expect_code(c.produce_records("t", Some(0), vec![]).await, Code::InvalidArgument, "INVALID_REQUEST");
-    let batch = strata_record::encode(&[Record { value: Bytes::from_static(b"v"), ..Record::default() }], Compression::None);
+    let batch =
+        strata_record::encode(&[Record { value: Bytes::from_static(b"v"), ..Record::default() }], Compression::None);
     let mut corrupt = batch.to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
@@ -162,7 +172,8 @@ async fn long_poll_fetch_returns_as_soon_as_a_record_arrives() {
     // Wait until the fetch is parked, then produce.
     tokio::task::yield_now().await;
     t.client.produce_records("lp", Some(0), vec![rec(None, "hello")]).await.expect("produce");
-    let got = tokio::time::timeout(Duration::from_secs(20), fetch).await.expect("returned").expect("join").expect("fetch");
+    let got =
+        tokio::time::timeout(Duration::from_secs(20), fetch).await.expect("returned").expect("join").expect("fetch");
     assert_eq!(got.records.len(), 1);
     assert_eq!(got.records[0].value, Bytes::from_static(b"hello"));
     t.node.shutdown().await.expect("shutdown");
@@ -229,11 +240,7 @@ async fn produce_stream_keeps_order_and_answers_errors_in_band() {
             ..Default::default()
         })
         .collect();
-    let mut responses = rpc
-        .produce_stream(futures::stream::iter(requests))
-        .await
-        .expect("stream")
-        .into_inner();
+    let mut responses = rpc.produce_stream(futures::stream::iter(requests)).await.expect("stream").into_inner();
     let mut by_id = std::collections::BTreeMap::new();
     while let Some(r) = responses.next().await {
         let r = r.expect("response");
@@ -243,8 +250,7 @@ async fn produce_stream_keeps_order_and_answers_errors_in_band() {
     let err = by_id[&25].error.as_ref().expect("request 25 failed");
     assert_eq!(err.code, Code::NotFound as i32);
     assert_eq!(err.reason, "UNKNOWN_PARTITION");
-    let offsets: Vec<u64> =
-        by_id.iter().filter(|(id, _)| **id != 25).map(|(_, r)| r.appends[0].base_offset).collect();
+    let offsets: Vec<u64> = by_id.iter().filter(|(id, _)| **id != 25).map(|(_, r)| r.appends[0].base_offset).collect();
     assert_eq!(offsets, (0..49).collect::<Vec<_>>(), "offsets follow request order");
     t.node.shutdown().await.expect("shutdown");
 }
@@ -290,8 +296,12 @@ async fn health_and_reflection_are_served() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let mut reflection = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = reflection.server_reflection_info(futures::stream::iter(vec![req])).await.expect("info").into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        reflection.server_reflection_info(futures::stream::iter(vec![req])).await.expect("info").into_inner();
     let resp = stream.next().await.expect("one response").expect("ok");
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
         panic!("unexpected reflection response");

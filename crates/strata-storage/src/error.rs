@@ -15,9 +15,7 @@ pub enum StorageError {
     Io { path: PathBuf, source: Arc<std::io::Error> },
     #[error("index database error: {0}")]
     Index(String),
-    #[error(
-        "corrupt data in topic '{topic}' partition {partition}: file {file} at byte {position}: {detail}"
-    )]
+    #[error("corrupt data in topic '{topic}' partition {partition}: file {file} at byte {position}: {detail}")]
     Corrupt { topic: String, partition: u32, file: PathBuf, position: u64, detail: String },
     #[error("topic '{topic}' partition {partition} refuses to serve: {reason}")]
     PartitionFailed { topic: String, partition: u32, reason: Arc<str> },

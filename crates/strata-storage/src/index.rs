@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
 
+/// A RocksDB key and value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Where one batch lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -102,9 +105,7 @@ impl IndexDb {
     }
 
     pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StorageError::Index(format!("column family {name} is missing")))
+        self.db.cf_handle(name).ok_or_else(|| StorageError::Index(format!("column family {name} is missing")))
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -196,7 +197,7 @@ impl RocksIndex {
     }
 
     /// The entry at or before `key` within this partition, in `cf`.
-    fn seek_prev(&self, cf: &str, key: &[u8]) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+    fn seek_prev(&self, cf: &str, key: &[u8]) -> Result<Option<KeyValue>> {
         let cf = self.db.cf(cf)?;
         let mut it = self.db.db().iterator_cf(cf, IteratorMode::From(key, Direction::Reverse));
         match it.next() {
@@ -206,7 +207,7 @@ impl RocksIndex {
         }
     }
 
-    fn seek_next(&self, cf: &str, key: &[u8]) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+    fn seek_next(&self, cf: &str, key: &[u8]) -> Result<Option<KeyValue>> {
         let cf = self.db.cf(cf)?;
         let mut it = self.db.db().iterator_cf(cf, IteratorMode::From(key, Direction::Forward));
         match it.next() {
@@ -250,15 +251,11 @@ impl LogIndex for RocksIndex {
     }
 
     fn lookup(&self, offset: u64) -> Result<Option<IndexEntry>> {
-        self.seek_prev(CF_OFFSETS, &self.key(offset))?
-            .map(|(k, v)| Self::decode_entry(&k, &v))
-            .transpose()
+        self.seek_prev(CF_OFFSETS, &self.key(offset))?.map(|(k, v)| Self::decode_entry(&k, &v)).transpose()
     }
 
     fn last(&self) -> Result<Option<IndexEntry>> {
-        self.seek_prev(CF_OFFSETS, &self.prefix_end())?
-            .map(|(k, v)| Self::decode_entry(&k, &v))
-            .transpose()
+        self.seek_prev(CF_OFFSETS, &self.prefix_end())?.map(|(k, v)| Self::decode_entry(&k, &v)).transpose()
     }
 
     fn lookup_time(&self, ts: i64) -> Result<Option<u64>> {
@@ -269,9 +266,7 @@ impl LogIndex for RocksIndex {
     }
 
     fn last_time(&self) -> Result<Option<(i64, u64)>> {
-        Ok(self
-            .seek_prev(CF_TIMES, &self.prefix_end())?
-            .map(|(k, v)| (ts_from_key(&k[12..]), le_u64(&v, 0))))
+        Ok(self.seek_prev(CF_TIMES, &self.prefix_end())?.map(|(k, v)| (ts_from_key(&k[12..]), le_u64(&v, 0))))
     }
 
     fn truncate_from(&self, offset: u64) -> Result<()> {

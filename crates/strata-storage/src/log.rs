@@ -122,13 +122,7 @@ impl PartitionLog {
     /// within a tokio runtime: it starts the partition's writer task.
     /// Corruption does not fail the call: the partition opens in the failed
     /// state and reports the corruption on every request.
-    pub fn open(
-        topic: &str,
-        partition: u32,
-        dir: &Path,
-        index: Arc<dyn LogIndex>,
-        config: LogConfig,
-    ) -> Result<Self> {
+    pub fn open(topic: &str, partition: u32, dir: &Path, index: Arc<dyn LogIndex>, config: LogConfig) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (hw, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -199,10 +193,7 @@ impl PartitionLog {
         }
         let header = strata_record::validate(&batch)?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(AppendRequest { batch, header, reply })
-            .await
-            .map_err(|_| StorageError::ShuttingDown)?;
+        self.tx.send(AppendRequest { batch, header, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
         Ok(AppendTicket(rx))
     }
 
@@ -336,11 +327,9 @@ impl Inner {
     fn check_failed(&self) -> Result<()> {
         match self.failure() {
             None => Ok(()),
-            Some(reason) => Err(StorageError::PartitionFailed {
-                topic: self.topic.clone(),
-                partition: self.partition,
-                reason,
-            }),
+            Some(reason) => {
+                Err(StorageError::PartitionFailed { topic: self.topic.clone(), partition: self.partition, reason })
+            }
         }
     }
 
@@ -427,9 +416,8 @@ impl Inner {
             let scan = segment::scan(&seg.path, base)?;
             let mut valid_len = scan.valid_len;
             if let Some(fault) = &scan.fault {
-                let indexed_end = last_indexed
-                    .filter(|e| e.segment_base == base)
-                    .map_or(0, |e| e.position + u64::from(e.size));
+                let indexed_end =
+                    last_indexed.filter(|e| e.segment_base == base).map_or(0, |e| e.position + u64::from(e.size));
                 if !is_active || fault.position < indexed_end || fault.valid_batch_follows {
                     return Err(self.corrupt(&seg.path, fault.position, fault.error.clone()));
                 }

@@ -103,8 +103,10 @@ impl LogManager {
         std::fs::create_dir_all(root.join("topics")).at(root)?;
         let lock_path = root.join("strata.lock");
         let lock = File::create(&lock_path).at(&lock_path)?;
-        if lock.try_lock().is_err() {
-            return Err(StorageError::DataDirLocked(root.to_owned()));
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::DataDirLocked(root.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StorageError::io(&lock_path, e)),
         }
         let db = IndexDb::open(&root.join("index"))?;
         let manager = Self {
@@ -153,8 +155,7 @@ impl LogManager {
                 break;
             }
             out.push(
-                serde_json::from_slice(&v)
-                    .map_err(|e| StorageError::Index(format!("malformed topic record: {e}")))?,
+                serde_json::from_slice(&v).map_err(|e| StorageError::Index(format!("malformed topic record: {e}")))?,
             );
         }
         Ok(out)

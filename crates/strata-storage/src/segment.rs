@@ -54,12 +54,7 @@ pub(crate) struct Segment {
 impl Segment {
     pub fn open(dir: &Path, base: u64, create: bool) -> Result<Self> {
         let path = dir.join(file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(create)
-            .open(&path)
-            .at(&path)?;
+        let file = OpenOptions::new().read(true).append(true).create(create).open(&path).at(&path)?;
         Ok(Self {
             base,
             path,

@@ -51,8 +51,8 @@ impl Fixture {
 
     fn open_with_index(&self, index_dir: &str, config: LogConfig) -> (Arc<IndexDb>, PartitionLog) {
         let db = IndexDb::open(&self.root.join(index_dir)).expect("open index");
-        let log = PartitionLog::open("t", 0, &self.partition_dir(), Arc::new(db.partition(1, 0)), config)
-            .expect("open log");
+        let log =
+            PartitionLog::open("t", 0, &self.partition_dir(), Arc::new(db.partition(1, 0)), config).expect("open log");
         (db, log)
     }
 }
@@ -349,7 +349,10 @@ async fn manager_validates_and_persists_topics() {
         let m = LogManager::open(dir.path(), LogConfig::default()).expect("open");
         for bad in ["", "a/b", "..", "sp ace", &"x".repeat(250)] {
             assert!(
-                matches!(m.create_topic(bad, 1, TopicOverrides::default()).await, Err(StorageError::InvalidTopicName { .. })),
+                matches!(
+                    m.create_topic(bad, 1, TopicOverrides::default()).await,
+                    Err(StorageError::InvalidTopicName { .. })
+                ),
                 "{bad:?} accepted"
             );
         }
@@ -370,10 +373,7 @@ async fn manager_validates_and_persists_topics() {
         m.partition("orders", 2).expect("p2").append(batch(1, 1, "o")).await.expect("append");
         assert!(matches!(m.partition("orders", 3), Err(StorageError::UnknownPartition { count: 3, .. })));
         // The data directory is locked while a node uses it.
-        assert!(matches!(
-            LogManager::open(dir.path(), LogConfig::default()),
-            Err(StorageError::DataDirLocked(_))
-        ));
+        assert!(matches!(LogManager::open(dir.path(), LogConfig::default()), Err(StorageError::DataDirLocked(_))));
         let altered = m
             .alter_topic("orders", TopicOverrides { retention_ms: Some(5000), ..TopicOverrides::default() })
             .await

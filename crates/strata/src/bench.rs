@@ -158,7 +158,9 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
             topic: c.topic.clone(),
             partition: w as u32 % partitions,
             values: (0..args.batch.max(1))
-                .map(|i| Bytes::from(strata_bench::payload(args.seed ^ ((w as u64) << 32) ^ i as u64, args.record_size)))
+                .map(|i| {
+                    Bytes::from(strata_bench::payload(args.seed ^ ((w as u64) << 32) ^ i as u64, args.record_size))
+                })
                 .collect(),
             compression: args.compression,
             record_size: args.record_size,

@@ -135,8 +135,7 @@ pub async fn topic(opts: &ClientOpts, command: TopicCommand) -> anyhow::Result<(
                 OutputFormat::Text => {
                     let mut t = table(&["NAME", "PARTITIONS", "RECORDS", "SIZE-BYTES"]);
                     for topic in &topics {
-                        let records: u64 =
-                            topic.partitions.iter().map(|p| p.high_watermark - p.log_start_offset).sum();
+                        let records: u64 = topic.partitions.iter().map(|p| p.high_watermark - p.log_start_offset).sum();
                         let size: u64 = topic.partitions.iter().map(|p| p.size_bytes).sum();
                         t.add_row(vec![
                             topic.name.clone(),
@@ -165,7 +164,8 @@ pub async fn topic(opts: &ClientOpts, command: TopicCommand) -> anyhow::Result<(
                         }
                     }
                     println!("{c}\n");
-                    let mut t = table(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "SEGMENTS", "SIZE-BYTES", "STATUS"]);
+                    let mut t =
+                        table(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "SEGMENTS", "SIZE-BYTES", "STATUS"]);
                     for p in &topic.partitions {
                         t.add_row(vec![
                             p.partition.to_string(),
@@ -388,10 +388,7 @@ mod tests {
         assert_eq!(parse_start("earliest").expect("ok"), StartOffset::Earliest);
         assert_eq!(parse_start("latest").expect("ok"), StartOffset::Latest);
         assert_eq!(parse_start("42").expect("ok"), StartOffset::Offset(42));
-        assert_eq!(
-            parse_start("2026-11-24T10:00:00Z").expect("ok"),
-            StartOffset::Timestamp(1_795_514_400_000)
-        );
+        assert_eq!(parse_start("2026-11-24T10:00:00Z").expect("ok"), StartOffset::Timestamp(1_795_514_400_000));
         assert!(matches!(parse_start("-15m").expect("ok"), StartOffset::Timestamp(_)));
         assert!(parse_start("yesterday-ish").is_err());
     }

@@ -27,8 +27,8 @@ impl ServerConfig {
     pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut table: toml::Table = DEFAULT_CONFIG.parse().context("embedded default config")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
             let overlay: toml::Table =
                 text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
             merge(&mut table, overlay, "")?;
@@ -79,12 +79,12 @@ fn apply_env(table: &mut toml::Table, prefix: &str, env: &[(String, String)]) ->
         }
         let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else { continue };
         *value = match value {
-            toml::Value::Integer(_) => toml::Value::Integer(
-                raw.trim().parse().with_context(|| format!("{name}={raw} is not an integer"))?,
-            ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(
-                raw.trim().parse().with_context(|| format!("{name}={raw} is not true or false"))?,
-            ),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(raw.trim().parse().with_context(|| format!("{name}={raw} is not an integer"))?)
+            }
+            toml::Value::Boolean(_) => {
+                toml::Value::Boolean(raw.trim().parse().with_context(|| format!("{name}={raw} is not true or false"))?)
+            }
             toml::Value::Float(_) => {
                 toml::Value::Float(raw.trim().parse().with_context(|| format!("{name}={raw} is not a number"))?)
             }
@@ -114,7 +114,8 @@ mod tests {
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("strata.toml");
-        std::fs::write(&path, "data_dir = \"/var/lib/strata\"\n[topic_defaults]\nsegment_bytes = 4096\n").expect("write");
+        std::fs::write(&path, "data_dir = \"/var/lib/strata\"\n[topic_defaults]\nsegment_bytes = 4096\n")
+            .expect("write");
         let c = ServerConfig::load(
             Some(&path),
             &env(&[("STRATA_LISTEN", "0.0.0.0:9000"), ("STRATA_TOPIC_DEFAULTS_RETENTION_MS", "1000")]),
@@ -133,7 +134,10 @@ mod tests {
         std::fs::write(&path, "listn = \"x\"\n").expect("write");
         let err = format!("{:#}", ServerConfig::load(Some(&path), &[]).expect_err("unknown key"));
         assert!(err.contains("listn"), "{err}");
-        let err = format!("{:#}", ServerConfig::load(None, &env(&[("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "big")])).expect_err("bad env"));
+        let err = format!(
+            "{:#}",
+            ServerConfig::load(None, &env(&[("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "big")])).expect_err("bad env")
+        );
         assert!(err.contains("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES"), "{err}");
         let c = ServerConfig::load(None, &env(&[("STRATA_LISTEN", "nonsense")])).expect("load");
         assert!(c.node_config().is_err());

@@ -1,0 +1,106 @@
+//! The `strata` CLI against a real server process.
+
+mod common;
+
+use common::{ServerProcess, ok, strata};
+
+#[test]
+fn topic_produce_consume_roundtrip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path());
+    let s = server.addr.as_str();
+
+    let out = ok(s, &["topic", "create", "orders", "--partitions", "2", "--config", "retention.ms=3600000"], "");
+    assert_eq!(out.trim(), "created topic orders with 2 partitions");
+    assert!(ok(s, &["topic", "list"], "").contains("orders"));
+
+    ok(s, &["produce", "orders", "--partition", "0", "--header", "source=test"], "alpha\nbeta\ngamma\n");
+    ok(s, &["produce", "orders", "--partition", "1", "--key", "k"], "delta\n");
+
+    let values = ok(s, &["consume", "orders", "--partition", "0", "--from", "earliest", "--max-messages", "3"], "");
+    assert_eq!(values, "alpha\nbeta\ngamma\n");
+    let from_offset = ok(s, &["consume", "orders", "-p", "0", "--from", "1", "-n", "2"], "");
+    assert_eq!(from_offset, "beta\ngamma\n");
+
+    let json = ok(s, &["consume", "orders", "-p", "0", "-n", "1", "--format", "json"], "");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json line");
+    assert_eq!(v["partition"], 0);
+    assert_eq!(v["offset"], 0);
+    assert_eq!(v["value"], "alpha");
+    assert_eq!(v["key"], serde_json::Value::Null);
+    assert_eq!(v["headers"]["source"], "test");
+    assert!(v["timestamp"].as_str().expect("timestamp").ends_with('Z'));
+
+    // Without --partition every partition is read.
+    let mut all: Vec<String> = ok(s, &["consume", "orders", "-n", "4"], "").lines().map(str::to_owned).collect();
+    all.sort();
+    assert_eq!(all, ["alpha", "beta", "delta", "gamma"]);
+
+    let describe = ok(s, &["topic", "describe", "orders"], "");
+    assert!(describe.contains("retention.ms"), "{describe}");
+    assert!(describe.contains("3600000"), "{describe}");
+    let described: serde_json::Value =
+        serde_json::from_str(&ok(s, &["topic", "describe", "orders", "--format", "json"], "")).expect("json");
+    assert_eq!(described["partition_states"][0]["high_watermark"], 3);
+    assert_eq!(described["partition_states"][1]["high_watermark"], 1);
+
+    ok(s, &["topic", "alter-config", "orders", "--set", "retention.bytes=1048576"], "");
+    let described: serde_json::Value =
+        serde_json::from_str(&ok(s, &["topic", "describe", "orders", "--format", "json"], "")).expect("json");
+    assert_eq!(described["config"]["retention.bytes"], "1048576");
+
+    ok(s, &["topic", "delete", "orders"], "");
+    assert!(!ok(s, &["topic", "list"], "").contains("orders"));
+}
+
+#[test]
+fn errors_are_one_clear_line_and_exit_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path());
+    let addr = server.addr.clone();
+    let s = addr.as_str();
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["consume", "nope", "-n", "1"], "error: unknown topic 'nope'"),
+        (&["produce", "nope"], "error: unknown topic 'nope'"),
+        (&["topic", "create", "zero", "--partitions", "0"], "error: invalid partition count 0"),
+        (&["topic", "create", "bad name"], "error: invalid topic name 'bad name'"),
+        (&["topic", "create", "t", "--config", "colour=blue"], "error: unknown topic config 'colour'"),
+        (&["consume", "nope", "--from", "someday"], "error: --from 'someday' is not earliest"),
+    ];
+    for (args, expected) in cases {
+        let out = strata(s, args, "x\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr}");
+    }
+    ok(s, &["topic", "create", "t", "--partitions", "1"], "");
+    let out = strata(s, &["consume", "t", "--partition", "3", "-n", "1"], "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no partition 3"));
+
+    // Nothing listens on the closed port: the error names the address.
+    drop(server);
+    let out = strata(s, &["topic", "list"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("cannot connect to strata at {s}")), "{stderr}");
+    assert!(stderr.contains("is the server running"), "{stderr}");
+}
+
+#[test]
+fn server_flags_and_env_are_validated() {
+    let out =
+        std::process::Command::new(common::BIN).args(["server", "--listen", "not-an-address"]).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not HOST:PORT"));
+    let out = std::process::Command::new(common::BIN)
+        .args(["server"])
+        .env("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "huge")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES=huge"));
+    let out = std::process::Command::new(common::BIN).args(["server", "--print-default-config"]).output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[topic_defaults]"));
+}

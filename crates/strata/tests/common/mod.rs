@@ -1,0 +1,87 @@
+//! Runs the real `strata` binary: servers as child processes on loopback
+//! ports, and CLI commands.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
+
+/// A `strata server` child process; killed with SIGKILL when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts a server on an ephemeral loopback port and waits until it
+    /// prints the address it listens on.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strata server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                }
+                eprintln!("[server] {line}");
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server printed its address within 60 s");
+        Self { child, addr, data_dir: data_dir.to_owned() }
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `strata ARGS` against `server`, feeding `stdin`.
+pub fn strata(server: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("STRATA_SERVER", server)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strata");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("strata output")
+}
+
+/// Like [`strata`], but the command must succeed; returns stdout.
+pub fn ok(server: &str, args: &[&str], stdin: &str) -> String {
+    let out = strata(server, args, stdin);
+    assert!(
+        out.status.success(),
+        "strata {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
