@@ -48,7 +48,7 @@ start)
         exit 1
     fi
     mkdir -p "$DIR"
-    nohup "$server" -js -a 127.0.0.1 -p "$PORT" -sd "$DIR" >"$LOG" 2>&1 &
+    nohup "$server" -js -a 127.0.0.1 -p "$PORT" -sd "$DIR" </dev/null >"$LOG" 2>&1 &
     echo $! >"$PIDFILE"
     for _ in $(seq 1 200); do # 20 s
         if listening; then

@@ -154,18 +154,18 @@ async fn contexts(args: &JetStreamBench) -> anyhow::Result<Vec<jetstream::Contex
 /// Deletes the stream if it exists and creates it afresh: file storage, the given replicas, one
 /// subject, default limits.
 async fn recreate_stream(js: &jetstream::Context, args: &JetStreamBench) -> anyhow::Result<()> {
+    use jetstream::context::DeleteStreamErrorKind as Kind;
     match js.delete_stream(&args.stream).await {
         Ok(_) => eprintln!("deleted stream {}", args.stream),
-        Err(e)
-            if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(ref j)
-            if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {}
-        Err(e) => {
-            return Err(anyhow::anyhow!(
+        Err(e) => match e.kind() {
+            Kind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {}
+            Kind::Request => anyhow::bail!(
                 "cannot delete stream {}: {e} (is JetStream enabled on {}? nats-server needs -js)",
                 args.stream,
                 args.url
-            ));
-        }
+            ),
+            _ => anyhow::bail!("cannot delete stream {}: {e}", args.stream),
+        },
     }
     let config = Config {
         name: args.stream.clone(),
@@ -176,13 +176,13 @@ async fn recreate_stream(js: &jetstream::Context, args: &JetStreamBench) -> anyh
     };
     js.create_stream(config).await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot create stream {} (file storage, {} replicas, subject {}): {e}",
+            "cannot create stream {} (file storage, replicas {}, subject {}): {e}",
             args.stream,
             args.replicas,
             args.subject
         )
     })?;
-    eprintln!("created stream {} (file storage, {} replicas, subject {})", args.stream, args.replicas, args.subject);
+    eprintln!("created stream {} (file storage, replicas {}, subject {})", args.stream, args.replicas, args.subject);
     Ok(())
 }
 
