@@ -49,8 +49,8 @@ impl LogConfig {
         if self.segment_bytes < MIN_SEGMENT_BYTES {
             return bad(format!("segment_bytes must be at least {MIN_SEGMENT_BYTES}, got {}", self.segment_bytes));
         }
-        if self.segment_ms == 0 {
-            return bad("segment_ms must be positive".into());
+        if self.segment_ms == 0 || self.segment_ms > i64::MAX as u64 {
+            return bad(format!("segment_ms must be between 1 and {}, got {}", i64::MAX, self.segment_ms));
         }
         let min_msg = strata_record::HEADER_LEN as u32 + 1;
         if !(min_msg..=MAX_MESSAGE_BYTES_LIMIT).contains(&self.max_message_bytes) {

@@ -27,8 +27,11 @@ use crate::segment::{self, Segment};
 
 /// Appends waiting for the writer; a full queue makes producers wait.
 const APPEND_QUEUE_CAPACITY: usize = 4096;
-/// Upper bound of one group commit (bytes written per fsync).
+/// Upper bound of one write group.
 const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Written but not yet fsync'd bytes per partition before the writer waits.
+/// Must exceed the largest batch (`MAX_MESSAGE_BYTES_LIMIT`) plus a group.
+const UNSYNCED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Result of an acknowledged append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,8 @@ struct WriterState {
     running_max_ts: i64,
     /// Bytes written to the active segment (durable or about to be).
     active_len: u64,
+    /// Newest timestamp in the active segment.
+    segment_max_ts: i64,
 }
 
 pub(crate) struct Inner {
@@ -90,6 +95,12 @@ pub(crate) struct Inner {
     log_start: AtomicU64,
     hw: watch::Sender<u64>,
     failure: RwLock<Option<Arc<str>>>,
+    /// Written batches (and seals) waiting for the syncer, in write order.
+    sync_queue: Mutex<Vec<SyncItem>>,
+    sync_wakeup: tokio::sync::Notify,
+    /// Bytes written but not yet synced may not exceed this many.
+    unsynced_bytes: tokio::sync::Semaphore,
+    writer_done: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to a partition log; cheap to clone.
@@ -132,10 +143,19 @@ impl PartitionLog {
             index,
             config: RwLock::new(config),
             segments: RwLock::new(Vec::new()),
-            writer: Mutex::new(WriterState { next_offset: 0, running_max_ts: i64::MIN, active_len: 0 }),
+            writer: Mutex::new(WriterState {
+                next_offset: 0,
+                running_max_ts: i64::MIN,
+                active_len: 0,
+                segment_max_ts: i64::MIN,
+            }),
             log_start: AtomicU64::new(0),
             hw,
             failure: RwLock::new(None),
+            sync_queue: Mutex::new(Vec::new()),
+            sync_wakeup: tokio::sync::Notify::new(),
+            unsynced_bytes: tokio::sync::Semaphore::new(UNSYNCED_BYTES_MAX),
+            writer_done: std::sync::atomic::AtomicBool::new(false),
         });
         match inner.recover() {
             Ok(()) => {}
@@ -261,7 +281,12 @@ impl PartitionLog {
     }
 }
 
+/// Writes groups of queued appends to the active segment (page cache only)
+/// and hands them to the syncer. While the syncer fsyncs one group, the next
+/// is being written: the disk is never idle waiting for the CPU, and
+/// concurrent producers share each fsync.
 async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>) {
+    let syncer = tokio::spawn(syncer_loop(Arc::clone(&inner)));
     while let Some(first) = rx.recv().await {
         let mut bytes = first.batch.len();
         let mut group = vec![first];
@@ -274,37 +299,120 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>) {
                 Err(_) => break,
             }
         }
+        // Bound what is written but not yet synced (memory held by waiters).
+        let Ok(permit) = inner.unsynced_bytes.acquire_many(bytes as u32).await else { break };
+        permit.forget();
         let batches: Vec<(Bytes, BatchHeader)> = group.iter().map(|r| (r.batch.clone(), r.header)).collect();
         let worker = Arc::clone(&inner);
         let result = tokio::task::spawn_blocking(move || worker.write_group(&batches))
             .await
             .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
         match result {
-            Ok(infos) => {
-                for (req, info) in group.into_iter().zip(infos) {
-                    let _ = req.reply.send(Ok(info));
+            Ok(written) => {
+                let mut replies = group.into_iter().map(|r| r.reply);
+                let items = written.into_iter().map(|w| match w {
+                    Written::Batch(batch) => SyncItem::Batch(batch, replies.next()),
+                    Written::Seal(seal) => SyncItem::Seal(seal),
+                });
+                match inner.sync_queue.lock() {
+                    Ok(mut queue) => queue.extend(items),
+                    Err(_) => break,
                 }
+                inner.sync_wakeup.notify_one();
             }
             Err(e) => {
-                // After a failed write or fsync the page cache can no longer be
-                // trusted (fsyncgate): stop serving until recovery runs.
-                if !matches!(e, StorageError::PartitionFailed { .. }) {
-                    tracing::error!(topic = %inner.topic, partition = inner.partition, error = %e, "write failed; partition stops serving");
-                    inner.fail(&e);
-                }
+                inner.unsynced_bytes.add_permits(bytes);
+                inner.write_failed(&e);
                 for req in group {
                     let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+    inner.writer_done.store(true, Ordering::Release);
+    inner.sync_wakeup.notify_one();
+    let _ = syncer.await;
 }
 
-struct Touched {
+/// Makes written groups durable: fdatasync of every segment they touched,
+/// then index entries, then the high watermark moves and producers get
+/// their acknowledgements.
+async fn syncer_loop(inner: Arc<Inner>) {
+    loop {
+        inner.sync_wakeup.notified().await;
+        loop {
+            let items: Vec<SyncItem> = match inner.sync_queue.lock() {
+                Ok(mut queue) => std::mem::take(&mut *queue),
+                Err(_) => return,
+            };
+            if items.is_empty() {
+                break;
+            }
+            let (work, replies): (Vec<Written>, Vec<_>) = items
+                .into_iter()
+                .map(|item| match item {
+                    SyncItem::Batch(b, reply) => (Written::Batch(b.clone()), Some((b, reply))),
+                    SyncItem::Seal(s) => (Written::Seal(s), None),
+                })
+                .unzip();
+            let bytes: usize = work.iter().map(Written::bytes).sum();
+            let worker = Arc::clone(&inner);
+            let result = tokio::task::spawn_blocking(move || worker.sync_written(&work))
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Index(format!("sync task failed: {e}"))));
+            if let Err(e) = &result {
+                inner.write_failed(e);
+            }
+            for (batch, reply) in replies.into_iter().flatten() {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.clone().map(|()| batch.info));
+                }
+            }
+            inner.unsynced_bytes.add_permits(bytes);
+        }
+        if inner.writer_done.load(Ordering::Acquire) && inner.sync_queue.lock().map_or(true, |q| q.is_empty()) {
+            return;
+        }
+    }
+}
+
+/// A batch written to a segment, waiting for its fsync.
+#[derive(Clone)]
+struct WrittenBatch {
+    info: AppendInfo,
+    entry: IndexEntry,
+    /// Time-index point this batch adds (a new running maximum).
+    point: Option<(i64, u64)>,
     segment: Arc<Segment>,
-    len: u64,
-    next_offset: u64,
     max_ts: i64,
+}
+
+/// A segment that was rolled; its metadata is recorded once its batches are
+/// durable and indexed.
+#[derive(Clone)]
+struct Seal {
+    segment: Arc<Segment>,
+    meta: SegmentMeta,
+}
+
+#[derive(Clone)]
+enum Written {
+    Batch(WrittenBatch),
+    Seal(Seal),
+}
+
+impl Written {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Batch(b) => b.entry.size as usize,
+            Self::Seal(_) => 0,
+        }
+    }
+}
+
+enum SyncItem {
+    Batch(WrittenBatch, Option<oneshot::Sender<Result<AppendInfo>>>),
+    Seal(Seal),
 }
 
 impl Inner {
@@ -469,7 +577,8 @@ impl Inner {
         let active_len = segments.last().map_or(0, |s| s.len());
         {
             let mut w = self.writer.lock().map_err(|_| lock_poisoned())?;
-            *w = WriterState { next_offset: expected, running_max_ts, active_len };
+            let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
+            *w = WriterState { next_offset: expected, running_max_ts, active_len, segment_max_ts };
         }
         *self.segments.write().map_err(|_| lock_poisoned())? = segments;
         self.hw.send_replace(expected);
@@ -483,75 +592,109 @@ impl Inner {
 
     // ----- writes --------------------------------------------------------
 
-    /// Writes a group of batches, fsyncs, indexes, then publishes them.
-    fn write_group(&self, group: &[(Bytes, BatchHeader)]) -> Result<Vec<AppendInfo>> {
+    fn write_failed(&self, error: &StorageError) {
+        // After a failed write or fsync the page cache can no longer be
+        // trusted (fsyncgate): stop serving until recovery runs.
+        if !matches!(error, StorageError::PartitionFailed { .. }) {
+            tracing::error!(topic = %self.topic, partition = self.partition, %error, "write failed; partition stops serving");
+            self.fail(error);
+        }
+    }
+
+    /// Stamps and writes a group of batches to the active segment, rolling
+    /// segments as needed. Nothing is durable yet: see [`Inner::sync_written`].
+    fn write_group(&self, group: &[(Bytes, BatchHeader)]) -> Result<Vec<Written>> {
         self.check_failed()?;
         let config = self.config.read().map(|c| *c).map_err(|_| lock_poisoned())?;
         let mut w = self.writer.lock().map_err(|_| lock_poisoned())?;
         let mut active = self.segments()?.last().cloned().ok_or_else(lock_poisoned)?;
         let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _)| b.len()).sum());
-        let mut entries = Vec::with_capacity(group.len());
-        let mut points = Vec::new();
-        let mut infos = Vec::with_capacity(group.len());
-        let mut touched: Vec<Touched> = Vec::new();
-        let mut seg_max = active.max_timestamp_ms.load(Ordering::Acquire);
+        let mut out = Vec::with_capacity(group.len());
         let now = crate::now_ms();
         for (batch, header) in group {
             let size = batch.len() as u64;
             let too_big = w.active_len + size > config.segment_bytes;
             let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
             if w.active_len > 0 && (too_big || too_old) {
-                write_and_sync(&active, &buf)?;
+                write_all(&active, &buf)?;
                 buf.clear();
-                touched.push(Touched {
+                out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
-                    len: w.active_len,
-                    next_offset: w.next_offset,
-                    max_ts: seg_max,
-                });
+                    meta: SegmentMeta { size: w.active_len, next_offset: w.next_offset, max_timestamp_ms: w.segment_max_ts },
+                }));
                 active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
                 segment::sync_dir(&self.dir)?;
                 self.segments.write().map_err(|_| lock_poisoned())?.push(Arc::clone(&active));
                 w.active_len = 0;
-                seg_max = i64::MIN;
+                w.segment_max_ts = i64::MIN;
             }
             let start = buf.len();
             buf.extend_from_slice(batch);
             strata_record::stamp(&mut buf[start..], w.next_offset, 0);
-            entries.push(IndexEntry {
-                base_offset: w.next_offset,
-                next_offset: w.next_offset + u64::from(header.record_count),
-                segment_base: active.base,
-                position: w.active_len,
-                size: size as u32,
-            });
-            if header.max_timestamp_ms > w.running_max_ts {
+            let point = (header.max_timestamp_ms > w.running_max_ts).then(|| {
                 w.running_max_ts = header.max_timestamp_ms;
-                points.push((header.max_timestamp_ms, w.next_offset));
-            }
-            seg_max = seg_max.max(header.max_timestamp_ms);
-            infos.push(AppendInfo { base_offset: w.next_offset, record_count: header.record_count });
+                (header.max_timestamp_ms, w.next_offset)
+            });
+            w.segment_max_ts = w.segment_max_ts.max(header.max_timestamp_ms);
+            out.push(Written::Batch(WrittenBatch {
+                info: AppendInfo { base_offset: w.next_offset, record_count: header.record_count },
+                entry: IndexEntry {
+                    base_offset: w.next_offset,
+                    next_offset: w.next_offset + u64::from(header.record_count),
+                    segment_base: active.base,
+                    position: w.active_len,
+                    size: size as u32,
+                },
+                point,
+                segment: Arc::clone(&active),
+                max_ts: header.max_timestamp_ms,
+            }));
             w.next_offset += u64::from(header.record_count);
             w.active_len += size;
         }
-        write_and_sync(&active, &buf)?;
+        write_all(&active, &buf)?;
+        Ok(out)
+    }
+
+    /// fdatasyncs every segment the written batches touched, indexes them,
+    /// records sealed segments, then publishes: segment lengths, then the high
+    /// watermark. Blocking.
+    fn sync_written(&self, written: &[Written]) -> Result<()> {
+        self.check_failed()?;
+        let mut synced: Vec<u64> = Vec::new();
+        let mut entries = Vec::with_capacity(written.len());
+        let mut points = Vec::new();
+        for item in written {
+            if let Written::Batch(b) = item {
+                if !synced.contains(&b.segment.base) {
+                    b.segment.file.sync_data().at(&b.segment.path)?;
+                    synced.push(b.segment.base);
+                }
+                entries.push(b.entry);
+                points.extend(b.point);
+            }
+        }
         self.index.put(&entries, &points)?;
         // Sealed segments get their metadata after their entries are indexed,
         // so metadata present implies a complete index for that segment.
-        for t in &touched {
-            self.index.put_segment_meta(
-                t.segment.base,
-                &SegmentMeta { size: t.len, next_offset: t.next_offset, max_timestamp_ms: t.max_ts },
-            )?;
+        for item in written {
+            if let Written::Seal(seal) = item {
+                self.index.put_segment_meta(seal.segment.base, &seal.meta)?;
+            }
         }
-        touched.push(Touched { segment: active, len: w.active_len, next_offset: w.next_offset, max_ts: seg_max });
-        for t in &touched {
-            t.segment.max_timestamp_ms.fetch_max(t.max_ts, Ordering::AcqRel);
-            t.segment.next_offset.store(t.next_offset, Ordering::Release);
-            t.segment.durable_len.store(t.len, Ordering::Release);
+        let mut high_watermark = None;
+        for item in written {
+            if let Written::Batch(b) = item {
+                b.segment.max_timestamp_ms.fetch_max(b.max_ts, Ordering::AcqRel);
+                b.segment.next_offset.store(b.entry.next_offset, Ordering::Release);
+                b.segment.durable_len.store(b.entry.position + u64::from(b.entry.size), Ordering::Release);
+                high_watermark = Some(b.entry.next_offset);
+            }
         }
-        self.hw.send_replace(w.next_offset);
-        Ok(infos)
+        if let Some(hw) = high_watermark {
+            self.hw.send_replace(hw);
+        }
+        Ok(())
     }
 
     // ----- reads ---------------------------------------------------------
@@ -685,11 +828,10 @@ impl Inner {
     }
 }
 
-fn write_and_sync(seg: &Segment, buf: &[u8]) -> Result<()> {
+fn write_all(seg: &Segment, buf: &[u8]) -> Result<()> {
     use std::io::Write;
     if buf.is_empty() {
         return Ok(());
     }
-    (&seg.file).write_all(buf).at(&seg.path)?;
-    seg.file.sync_data().at(&seg.path)
+    (&seg.file).write_all(buf).at(&seg.path)
 }
