@@ -40,6 +40,21 @@ pub struct Limits {
     pub warmup: Duration,
 }
 
+/// Hard cap on any run, whatever the flags say.
+pub const MAX_RUN: Duration = Duration::from_secs(3600);
+
+impl Limits {
+    /// Limits from the usual bench flags: a record count and/or a duration
+    /// (10 s when neither is given), always capped at [`MAX_RUN`].
+    pub fn from_flags(records: Option<u64>, duration: Option<Duration>, warmup: Duration) -> Self {
+        let duration = match (records, duration) {
+            (None, None) => Some(Duration::from_secs(10)),
+            (_, d) => d,
+        };
+        Self { records, duration, max_duration: MAX_RUN, warmup }
+    }
+}
+
 /// Results of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -57,6 +72,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// Prints the report to stdout: one line of text, or one JSON object.
+    pub fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+        } else {
+            self.print_text();
+        }
+        Ok(())
+    }
+
     pub fn print_text(&self) {
         println!(
             "{}: {} records in {:.1} s: {:.0} records/s, {:.1} MB/s; latency per operation p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} operations)",

@@ -17,7 +17,7 @@ use async_nats::jetstream::stream::{Config, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use strata_bench::{Limits, Op, Report, Worker};
+use strata_bench::{Limits, Op, Worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "strata-peer-bench", version, about = "Drives peer systems with Strata's load generator.")]
@@ -82,25 +82,6 @@ struct JetStreamBench {
     /// Seed of the payload generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-/// Hard cap on any bench run (as in `strata bench`).
-const MAX_RUN: Duration = Duration::from_secs(3600);
-
-fn limits(args: &JetStreamBench) -> Limits {
-    let duration = match (args.records, args.duration) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (_, d) => d,
-    };
-    Limits { records: args.records, duration, max_duration: MAX_RUN, warmup: args.warmup }
-}
-
-fn print(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Text => report.print_text(),
-        OutputFormat::Json => println!("{}", serde_json::to_string(report)?),
-    }
-    Ok(())
 }
 
 struct PublishWorker {
@@ -212,8 +193,9 @@ async fn jetstream_bench(args: JetStreamBench) -> anyhow::Result<()> {
         })
         .collect();
     let label = format!("jetstream produce c={} b={} r={}", args.concurrency, args.batch, args.replicas);
-    let report = strata_bench::run(&label, workers, limits(&args)).await?;
-    print(&report, args.format)
+    let limits = Limits::from_flags(args.records, args.duration, args.warmup);
+    let report = strata_bench::run(&label, workers, limits).await?;
+    report.print(matches!(args.format, OutputFormat::Json))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -222,16 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(run(cli)) {
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

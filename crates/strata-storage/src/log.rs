@@ -620,7 +620,11 @@ impl Inner {
                 buf.clear();
                 out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
-                    meta: SegmentMeta { size: w.active_len, next_offset: w.next_offset, max_timestamp_ms: w.segment_max_ts },
+                    meta: SegmentMeta {
+                        size: w.active_len,
+                        next_offset: w.next_offset,
+                        max_timestamp_ms: w.segment_max_ts,
+                    },
                 }));
                 active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
                 segment::sync_dir(&self.dir)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use strata_bench::{Limits, Op, Report, Worker};
+use strata_bench::{Limits, Op, Worker};
 use strata_client::{Client, Compression};
 use strata_record::BatchBuilder;
 
@@ -76,31 +76,12 @@ pub struct ConsumeBench {
     pub fetch_bytes: u32,
 }
 
-/// Hard cap on any bench run.
-const MAX_RUN: Duration = Duration::from_secs(3600);
-
-fn limits(c: &Common) -> Limits {
-    let duration = match (c.records, c.duration) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (_, d) => d,
-    };
-    Limits { records: c.records, duration, max_duration: MAX_RUN, warmup: c.warmup }
-}
-
 async fn clients(opts: &ClientOpts, n: usize) -> anyhow::Result<Vec<Client>> {
     let mut out = Vec::with_capacity(n.max(1));
     for _ in 0..n.max(1) {
         out.push(crate::cli::connect(opts).await?);
     }
     Ok(out)
-}
-
-fn print(report: &Report, format: crate::cli::OutputFormat) -> anyhow::Result<()> {
-    match format {
-        OutputFormat::Text => report.print_text(),
-        OutputFormat::Json => println!("{}", serde_json::to_string(report)?),
-    }
-    Ok(())
 }
 
 pub async fn run(opts: &ClientOpts, command: BenchCommand) -> anyhow::Result<()> {
@@ -167,8 +148,8 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
         })
         .collect();
     let label = format!("strata produce c={} b={} p={partitions}", c.concurrency, args.batch);
-    let report = strata_bench::run(&label, workers, limits(c)).await?;
-    print(&report, c.format)
+    let report = strata_bench::run(&label, workers, Limits::from_flags(c.records, c.duration, c.warmup)).await?;
+    report.print(matches!(c.format, OutputFormat::Json))
 }
 
 struct ConsumeWorker {
@@ -213,6 +194,6 @@ async fn consume(opts: &ClientOpts, args: ConsumeBench) -> anyhow::Result<()> {
     let total: u64 = workers.iter().map(|w| w.end - w.next).sum();
     eprintln!("bench consume: topic {} ({} partitions, {total} records)", c.topic, workers.len());
     let label = format!("strata consume p={}", workers.len());
-    let report = strata_bench::run(&label, workers, limits(c)).await?;
-    print(&report, c.format)
+    let report = strata_bench::run(&label, workers, Limits::from_flags(c.records, c.duration, c.warmup)).await?;
+    report.print(matches!(c.format, OutputFormat::Json))
 }
