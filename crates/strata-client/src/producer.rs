@@ -307,9 +307,24 @@ impl Accumulator {
             let done = self.done_tx.clone();
             let key = key.clone();
             tokio::spawn(async move {
+                // Reports completion even if the send panics, so the partition's
+                // in-flight slot (and every later record) is never stuck.
+                let _done = DoneGuard { done, key: Some(key.clone()) };
                 send_batch(&client, &config, &key, ready).await;
-                let _ = done.send(key);
             });
+        }
+    }
+}
+
+struct DoneGuard {
+    done: mpsc::UnboundedSender<Key>,
+    key: Option<Key>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let _ = self.done.send(key);
         }
     }
 }

@@ -36,6 +36,8 @@ pub const MAGIC: u8 = 1;
 /// Upper bound on a batch's decompressed payload; protects against
 /// decompression bombs regardless of per-topic limits.
 pub const MAX_UNCOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+/// Upper bound on records in one batch (bounds decoding memory).
+pub const MAX_RECORDS_PER_BATCH: u32 = 1_000_000;
 
 const OFF_CRC: usize = 4;
 const OFF_MAGIC: usize = 8;
@@ -53,6 +55,10 @@ const COMPRESSION_MASK: u8 = 0b111;
 pub enum FormatError {
     #[error("batch is truncated: need {needed} bytes, have {available}")]
     Truncated { needed: usize, available: usize },
+    #[error("batch declares {declared} bytes but {actual} were given (one batch per buffer)")]
+    Length { declared: usize, actual: usize },
+    #[error("batch declares {0} records, above the limit of {MAX_RECORDS_PER_BATCH}")]
+    TooManyRecords(u32),
     #[error("unsupported batch format version {0} (expected {MAGIC})")]
     BadMagic(u8),
     #[error("batch checksum mismatch: stored crc32c {stored:#010x}, computed {computed:#010x}")]
@@ -193,6 +199,9 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, FormatError> {
     if batch.len() < header.size {
         return Err(FormatError::Truncated { needed: header.size, available: batch.len() });
     }
+    if batch.len() > header.size {
+        return Err(FormatError::Length { declared: header.size, actual: batch.len() });
+    }
     let computed = crc32c::crc32c(&batch[OFF_MAGIC..header.size]);
     if computed != header.crc {
         return Err(FormatError::Checksum { stored: header.crc, computed });
@@ -207,6 +216,9 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, FormatError> {
     let header = verify(batch)?;
     if header.record_count == 0 {
         return Err(FormatError::Empty);
+    }
+    if header.record_count > MAX_RECORDS_PER_BATCH {
+        return Err(FormatError::TooManyRecords(header.record_count));
     }
     if header.max_timestamp_ms < header.first_timestamp_ms {
         return Err(FormatError::Timestamps { first: header.first_timestamp_ms, max: header.max_timestamp_ms });
@@ -245,7 +257,7 @@ pub fn decode(batch: &Bytes) -> Result<Vec<Record>, FormatError> {
         c => Bytes::from(decompress(c, &batch[HEADER_LEN..header.size])?.into_owned()),
     };
     let mut reader = RecordReader::new(&payload, &header);
-    let mut out = Vec::with_capacity(header.record_count as usize);
+    let mut out = Vec::with_capacity((header.record_count as usize).min(payload.len()));
     while let Some(raw) = reader.next_raw()? {
         out.push(Record {
             offset: header.base_offset + out.len() as u64,
@@ -367,7 +379,12 @@ impl<'a> RecordReader<'a> {
         let value_len = self.varint()?;
         let value = self.slice(value_len)?;
         let header_count = self.varint()?;
-        let mut headers = Vec::new();
+        // Each header takes at least two bytes: a larger count is a lie that
+        // would only make us allocate.
+        if header_count > (self.buf.len() - self.pos) as u64 / 2 {
+            return Err(self.malformed("more headers than bytes left"));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
             let klen = self.varint()?;
             let k = self.slice(klen)?;
@@ -621,6 +638,15 @@ mod tests {
         let err = verify(&batch[..batch.len() - 1]).expect_err("short");
         assert!(matches!(err, FormatError::Truncated { .. }), "{err}");
         assert!(matches!(BatchHeader::parse(&batch[..10]), Err(FormatError::Truncated { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_batch_are_rejected() {
+        let mut batch = encode(&sample(2, 5), Compression::None).to_vec();
+        let size = batch.len();
+        batch.extend_from_slice(b"junk");
+        stamp(&mut batch, 0, 0);
+        assert_eq!(validate(&batch), Err(FormatError::Length { declared: size, actual: size + 4 }));
     }
 
     #[test]

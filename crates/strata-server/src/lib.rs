@@ -155,9 +155,7 @@ impl Node {
                 Ok(())
             }
         };
-        if let Ok(logs) = Arc::try_unwrap(self.logs) {
-            logs.close().await;
-        }
+        self.logs.close().await;
         served
     }
 }

@@ -274,11 +274,6 @@ impl PartitionLog {
     pub fn take_writer(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.writer.lock().ok().and_then(|mut w| w.take())
     }
-
-    /// Removes the partition's index data; the caller removes its directory.
-    pub fn destroy_index(&self) -> Result<()> {
-        self.inner.index.destroy()
-    }
 }
 
 /// Writes groups of queued appends to the active segment (page cache only)
@@ -485,6 +480,8 @@ impl Inner {
             ));
         }
         self.log_start.store(meta.log_start_offset, Ordering::Release);
+        // Entries below the log start outlive a retention pass that crashed.
+        self.index.purge_before(meta.log_start_offset)?;
 
         let last_indexed = self.index.last()?;
         let mut segments = Vec::with_capacity(bases.len());
@@ -511,6 +508,7 @@ impl Inner {
                 seg.durable_len.store(m.size, Ordering::Release);
                 seg.next_offset.store(m.next_offset, Ordering::Release);
                 seg.max_timestamp_ms.store(m.max_timestamp_ms, Ordering::Release);
+                seg.sealed.store(true, Ordering::Release);
                 expected = m.next_offset;
                 segments.push(Arc::new(seg));
                 continue;
@@ -537,10 +535,9 @@ impl Inner {
                 seg.file.set_len(fault.position).at(&seg.path)?;
                 valid_len = fault.position;
             }
-            if is_active {
-                // What survived in the page cache is made durable before it is served.
-                seg.file.sync_all().at(&seg.path)?;
-            }
+            // What survived in the page cache is made durable before it is
+            // served (a kill -9 can leave any recent segment's tail unsynced).
+            seg.file.sync_all().at(&seg.path)?;
             let mut entries = Vec::with_capacity(scan.batches.len());
             let mut points = Vec::new();
             let mut seg_max = i64::MIN;
@@ -568,6 +565,7 @@ impl Inner {
                     base,
                     &SegmentMeta { size: valid_len, next_offset: expected, max_timestamp_ms: seg_max },
                 )?;
+                seg.sealed.store(true, Ordering::Release);
             }
             segments.push(Arc::new(seg));
         }
@@ -616,7 +614,11 @@ impl Inner {
             let too_big = w.active_len + size > config.segment_bytes;
             let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
             if w.active_len > 0 && (too_big || too_old) {
+                // The old segment is complete on disk before the next one
+                // exists: recovery may then treat any fault in a sealed
+                // segment as corruption, never as a torn tail.
                 write_all(&active, &buf)?;
+                active.file.sync_data().at(&active.path)?;
                 buf.clear();
                 out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
@@ -684,6 +686,7 @@ impl Inner {
         for item in written {
             if let Written::Seal(seal) = item {
                 self.index.put_segment_meta(seal.segment.base, &seal.meta)?;
+                seal.segment.sealed.store(true, Ordering::Release);
             }
         }
         let mut high_watermark = None;
@@ -758,6 +761,9 @@ impl Inner {
             if let Err(e) = strata_record::verify(&batch) {
                 return Err(self.read_corruption(seg, file_pos, e.to_string()));
             }
+            if header.base_offset >= hw {
+                break; // durable, but published after the high watermark we report
+            }
             result.batches.push(batch);
             pos += header.size;
         }
@@ -803,9 +809,13 @@ impl Inner {
         let mut total: u64 = segments.iter().map(|s| s.len()).sum();
         let mut doomed = 0;
         for seg in sealed {
+            if !seg.sealed.load(Ordering::Acquire) {
+                break; // rolled, but its last batches are not fsync'd and indexed yet
+            }
             let by_size = config.retention_bytes >= 0 && total - seg.len() >= config.retention_bytes as u64;
-            let by_time = config.retention_ms > 0
-                && seg.max_timestamp_ms.load(Ordering::Acquire) < now_ms.saturating_sub(config.retention_ms);
+            let max_ts = seg.max_timestamp_ms.load(Ordering::Acquire);
+            let by_time =
+                config.retention_ms > 0 && max_ts != i64::MIN && max_ts < now_ms.saturating_sub(config.retention_ms);
             if !(by_size || by_time) {
                 break;
             }

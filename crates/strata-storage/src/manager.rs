@@ -31,6 +31,8 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
 const TOPIC_KEY_PREFIX: &str = "topic/";
 const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
+/// `deleted/<dir>`: a deleted topic's directory may be removed.
+const TOMBSTONE_PREFIX: &str = "deleted/";
 
 /// A topic as the catalog stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +56,12 @@ struct Topic {
     record: RwLock<TopicRecord>,
     dir: PathBuf,
     partitions: Vec<PartitionLog>,
+}
+
+impl Topic {
+    fn id(&self) -> Result<u64> {
+        Ok(self.record.read().map_err(|_| lock_poisoned())?.id)
+    }
 }
 
 /// Owner of every topic of a node.
@@ -91,6 +99,17 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Awaits every handle (tokio has no join_all of its own).
+async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 fn lock_poisoned() -> StorageError {
     StorageError::Index("topic table lock poisoned by a panic".into())
 }
@@ -125,14 +144,25 @@ impl LogManager {
             let name = topic.record.read().map_err(|_| lock_poisoned())?.name.clone();
             manager.topics.write().map_err(|_| lock_poisoned())?.insert(name, topic);
         }
-        // Directories without a catalog entry belong to deletions that crashed
-        // half-way: finish them.
+        // A directory without a catalog entry is removed only when a deletion
+        // left its tombstone (it crashed half-way). Anything else is left
+        // alone: data is never deleted because metadata went missing.
         let topics_dir = root.join("topics");
+        let catalog = manager.db.cf(CF_CATALOG)?;
         for entry in std::fs::read_dir(&topics_dir).at(&topics_dir)? {
             let path = entry.at(&topics_dir)?.path();
-            if !known_dirs.contains(&path) {
-                warn!(dir = %path.display(), "removing directory of a deleted topic");
+            if known_dirs.contains(&path) {
+                continue;
+            }
+            let tombstone = format!("{TOMBSTONE_PREFIX}{}", dir_name(&path));
+            if manager.db.db().get_cf(catalog, &tombstone)?.is_some() {
+                warn!(dir = %path.display(), "finishing the deletion of a deleted topic");
                 std::fs::remove_dir_all(&path).at(&path)?;
+                let mut batch = WriteBatch::default();
+                batch.delete_cf(catalog, tombstone);
+                manager.db.write(batch, true)?;
+            } else {
+                warn!(dir = %path.display(), "directory of no known topic under topics/: left untouched");
             }
         }
         Ok(manager)
@@ -222,6 +252,10 @@ impl LogManager {
         self.db.write(batch, true)?;
         // Creating the directories and empty segments is brief; done inline.
         let topic = self.open_topic(record)?;
+        // Make the new directories' entries durable (partition directories
+        // sync themselves when their first segment is created).
+        crate::segment::sync_dir(&topic.dir)?;
+        crate::segment::sync_dir(&self.root.join("topics"))?;
         self.topics.write().map_err(|_| lock_poisoned())?.insert(name.to_owned(), Arc::clone(&topic));
         info!(topic = name, partitions, id, "topic created");
         self.info(&topic)
@@ -231,18 +265,35 @@ impl LogManager {
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let _guard = self.catalog_lock.lock().await;
         let topic = self.topic(name)?;
+        let catalog = self.db.cf(CF_CATALOG)?;
+        let tombstone = format!("{TOMBSTONE_PREFIX}{}", dir_name(&topic.dir));
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.db.cf(CF_CATALOG)?, format!("{TOPIC_KEY_PREFIX}{name}"));
+        batch.delete_cf(catalog, format!("{TOPIC_KEY_PREFIX}{name}"));
+        batch.put_cf(catalog, &tombstone, b"");
         self.db.write(batch, true)?;
         self.topics.write().map_err(|_| lock_poisoned())?.remove(name);
+        // New requests fail at once; queued appends finish before the index
+        // ranges and files go, so no late write recreates either.
         for p in &topic.partitions {
             p.close("the topic was deleted");
-            p.destroy_index()?;
         }
-        let dir = topic.dir.clone();
+        let writers: Vec<_> = topic.partitions.iter().filter_map(PartitionLog::take_writer).collect();
+        let (dir, id, count) = (topic.dir.clone(), topic.id()?, topic.partitions.len() as u32);
+        drop(topic);
+        for writer in writers {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), writer).await.is_err() {
+                warn!(topic = name, "a partition writer is still busy 10 s after the topic was deleted");
+            }
+        }
+        for p in 0..count {
+            crate::index::LogIndex::destroy(&self.db.partition(id, p))?;
+        }
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).at(&dir))
             .await
             .map_err(|e| StorageError::Index(format!("delete task failed: {e}")))??;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(catalog, tombstone);
+        self.db.write(batch, false)?;
         info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -287,10 +338,10 @@ impl LogManager {
         })
     }
 
-    /// Closes every partition, waiting until their writers have finished what
-    /// was queued; then releases the data directory. Handles to partitions
-    /// still held elsewhere delay this (up to a 30 s limit).
-    pub async fn close(self) {
+    /// Closes every partition, waiting (30 s at most in all) until their
+    /// writers have finished what was queued. Partitions stop being served
+    /// at once; handles still held elsewhere keep their writer until dropped.
+    pub async fn close(&self) {
         let topics = match self.topics.write() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => return,
@@ -298,10 +349,9 @@ impl LogManager {
         let writers: Vec<_> =
             topics.values().flat_map(|t| t.partitions.iter().filter_map(PartitionLog::take_writer)).collect();
         drop(topics);
-        for writer in writers {
-            if tokio::time::timeout(std::time::Duration::from_secs(30), writer).await.is_err() {
-                warn!("a partition writer did not stop within 30 s; closing anyway");
-            }
+        let all = futures_join_all(writers);
+        if tokio::time::timeout(std::time::Duration::from_secs(30), all).await.is_err() {
+            warn!("partition writers did not stop within 30 s; closing anyway");
         }
     }
 

@@ -49,6 +49,9 @@ pub(crate) struct Segment {
     pub next_offset: AtomicU64,
     pub max_timestamp_ms: AtomicI64,
     pub created_ms: i64,
+    /// Set once the segment is sealed durably: all its batches fsync'd and
+    /// indexed, its metadata recorded. Only such segments may be deleted.
+    pub sealed: std::sync::atomic::AtomicBool,
 }
 
 impl Segment {
@@ -63,6 +66,7 @@ impl Segment {
             next_offset: AtomicU64::new(base),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             created_ms: crate::now_ms(),
+            sealed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

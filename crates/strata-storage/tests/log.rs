@@ -154,6 +154,10 @@ async fn oversize_and_malformed_batches_are_rejected_and_write_nothing() {
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     assert!(matches!(log.append(Bytes::from(bad)).await, Err(StorageError::InvalidBatch(_))));
+    // Bytes after a valid batch would be stored but never readable: rejected.
+    let mut trailing = batch(1, 1, "y").to_vec();
+    trailing.extend_from_slice(b"junk");
+    assert!(matches!(log.append(Bytes::from(trailing)).await, Err(StorageError::InvalidBatch(_))));
     assert_eq!(log.high_watermark(), 0);
     assert_eq!(log.status().size_bytes, 0);
 }
@@ -322,7 +326,11 @@ async fn retention_by_time_deletes_segments_older_than_the_limit() {
     let start = log.log_start_offset();
     assert!(start > 0 && start <= 40, "old segments go, new ones stay: start {start}");
     let got = read_all(&log, start).await;
-    assert!(got.iter().all(|r| !String::from_utf8_lossy(&r.value).starts_with("new") || r.offset >= 40));
+    assert_eq!(got.first().map(|r| r.offset), Some(start));
+    for r in &got {
+        let new = String::from_utf8_lossy(&r.value).starts_with("new");
+        assert_eq!(new, r.offset >= 40, "offset {} holds {:?}", r.offset, r.value);
+    }
     assert_eq!(got.last().map(|r| r.offset), Some(79));
     // Time lookups still work for what remains.
     assert_eq!(log.offset_for_timestamp(now).await.expect("ts").map(|(o, _)| o), Some(40));
@@ -380,6 +388,7 @@ async fn manager_validates_and_persists_topics() {
             .expect("alter");
         assert_eq!(altered.config.retention_ms, 5000);
         m.close().await;
+        drop(m);
     }
     let m = LogManager::open(dir.path(), LogConfig::default()).expect("reopen");
     let info = m.describe_topic("orders").expect("persisted");
@@ -392,4 +401,28 @@ async fn manager_validates_and_persists_topics() {
     assert_eq!(again.partitions[0].high_watermark, 0, "a recreated topic starts empty");
     let dirs: Vec<_> = std::fs::read_dir(dir.path().join("topics")).expect("ls").collect();
     assert_eq!(dirs.len(), 1, "the deleted topic's files are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_directories_are_never_deleted_but_deleted_topics_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As if the catalog had been lost: a topic directory nobody knows about.
+    let stray = dir.path().join("topics").join("orders-7");
+    std::fs::create_dir_all(stray.join("0")).expect("mkdir");
+    std::fs::write(stray.join("0").join("00000000000000000000.log"), b"precious").expect("write");
+    let m = LogManager::open(dir.path(), LogConfig::default()).expect("open");
+    assert!(stray.join("0").join("00000000000000000000.log").exists(), "unknown data must be left alone");
+    m.create_topic("gone", 1, TopicOverrides::default()).await.expect("create");
+    m.delete_topic("gone").await.expect("delete");
+    m.close().await;
+    drop(m);
+    let m = LogManager::open(dir.path(), LogConfig::default()).expect("reopen");
+    let mut dirs: Vec<_> = std::fs::read_dir(dir.path().join("topics"))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ["orders-7"]);
+    m.close().await;
+    drop(m);
 }
