@@ -251,6 +251,8 @@ impl pb::consumer_server::Consumer for Services {
         let req = request.into_inner();
         let log = self.partition(&req.topic, req.partition)?;
         let max_bytes = fetch_max_bytes(req.max_bytes);
+        // Watch before the first read, so no append between the two is missed.
+        let mut hw = log.watch_high_watermark();
         // Fail fast on a bad starting offset, before the stream opens.
         let first = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
@@ -258,7 +260,6 @@ impl pb::consumer_server::Consumer for Services {
         tokio::spawn(async move {
             let mut offset = req.offset;
             let mut read = Ok(first);
-            let mut hw = log.watch_high_watermark();
             loop {
                 let chunk = match read {
                     Ok(r) if r.batches.is_empty() => None,
@@ -277,8 +278,9 @@ impl pb::consumer_server::Consumer for Services {
                         return;
                     }
                     None => {
+                        // Any change: new data, or the partition failing.
                         let stopping = tokio::select! {
-                            changed = hw.wait_for(|hw| *hw > offset) => if changed.is_err() { return } else { false },
+                            changed = hw.changed() => if changed.is_err() { return } else { false },
                             () = tx.closed() => return,
                             () = until_shutdown(shutdown.clone()) => true,
                         };
@@ -288,6 +290,7 @@ impl pb::consumer_server::Consumer for Services {
                         }
                     }
                 }
+                hw.borrow_and_update();
                 read = log.read(offset, max_bytes).await;
             }
         });

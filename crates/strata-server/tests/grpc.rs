@@ -312,3 +312,18 @@ async fn health_and_reflection_are_served() {
     }
     t.node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_ends_with_an_error_when_its_topic_is_deleted() {
+    let t = start().await;
+    t.client.create_topic("doomed", 1, TopicConfig::default()).await.expect("create");
+    let mut stream = t.client.subscribe("doomed", 0, StartOffset::Earliest).await.expect("subscribe");
+    t.client.delete_topic("doomed").await.expect("delete");
+    let item = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the subscription is woken, not left waiting")
+        .expect("an item");
+    let err = item.expect_err("an error");
+    assert!(err.to_string().contains("the topic was deleted"), "{err}");
+    t.node.shutdown().await.expect("shutdown");
+}

@@ -144,16 +144,23 @@ fn ts_from_key(b: &[u8]) -> i64 {
     (be_u64(b) ^ (1 << 63)) as i64
 }
 
-fn be_u64(b: &[u8]) -> u64 {
+fn eight(b: &[u8], at: usize) -> [u8; 8] {
+    // Keys and values are written by this module with fixed sizes; a shorter
+    // one (a damaged database) reads as zeros here and fails the checks of
+    // the caller (offsets out of order) rather than panicking.
     let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+    if let Some(src) = b.get(at..at + 8) {
+        a.copy_from_slice(src);
+    }
+    a
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(eight(b, 0))
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+    u64::from_le_bytes(eight(b, at))
 }
 
 impl RocksIndex {
@@ -227,7 +234,7 @@ impl RocksIndex {
             if !k.starts_with(&self.prefix) || !keep(le_u64(&v, 0)) {
                 break;
             }
-            out.push((ts_from_key(&k[12..]), le_u64(&v, 0)));
+            out.push((ts_from_key(k.get(12..).unwrap_or_default()), le_u64(&v, 0)));
         }
         Ok(out)
     }
@@ -266,7 +273,9 @@ impl LogIndex for RocksIndex {
     }
 
     fn last_time(&self) -> Result<Option<(i64, u64)>> {
-        Ok(self.seek_prev(CF_TIMES, &self.prefix_end())?.map(|(k, v)| (ts_from_key(&k[12..]), le_u64(&v, 0))))
+        Ok(self
+            .seek_prev(CF_TIMES, &self.prefix_end())?
+            .map(|(k, v)| (ts_from_key(k.get(12..).unwrap_or_default()), le_u64(&v, 0))))
     }
 
     fn truncate_from(&self, offset: u64) -> Result<()> {
@@ -303,7 +312,7 @@ impl LogIndex for RocksIndex {
         if let Some(k) = last_removed {
             // Keep the running maximum, now attached to the first kept batch,
             // unless a later point already starts there.
-            let ts = ts_from_key(&k[12..]);
+            let ts = ts_from_key(k.get(12..).unwrap_or_default());
             let next = self.lookup_time(ts.saturating_add(1))?;
             if next != Some(offset) {
                 batch.put_cf(times, &k, offset.to_le_bytes());

@@ -234,7 +234,8 @@ impl PartitionLog {
         self.high_watermark()
     }
 
-    /// A receiver that sees every high watermark change.
+    /// A receiver that sees every high watermark change, and is also woken
+    /// when the partition fails or closes.
     pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
         self.inner.hw.subscribe()
     }
@@ -421,6 +422,8 @@ impl Inner {
         {
             *f = Some(reason);
         }
+        // Wake subscriptions and long polls so that they see the failure.
+        self.hw.send_modify(|_| {});
     }
 
     fn fail(&self, error: &StorageError) {
