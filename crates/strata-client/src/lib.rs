@@ -184,6 +184,19 @@ impl Client {
         resp.appends.first().map(|a| a.base_offset).ok_or(ClientError::Protocol("Produce response without an append"))
     }
 
+    /// Opens a pipelined produce stream (`Producer.ProduceStream`): requests
+    /// sent on the returned sender are appended in the order sent; responses
+    /// carry each request's `request_id`. Errors of single requests arrive
+    /// in-band (`ProduceResponse.error`) and leave the stream open.
+    pub async fn produce_stream(
+        &self,
+        buffer: usize,
+    ) -> Result<(tokio::sync::mpsc::Sender<pb::ProduceRequest>, tonic::Streaming<pb::ProduceResponse>)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+        let responses = self.producer_rpc().produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
+        Ok((tx, responses.into_inner()))
+    }
+
     /// One fetch: records at or after `offset`, waiting up to `max_wait` for
     /// data when there is none yet.
     pub async fn fetch(

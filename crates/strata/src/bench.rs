@@ -65,6 +65,16 @@ pub struct ProduceBench {
     /// Seed of the payload generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How requests travel: one ProduceStream per worker (pipelined API) or a
+    /// unary Produce call per request.
+    #[arg(long, value_enum, default_value = "stream")]
+    pub mode: ProduceMode,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ProduceMode {
+    Stream,
+    Unary,
 }
 
 #[derive(Args, Debug)]
@@ -103,8 +113,15 @@ async fn ensure_topic(client: &Client, c: &Common) -> anyhow::Result<u32> {
     }
 }
 
+type ProduceStream = (
+    tokio::sync::mpsc::Sender<strata_client::proto::ProduceRequest>,
+    tonic::Streaming<strata_client::proto::ProduceResponse>,
+);
+
 struct ProduceWorker {
     client: Client,
+    /// Set in stream mode: the worker's open ProduceStream.
+    stream: Option<ProduceStream>,
     topic: String,
     partition: u32,
     values: Vec<Bytes>,
@@ -119,7 +136,25 @@ impl Worker for ProduceWorker {
         for v in &self.values {
             builder.push_parts(now, None, v, &[]);
         }
-        self.client.produce_batch(&self.topic, self.partition, builder.build()).await?;
+        let batch = builder.build();
+        match &mut self.stream {
+            None => {
+                self.client.produce_batch(&self.topic, self.partition, batch).await?;
+            }
+            Some((requests, responses)) => {
+                let req = strata_client::proto::ProduceRequest {
+                    topic: self.topic.clone(),
+                    partition: Some(self.partition),
+                    batch,
+                    ..Default::default()
+                };
+                requests.send(req).await.context("the produce stream closed")?;
+                let resp = responses.message().await?.context("the server ended the produce stream")?;
+                if let Some(e) = resp.error {
+                    anyhow::bail!("produce failed: {} ({})", e.message, e.reason);
+                }
+            }
+        }
         let n = self.values.len() as u64;
         Ok(Some(Op { records: n, bytes: n * self.record_size as u64 }))
     }
@@ -130,12 +165,19 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
     let clients = clients(opts, c.connections).await?;
     let partitions = ensure_topic(&clients[0], c).await?;
     eprintln!(
-        "bench produce: topic {} ({partitions} partitions), {} workers x {} records of {} bytes per request, compression {:?}, seed {}",
-        c.topic, c.concurrency, args.batch, args.record_size, args.compression, args.seed
+        "bench produce: topic {} ({partitions} partitions), {} workers x {} records of {} bytes per request, compression {:?}, {:?} mode, seed {}",
+        c.topic, c.concurrency, args.batch, args.record_size, args.compression, args.mode, args.seed
     );
-    let workers = (0..c.concurrency.max(1))
-        .map(|w| ProduceWorker {
-            client: clients[w % clients.len()].clone(),
+    let mut workers = Vec::with_capacity(c.concurrency.max(1));
+    for w in 0..c.concurrency.max(1) {
+        let client = clients[w % clients.len()].clone();
+        let stream = match args.mode {
+            ProduceMode::Stream => Some(client.produce_stream(1).await?),
+            ProduceMode::Unary => None,
+        };
+        workers.push(ProduceWorker {
+            client,
+            stream,
             topic: c.topic.clone(),
             partition: w as u32 % partitions,
             values: (0..args.batch.max(1))
@@ -145,9 +187,9 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
                 .collect(),
             compression: args.compression,
             record_size: args.record_size,
-        })
-        .collect();
-    let label = format!("strata produce c={} b={} p={partitions}", c.concurrency, args.batch);
+        });
+    }
+    let label = format!("strata produce c={} b={} p={partitions} {:?}", c.concurrency, args.batch, args.mode);
     let report = strata_bench::run(&label, workers, Limits::from_flags(c.records, c.duration, c.warmup)).await?;
     report.print(matches!(c.format, OutputFormat::Json))
 }
