@@ -120,14 +120,6 @@ impl std::fmt::Debug for PartitionLog {
     }
 }
 
-fn lock_poisoned() -> StorageError {
-    StorageError::PartitionFailed {
-        topic: String::new(),
-        partition: 0,
-        reason: "internal lock poisoned by a panic".into(),
-    }
-}
-
 impl PartitionLog {
     /// Opens (recovering) or creates the partition in `dir`. Must be called
     /// within a tokio runtime: it starts the partition's writer task.
@@ -426,6 +418,12 @@ impl Inner {
         self.hw.send_modify(|_| {});
     }
 
+    /// An internal invariant broke (a poisoned lock, a missing segment): the
+    /// partition refuses to serve, and the error says which one.
+    fn internal(&self, what: &str) -> StorageError {
+        StorageError::PartitionFailed { topic: self.topic.clone(), partition: self.partition, reason: what.into() }
+    }
+
     fn fail(&self, error: &StorageError) {
         self.set_failure(error.to_string().into());
     }
@@ -450,7 +448,7 @@ impl Inner {
     }
 
     fn segments(&self) -> Result<Vec<Arc<Segment>>> {
-        self.segments.read().map(|s| s.clone()).map_err(|_| lock_poisoned())
+        self.segments.read().map(|s| s.clone()).map_err(|_| self.internal("an internal lock was poisoned by a panic"))
     }
 
     // ----- recovery ------------------------------------------------------
@@ -577,11 +575,11 @@ impl Inner {
         }
         let active_len = segments.last().map_or(0, |s| s.len());
         {
-            let mut w = self.writer.lock().map_err(|_| lock_poisoned())?;
+            let mut w = self.writer.lock().map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
             let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
             *w = WriterState { next_offset: expected, running_max_ts, active_len, segment_max_ts };
         }
-        *self.segments.write().map_err(|_| lock_poisoned())? = segments;
+        *self.segments.write().map_err(|_| self.internal("an internal lock was poisoned by a panic"))? = segments;
         self.hw.send_replace(expected);
         info!(
             topic = %self.topic, partition = self.partition,
@@ -606,9 +604,11 @@ impl Inner {
     /// segments as needed. Nothing is durable yet: see [`Inner::sync_written`].
     fn write_group(&self, group: &[(Bytes, BatchHeader)]) -> Result<Vec<Written>> {
         self.check_failed()?;
-        let config = self.config.read().map(|c| *c).map_err(|_| lock_poisoned())?;
-        let mut w = self.writer.lock().map_err(|_| lock_poisoned())?;
-        let mut active = self.segments()?.last().cloned().ok_or_else(lock_poisoned)?;
+        let config =
+            self.config.read().map(|c| *c).map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
+        let mut w = self.writer.lock().map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
+        let mut active =
+            self.segments()?.last().cloned().ok_or_else(|| self.internal("the partition has no segment"))?;
         let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _)| b.len()).sum());
         let mut out = Vec::with_capacity(group.len());
         let now = crate::now_ms();
@@ -633,7 +633,10 @@ impl Inner {
                 }));
                 active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
                 segment::sync_dir(&self.dir)?;
-                self.segments.write().map_err(|_| lock_poisoned())?.push(Arc::clone(&active));
+                self.segments
+                    .write()
+                    .map_err(|_| self.internal("an internal lock was poisoned by a panic"))?
+                    .push(Arc::clone(&active));
                 w.active_len = 0;
                 w.segment_max_ts = i64::MIN;
             }
@@ -806,7 +809,8 @@ impl Inner {
         if self.failure().is_some() {
             return Ok(0);
         }
-        let config = self.config.read().map(|c| *c).map_err(|_| lock_poisoned())?;
+        let config =
+            self.config.read().map(|c| *c).map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
         let segments = self.segments()?;
         let Some((_, sealed)) = segments.split_last() else { return Ok(0) };
         let mut total: u64 = segments.iter().map(|s| s.len()).sum();
@@ -833,7 +837,7 @@ impl Inner {
         // so a crash leaves only files that recovery deletes.
         self.index.put_meta(&PartitionMeta { log_start_offset: new_start }, true)?;
         self.log_start.store(new_start, Ordering::Release);
-        self.segments.write().map_err(|_| lock_poisoned())?.drain(..doomed);
+        self.segments.write().map_err(|_| self.internal("an internal lock was poisoned by a panic"))?.drain(..doomed);
         self.index.purge_before(new_start)?;
         for seg in &segments[..doomed] {
             self.index.delete_segment_meta(seg.base)?;
