@@ -30,7 +30,7 @@ pub fn from_storage(e: StorageError) -> Status {
         E::PartitionFailed { .. } => (Code::DataLoss, ErrorReason::PartitionFailed),
         E::OffsetOutOfRange { .. } => (Code::OutOfRange, ErrorReason::OffsetOutOfRange),
         E::BatchTooLarge { .. } => (Code::InvalidArgument, ErrorReason::RecordTooLarge),
-        E::InvalidBatch(_) => (Code::InvalidArgument, ErrorReason::InvalidRequest),
+        E::InvalidBatch(_) | E::TimestampInFuture { .. } => (Code::InvalidArgument, ErrorReason::InvalidRequest),
         E::UnknownTopic(_) => (Code::NotFound, ErrorReason::UnknownTopic),
         E::UnknownPartition { .. } => (Code::NotFound, ErrorReason::UnknownPartition),
         E::TopicExists(_) => (Code::AlreadyExists, ErrorReason::TopicAlreadyExists),

@@ -25,6 +25,10 @@ pub enum StorageError {
     OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
     #[error("batch of {size} bytes exceeds max_message_bytes ({limit}) of topic '{topic}'")]
     BatchTooLarge { topic: String, size: usize, limit: u32 },
+    #[error(
+        "record timestamp {timestamp_ms} (ms since the epoch) for topic '{topic}' is more than {limit_ms} ms ahead of the server's clock"
+    )]
+    TimestampInFuture { topic: String, timestamp_ms: i64, limit_ms: i64 },
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] FormatError),
     #[error("unknown topic '{0}'")]

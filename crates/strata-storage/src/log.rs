@@ -29,6 +29,10 @@ use crate::segment::{self, Segment};
 const APPEND_QUEUE_CAPACITY: usize = 4096;
 /// Upper bound of one write group.
 const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Records may carry timestamps at most this far ahead of the server's clock
+/// (as Kafka's `message.timestamp.after.max.ms` default): a timestamp far in
+/// the future would pin time-based retention and the time index.
+pub const MAX_FUTURE_TIMESTAMP_MS: i64 = 3600 * 1000;
 /// Written but not yet fsync'd bytes per partition before the writer waits.
 /// Must exceed the largest batch (`MAX_MESSAGE_BYTES_LIMIT`) plus a group.
 const UNSYNCED_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -203,7 +207,25 @@ impl PartitionLog {
         if batch.len() > limit as usize {
             return Err(StorageError::BatchTooLarge { topic: self.inner.topic.clone(), size: batch.len(), limit });
         }
-        let header = strata_record::validate(&batch)?;
+        let header = match strata_record::BatchHeader::parse(&batch)?.compression {
+            // Uncompressed: a quick walk over the records, done here.
+            strata_record::Compression::None => strata_record::validate(&batch)?,
+            // Decompression is CPU work that must not stall the async workers.
+            _ => {
+                let b = batch.clone();
+                tokio::task::spawn_blocking(move || strata_record::validate(&b))
+                    .await
+                    .map_err(|e| StorageError::Index(format!("validation task failed: {e}")))??
+            }
+        };
+        let horizon = crate::now_ms().saturating_add(MAX_FUTURE_TIMESTAMP_MS);
+        if header.max_timestamp_ms > horizon {
+            return Err(StorageError::TimestampInFuture {
+                topic: self.inner.topic.clone(),
+                timestamp_ms: header.max_timestamp_ms,
+                limit_ms: MAX_FUTURE_TIMESTAMP_MS,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         self.tx.send(AppendRequest { batch, header, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
         Ok(AppendTicket(rx))

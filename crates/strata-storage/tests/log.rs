@@ -158,6 +158,15 @@ async fn oversize_and_malformed_batches_are_rejected_and_write_nothing() {
     let mut trailing = batch(1, 1, "y").to_vec();
     trailing.extend_from_slice(b"junk");
     assert!(matches!(log.append(Bytes::from(trailing)).await, Err(StorageError::InvalidBatch(_))));
+    // A timestamp far in the future would pin time retention: rejected.
+    let future = strata_storage::now_ms() + 2 * strata_storage::MAX_FUTURE_TIMESTAMP_MS;
+    assert!(matches!(log.append(batch(1, future, "f")).await, Err(StorageError::TimestampInFuture { .. })));
+    // Compressed batches are validated too (off the async workers).
+    let mut bad_lz4 = encode(&records(3, 1, "z"), Compression::Lz4).to_vec();
+    let last = bad_lz4.len() - 1;
+    bad_lz4[last] ^= 0xff;
+    strata_record::stamp(&mut bad_lz4, 0, 0);
+    assert!(matches!(log.append(Bytes::from(bad_lz4)).await, Err(StorageError::InvalidBatch(_))));
     assert_eq!(log.high_watermark(), 0);
     assert_eq!(log.status().size_bytes, 0);
 }
