@@ -361,7 +361,10 @@ async fn syncer_loop(inner: Arc<Inner>) {
             let (work, replies): (Vec<Written>, Vec<_>) = items
                 .into_iter()
                 .map(|item| match item {
-                    SyncItem::Batch(b, reply) => (Written::Batch(b.clone()), Some((b, reply))),
+                    SyncItem::Batch(b, reply) => {
+                        let reply = reply.map(|r| (b.info, r));
+                        (Written::Batch(b), reply)
+                    }
                     SyncItem::Seal(s) => (Written::Seal(s), None),
                 })
                 .unzip();
@@ -373,10 +376,8 @@ async fn syncer_loop(inner: Arc<Inner>) {
             if let Err(e) = &result {
                 inner.write_failed(e);
             }
-            for (batch, reply) in replies.into_iter().flatten() {
-                if let Some(reply) = reply {
-                    let _ = reply.send(result.clone().map(|()| batch.info));
-                }
+            for (info, reply) in replies.into_iter().flatten() {
+                let _ = reply.send(result.clone().map(|()| info));
             }
             inner.unsynced_bytes.add_permits(bytes);
         }
@@ -387,7 +388,6 @@ async fn syncer_loop(inner: Arc<Inner>) {
 }
 
 /// A batch written to a segment, waiting for its fsync.
-#[derive(Clone)]
 struct WrittenBatch {
     info: AppendInfo,
     entry: IndexEntry,
@@ -399,13 +399,11 @@ struct WrittenBatch {
 
 /// A segment that was rolled; its metadata is recorded once its batches are
 /// durable and indexed.
-#[derive(Clone)]
 struct Seal {
     segment: Arc<Segment>,
     meta: SegmentMeta,
 }
 
-#[derive(Clone)]
 enum Written {
     Batch(WrittenBatch),
     Seal(Seal),
@@ -446,6 +444,10 @@ impl Inner {
         StorageError::PartitionFailed { topic: self.topic.clone(), partition: self.partition, reason: what.into() }
     }
 
+    fn poisoned(&self) -> StorageError {
+        self.internal("an internal lock was poisoned by a panic")
+    }
+
     fn fail(&self, error: &StorageError) {
         self.set_failure(error.to_string().into());
     }
@@ -470,7 +472,7 @@ impl Inner {
     }
 
     fn segments(&self) -> Result<Vec<Arc<Segment>>> {
-        self.segments.read().map(|s| s.clone()).map_err(|_| self.internal("an internal lock was poisoned by a panic"))
+        self.segments.read().map(|s| s.clone()).map_err(|_| self.poisoned())
     }
 
     // ----- recovery ------------------------------------------------------
@@ -597,11 +599,11 @@ impl Inner {
         }
         let active_len = segments.last().map_or(0, |s| s.len());
         {
-            let mut w = self.writer.lock().map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
+            let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
             let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
             *w = WriterState { next_offset: expected, running_max_ts, active_len, segment_max_ts };
         }
-        *self.segments.write().map_err(|_| self.internal("an internal lock was poisoned by a panic"))? = segments;
+        *self.segments.write().map_err(|_| self.poisoned())? = segments;
         self.hw.send_replace(expected);
         info!(
             topic = %self.topic, partition = self.partition,
@@ -626,9 +628,8 @@ impl Inner {
     /// segments as needed. Nothing is durable yet: see [`Inner::sync_written`].
     fn write_group(&self, group: &[(Bytes, BatchHeader)]) -> Result<Vec<Written>> {
         self.check_failed()?;
-        let config =
-            self.config.read().map(|c| *c).map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
-        let mut w = self.writer.lock().map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
+        let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
+        let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
         let mut active =
             self.segments()?.last().cloned().ok_or_else(|| self.internal("the partition has no segment"))?;
         let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _)| b.len()).sum());
@@ -655,10 +656,7 @@ impl Inner {
                 }));
                 active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
                 segment::sync_dir(&self.dir)?;
-                self.segments
-                    .write()
-                    .map_err(|_| self.internal("an internal lock was poisoned by a panic"))?
-                    .push(Arc::clone(&active));
+                self.segments.write().map_err(|_| self.poisoned())?.push(Arc::clone(&active));
                 w.active_len = 0;
                 w.segment_max_ts = i64::MIN;
             }
@@ -831,8 +829,7 @@ impl Inner {
         if self.failure().is_some() {
             return Ok(0);
         }
-        let config =
-            self.config.read().map(|c| *c).map_err(|_| self.internal("an internal lock was poisoned by a panic"))?;
+        let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
         let segments = self.segments()?;
         let Some((_, sealed)) = segments.split_last() else { return Ok(0) };
         let mut total: u64 = segments.iter().map(|s| s.len()).sum();
@@ -859,7 +856,7 @@ impl Inner {
         // so a crash leaves only files that recovery deletes.
         self.index.put_meta(&PartitionMeta { log_start_offset: new_start }, true)?;
         self.log_start.store(new_start, Ordering::Release);
-        self.segments.write().map_err(|_| self.internal("an internal lock was poisoned by a panic"))?.drain(..doomed);
+        self.segments.write().map_err(|_| self.poisoned())?.drain(..doomed);
         self.index.purge_before(new_start)?;
         for seg in &segments[..doomed] {
             self.index.delete_segment_meta(seg.base)?;

@@ -99,10 +99,16 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Awaits every handle (tokio has no join_all of its own).
-async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
+/// Waits until every partition writer has finished its queue, `limit` at
+/// most in all (writers run concurrently; awaiting them in turn is enough).
+async fn await_writers(writers: Vec<tokio::task::JoinHandle<()>>, limit: std::time::Duration, what: &str) {
+    let all = async {
+        for w in writers {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout(limit, all).await.is_err() {
+        warn!("{what}: partition writers still busy after {limit:?}; going on");
     }
 }
 
@@ -280,11 +286,7 @@ impl LogManager {
         let writers: Vec<_> = topic.partitions.iter().filter_map(PartitionLog::take_writer).collect();
         let (dir, id, count) = (topic.dir.clone(), topic.id()?, topic.partitions.len() as u32);
         drop(topic);
-        for writer in writers {
-            if tokio::time::timeout(std::time::Duration::from_secs(10), writer).await.is_err() {
-                warn!(topic = name, "a partition writer is still busy 10 s after the topic was deleted");
-            }
-        }
+        await_writers(writers, std::time::Duration::from_secs(10), &format!("deleting topic '{name}'")).await;
         for p in 0..count {
             crate::index::LogIndex::destroy(&self.db.partition(id, p))?;
         }
@@ -349,10 +351,7 @@ impl LogManager {
         let writers: Vec<_> =
             topics.values().flat_map(|t| t.partitions.iter().filter_map(PartitionLog::take_writer)).collect();
         drop(topics);
-        let all = futures_join_all(writers);
-        if tokio::time::timeout(std::time::Duration::from_secs(30), all).await.is_err() {
-            warn!("partition writers did not stop within 30 s; closing anyway");
-        }
+        await_writers(writers, std::time::Duration::from_secs(30), "closing the storage").await;
     }
 
     /// One retention pass over every partition. Blocking.
