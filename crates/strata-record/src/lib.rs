@@ -12,15 +12,22 @@
 //! 0   u32  length        bytes that follow this field (batch size - 4)
 //! 4   u32  crc32c        over bytes [8, end)
 //! 8   u8   magic         format version, 1
-//! 9   u8   attributes    bits 0-2: compression (0 none, 1 lz4, 2 zstd)
+//! 9   u8   attributes    bits 0-2: compression (0 none, 1 lz4, 2 zstd);
+//!                        bit 3: control batch (written by the log itself)
 //! 10  u16  reserved      0
 //! 12  u32  record_count
 //! 16  u64  base_offset   offset of the first record (assigned on append)
-//! 24  u64  term          leader term that appended the batch (0 before Raft)
-//! 32  i64  first_timestamp_ms
-//! 40  i64  max_timestamp_ms
-//! 48  ...  records       (compressed: u32 uncompressed size, then the frame)
+//! 24  u64  term          Raft term of the leader that appended the batch
+//! 32  u64  log_index     Raft log index of the batch (one entry per batch)
+//! 40  i64  first_timestamp_ms
+//! 48  i64  max_timestamp_ms
+//! 56  ...  records       (compressed: u32 uncompressed size, then the frame)
 //! ```
+//!
+//! A control batch is a Raft entry that carries no user data (a new leader's
+//! blank entry, a membership change). It holds one record whose key names the
+//! kind and whose value is the payload; it takes one offset, as Kafka's
+//! control batches do, and is never returned to consumers.
 //!
 //! A record inside the payload: zigzag varint timestamp delta from
 //! `first_timestamp_ms`; varint key length + 1 (0 = no key) and key; varint
@@ -30,7 +37,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Size of the fixed batch header.
-pub const HEADER_LEN: usize = 48;
+pub const HEADER_LEN: usize = 56;
 /// Current format version.
 pub const MAGIC: u8 = 1;
 /// Upper bound on a batch's decompressed payload; protects against
@@ -45,9 +52,11 @@ const OFF_ATTR: usize = 9;
 const OFF_COUNT: usize = 12;
 const OFF_BASE: usize = 16;
 const OFF_TERM: usize = 24;
-const OFF_FIRST_TS: usize = 32;
-const OFF_MAX_TS: usize = 40;
+const OFF_INDEX: usize = 32;
+const OFF_FIRST_TS: usize = 40;
+const OFF_MAX_TS: usize = 48;
 const COMPRESSION_MASK: u8 = 0b111;
+const CONTROL_BIT: u8 = 0b1000;
 
 /// Why a byte string is not a valid batch. Always fatal for that batch: the
 /// caller either rejects the request or reports corruption; never retried.
@@ -77,6 +86,8 @@ pub enum FormatError {
     Decompress(String),
     #[error("batch timestamps are inconsistent: max {max} below first {first}")]
     Timestamps { first: i64, max: i64 },
+    #[error("control batches are written by the log itself, not by producers")]
+    Control,
 }
 
 /// Compression codec of a batch payload.
@@ -155,8 +166,11 @@ pub struct BatchHeader {
     pub record_count: u32,
     pub base_offset: u64,
     pub term: u64,
+    pub log_index: u64,
     pub first_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
+    /// Written by the log (a Raft blank or membership entry), not a producer.
+    pub control: bool,
 }
 
 impl BatchHeader {
@@ -186,8 +200,10 @@ impl BatchHeader {
             record_count: read_u32(buf, OFF_COUNT),
             base_offset: read_u64(buf, OFF_BASE),
             term: read_u64(buf, OFF_TERM),
+            log_index: read_u64(buf, OFF_INDEX),
             first_timestamp_ms: read_u64(buf, OFF_FIRST_TS) as i64,
             max_timestamp_ms: read_u64(buf, OFF_MAX_TS) as i64,
+            control: buf[OFF_ATTR] & CONTROL_BIT != 0,
         })
     }
 }
@@ -214,6 +230,9 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, FormatError> {
 /// header. Used on the produce path before a batch is appended.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, FormatError> {
     let header = verify(batch)?;
+    if header.control {
+        return Err(FormatError::Control);
+    }
     if header.record_count == 0 {
         return Err(FormatError::Empty);
     }
@@ -238,11 +257,28 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, FormatError> {
     Ok(header)
 }
 
-/// Rewrites the base offset and term of an encoded batch and recomputes its
-/// checksum. The storage layer calls this when it assigns offsets.
-pub fn stamp(batch: &mut [u8], base_offset: u64, term: u64) {
-    batch[OFF_BASE..OFF_BASE + 8].copy_from_slice(&base_offset.to_le_bytes());
-    batch[OFF_TERM..OFF_TERM + 8].copy_from_slice(&term.to_le_bytes());
+/// Where a batch sits in a partition's log: its first offset and its Raft
+/// entry (term, index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub base_offset: u64,
+    pub term: u64,
+    pub log_index: u64,
+}
+
+impl Placement {
+    /// The placement `batch`'s header records.
+    pub fn of(header: &BatchHeader) -> Self {
+        Self { base_offset: header.base_offset, term: header.term, log_index: header.log_index }
+    }
+}
+
+/// Rewrites the base offset, term and log index of an encoded batch and
+/// recomputes its checksum. The storage layer calls this when it appends.
+pub fn stamp(batch: &mut [u8], at: Placement) {
+    batch[OFF_BASE..OFF_BASE + 8].copy_from_slice(&at.base_offset.to_le_bytes());
+    batch[OFF_TERM..OFF_TERM + 8].copy_from_slice(&at.term.to_le_bytes());
+    batch[OFF_INDEX..OFF_INDEX + 8].copy_from_slice(&at.log_index.to_le_bytes());
     let crc = crc32c::crc32c(&batch[OFF_MAGIC..]);
     batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -459,9 +495,13 @@ impl BatchBuilder {
         self.count += 1;
     }
 
-    /// Finishes the batch with base offset 0 and term 0 (the log assigns
-    /// both on append).
+    /// Finishes the batch with base offset, term and log index 0 (the log
+    /// assigns them on append).
     pub fn build(self) -> Bytes {
+        self.finish(0)
+    }
+
+    fn finish(self, attributes: u8) -> Bytes {
         let payload: std::borrow::Cow<'_, [u8]> = match self.compression {
             Compression::None => std::borrow::Cow::Borrowed(&self.payload[..]),
             Compression::Lz4 => {
@@ -484,17 +524,39 @@ impl BatchBuilder {
         out.put_u32_le((HEADER_LEN + payload.len() - 4) as u32);
         out.put_u32_le(0); // crc, filled by stamp
         out.put_u8(MAGIC);
-        out.put_u8(self.compression.bits());
+        out.put_u8(self.compression.bits() | attributes);
         out.put_u16_le(0);
         out.put_u32_le(self.count);
-        out.put_u64_le(0);
-        out.put_u64_le(0);
+        out.put_u64_le(0); // base offset
+        out.put_u64_le(0); // term
+        out.put_u64_le(0); // log index
         out.put_i64_le(first);
         out.put_i64_le(max);
         out.put_slice(&payload);
-        stamp(&mut out, 0, 0);
+        stamp(&mut out, Placement::default());
         out.freeze()
     }
+}
+
+/// A control batch: one record whose key is `kind` and whose value is
+/// `payload` (see the module documentation). Placement 0 until stamped.
+pub fn control_batch(kind: &str, payload: &[u8], timestamp_ms: i64) -> Bytes {
+    let mut builder = BatchBuilder::with_capacity(Compression::None, kind.len() + payload.len() + 16);
+    builder.push_parts(timestamp_ms, Some(kind.as_bytes()), payload, &[]);
+    builder.finish(CONTROL_BIT)
+}
+
+/// The kind and payload of a control batch (checksum verified).
+pub fn decode_control(batch: &Bytes) -> Result<(String, Bytes), FormatError> {
+    let header = verify(batch)?;
+    if !header.control {
+        return Err(FormatError::Malformed { index: 0, what: "not a control batch" });
+    }
+    let record = decode(batch)?.into_iter().next().ok_or(FormatError::Empty)?;
+    let kind = record.key.unwrap_or_default();
+    let kind = std::str::from_utf8(&kind)
+        .map_err(|_| FormatError::Malformed { index: 0, what: "control kind is not UTF-8" })?;
+    Ok((kind.to_owned(), record.value))
 }
 
 /// Encodes records into one batch.
@@ -601,11 +663,13 @@ mod tests {
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let records = sample(50, 7);
             let mut batch = encode(&records, compression).to_vec();
-            stamp(&mut batch, 1000, 3);
+            stamp(&mut batch, Placement { base_offset: 1000, term: 3, log_index: 7 });
             let batch = Bytes::from(batch);
             let header = validate(&batch).expect("valid batch");
             assert_eq!(header.base_offset, 1000);
             assert_eq!(header.term, 3);
+            assert_eq!(header.log_index, 7);
+            assert!(!header.control);
             assert_eq!(header.record_count, 50);
             assert_eq!(header.compression, compression);
             assert_eq!(header.max_timestamp_ms, records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0));
@@ -618,6 +682,23 @@ mod tests {
                 assert_eq!(got.headers, want.headers);
             }
         }
+    }
+
+    #[test]
+    fn control_batches_roundtrip_and_producers_cannot_send_them() {
+        let mut batch = control_batch("raft.membership", b"{\"voters\":[1,2,3]}", 1_700_000_000_000).to_vec();
+        stamp(&mut batch, Placement { base_offset: 42, term: 5, log_index: 9 });
+        let batch = Bytes::from(batch);
+        let header = verify(&batch).expect("valid");
+        assert!(header.control);
+        assert_eq!((header.record_count, header.next_offset()), (1, 43));
+        assert_eq!(Placement::of(&header), Placement { base_offset: 42, term: 5, log_index: 9 });
+        let (kind, payload) = decode_control(&batch).expect("control");
+        assert_eq!(kind, "raft.membership");
+        assert_eq!(&payload[..], b"{\"voters\":[1,2,3]}");
+        assert_eq!(validate(&batch).expect_err("rejected"), FormatError::Control);
+        let data = encode(&sample(2, 3), Compression::None);
+        assert!(decode_control(&data).is_err(), "a data batch is not a control batch");
     }
 
     #[test]
@@ -645,7 +726,7 @@ mod tests {
         let mut batch = encode(&sample(2, 5), Compression::None).to_vec();
         let size = batch.len();
         batch.extend_from_slice(b"junk");
-        stamp(&mut batch, 0, 0);
+        stamp(&mut batch, Placement::default());
         assert_eq!(validate(&batch), Err(FormatError::Length { declared: size, actual: size + 4 }));
     }
 
@@ -653,7 +734,7 @@ mod tests {
     fn record_count_mismatch_is_rejected_by_validate() {
         let mut batch = encode(&sample(4, 2), Compression::None).to_vec();
         batch[OFF_COUNT..OFF_COUNT + 4].copy_from_slice(&5u32.to_le_bytes());
-        stamp(&mut batch, 0, 0);
+        stamp(&mut batch, Placement::default());
         assert_eq!(validate(&batch), Err(FormatError::RecordCount { declared: 5, actual: 4 }));
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use strata_proto::v1 as pb;
-use strata_record::{BatchBuilder, BatchHeader, Compression};
+use strata_record::{BatchBuilder, Compression};
 use strata_storage::{AppendTicket, LogManager, PartitionLog, ReadResult};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -202,10 +202,7 @@ fn fetch_max_bytes(requested: u32) -> usize {
 }
 
 fn fetch_response(read: ReadResult, offset: u64, decode: bool) -> Result<pb::FetchResponse, Status> {
-    let next_offset = match read.batches.last() {
-        Some(b) => BatchHeader::parse(b).map_err(|e| Status::internal(e.to_string()))?.next_offset(),
-        None => offset,
-    };
+    let next_offset = read.next_offset;
     let mut response = pb::FetchResponse {
         batches: Vec::new(),
         records: Vec::new(),

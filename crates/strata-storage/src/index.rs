@@ -17,10 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
 
+/// Bytes of an offset-index value.
+const ENTRY_VALUE_LEN: usize = 44;
+
 /// A RocksDB key and value.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
-/// Where one batch lives.
+/// Where one batch lives, and which Raft entry it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     pub base_offset: u64,
@@ -28,6 +31,8 @@ pub struct IndexEntry {
     pub segment_base: u64,
     pub position: u64,
     pub size: u32,
+    pub log_index: u64,
+    pub term: u64,
 }
 
 /// Durable per-partition state.
@@ -53,6 +58,8 @@ pub trait LogIndex: Send + Sync + 'static {
     fn lookup(&self, offset: u64) -> Result<Option<IndexEntry>>;
     /// The entry with the greatest base offset.
     fn last(&self) -> Result<Option<IndexEntry>>;
+    /// The batch that is Raft entry `log_index`.
+    fn lookup_entry(&self, log_index: u64) -> Result<Option<IndexEntry>>;
     /// Base offset of the first batch whose running max timestamp is >= `ts`.
     fn lookup_time(&self, ts: i64) -> Result<Option<u64>>;
     /// The newest time-index point.
@@ -68,6 +75,10 @@ pub trait LogIndex: Send + Sync + 'static {
     fn segment_meta(&self, base: u64) -> Result<Option<SegmentMeta>>;
     fn put_segment_meta(&self, base: u64, meta: &SegmentMeta) -> Result<()>;
     fn delete_segment_meta(&self, base: u64) -> Result<()>;
+    /// Small durable state kept for the consensus layer (vote, applied
+    /// entry...), by name; opaque to the storage layer.
+    fn state(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn put_state(&self, name: &str, value: &[u8], sync: bool) -> Result<()>;
     /// Removes everything this partition stored.
     fn destroy(&self) -> Result<()>;
 }
@@ -76,6 +87,8 @@ const CF_OFFSETS: &str = "offset_index";
 const CF_TIMES: &str = "time_index";
 const CF_PARTITIONS: &str = "partition_meta";
 const CF_SEGMENTS: &str = "segment_meta";
+/// Raft log index -> base offset of the batch holding that entry.
+const CF_ENTRIES: &str = "entry_index";
 /// Node-wide catalog (topics, id counter); used by the log manager.
 pub(crate) const CF_CATALOG: &str = "catalog";
 
@@ -97,7 +110,7 @@ impl IndexDb {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 * 1024 * 1024);
-        let cfs = [CF_OFFSETS, CF_TIMES, CF_PARTITIONS, CF_SEGMENTS, CF_CATALOG]
+        let cfs = [CF_OFFSETS, CF_TIMES, CF_PARTITIONS, CF_SEGMENTS, CF_ENTRIES, CF_CATALOG]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
@@ -177,17 +190,19 @@ impl RocksIndex {
         k
     }
 
-    fn encode_entry(e: &IndexEntry) -> [u8; 28] {
-        let mut v = [0u8; 28];
+    fn encode_entry(e: &IndexEntry) -> [u8; ENTRY_VALUE_LEN] {
+        let mut v = [0u8; ENTRY_VALUE_LEN];
         v[..8].copy_from_slice(&e.next_offset.to_le_bytes());
         v[8..16].copy_from_slice(&e.segment_base.to_le_bytes());
         v[16..24].copy_from_slice(&e.position.to_le_bytes());
-        v[24..].copy_from_slice(&e.size.to_le_bytes());
+        v[24..28].copy_from_slice(&e.size.to_le_bytes());
+        v[28..36].copy_from_slice(&e.log_index.to_le_bytes());
+        v[36..].copy_from_slice(&e.term.to_le_bytes());
         v
     }
 
     fn decode_entry(key: &[u8], v: &[u8]) -> Result<IndexEntry> {
-        if key.len() != 20 || v.len() != 28 {
+        if key.len() != 20 || v.len() != ENTRY_VALUE_LEN {
             return Err(StorageError::Index(format!(
                 "malformed offset index entry (key {} bytes, value {} bytes)",
                 key.len(),
@@ -200,7 +215,36 @@ impl RocksIndex {
             segment_base: le_u64(v, 8),
             position: le_u64(v, 16),
             size: u32::from_le_bytes([v[24], v[25], v[26], v[27]]),
+            log_index: le_u64(v, 28),
+            term: le_u64(v, 36),
         })
+    }
+
+    fn state_key(&self, name: &str) -> Vec<u8> {
+        let mut k = self.prefix.to_vec();
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// Deletes the entry-index keys of entries at or after `offset` (or,
+    /// `before`, below it).
+    fn drop_entry_keys(&self, batch: &mut WriteBatch, offset: u64, before: bool) -> Result<()> {
+        let entries = self.db.cf(CF_ENTRIES)?;
+        let boundary =
+            self.seek_next(CF_OFFSETS, &self.key(offset))?.map(|(k, v)| Self::decode_entry(&k, &v)).transpose()?;
+        match (before, boundary) {
+            (false, Some(first_dropped)) => {
+                batch.delete_range_cf(entries, self.key(first_dropped.log_index), self.prefix_end());
+                batch.delete_cf(entries, self.prefix_end());
+            }
+            (false, None) => {}
+            (true, Some(first_kept)) => batch.delete_range_cf(entries, self.key(0), self.key(first_kept.log_index)),
+            (true, None) => {
+                batch.delete_range_cf(entries, self.key(0), self.prefix_end());
+                batch.delete_cf(entries, self.prefix_end());
+            }
+        }
+        Ok(())
     }
 
     /// The entry at or before `key` within this partition, in `cf`.
@@ -244,9 +288,11 @@ impl LogIndex for RocksIndex {
     fn put(&self, entries: &[IndexEntry], time_points: &[(i64, u64)]) -> Result<()> {
         let offsets = self.db.cf(CF_OFFSETS)?;
         let times = self.db.cf(CF_TIMES)?;
+        let by_index = self.db.cf(CF_ENTRIES)?;
         let mut batch = WriteBatch::default();
         for e in entries {
             batch.put_cf(offsets, self.key(e.base_offset), Self::encode_entry(e));
+            batch.put_cf(by_index, self.key(e.log_index), e.base_offset.to_le_bytes());
         }
         for (ts, base) in time_points {
             let mut k = [0u8; 20];
@@ -263,6 +309,19 @@ impl LogIndex for RocksIndex {
 
     fn last(&self) -> Result<Option<IndexEntry>> {
         self.seek_prev(CF_OFFSETS, &self.prefix_end())?.map(|(k, v)| Self::decode_entry(&k, &v)).transpose()
+    }
+
+    fn lookup_entry(&self, log_index: u64) -> Result<Option<IndexEntry>> {
+        let cf = self.db.cf(CF_ENTRIES)?;
+        let Some(base) = self.db.db().get_cf(cf, self.key(log_index))? else { return Ok(None) };
+        let key = self.key(le_u64(&base, 0));
+        match self.db.db().get_cf(self.db.cf(CF_OFFSETS)?, key)? {
+            Some(v) => Self::decode_entry(&key, &v).map(Some),
+            None => Err(StorageError::Index(format!(
+                "entry index points entry {log_index} at offset {} that the offset index lacks",
+                le_u64(&base, 0)
+            ))),
+        }
     }
 
     fn lookup_time(&self, ts: i64) -> Result<Option<u64>> {
@@ -282,6 +341,7 @@ impl LogIndex for RocksIndex {
         let offsets = self.db.cf(CF_OFFSETS)?;
         let times = self.db.cf(CF_TIMES)?;
         let mut batch = WriteBatch::default();
+        self.drop_entry_keys(&mut batch, offset, false)?;
         batch.delete_range_cf(offsets, self.key(offset), self.prefix_end());
         batch.delete_cf(offsets, self.prefix_end());
         // Time points are monotonic in offset too: the ones to drop are a suffix.
@@ -298,6 +358,7 @@ impl LogIndex for RocksIndex {
         let offsets = self.db.cf(CF_OFFSETS)?;
         let times = self.db.cf(CF_TIMES)?;
         let mut batch = WriteBatch::default();
+        self.drop_entry_keys(&mut batch, offset, true)?;
         batch.delete_range_cf(offsets, self.key(0), self.key(offset));
         let start = self.key(0);
         let mut last_removed = None;
@@ -361,14 +422,27 @@ impl LogIndex for RocksIndex {
         self.db.write(batch, false)
     }
 
+    fn state(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.db().get_cf(self.db.cf(CF_PARTITIONS)?, self.state_key(name))?)
+    }
+
+    fn put_state(&self, name: &str, value: &[u8], sync: bool) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(CF_PARTITIONS)?, self.state_key(name), value);
+        self.db.write(batch, sync)
+    }
+
     fn destroy(&self) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for name in [CF_OFFSETS, CF_TIMES, CF_SEGMENTS] {
+        for name in [CF_OFFSETS, CF_TIMES, CF_SEGMENTS, CF_ENTRIES] {
             let cf = self.db.cf(name)?;
             batch.delete_range_cf(cf, self.key(0), self.prefix_end());
             batch.delete_cf(cf, self.prefix_end());
         }
-        batch.delete_cf(self.db.cf(CF_PARTITIONS)?, self.prefix);
+        // The metadata key is the bare prefix; named state keys extend it.
+        let partitions = self.db.cf(CF_PARTITIONS)?;
+        batch.delete_range_cf(partitions, &self.prefix[..], &self.prefix_end()[..]);
+        batch.delete_cf(partitions, self.prefix_end());
         self.db.write(batch, true)
     }
 }
@@ -378,7 +452,15 @@ mod tests {
     use super::*;
 
     fn entry(base: u64, next: u64) -> IndexEntry {
-        IndexEntry { base_offset: base, next_offset: next, segment_base: 0, position: base * 10, size: 10 }
+        IndexEntry {
+            base_offset: base,
+            next_offset: next,
+            segment_base: 0,
+            position: base * 10,
+            size: 10,
+            log_index: base + 100,
+            term: 2,
+        }
     }
 
     #[test]
@@ -394,11 +476,18 @@ mod tests {
         assert_eq!(idx.lookup(500).expect("lookup"), Some(entry(9, 10)));
         assert_eq!(idx.last().expect("last"), Some(entry(9, 10)));
         assert_eq!(other.lookup(50).expect("lookup"), None);
+        assert_eq!(idx.lookup_entry(105).expect("entry"), Some(entry(5, 9)));
+        assert_eq!(idx.lookup_entry(106).expect("entry"), None, "no batch is entry 106");
         idx.truncate_from(5).expect("truncate");
         assert_eq!(idx.last().expect("last"), Some(entry(0, 5)));
+        assert_eq!(idx.lookup_entry(105).expect("entry"), None, "truncated with its batch");
+        assert_eq!(idx.lookup_entry(109).expect("entry"), None, "truncated with its batch");
+        assert_eq!(idx.lookup_entry(100).expect("entry"), Some(entry(0, 5)));
         assert_eq!(other.last().expect("last"), Some(entry(100, 200)));
+        assert_eq!(other.lookup_entry(200).expect("entry"), Some(entry(100, 200)));
         idx.purge_before(5).expect("purge");
         assert_eq!(idx.last().expect("last"), None);
+        assert_eq!(idx.lookup_entry(100).expect("entry"), None, "purged with its batch");
     }
 
     #[test]
@@ -430,6 +519,9 @@ mod tests {
         let seg = SegmentMeta { size: 1, next_offset: 2, max_timestamp_ms: 3 };
         idx.put_segment_meta(0, &seg).expect("seg");
         idx.put(&[entry(0, 1)], &[(1, 0)]).expect("put");
+        idx.put_state("vote", b"v1", true).expect("state");
+        assert_eq!(idx.state("vote").expect("state"), Some(b"v1".to_vec()));
+        assert_eq!(db.partition(9, 1).state("vote").expect("state"), None, "state is per partition");
         assert_eq!(idx.meta().expect("meta").log_start_offset, 42);
         assert_eq!(idx.segment_meta(0).expect("seg"), Some(seg));
         idx.destroy().expect("destroy");
@@ -437,5 +529,7 @@ mod tests {
         assert_eq!(idx.last().expect("last"), None);
         assert_eq!(idx.last_time().expect("last"), None);
         assert_eq!(idx.segment_meta(0).expect("seg"), None);
+        assert_eq!(idx.state("vote").expect("state"), None);
+        assert_eq!(idx.lookup_entry(100).expect("entry"), None);
     }
 }

@@ -47,9 +47,22 @@ pub struct AppendInfo {
 /// Whole batches read from the log.
 #[derive(Debug, Clone, Default)]
 pub struct ReadResult {
+    /// Data batches only: control batches (Raft blank and membership
+    /// entries) are skipped, though they take an offset each.
     pub batches: Vec<Bytes>,
+    /// Where the next read continues: after the last batch looked at, data or
+    /// control; the requested offset when nothing was read.
+    pub next_offset: u64,
     pub high_watermark: u64,
     pub log_start_offset: u64,
+}
+
+/// A Raft log entry's identity: the term of the leader that appended it and
+/// its index in the log. Every batch in a segment is one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    pub term: u64,
+    pub index: u64,
 }
 
 /// Point-in-time description of a partition.
@@ -81,6 +94,8 @@ struct AppendRequest {
 
 struct WriterState {
     next_offset: u64,
+    /// The last entry written (durable or about to be).
+    last: Option<EntryId>,
     running_max_ts: i64,
     /// Bytes written to the active segment (durable or about to be).
     active_len: u64,
@@ -141,6 +156,7 @@ impl PartitionLog {
             segments: RwLock::new(Vec::new()),
             writer: Mutex::new(WriterState {
                 next_offset: 0,
+                last: None,
                 running_max_ts: i64::MIN,
                 active_len: 0,
                 segment_max_ts: i64::MIN,
@@ -573,6 +589,8 @@ impl Inner {
                     segment_base: base,
                     position: b.position,
                     size: b.header.size as u32,
+                    log_index: b.header.log_index,
+                    term: b.header.term,
                 });
                 if b.header.max_timestamp_ms > running_max_ts {
                     running_max_ts = b.header.max_timestamp_ms;
@@ -601,7 +619,8 @@ impl Inner {
         {
             let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
             let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
-            *w = WriterState { next_offset: expected, running_max_ts, active_len, segment_max_ts };
+            let last = self.index.last()?.map(|e| EntryId { term: e.term, index: e.log_index });
+            *w = WriterState { next_offset: expected, last, running_max_ts, active_len, segment_max_ts };
         }
         *self.segments.write().map_err(|_| self.poisoned())? = segments;
         self.hw.send_replace(expected);
@@ -660,9 +679,15 @@ impl Inner {
                 w.active_len = 0;
                 w.segment_max_ts = i64::MIN;
             }
+            // Without consensus each batch is the next entry of the same term.
+            let id = w.last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 });
             let start = buf.len();
             buf.extend_from_slice(batch);
-            strata_record::stamp(&mut buf[start..], w.next_offset, 0);
+            strata_record::stamp(
+                &mut buf[start..],
+                strata_record::Placement { base_offset: w.next_offset, term: id.term, log_index: id.index },
+            );
+            w.last = Some(id);
             let point = (header.max_timestamp_ms > w.running_max_ts).then(|| {
                 w.running_max_ts = header.max_timestamp_ms;
                 (header.max_timestamp_ms, w.next_offset)
@@ -676,6 +701,8 @@ impl Inner {
                     segment_base: active.base,
                     position: w.active_len,
                     size: size as u32,
+                    log_index: id.index,
+                    term: id.term,
                 },
                 point,
                 segment: Arc::clone(&active),
@@ -749,10 +776,23 @@ impl Inner {
         if offset < log_start || offset > hw {
             return Err(self.out_of_range(offset));
         }
-        let mut result = ReadResult { batches: Vec::new(), high_watermark: hw, log_start_offset: log_start };
-        if offset == hw {
-            return Ok(result);
+        let mut result =
+            ReadResult { batches: Vec::new(), next_offset: offset, high_watermark: hw, log_start_offset: log_start };
+        // Control batches are skipped: read on until data or the end.
+        while result.batches.is_empty() && result.next_offset < hw {
+            let from = result.next_offset;
+            self.read_from(from, max_bytes, hw, &mut result)?;
+            if result.next_offset == from {
+                break; // nothing readable there yet
+            }
         }
+        Ok(result)
+    }
+
+    /// Reads batches from the one holding `offset` on, about `max_bytes`
+    /// worth, appending data batches to `result` and advancing its
+    /// `next_offset`. Reads at least one batch.
+    fn read_from(&self, offset: u64, max_bytes: usize, hw: u64, result: &mut ReadResult) -> Result<()> {
         let entry = self.index.lookup(offset)?.filter(|e| e.next_offset > offset).ok_or_else(|| {
             StorageError::Index(format!(
                 "no index entry for offset {offset} of topic '{}' partition {}",
@@ -790,10 +830,13 @@ impl Inner {
             if header.base_offset >= hw {
                 break; // durable, but published after the high watermark we report
             }
-            result.batches.push(batch);
+            if !header.control {
+                result.batches.push(batch);
+            }
+            result.next_offset = header.next_offset();
             pos += header.size;
         }
-        Ok(result)
+        Ok(())
     }
 
     fn read_corruption(&self, seg: &Segment, position: u64, detail: impl Into<String>) -> StorageError {

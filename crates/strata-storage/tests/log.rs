@@ -120,6 +120,20 @@ async fn appends_get_contiguous_offsets_and_read_back() {
     let mid = log.read(4, 1).await.expect("read");
     let first = strata_record::decode(&mid.batches[0]).expect("decode");
     assert_eq!(first[0].offset, 3);
+    assert_eq!(mid.next_offset, 6, "the next read starts after the batch returned");
+    // Each batch is one log entry: consecutive indices from 0.
+    let mut offset = 0;
+    let mut index = 0;
+    while offset < 60 {
+        let read = log.read(offset, 1 << 20).await.expect("read");
+        for b in &read.batches {
+            let h = strata_record::verify(b).expect("valid");
+            assert_eq!((h.log_index, h.base_offset), (index, index * 3));
+            index += 1;
+        }
+        offset = read.next_offset;
+    }
+    assert_eq!(index, 20);
     // At the high watermark: nothing; past it: out of range.
     assert!(log.read(60, 1024).await.expect("read").batches.is_empty());
     let err = log.read(61, 1024).await.expect_err("beyond hw");
@@ -165,7 +179,7 @@ async fn oversize_and_malformed_batches_are_rejected_and_write_nothing() {
     let mut bad_lz4 = encode(&records(3, 1, "z"), Compression::Lz4).to_vec();
     let last = bad_lz4.len() - 1;
     bad_lz4[last] ^= 0xff;
-    strata_record::stamp(&mut bad_lz4, 0, 0);
+    strata_record::stamp(&mut bad_lz4, strata_record::Placement::default());
     assert!(matches!(log.append(Bytes::from(bad_lz4)).await, Err(StorageError::InvalidBatch(_))));
     assert_eq!(log.high_watermark(), 0);
     assert_eq!(log.status().size_bytes, 0);
@@ -185,7 +199,7 @@ async fn torn_tail_is_truncated_on_recovery_and_appends_continue() {
     let good_len = std::fs::metadata(&file).expect("meta").len();
     // A crash in the middle of writing the next batch: half of it on disk.
     let mut torn = batch(2, 1, "torn").to_vec();
-    strata_record::stamp(&mut torn, 20, 0);
+    strata_record::stamp(&mut torn, strata_record::Placement { base_offset: 20, term: 0, log_index: 10 });
     let half = &torn[..torn.len() / 2];
     std::fs::OpenOptions::new()
         .append(true)
@@ -198,6 +212,9 @@ async fn torn_tail_is_truncated_on_recovery_and_appends_continue() {
     let info = log.append(batch(1, 1, "after")).await.expect("append after recovery");
     assert_eq!(info.base_offset, 20);
     assert_eq!(read_all(&log, 0).await.len(), 21);
+    // The entry numbering continues from the last entry recovered.
+    let read = log.read(20, 1024).await.expect("read");
+    assert_eq!(strata_record::verify(&read.batches[0]).expect("valid").log_index, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
