@@ -45,6 +45,10 @@ pub enum StorageError {
     InvalidConfig(String),
     #[error("data directory {0} is in use by another strata process")]
     DataDirLocked(PathBuf),
+    #[error(
+        "topic '{topic}' partition {partition}: entry (term {term}, index {index}) does not follow the last entry {last}"
+    )]
+    EntryOutOfOrder { topic: String, partition: u32, term: u64, index: u64, last: String },
     #[error("storage is shutting down")]
     ShuttingDown,
 }

@@ -27,6 +27,8 @@ use crate::segment::{self, Segment};
 
 /// Appends waiting for the writer; a full queue makes producers wait.
 const APPEND_QUEUE_CAPACITY: usize = 4096;
+/// Smallest read when looking for entries: room for a header or more.
+const HEADER_MIN_READ: usize = 64 * 1024;
 /// Upper bound of one write group.
 const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Records may carry timestamps at most this far ahead of the server's clock
@@ -89,6 +91,8 @@ impl AppendTicket {
 struct AppendRequest {
     batch: Bytes,
     header: BatchHeader,
+    /// The Raft entry this batch is; `None`: the next entry of the last term.
+    id: Option<EntryId>,
     reply: oneshot::Sender<Result<AppendInfo>>,
 }
 
@@ -218,12 +222,28 @@ impl PartitionLog {
     /// the order they are submitted; the ticket resolves once the batch is
     /// fsync'd. Lets a pipelined producer keep order without waiting.
     pub async fn submit(&self, batch: Bytes) -> Result<AppendTicket> {
+        self.enqueue(batch, None).await
+    }
+
+    /// Queues a batch as Raft entry `id` (the consensus layer's append): a
+    /// data batch from a producer, or a control batch. `id` must follow the
+    /// last entry (index + 1, term not lower), unless the log holds none.
+    /// The ticket resolves once the entry is fsync'd.
+    pub async fn submit_entry(&self, batch: Bytes, id: EntryId) -> Result<AppendTicket> {
+        self.enqueue(batch, Some(id)).await
+    }
+
+    async fn enqueue(&self, batch: Bytes, id: Option<EntryId>) -> Result<AppendTicket> {
         self.inner.check_failed()?;
         let limit = self.config().max_message_bytes;
         if batch.len() > limit as usize {
             return Err(StorageError::BatchTooLarge { topic: self.inner.topic.clone(), size: batch.len(), limit });
         }
-        let header = match strata_record::BatchHeader::parse(&batch)?.compression {
+        let parsed = strata_record::BatchHeader::parse(&batch)?;
+        let header = match parsed.compression {
+            // Control batches come from the log's own consensus layer, never
+            // from a producer: only the checksum is checked.
+            _ if parsed.control && id.is_some() => strata_record::verify(&batch)?,
             // Uncompressed: a quick walk over the records, done here.
             strata_record::Compression::None => strata_record::validate(&batch)?,
             // Decompression is CPU work that must not stall the async workers.
@@ -243,8 +263,22 @@ impl PartitionLog {
             });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(AppendRequest { batch, header, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
+        self.tx.send(AppendRequest { batch, header, id, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
         Ok(AppendTicket(rx))
+    }
+
+    /// Durable entries with log index in `[start, end)`, in order, about
+    /// `max_bytes` worth (at least one entry when `start` is held).
+    pub async fn entries(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.entries_blocking(start, end, max_bytes))
+            .await
+            .map_err(|e| StorageError::Index(format!("read task failed: {e}")))?
+    }
+
+    /// The last entry written (durable or about to be).
+    pub fn last_entry(&self) -> Option<EntryId> {
+        self.inner.writer.lock().ok().and_then(|w| w.last)
     }
 
     /// Reads whole batches starting with the one holding `offset`, about
@@ -325,10 +359,16 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>) {
                 Err(_) => break,
             }
         }
+        let group = inner.check_placements(group);
+        if group.is_empty() {
+            continue;
+        }
+        let bytes: usize = group.iter().map(|r| r.batch.len()).sum();
         // Bound what is written but not yet synced (memory held by waiters).
         let Ok(permit) = inner.unsynced_bytes.acquire_many(bytes as u32).await else { break };
         permit.forget();
-        let batches: Vec<(Bytes, BatchHeader)> = group.iter().map(|r| (r.batch.clone(), r.header)).collect();
+        let batches: Vec<(Bytes, BatchHeader, Option<EntryId>)> =
+            group.iter().map(|r| (r.batch.clone(), r.header, r.id)).collect();
         let worker = Arc::clone(&inner);
         let result = tokio::task::spawn_blocking(move || worker.write_group(&batches))
             .await
@@ -634,6 +674,38 @@ impl Inner {
 
     // ----- writes --------------------------------------------------------
 
+    /// Answers (with an error) the appends whose entry does not follow the
+    /// one before it, and returns the rest. Such an append is the consensus
+    /// layer's bug, not a storage failure: the partition keeps serving.
+    fn check_placements(&self, group: Vec<AppendRequest>) -> Vec<AppendRequest> {
+        let Ok(w) = self.writer.lock() else { return group };
+        let mut last = w.last;
+        drop(w);
+        let mut ok = Vec::with_capacity(group.len());
+        for req in group {
+            let follows = match (req.id, last) {
+                (None, _) | (Some(_), None) => true,
+                (Some(id), Some(l)) => id.index == l.index + 1 && id.term >= l.term,
+            };
+            if !follows {
+                let (id, l) = (req.id.unwrap_or(EntryId { term: 0, index: 0 }), last);
+                let _ = req.reply.send(Err(StorageError::EntryOutOfOrder {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    term: id.term,
+                    index: id.index,
+                    last: l.map_or("(none)".into(), |l| format!("(term {}, index {})", l.term, l.index)),
+                }));
+                continue;
+            }
+            last = Some(req.id.unwrap_or_else(|| {
+                last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
+            }));
+            ok.push(req);
+        }
+        ok
+    }
+
     fn write_failed(&self, error: &StorageError) {
         // After a failed write or fsync the page cache can no longer be
         // trusted (fsyncgate): stop serving until recovery runs.
@@ -645,16 +717,16 @@ impl Inner {
 
     /// Stamps and writes a group of batches to the active segment, rolling
     /// segments as needed. Nothing is durable yet: see [`Inner::sync_written`].
-    fn write_group(&self, group: &[(Bytes, BatchHeader)]) -> Result<Vec<Written>> {
+    fn write_group(&self, group: &[(Bytes, BatchHeader, Option<EntryId>)]) -> Result<Vec<Written>> {
         self.check_failed()?;
         let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
         let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
         let mut active =
             self.segments()?.last().cloned().ok_or_else(|| self.internal("the partition has no segment"))?;
-        let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _)| b.len()).sum());
+        let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _, _)| b.len()).sum());
         let mut out = Vec::with_capacity(group.len());
         let now = crate::now_ms();
-        for (batch, header) in group {
+        for (batch, header, id) in group {
             let size = batch.len() as u64;
             let too_big = w.active_len + size > config.segment_bytes;
             let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
@@ -680,7 +752,9 @@ impl Inner {
                 w.segment_max_ts = i64::MIN;
             }
             // Without consensus each batch is the next entry of the same term.
-            let id = w.last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 });
+            let id = id.unwrap_or_else(|| {
+                w.last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
+            });
             let start = buf.len();
             buf.extend_from_slice(batch);
             strata_record::stamp(
@@ -836,6 +910,74 @@ impl Inner {
             result.next_offset = header.next_offset();
             pos += header.size;
         }
+        Ok(())
+    }
+
+    fn entries_blocking(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
+        self.check_failed()?;
+        let mut out = Vec::new();
+        let Some(first) = self.index.lookup_entry(start)? else { return Ok(out) };
+        let segments = self.segments()?;
+        let mut i = segments.binary_search_by_key(&first.segment_base, |s| s.base).map_err(|_| {
+            self.internal(&format!("entry {start} is indexed in segment {} that is gone", first.segment_base))
+        })?;
+        let mut position = first.position;
+        let mut bytes = 0usize;
+        let mut next = start;
+        while next < end && i < segments.len() && (out.is_empty() || bytes < max_bytes) {
+            let seg = &segments[i];
+            let durable = seg.len();
+            if position >= durable {
+                i += 1;
+                position = 0;
+                continue;
+            }
+            let want = max_bytes.saturating_sub(bytes).max(HEADER_MIN_READ) as u64;
+            let buf = Bytes::from(seg.read_at(position, want.min(durable - position) as usize)?);
+            let mut pos = 0usize;
+            while pos < buf.len() && next < end {
+                let header = match strata_record::BatchHeader::parse(&buf[pos..]) {
+                    Ok(h) => h,
+                    Err(_) if pos > 0 => break, // a partial header: read on from here
+                    Err(e) => return Err(self.read_corruption(seg, position, e.to_string())),
+                };
+                if pos + header.size > buf.len() {
+                    if pos > 0 {
+                        break;
+                    }
+                    // One batch larger than the read: read exactly it.
+                    let whole = Bytes::from(seg.read_at(position, header.size)?);
+                    return self.push_entry(seg, position, whole, next, &mut out).map(|()| out);
+                }
+                let batch = buf.slice(pos..pos + header.size);
+                self.push_entry(seg, position + pos as u64, batch, next, &mut out)?;
+                next += 1;
+                bytes += header.size;
+                pos += header.size;
+            }
+            position += pos as u64;
+        }
+        Ok(out)
+    }
+
+    /// Verifies one batch read as entry `expected` and adds it to `out`.
+    fn push_entry(
+        &self,
+        seg: &Segment,
+        position: u64,
+        batch: Bytes,
+        expected: u64,
+        out: &mut Vec<(EntryId, Bytes)>,
+    ) -> Result<()> {
+        let header = strata_record::verify(&batch).map_err(|e| self.read_corruption(seg, position, e.to_string()))?;
+        if header.log_index != expected {
+            return Err(self.read_corruption(
+                seg,
+                position,
+                format!("expected entry {expected}, found entry {}", header.log_index),
+            ));
+        }
+        out.push((EntryId { term: header.term, index: header.log_index }, batch));
         Ok(())
     }
 
