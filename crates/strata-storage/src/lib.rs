@@ -23,7 +23,10 @@ mod segment;
 pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, MIN_SEGMENT_BYTES, TopicOverrides};
 pub use error::{Result, StorageError};
 pub use index::{IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
-pub use log::{AppendInfo, AppendTicket, EntryId, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, ReadResult};
+pub use log::{
+    AppendInfo, AppendTicket, EntryId, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, Progress, ReadResult,
+    Visibility,
+};
 pub use manager::{LogManager, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, TopicInfo, TopicRecord, validate_topic_name};
 
 pub use strata_record::now_ms;

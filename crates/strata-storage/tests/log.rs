@@ -2,100 +2,14 @@
 //! appends, reads, recovery (torn tail, corruption), index rebuild, retention
 //! and time lookups.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{Fixture, batch, close, read_all, records, segment_files, small_segments};
 use strata_record::{Compression, Record, encode};
-use strata_storage::{EntryId, IndexDb, LogConfig, LogManager, PartitionLog, StorageError, TopicOverrides};
-
-fn records(n: usize, ts: i64, tag: &str) -> Vec<Record> {
-    (0..n)
-        .map(|i| Record {
-            timestamp_ms: ts,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Bytes::from(format!("{tag}-{i}")),
-            ..Record::default()
-        })
-        .collect()
-}
-
-fn batch(n: usize, ts: i64, tag: &str) -> Bytes {
-    encode(&records(n, ts, tag), Compression::None)
-}
-
-fn small_segments() -> LogConfig {
-    LogConfig { segment_bytes: 1024, ..LogConfig::default() }
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().to_owned();
-        Self { _dir: dir, root }
-    }
-
-    fn partition_dir(&self) -> PathBuf {
-        self.root.join("p0")
-    }
-
-    fn open(&self, config: LogConfig) -> (Arc<IndexDb>, PartitionLog) {
-        self.open_with_index("index", config)
-    }
-
-    fn open_with_index(&self, index_dir: &str, config: LogConfig) -> (Arc<IndexDb>, PartitionLog) {
-        let db = IndexDb::open(&self.root.join(index_dir)).expect("open index");
-        let log =
-            PartitionLog::open("t", 0, &self.partition_dir(), Arc::new(db.partition(1, 0)), config).expect("open log");
-        (db, log)
-    }
-}
-
-/// Drops a log and waits until its writer task has released the index, as a
-/// process exit would, so the same directory can be opened again.
-async fn close(db: Arc<IndexDb>, log: PartitionLog) {
-    drop(log);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while Arc::strong_count(&db) > 1 {
-        assert!(std::time::Instant::now() < deadline, "the writer task did not release the index");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
-}
-
-async fn read_all(log: &PartitionLog, from: u64) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    loop {
-        let r = log.read(offset, 4096).await.expect("read");
-        if r.batches.is_empty() {
-            return out;
-        }
-        for b in &r.batches {
-            for rec in strata_record::decode(b).expect("decode") {
-                if rec.offset >= offset {
-                    out.push(rec);
-                }
-            }
-        }
-        offset = out.last().map_or(offset, |r| r.offset + 1);
-    }
-}
+use strata_storage::{LogConfig, LogManager, StorageError, TopicOverrides};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_get_contiguous_offsets_and_read_back() {
@@ -138,55 +52,6 @@ async fn appends_get_contiguous_offsets_and_read_back() {
     assert!(log.read(60, 1024).await.expect("read").batches.is_empty());
     let err = log.read(61, 1024).await.expect_err("beyond hw");
     assert!(matches!(err, StorageError::OffsetOutOfRange { offset: 61, start: 0, end: 60, .. }), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_entries_keep_their_ids_and_control_batches_take_an_offset_but_are_not_read() {
-    let fx = Fixture::new();
-    let id = |term, index| EntryId { term, index };
-    let control = |kind: &str| strata_record::control_batch(kind, b"{}", 1);
-    {
-        let (db, log) = fx.open(small_segments());
-        // A log may start at any entry (after a snapshot, say).
-        let blank = log.submit_entry(control("raft.blank"), id(1, 5)).await.expect("submit");
-        let data = log.submit_entry(batch(3, 1, "a"), id(1, 6)).await.expect("submit");
-        assert_eq!(blank.wait().await.expect("durable").base_offset, 0);
-        assert_eq!(data.wait().await.expect("durable").base_offset, 1);
-        // Out of order: refused, and the partition keeps serving.
-        for bad in [id(1, 8), id(1, 6), id(0, 7)] {
-            let err = log.submit_entry(batch(1, 1, "x"), bad).await.expect("queued").wait().await.expect_err("gap");
-            assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
-        }
-        // Producers cannot send control batches.
-        assert!(matches!(log.append(control("raft.blank")).await, Err(StorageError::InvalidBatch(_))));
-        log.submit_entry(control("raft.membership"), id(2, 7)).await.expect("submit").wait().await.expect("ok");
-        for i in 8..40 {
-            log.submit_entry(batch(2, 1, &format!("e{i}")), id(2, i)).await.expect("submit").wait().await.expect("ok");
-        }
-        assert_eq!(log.last_entry(), Some(id(2, 39)));
-        assert!(log.status().segments > 1, "1 KiB segments must have rolled");
-        // Consumers see the data only, at offsets that skip the control batches.
-        let got = read_all(&log, 0).await;
-        assert_eq!(got.len(), 3 + 32 * 2);
-        assert_eq!((got[0].offset, got[3].offset), (1, 5), "offsets 0 and 4 are control batches");
-        let only_control = log.read(4, 1).await.expect("read");
-        assert_eq!(only_control.next_offset, 7, "a read past a control batch returns the next data batch");
-        close(db, log).await;
-    }
-    let (_db, log) = fx.open(small_segments());
-    assert_eq!(log.last_entry(), Some(id(2, 39)), "recovered from the segments");
-    // Entries by log index, across segments, with their ids.
-    let all = log.entries(5, 40, 1 << 20).await.expect("entries");
-    let ids: Vec<_> = all.iter().map(|(e, _)| *e).collect();
-    let want: Vec<_> = [id(1, 5), id(1, 6), id(2, 7)].into_iter().chain((8..40).map(|i| id(2, i))).collect();
-    assert_eq!(ids, want);
-    assert!(strata_record::verify(&all[2].1).expect("valid").control);
-    let some = log.entries(10, 13, 1 << 20).await.expect("entries");
-    assert_eq!(some.iter().map(|(e, _)| e.index).collect::<Vec<_>>(), vec![10, 11, 12]);
-    assert_eq!(log.entries(30, 40, 1).await.expect("entries").len(), 1, "at least one entry, however small the limit");
-    assert!(log.entries(40, 50, 1 << 20).await.expect("entries").is_empty());
-    assert!(log.entries(0, 5, 1 << 20).await.expect("entries").is_empty(), "before the first entry");
-    log.submit_entry(batch(1, 1, "next"), id(3, 40)).await.expect("submit").wait().await.expect("continues");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,11 @@ use tracing::{info, warn};
 
 use crate::config::LogConfig;
 use crate::error::{IoContext, Result, StorageError};
-use crate::index::{IndexEntry, LogIndex, PartitionMeta, SegmentMeta};
+use crate::index::{IndexEntry, LogIndex, SegmentMeta};
 use crate::segment::{self, Segment};
+
+mod entries;
+use entries::{Recent, RecentEntry};
 
 /// Appends waiting for the writer; a full queue makes producers wait.
 const APPEND_QUEUE_CAPACITY: usize = 4096;
@@ -59,6 +62,34 @@ pub struct ReadResult {
     pub log_start_offset: u64,
 }
 
+/// When appended data becomes visible to readers (the high watermark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Visibility {
+    /// Once fsync'd: a single node without consensus.
+    #[default]
+    OnFlush,
+    /// Once the consensus layer applied it ([`PartitionLog::set_applied`])
+    /// and it is fsync'd here.
+    Applied,
+}
+
+/// How far the log got: the last entry written (page cache) and the last
+/// entry fsync'd and indexed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub written: Option<EntryId>,
+    pub durable: Option<EntryId>,
+    /// Offset after the last durable entry.
+    pub durable_next_offset: u64,
+}
+
+impl Progress {
+    /// Nothing is written that is not durable yet.
+    pub fn is_quiet(&self) -> bool {
+        self.written == self.durable
+    }
+}
+
 /// A Raft log entry's identity: the term of the leader that appended it and
 /// its index in the log. Every batch in a segment is one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -86,6 +117,15 @@ impl AppendTicket {
     pub async fn wait(self) -> Result<AppendInfo> {
         self.0.await.map_err(|_| StorageError::ShuttingDown)?
     }
+}
+
+enum Command {
+    Append(AppendRequest),
+    /// Remove entries from this index on, once everything before is durable.
+    Truncate {
+        from: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct AppendRequest {
@@ -124,13 +164,19 @@ pub(crate) struct Inner {
     /// Bytes written but not yet synced may not exceed this many.
     unsynced_bytes: tokio::sync::Semaphore,
     writer_done: std::sync::atomic::AtomicBool,
+    visibility: Visibility,
+    progress: watch::Sender<Progress>,
+    /// Last entry the consensus layer applied, with the offset after it.
+    applied: Mutex<Option<(u64, u64)>>,
+    recent: Mutex<Recent>,
+    purged: Mutex<Option<EntryId>>,
 }
 
 /// Handle to a partition log; cheap to clone.
 #[derive(Clone)]
 pub struct PartitionLog {
     inner: Arc<Inner>,
-    tx: mpsc::Sender<AppendRequest>,
+    tx: mpsc::Sender<Command>,
     writer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -149,6 +195,18 @@ impl PartitionLog {
     /// Corruption does not fail the call: the partition opens in the failed
     /// state and reports the corruption on every request.
     pub fn open(topic: &str, partition: u32, dir: &Path, index: Arc<dyn LogIndex>, config: LogConfig) -> Result<Self> {
+        Self::open_with(topic, partition, dir, index, config, Visibility::OnFlush)
+    }
+
+    /// [`PartitionLog::open`], choosing when appends become visible.
+    pub fn open_with(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        index: Arc<dyn LogIndex>,
+        config: LogConfig,
+        visibility: Visibility,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (hw, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -172,6 +230,11 @@ impl PartitionLog {
             sync_wakeup: tokio::sync::Notify::new(),
             unsynced_bytes: tokio::sync::Semaphore::new(UNSYNCED_BYTES_MAX),
             writer_done: std::sync::atomic::AtomicBool::new(false),
+            visibility,
+            progress: watch::channel(Progress::default()).0,
+            applied: Mutex::new(None),
+            recent: Mutex::new(Recent::default()),
+            purged: Mutex::new(None),
         });
         match inner.recover() {
             Ok(()) => {}
@@ -263,8 +326,75 @@ impl PartitionLog {
             });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(AppendRequest { batch, header, id, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
+        let request = Command::Append(AppendRequest { batch, header, id, reply });
+        self.tx.send(request).await.map_err(|_| StorageError::ShuttingDown)?;
         Ok(AppendTicket(rx))
+    }
+
+    /// Removes the entries from log index `from` on, after every append
+    /// queued before it is durable. Entries below the high watermark are
+    /// never removed (an error says so).
+    pub async fn truncate(&self, from: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Truncate { from, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
+        rx.await.map_err(|_| StorageError::ShuttingDown)?
+    }
+
+    /// Forgets the entries up to `upto` (they are covered by a snapshot);
+    /// see the Raft section of docs/ARCHITECTURE.md.
+    pub async fn purge(&self, upto: EntryId) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.purge_blocking(upto))
+            .await
+            .map_err(|e| StorageError::Index(format!("purge task failed: {e}")))?
+    }
+
+    /// The last entry purged, if any.
+    pub fn last_purged(&self) -> Option<EntryId> {
+        self.inner.last_purged()
+    }
+
+    /// With [`Visibility::Applied`]: the consensus layer applied entries up
+    /// to `index`; readers see them once they are durable here.
+    pub fn set_applied(&self, index: u64) -> Result<()> {
+        self.inner.set_applied(index)
+    }
+
+    /// Waits until entry `index` is durable here. Returns at once when the
+    /// log does not hold that entry (not written, or truncated meanwhile).
+    pub async fn wait_durable(&self, index: u64) -> Result<()> {
+        let mut progress = self.inner.progress.subscribe();
+        loop {
+            self.inner.check_failed()?;
+            let p = *progress.borrow_and_update();
+            if p.durable.is_some_and(|d| d.index >= index) || p.written.is_none_or(|w| w.index < index) {
+                return Ok(());
+            }
+            if progress.changed().await.is_err() {
+                return Err(StorageError::ShuttingDown);
+            }
+        }
+    }
+
+    /// How far writing and syncing got.
+    pub fn progress(&self) -> Progress {
+        *self.inner.progress.borrow()
+    }
+
+    /// Small durable state of the consensus layer (vote, applied entry...).
+    pub async fn load_state(&self, name: &'static str) -> Result<Option<Vec<u8>>> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.index.state(name))
+            .await
+            .map_err(|e| StorageError::Index(format!("state task failed: {e}")))?
+    }
+
+    /// Stores `value` under `name`; with `sync`, durable when this returns.
+    pub async fn save_state(&self, name: &'static str, value: Vec<u8>, sync: bool) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.index.put_state(name, &value, sync))
+            .await
+            .map_err(|e| StorageError::Index(format!("state task failed: {e}")))?
     }
 
     /// Durable entries with log index in `[start, end)`, in order, about
@@ -345,16 +475,44 @@ impl PartitionLog {
 /// and hands them to the syncer. While the syncer fsyncs one group, the next
 /// is being written: the disk is never idle waiting for the CPU, and
 /// concurrent producers share each fsync.
-async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>) {
+async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
     let syncer = tokio::spawn(syncer_loop(Arc::clone(&inner)));
-    while let Some(first) = rx.recv().await {
+    let mut held = None;
+    loop {
+        let command = match held.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        let first = match command {
+            Command::Append(req) => req,
+            Command::Truncate { from, reply } => {
+                let result = match inner.quiesce().await {
+                    Ok(()) => {
+                        let worker = Arc::clone(&inner);
+                        tokio::task::spawn_blocking(move || worker.truncate_blocking(from))
+                            .await
+                            .unwrap_or_else(|e| Err(StorageError::Index(format!("truncate task failed: {e}"))))
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+                continue;
+            }
+        };
         let mut bytes = first.batch.len();
         let mut group = vec![first];
         while bytes < GROUP_BYTES_MAX {
             match rx.try_recv() {
-                Ok(req) => {
+                Ok(Command::Append(req)) => {
                     bytes += req.batch.len();
                     group.push(req);
+                }
+                Ok(other) => {
+                    held = Some(other);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -393,6 +551,14 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<AppendRequest>) {
                     let _ = req.reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+    // Appends and truncations still queued when the loop ended get an answer.
+    rx.close();
+    while let Ok(command) = rx.try_recv() {
+        match command {
+            Command::Append(req) => drop(req.reply.send(Err(StorageError::ShuttingDown))),
+            Command::Truncate { reply, .. } => drop(reply.send(Err(StorageError::ShuttingDown))),
         }
     }
     inner.writer_done.store(true, Ordering::Release);
@@ -490,8 +656,9 @@ impl Inner {
         {
             *f = Some(reason);
         }
-        // Wake subscriptions and long polls so that they see the failure.
+        // Wake subscriptions, long polls and waiters so that they see the failure.
         self.hw.send_modify(|_| {});
+        self.progress.send_modify(|_| {});
     }
 
     /// An internal invariant broke (a poisoned lock, a missing segment): the
@@ -536,21 +703,23 @@ impl Inner {
     fn recover(&self) -> Result<()> {
         let meta = self.index.meta()?;
         let mut bases = segment::list(&self.dir)?;
-        // Segments wholly below the log start are left over from a retention
-        // pass that crashed between recording the new start and unlinking.
-        for base in bases.iter().filter(|b| **b < meta.log_start_offset) {
-            let path = self.dir.join(segment::file_name(*base));
+        // Segments wholly below the log start (the next one starts at or
+        // before it) are left over from a retention pass or a purge that
+        // crashed between recording the new start and unlinking.
+        let first_kept = bases.iter().rposition(|b| *b <= meta.log_start_offset).unwrap_or(0);
+        for base in bases.drain(..first_kept) {
+            let path = self.dir.join(segment::file_name(base));
             info!(file = %path.display(), "removing segment below the log start offset");
             std::fs::remove_file(&path).at(&path)?;
-            self.index.delete_segment_meta(*base)?;
+            self.index.delete_segment_meta(base)?;
         }
-        bases.retain(|b| *b >= meta.log_start_offset);
+        *self.purged.lock().map_err(|_| self.poisoned())? = self.load_purged()?;
         if bases.is_empty() {
             bases.push(meta.log_start_offset);
             drop(Segment::open(&self.dir, meta.log_start_offset, true)?);
             segment::sync_dir(&self.dir)?;
         }
-        if bases[0] != meta.log_start_offset {
+        if bases[0] > meta.log_start_offset {
             return Err(self.corrupt(
                 &self.dir.join(segment::file_name(bases[0])),
                 0,
@@ -622,7 +791,8 @@ impl Inner {
             let mut entries = Vec::with_capacity(scan.batches.len());
             let mut points = Vec::new();
             let mut seg_max = i64::MIN;
-            for b in &scan.batches {
+            // A purge may have moved the log start into this segment.
+            for b in scan.batches.iter().filter(|b| b.header.base_offset >= meta.log_start_offset) {
                 entries.push(IndexEntry {
                     base_offset: b.header.base_offset,
                     next_offset: b.header.next_offset(),
@@ -661,9 +831,15 @@ impl Inner {
             let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
             let last = self.index.last()?.map(|e| EntryId { term: e.term, index: e.log_index });
             *w = WriterState { next_offset: expected, last, running_max_ts, active_len, segment_max_ts };
+            self.progress.send_replace(Progress { written: last, durable: last, durable_next_offset: expected });
         }
         *self.segments.write().map_err(|_| self.poisoned())? = segments;
-        self.hw.send_replace(expected);
+        // Applied visibility: nothing is visible until the consensus layer
+        // says what it applied.
+        self.hw.send_replace(match self.visibility {
+            Visibility::OnFlush => expected,
+            Visibility::Applied => meta.log_start_offset,
+        });
         info!(
             topic = %self.topic, partition = self.partition,
             log_start = meta.log_start_offset, high_watermark = expected, segments = bases.len(),
@@ -679,7 +855,7 @@ impl Inner {
     /// layer's bug, not a storage failure: the partition keeps serving.
     fn check_placements(&self, group: Vec<AppendRequest>) -> Vec<AppendRequest> {
         let Ok(w) = self.writer.lock() else { return group };
-        let mut last = w.last;
+        let mut last = self.tail(w.last);
         drop(w);
         let mut ok = Vec::with_capacity(group.len());
         for req in group {
@@ -724,6 +900,8 @@ impl Inner {
         let mut active =
             self.segments()?.last().cloned().ok_or_else(|| self.internal("the partition has no segment"))?;
         let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _, _)| b.len()).sum());
+        // Entries in `buf` not yet written: (id, next offset, start, end).
+        let mut pending: Vec<(EntryId, u64, usize, usize)> = Vec::with_capacity(group.len());
         let mut out = Vec::with_capacity(group.len());
         let now = crate::now_ms();
         for (batch, header, id) in group {
@@ -734,9 +912,8 @@ impl Inner {
                 // The old segment is complete on disk before the next one
                 // exists: recovery may then treat any fault in a sealed
                 // segment as corruption, never as a torn tail.
-                write_all(&active, &buf)?;
+                self.write_piece(&active, &mut buf, &mut pending)?;
                 active.file.sync_data().at(&active.path)?;
-                buf.clear();
                 out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
                     meta: SegmentMeta {
@@ -753,7 +930,8 @@ impl Inner {
             }
             // Without consensus each batch is the next entry of the same term.
             let id = id.unwrap_or_else(|| {
-                w.last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
+                self.tail(w.last)
+                    .map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
             });
             let start = buf.len();
             buf.extend_from_slice(batch);
@@ -762,6 +940,7 @@ impl Inner {
                 strata_record::Placement { base_offset: w.next_offset, term: id.term, log_index: id.index },
             );
             w.last = Some(id);
+            pending.push((id, w.next_offset + u64::from(header.record_count), start, buf.len()));
             let point = (header.max_timestamp_ms > w.running_max_ts).then(|| {
                 w.running_max_ts = header.max_timestamp_ms;
                 (header.max_timestamp_ms, w.next_offset)
@@ -785,8 +964,26 @@ impl Inner {
             w.next_offset += u64::from(header.record_count);
             w.active_len += size;
         }
-        write_all(&active, &buf)?;
+        self.write_piece(&active, &mut buf, &mut pending)?;
+        let last = w.last;
+        self.progress.send_modify(|p| p.written = last);
         Ok(out)
+    }
+
+    /// Writes `buf` to `seg` and keeps its entries in the recent cache.
+    fn write_piece(
+        &self,
+        seg: &Segment,
+        buf: &mut BytesMut,
+        pending: &mut Vec<(EntryId, u64, usize, usize)>,
+    ) -> Result<()> {
+        let piece = buf.split().freeze();
+        write_all(seg, &piece)?;
+        let mut recent = self.recent.lock().map_err(|_| self.poisoned())?;
+        for (id, next_offset, start, end) in pending.drain(..) {
+            recent.push(RecentEntry { id, next_offset, batch: piece.slice(start..end) });
+        }
+        Ok(())
     }
 
     /// fdatasyncs every segment the written batches touched, indexes them,
@@ -816,17 +1013,23 @@ impl Inner {
                 seal.segment.sealed.store(true, Ordering::Release);
             }
         }
-        let mut high_watermark = None;
+        let mut durable = None;
         for item in written {
             if let Written::Batch(b) = item {
                 b.segment.max_timestamp_ms.fetch_max(b.max_ts, Ordering::AcqRel);
                 b.segment.next_offset.store(b.entry.next_offset, Ordering::Release);
                 b.segment.durable_len.store(b.entry.position + u64::from(b.entry.size), Ordering::Release);
-                high_watermark = Some(b.entry.next_offset);
+                durable = Some(b.entry);
             }
         }
-        if let Some(hw) = high_watermark {
-            self.hw.send_replace(hw);
+        if let Some(e) = durable {
+            let id = EntryId { term: e.term, index: e.log_index };
+            self.progress.send_modify(|p| {
+                p.durable = Some(id);
+                p.durable_next_offset = e.next_offset;
+            });
+            self.recent.lock().map_err(|_| self.poisoned())?.trim(Some(id));
+            self.publish();
         }
         Ok(())
     }
@@ -913,74 +1116,6 @@ impl Inner {
         Ok(())
     }
 
-    fn entries_blocking(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
-        self.check_failed()?;
-        let mut out = Vec::new();
-        let Some(first) = self.index.lookup_entry(start)? else { return Ok(out) };
-        let segments = self.segments()?;
-        let mut i = segments.binary_search_by_key(&first.segment_base, |s| s.base).map_err(|_| {
-            self.internal(&format!("entry {start} is indexed in segment {} that is gone", first.segment_base))
-        })?;
-        let mut position = first.position;
-        let mut bytes = 0usize;
-        let mut next = start;
-        while next < end && i < segments.len() && (out.is_empty() || bytes < max_bytes) {
-            let seg = &segments[i];
-            let durable = seg.len();
-            if position >= durable {
-                i += 1;
-                position = 0;
-                continue;
-            }
-            let want = max_bytes.saturating_sub(bytes).max(HEADER_MIN_READ) as u64;
-            let buf = Bytes::from(seg.read_at(position, want.min(durable - position) as usize)?);
-            let mut pos = 0usize;
-            while pos < buf.len() && next < end {
-                let header = match strata_record::BatchHeader::parse(&buf[pos..]) {
-                    Ok(h) => h,
-                    Err(_) if pos > 0 => break, // a partial header: read on from here
-                    Err(e) => return Err(self.read_corruption(seg, position, e.to_string())),
-                };
-                if pos + header.size > buf.len() {
-                    if pos > 0 {
-                        break;
-                    }
-                    // One batch larger than the read: read exactly it.
-                    let whole = Bytes::from(seg.read_at(position, header.size)?);
-                    return self.push_entry(seg, position, whole, next, &mut out).map(|()| out);
-                }
-                let batch = buf.slice(pos..pos + header.size);
-                self.push_entry(seg, position + pos as u64, batch, next, &mut out)?;
-                next += 1;
-                bytes += header.size;
-                pos += header.size;
-            }
-            position += pos as u64;
-        }
-        Ok(out)
-    }
-
-    /// Verifies one batch read as entry `expected` and adds it to `out`.
-    fn push_entry(
-        &self,
-        seg: &Segment,
-        position: u64,
-        batch: Bytes,
-        expected: u64,
-        out: &mut Vec<(EntryId, Bytes)>,
-    ) -> Result<()> {
-        let header = strata_record::verify(&batch).map_err(|e| self.read_corruption(seg, position, e.to_string()))?;
-        if header.log_index != expected {
-            return Err(self.read_corruption(
-                seg,
-                position,
-                format!("expected entry {expected}, found entry {}", header.log_index),
-            ));
-        }
-        out.push((EntryId { term: header.term, index: header.log_index }, batch));
-        Ok(())
-    }
-
     fn read_corruption(&self, seg: &Segment, position: u64, detail: impl Into<String>) -> StorageError {
         let e = self.corrupt(&seg.path, position, detail);
         tracing::error!(error = %e, "corruption found on read; partition stops serving");
@@ -1037,17 +1172,8 @@ impl Inner {
             return Ok(0);
         }
         let new_start = segments[doomed].base;
-        // Order matters for crash safety: the durable log start moves first,
-        // so a crash leaves only files that recovery deletes.
-        self.index.put_meta(&PartitionMeta { log_start_offset: new_start }, true)?;
-        self.log_start.store(new_start, Ordering::Release);
-        self.segments.write().map_err(|_| self.poisoned())?.drain(..doomed);
-        self.index.purge_before(new_start)?;
-        for seg in &segments[..doomed] {
-            self.index.delete_segment_meta(seg.base)?;
-            std::fs::remove_file(&seg.path).at(&seg.path)?;
-        }
-        segment::sync_dir(&self.dir)?;
+        drop(segments);
+        let doomed = self.move_log_start(new_start)?;
         info!(topic = %self.topic, partition = self.partition, deleted_segments = doomed, log_start = new_start, "retention deleted segments");
         Ok(doomed)
     }

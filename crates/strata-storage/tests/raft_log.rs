@@ -1,0 +1,170 @@
+//! The partition log as a Raft log, against real segment files and a real
+//! RocksDB: entries with given ids, control batches, reads by log index,
+//! truncating a suffix, purging a prefix, visibility of applied entries.
+
+mod common;
+
+use common::{Fixture, batch, close, read_all, small_segments};
+use strata_storage::{EntryId, LogConfig, PartitionLog, StorageError};
+
+fn id(term: u64, index: u64) -> EntryId {
+    EntryId { term, index }
+}
+
+async fn put(log: &PartitionLog, term: u64, indices: std::ops::Range<u64>) {
+    for i in indices {
+        log.submit_entry(batch(2, 1, &format!("e{i}")), id(term, i))
+            .await
+            .expect("submit")
+            .wait()
+            .await
+            .expect("durable");
+    }
+}
+
+async fn indices(log: &PartitionLog) -> Vec<u64> {
+    log.entries(0, u64::MAX, 1 << 20).await.expect("entries").iter().map(|(e, _)| e.index).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_entries_keep_their_ids_and_control_batches_take_an_offset_but_are_not_read() {
+    let fx = Fixture::new();
+    let control = |kind: &str| strata_record::control_batch(kind, b"{}", 1);
+    {
+        let (db, log) = fx.open(small_segments());
+        // A log may start at any entry (after a snapshot, say).
+        let blank = log.submit_entry(control("raft.blank"), id(1, 5)).await.expect("submit");
+        let data = log.submit_entry(batch(3, 1, "a"), id(1, 6)).await.expect("submit");
+        assert_eq!(blank.wait().await.expect("durable").base_offset, 0);
+        assert_eq!(data.wait().await.expect("durable").base_offset, 1);
+        // Out of order: refused, and the partition keeps serving.
+        for bad in [id(1, 8), id(1, 6), id(0, 7)] {
+            let err = log.submit_entry(batch(1, 1, "x"), bad).await.expect("queued").wait().await.expect_err("gap");
+            assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+        }
+        // Producers cannot send control batches.
+        assert!(matches!(log.append(control("raft.blank")).await, Err(StorageError::InvalidBatch(_))));
+        log.submit_entry(control("raft.membership"), id(2, 7)).await.expect("submit").wait().await.expect("ok");
+        for i in 8..40 {
+            log.submit_entry(batch(2, 1, &format!("e{i}")), id(2, i)).await.expect("submit").wait().await.expect("ok");
+        }
+        assert_eq!(log.last_entry(), Some(id(2, 39)));
+        assert!(log.status().segments > 1, "1 KiB segments must have rolled");
+        // Consumers see the data only, at offsets that skip the control batches.
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 3 + 32 * 2);
+        assert_eq!((got[0].offset, got[3].offset), (1, 5), "offsets 0 and 4 are control batches");
+        let only_control = log.read(4, 1).await.expect("read");
+        assert_eq!(only_control.next_offset, 7, "a read past a control batch returns the next data batch");
+        close(db, log).await;
+    }
+    let (_db, log) = fx.open(small_segments());
+    assert_eq!(log.last_entry(), Some(id(2, 39)), "recovered from the segments");
+    // Entries by log index, across segments, with their ids.
+    let all = log.entries(5, 40, 1 << 20).await.expect("entries");
+    let ids: Vec<_> = all.iter().map(|(e, _)| *e).collect();
+    let want: Vec<_> = [id(1, 5), id(1, 6), id(2, 7)].into_iter().chain((8..40).map(|i| id(2, i))).collect();
+    assert_eq!(ids, want);
+    assert!(strata_record::verify(&all[2].1).expect("valid").control);
+    let some = log.entries(10, 13, 1 << 20).await.expect("entries");
+    assert_eq!(some.iter().map(|(e, _)| e.index).collect::<Vec<_>>(), vec![10, 11, 12]);
+    assert_eq!(log.entries(30, 40, 1).await.expect("entries").len(), 1, "at least one entry, however small the limit");
+    assert!(log.entries(40, 50, 1 << 20).await.expect("entries").is_empty());
+    assert!(log.entries(0, 5, 1 << 20).await.expect("entries").is_empty(), "before the first entry");
+    log.submit_entry(batch(1, 1, "next"), id(3, 40)).await.expect("submit").wait().await.expect("continues");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_removes_a_suffix_across_segments_and_appends_continue_from_the_cut() {
+    let fx = Fixture::new();
+    {
+        let (db, log) = fx.open_applied(small_segments());
+        put(&log, 1, 0..30).await;
+        let segments_before = log.status().segments;
+        assert!(segments_before >= 3, "1 KiB segments must have rolled");
+        log.set_applied(9).expect("applied");
+        assert_eq!(log.high_watermark(), 20, "entries 0-9 hold offsets 0-19");
+        let err = log.truncate(5).await.expect_err("below the high watermark");
+        assert!(err.to_string().contains("below the high watermark"), "{err}");
+        log.truncate(12).await.expect("truncate");
+        assert_eq!(log.last_entry(), Some(id(1, 11)));
+        assert!(log.status().segments < segments_before, "later segments deleted");
+        assert_eq!(indices(&log).await, (0..12).collect::<Vec<_>>());
+        // The next entry follows the cut, in a newer term.
+        let err = log.submit_entry(batch(1, 1, "x"), id(2, 13)).await.expect("queued").wait().await.expect_err("gap");
+        assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+        let info = log.submit_entry(batch(1, 1, "y"), id(2, 12)).await.expect("queued").wait().await.expect("ok");
+        assert_eq!(info.base_offset, 24, "offsets continue from the cut");
+        log.truncate(40).await.expect("beyond the end: nothing to do");
+        close(db, log).await;
+    }
+    let (_db, log) = fx.open_applied(small_segments());
+    assert_eq!(log.last_entry(), Some(id(2, 12)));
+    assert_eq!(indices(&log).await, (0..13).collect::<Vec<_>>());
+    let entries = log.entries(12, 13, 1 << 20).await.expect("entries");
+    assert_eq!(strata_record::verify(&entries[0].1).expect("valid").base_offset, 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_forgets_a_prefix_even_beyond_the_last_entry() {
+    let fx = Fixture::new();
+    {
+        let (db, log) = fx.open(small_segments());
+        put(&log, 1, 0..20).await;
+        log.purge(id(1, 4)).await.expect("purge");
+        assert_eq!(log.last_purged(), Some(id(1, 4)));
+        assert_eq!(log.log_start_offset(), 10, "entries 0-4 held offsets 0-9");
+        assert_eq!(indices(&log).await, (5..20).collect::<Vec<_>>());
+        let err = log.read(3, 1024).await.expect_err("purged offsets are out of range");
+        assert!(matches!(err, StorageError::OffsetOutOfRange { start: 10, .. }), "{err}");
+        assert_eq!(read_all(&log, 10).await.len(), 30);
+        log.purge(id(1, 2)).await.expect("an older purge changes nothing");
+        assert_eq!(log.last_purged(), Some(id(1, 4)));
+        close(db, log).await;
+    }
+    {
+        let (db, log) = fx.open(small_segments());
+        assert_eq!(log.last_purged(), Some(id(1, 4)), "the purge is durable");
+        assert_eq!(log.log_start_offset(), 10);
+        assert_eq!(indices(&log).await, (5..20).collect::<Vec<_>>());
+        // A snapshot beyond the log: everything goes, and the log goes on
+        // after the snapshot's last entry.
+        log.purge(id(3, 50)).await.expect("purge");
+        assert!(indices(&log).await.is_empty());
+        assert_eq!(log.log_start_offset(), 40);
+        let err = log.submit_entry(batch(1, 1, "x"), id(3, 20)).await.expect("queued").wait().await.expect_err("old");
+        assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+        put(&log, 3, 51..53).await;
+        close(db, log).await;
+    }
+    let (_db, log) = fx.open(small_segments());
+    assert_eq!(indices(&log).await, vec![51, 52]);
+    assert_eq!(read_all(&log, 40).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_applied_visibility_readers_see_only_applied_durable_entries() {
+    let fx = Fixture::new();
+    {
+        let (db, log) = fx.open_applied(LogConfig::default());
+        put(&log, 1, 0..5).await;
+        assert_eq!(log.progress().durable, Some(id(1, 4)));
+        log.wait_durable(4).await.expect("durable");
+        log.wait_durable(99).await.expect("an entry the log does not hold does not block");
+        assert_eq!(log.high_watermark(), 0, "durable but not applied: invisible");
+        assert!(read_all(&log, 0).await.is_empty());
+        log.set_applied(2).expect("applied");
+        assert_eq!(log.high_watermark(), 6);
+        assert_eq!(read_all(&log, 0).await.len(), 6);
+        log.set_applied(1).expect("an older apply changes nothing");
+        log.set_applied(77).expect("an entry the log does not hold is ignored");
+        assert_eq!(log.high_watermark(), 6);
+        log.save_state("vote", b"term 1".to_vec(), true).await.expect("state");
+        close(db, log).await;
+    }
+    let (_db, log) = fx.open_applied(LogConfig::default());
+    assert_eq!(log.high_watermark(), 0, "after a restart, visible once applied again");
+    assert_eq!(log.load_state("vote").await.expect("state"), Some(b"term 1".to_vec()));
+    log.set_applied(4).expect("applied");
+    assert_eq!(log.high_watermark(), 10);
+}
