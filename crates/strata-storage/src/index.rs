@@ -60,6 +60,8 @@ pub trait LogIndex: Send + Sync + 'static {
     fn last(&self) -> Result<Option<IndexEntry>>;
     /// The batch that is Raft entry `log_index`.
     fn lookup_entry(&self, log_index: u64) -> Result<Option<IndexEntry>>;
+    /// The first indexed entry with log index >= `log_index`.
+    fn lookup_entry_from(&self, log_index: u64) -> Result<Option<IndexEntry>>;
     /// Base offset of the first batch whose running max timestamp is >= `ts`.
     fn lookup_time(&self, ts: i64) -> Result<Option<u64>>;
     /// The newest time-index point.
@@ -220,6 +222,19 @@ impl RocksIndex {
         })
     }
 
+    /// The offset-index entry of entry `log_index`, whose batch starts at the
+    /// base offset stored in `base`.
+    fn entry_at(&self, log_index: u64, base: &[u8]) -> Result<Option<IndexEntry>> {
+        let key = self.key(le_u64(base, 0));
+        match self.db.db().get_cf(self.db.cf(CF_OFFSETS)?, key)? {
+            Some(v) => Self::decode_entry(&key, &v).map(Some),
+            None => Err(StorageError::Index(format!(
+                "entry index points entry {log_index} at offset {} that the offset index lacks",
+                le_u64(base, 0)
+            ))),
+        }
+    }
+
     fn state_key(&self, name: &str) -> Vec<u8> {
         let mut k = self.prefix.to_vec();
         k.extend_from_slice(name.as_bytes());
@@ -314,13 +329,13 @@ impl LogIndex for RocksIndex {
     fn lookup_entry(&self, log_index: u64) -> Result<Option<IndexEntry>> {
         let cf = self.db.cf(CF_ENTRIES)?;
         let Some(base) = self.db.db().get_cf(cf, self.key(log_index))? else { return Ok(None) };
-        let key = self.key(le_u64(&base, 0));
-        match self.db.db().get_cf(self.db.cf(CF_OFFSETS)?, key)? {
-            Some(v) => Self::decode_entry(&key, &v).map(Some),
-            None => Err(StorageError::Index(format!(
-                "entry index points entry {log_index} at offset {} that the offset index lacks",
-                le_u64(&base, 0)
-            ))),
+        self.entry_at(log_index, &base)
+    }
+
+    fn lookup_entry_from(&self, log_index: u64) -> Result<Option<IndexEntry>> {
+        match self.seek_next(CF_ENTRIES, &self.key(log_index))? {
+            Some((k, base)) => self.entry_at(be_u64(k.get(12..).unwrap_or_default()), &base),
+            None => Ok(None),
         }
     }
 
@@ -478,6 +493,9 @@ mod tests {
         assert_eq!(other.lookup(50).expect("lookup"), None);
         assert_eq!(idx.lookup_entry(105).expect("entry"), Some(entry(5, 9)));
         assert_eq!(idx.lookup_entry(106).expect("entry"), None, "no batch is entry 106");
+        assert_eq!(idx.lookup_entry_from(106).expect("entry"), Some(entry(9, 10)), "the next entry is 109");
+        assert_eq!(idx.lookup_entry_from(0).expect("entry"), Some(entry(0, 5)));
+        assert_eq!(idx.lookup_entry_from(110).expect("entry"), None);
         idx.truncate_from(5).expect("truncate");
         assert_eq!(idx.last().expect("last"), Some(entry(0, 5)));
         assert_eq!(idx.lookup_entry(105).expect("entry"), None, "truncated with its batch");

@@ -71,6 +71,8 @@ async fn raft_entries_keep_their_ids_and_control_batches_take_an_offset_but_are_
     assert_eq!(log.entries(30, 40, 1).await.expect("entries").len(), 1, "at least one entry, however small the limit");
     assert!(log.entries(40, 50, 1 << 20).await.expect("entries").is_empty());
     assert!(log.entries(0, 5, 1 << 20).await.expect("entries").is_empty(), "before the first entry");
+    let from_zero = log.entries(0, 7, 1 << 20).await.expect("entries");
+    assert_eq!(from_zero.iter().map(|(e, _)| e.index).collect::<Vec<_>>(), vec![5, 6], "starts at the first entry");
     log.submit_entry(batch(1, 1, "next"), id(3, 40)).await.expect("submit").wait().await.expect("continues");
 }
 

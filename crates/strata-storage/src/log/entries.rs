@@ -310,22 +310,18 @@ impl Inner {
         if start >= end {
             return Ok(out);
         }
-        {
-            let recent = self.recent.lock().map_err(|_| self.poisoned())?;
-            if recent.entries.front().is_some_and(|e| e.id.index <= start) {
-                let mut bytes = 0;
-                for e in recent.entries.iter().skip_while(|e| e.id.index < start) {
-                    if e.id.index >= end || (!out.is_empty() && bytes >= max_bytes) {
-                        break;
-                    }
-                    bytes += e.batch.len();
-                    out.push((e.id, e.batch.clone()));
-                }
-                return Ok(out);
-            }
+        if self.recent.lock().map_err(|_| self.poisoned())?.entries.front().is_some_and(|e| e.id.index <= start) {
+            return self.recent_entries(start, end, max_bytes);
         }
-        // Older than the cache: durable and indexed, on disk.
-        let Some(first) = self.index.lookup_entry(start)? else { return Ok(out) };
+        // Older than the cache: durable and indexed, on disk. Nothing indexed
+        // from `start` on: whatever there is is not durable yet, so cached.
+        let Some(first) = self.index.lookup_entry_from(start)? else {
+            return self.recent_entries(start, end, max_bytes);
+        };
+        let start = first.log_index;
+        if start >= end {
+            return Ok(out);
+        }
         let segments = self.segments()?;
         let mut i = segments.binary_search_by_key(&first.segment_base, |s| s.base).map_err(|_| {
             self.internal(&format!("entry {start} is indexed in segment {} that is gone", first.segment_base))
@@ -365,6 +361,20 @@ impl Inner {
                 pos += header.size;
             }
             position += pos as u64;
+        }
+        Ok(out)
+    }
+
+    fn recent_entries(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
+        let recent = self.recent.lock().map_err(|_| self.poisoned())?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in recent.entries.iter().skip_while(|e| e.id.index < start) {
+            if e.id.index >= end || (!out.is_empty() && bytes >= max_bytes) {
+                break;
+            }
+            bytes += e.batch.len();
+            out.push((e.id, e.batch.clone()));
         }
         Ok(out)
     }

@@ -134,6 +134,8 @@ struct AppendRequest {
     /// The Raft entry this batch is; `None`: the next entry of the last term.
     id: Option<EntryId>,
     reply: oneshot::Sender<Result<AppendInfo>>,
+    /// Told once the batch is written (readable by `entries`), before its fsync.
+    written: Option<oneshot::Sender<()>>,
 }
 
 struct WriterState {
@@ -285,7 +287,7 @@ impl PartitionLog {
     /// the order they are submitted; the ticket resolves once the batch is
     /// fsync'd. Lets a pipelined producer keep order without waiting.
     pub async fn submit(&self, batch: Bytes) -> Result<AppendTicket> {
-        self.enqueue(batch, None).await
+        self.enqueue(batch, None, None).await
     }
 
     /// Queues a batch as Raft entry `id` (the consensus layer's append): a
@@ -293,10 +295,39 @@ impl PartitionLog {
     /// last entry (index + 1, term not lower), unless the log holds none.
     /// The ticket resolves once the entry is fsync'd.
     pub async fn submit_entry(&self, batch: Bytes, id: EntryId) -> Result<AppendTicket> {
-        self.enqueue(batch, Some(id)).await
+        self.enqueue(batch, Some(id), None).await
     }
 
-    async fn enqueue(&self, batch: Bytes, id: Option<EntryId>) -> Result<AppendTicket> {
+    /// Queues entries in order (as [`PartitionLog::submit_entry`]) and
+    /// returns once all are written, so that [`PartitionLog::entries`] sees
+    /// them; each ticket resolves once its entry is fsync'd.
+    pub async fn submit_entries(&self, entries: Vec<(Bytes, EntryId)>) -> Result<Vec<AppendTicket>> {
+        let mut tickets = Vec::with_capacity(entries.len());
+        let mut last_written = None;
+        let n = entries.len();
+        for (i, (batch, id)) in entries.into_iter().enumerate() {
+            let notify = if i + 1 == n {
+                let (tx, rx) = oneshot::channel();
+                last_written = Some(rx);
+                Some(tx)
+            } else {
+                None
+            };
+            tickets.push(self.enqueue(batch, Some(id), notify).await?);
+        }
+        if let Some(rx) = last_written {
+            // A dropped notifier means the write failed: the ticket says why.
+            let _ = rx.await;
+        }
+        Ok(tickets)
+    }
+
+    async fn enqueue(
+        &self,
+        batch: Bytes,
+        id: Option<EntryId>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<AppendTicket> {
         self.inner.check_failed()?;
         let limit = self.config().max_message_bytes;
         if batch.len() > limit as usize {
@@ -326,7 +357,7 @@ impl PartitionLog {
             });
         }
         let (reply, rx) = oneshot::channel();
-        let request = Command::Append(AppendRequest { batch, header, id, reply });
+        let request = Command::Append(AppendRequest { batch, header, id, reply, written });
         self.tx.send(request).await.map_err(|_| StorageError::ShuttingDown)?;
         Ok(AppendTicket(rx))
     }
@@ -533,7 +564,16 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
             .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
         match result {
             Ok(written) => {
-                let mut replies = group.into_iter().map(|r| r.reply);
+                let mut replies = group
+                    .into_iter()
+                    .map(|r| {
+                        if let Some(notify) = r.written {
+                            let _ = notify.send(());
+                        }
+                        r.reply
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter();
                 let items = written.into_iter().map(|w| match w {
                     Written::Batch(batch) => SyncItem::Batch(batch, replies.next()),
                     Written::Seal(seal) => SyncItem::Seal(seal),
@@ -855,12 +895,16 @@ impl Inner {
     /// layer's bug, not a storage failure: the partition keeps serving.
     fn check_placements(&self, group: Vec<AppendRequest>) -> Vec<AppendRequest> {
         let Ok(w) = self.writer.lock() else { return group };
+        // A log that holds no entry (new, or purged past its end by a
+        // snapshot) may start at any entry.
+        let mut holds_entries = w.last.is_some();
         let mut last = self.tail(w.last);
         drop(w);
         let mut ok = Vec::with_capacity(group.len());
         for req in group {
             let follows = match (req.id, last) {
                 (None, _) | (Some(_), None) => true,
+                (Some(_), Some(_)) if !holds_entries => true,
                 (Some(id), Some(l)) => id.index == l.index + 1 && id.term >= l.term,
             };
             if !follows {
@@ -874,9 +918,15 @@ impl Inner {
                 }));
                 continue;
             }
-            last = Some(req.id.unwrap_or_else(|| {
+            let id = req.id.unwrap_or_else(|| {
                 last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
-            }));
+            });
+            // The tail is the greater of this entry and the purge point.
+            last = Some(match last {
+                Some(l) if l.index > id.index => l,
+                _ => id,
+            });
+            holds_entries = true;
             ok.push(req);
         }
         ok

@@ -1,0 +1,23 @@
+//! Strata's consensus layer: every partition is an openraft group whose log
+//! is the partition's segment log ([`strata_storage::PartitionLog`]).
+//!
+//! - [`types`]: the openraft type configuration (what an entry carries, what
+//!   applying one answers) and how entries map to record batches: a data
+//!   entry *is* the producer's batch, blank and membership entries are
+//!   control batches.
+//! - [`log_store`]: openraft's `RaftLogStorage` over the segment log (votes
+//!   and the committed entry live in RocksDB beside the indices).
+//! - [`state_machine`]: openraft's `RaftStateMachine`. Applying an entry
+//!   makes it visible to consumers once it is durable on this replica; the
+//!   partition's state at entry N is its log up to N.
+//!
+//! The design and its reasons are in docs/ARCHITECTURE.md ("Replication
+//! with Raft").
+
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};

@@ -1,0 +1,129 @@
+//! The openraft type configuration and the mapping between Raft entries and
+//! record batches.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership};
+use serde::{Deserialize, Serialize};
+use strata_record::FormatError;
+use strata_storage::EntryId;
+
+/// Node ids are assigned by the operator and never reused.
+pub type NodeId = u64;
+
+/// How to reach a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `HOST:PORT` of the node's gRPC listener.
+    pub addr: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// What a client proposes to a partition group: one record batch, as the
+/// producer encoded it (the log stamps offsets, term and index on append).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub batch: Bytes,
+}
+
+/// What applying an entry answers: where its records landed. Blank and
+/// membership entries answer zeros.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub base_offset: u64,
+    pub record_count: u32,
+}
+
+openraft::declare_raft_types!(
+    /// Strata's Raft types: one per partition group.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Control batch kinds.
+pub(crate) const BLANK: &str = "raft.blank";
+pub(crate) const MEMBERSHIP: &str = "raft.membership";
+
+/// Why stored bytes are not a Raft entry.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("invalid batch: {0}")]
+    Format(#[from] FormatError),
+    #[error("unknown control batch kind '{0}'")]
+    UnknownControl(String),
+    #[error("malformed membership entry: {0}")]
+    Membership(#[from] serde_json::Error),
+}
+
+pub fn log_id(id: EntryId) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(id.term, 0), id.index)
+}
+
+pub fn entry_id(log_id: &LogId<NodeId>) -> EntryId {
+    EntryId { term: log_id.leader_id.term, index: log_id.index }
+}
+
+/// The batch an entry is stored as (data: the producer's batch; otherwise a
+/// control batch).
+pub fn entry_to_batch(entry: &Entry<TypeConfig>) -> Result<Bytes, EntryError> {
+    Ok(match &entry.payload {
+        EntryPayload::Normal(req) => req.batch.clone(),
+        EntryPayload::Blank => strata_record::control_batch(BLANK, b"", strata_record::now_ms()),
+        EntryPayload::Membership(m) => {
+            strata_record::control_batch(MEMBERSHIP, &serde_json::to_vec(m)?, strata_record::now_ms())
+        }
+    })
+}
+
+/// The entry a stored batch is (its checksum verified).
+pub fn batch_to_entry(id: EntryId, batch: Bytes) -> Result<Entry<TypeConfig>, EntryError> {
+    let header = strata_record::verify(&batch)?;
+    let payload = if header.control {
+        let (kind, value) = strata_record::decode_control(&batch)?;
+        match kind.as_str() {
+            BLANK => EntryPayload::Blank,
+            MEMBERSHIP => EntryPayload::Membership(serde_json::from_slice::<Membership<NodeId, NodeInfo>>(&value)?),
+            _ => return Err(EntryError::UnknownControl(kind)),
+        }
+    } else {
+        EntryPayload::Normal(Request { batch })
+    };
+    Ok(Entry { log_id: log_id(id), payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn entries_survive_the_trip_through_a_batch() {
+        let id = EntryId { term: 3, index: 9 };
+        let members: BTreeSet<NodeId> = [1, 2, 3].into();
+        let membership = Membership::new(vec![members], None);
+        let data = strata_record::encode(&[strata_record::Record::default()], strata_record::Compression::None);
+        for payload in
+            [EntryPayload::Blank, EntryPayload::Membership(membership), EntryPayload::Normal(Request { batch: data })]
+        {
+            let entry = Entry { log_id: log_id(id), payload };
+            let batch = entry_to_batch(&entry).expect("encode");
+            let back = batch_to_entry(id, batch).expect("decode");
+            assert_eq!(back.log_id, entry.log_id);
+            assert_eq!(format!("{:?}", back.payload), format!("{:?}", entry.payload));
+        }
+        let unknown = strata_record::control_batch("raft.other", b"", 1);
+        assert!(matches!(batch_to_entry(id, unknown), Err(EntryError::UnknownControl(_))));
+    }
+}
