@@ -10,6 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // batch slices the receive buffer instead of copying it.
         .bytes(".")
         .file_descriptor_set_path(out_dir.join("strata_v1_descriptor.bin"))
-        .compile_protos(&[proto], &[root])?;
+        .compile_protos(&[proto], std::slice::from_ref(&root))?;
+    // The internal node-to-node Raft transport: generated apart, and left out
+    // of the reflection descriptor (it is not a public API).
+    let raft = root.join("strata/internal/v1/raft.proto");
+    println!("cargo:rerun-if-changed={}", raft.display());
+    tonic_prost_build::configure().bytes(".").compile_protos(&[raft], &[root])?;
     Ok(())
 }

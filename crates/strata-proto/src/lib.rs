@@ -9,6 +9,13 @@ pub mod v1 {
     tonic::include_proto!("strata.v1");
 }
 
+/// The internal node-to-node Raft transport (`strata.internal.v1`); not a
+/// public API.
+pub mod internal {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("strata.internal.v1");
+}
+
 /// Encoded `FileDescriptorSet` of `strata.v1`, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("strata_v1_descriptor");
 

@@ -7,6 +7,8 @@
 //!   control batches.
 //! - [`log_store`]: openraft's `RaftLogStorage` over the segment log (votes
 //!   and the committed entry live in RocksDB beside the indices).
+//! - [`network`]: Raft messages between nodes over gRPC, every group of a
+//!   node pair on one connection.
 //! - [`state_machine`]: openraft's `RaftStateMachine`. Applying an entry
 //!   makes it visible to consumers once it is durable on this replica; the
 //!   partition's state at entry N is its log up to N.
@@ -14,10 +16,13 @@
 //! The design and its reasons are in docs/ARCHITECTURE.md ("Replication
 //! with Raft").
 
+pub mod group;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use network::{GroupId, Groups, Peers, RaftService};
 pub use state_machine::StateMachine;
 pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};

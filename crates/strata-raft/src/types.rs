@@ -75,14 +75,14 @@ pub fn entry_id(log_id: &LogId<NodeId>) -> EntryId {
 }
 
 /// The batch an entry is stored as (data: the producer's batch; otherwise a
-/// control batch).
+/// control batch). Control batches are built the same way on every replica
+/// (timestamp 0, which also keeps them out of the time index), so that
+/// replicas hold identical bytes.
 pub fn entry_to_batch(entry: &Entry<TypeConfig>) -> Result<Bytes, EntryError> {
     Ok(match &entry.payload {
         EntryPayload::Normal(req) => req.batch.clone(),
-        EntryPayload::Blank => strata_record::control_batch(BLANK, b"", strata_record::now_ms()),
-        EntryPayload::Membership(m) => {
-            strata_record::control_batch(MEMBERSHIP, &serde_json::to_vec(m)?, strata_record::now_ms())
-        }
+        EntryPayload::Blank => strata_record::control_batch(BLANK, b"", 0),
+        EntryPayload::Membership(m) => strata_record::control_batch(MEMBERSHIP, &serde_json::to_vec(m)?, 0),
     })
 }
 

@@ -1,0 +1,58 @@
+//! Starting a Raft group for a partition on this node.
+
+use std::sync::Arc;
+
+use openraft::{Config, Raft, SnapshotPolicy};
+use strata_storage::PartitionLog;
+
+use crate::log_store::LogStore;
+use crate::network::{GroupId, Groups, Peers};
+use crate::state_machine::StateMachine;
+use crate::types::{NodeId, TypeConfig};
+
+/// Why a group could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("invalid Raft configuration: {0}")]
+    Config(Box<openraft::ConfigError>),
+    #[error("the state machine of {group} could not be opened: {source}")]
+    Storage { group: GroupId, source: Box<openraft::StorageError<NodeId>> },
+    #[error("the Raft group {group} could not start: {source}")]
+    Start { group: GroupId, source: Box<openraft::error::Fatal<NodeId>> },
+}
+
+/// Timing of every group (milliseconds): heartbeats every 100 ms, an election
+/// after 0.5-1 s without one, so a failed leader is replaced in about a
+/// second.
+pub fn config(cluster: &str) -> Result<Arc<Config>, GroupError> {
+    let config = Config {
+        cluster_name: cluster.to_owned(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        // A snapshot of a partition is its log; snapshots are taken when
+        // retention needs them, not on a count of entries.
+        snapshot_policy: SnapshotPolicy::Never,
+        max_payload_entries: 256,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| GroupError::Config(Box::new(e)))?))
+}
+
+/// Starts the group `group` of this node on `log` (recovering its Raft state
+/// from the log and RocksDB) and registers it for incoming messages.
+pub async fn start(
+    node_id: NodeId,
+    group: GroupId,
+    log: PartitionLog,
+    config: Arc<Config>,
+    peers: &Peers,
+    groups: &Groups,
+) -> Result<Raft<TypeConfig>, GroupError> {
+    let sm = StateMachine::open(log.clone()).await.map_err(|e| GroupError::Storage { group, source: Box::new(e) })?;
+    let raft = Raft::new(node_id, config, peers.network(group), LogStore::new(log), sm)
+        .await
+        .map_err(|e| GroupError::Start { group, source: Box::new(e) })?;
+    groups.insert(group, raft.clone());
+    Ok(raft)
+}

@@ -1,0 +1,164 @@
+//! A partition's Raft group across three nodes in one process, each with its
+//! own data directory, RocksDB and gRPC server on a real loopback socket:
+//! replication, identical logs on every replica, what consumers see on a
+//! follower, and failover when the leader goes away.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::Raft;
+use strata_raft::{GroupId, Groups, NodeId, NodeInfo, Peers, RaftService, Request, TypeConfig, group};
+use strata_record::{Compression, Record};
+use strata_storage::{EntryId, IndexDb, LogConfig, PartitionLog, Visibility};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const GROUP: GroupId = GroupId { topic_id: 7, partition: 0 };
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Node {
+    id: NodeId,
+    log: PartitionLog,
+    raft: Raft<TypeConfig>,
+    server: JoinHandle<()>,
+    _db: Arc<IndexDb>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_nodes(n: u64) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=n {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        members.insert(id, NodeInfo { addr: addr.to_string() });
+        listeners.push((id, listener));
+    }
+    let config = group::config("test").expect("config");
+    let mut nodes = Vec::new();
+    for (id, listener) in listeners {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = IndexDb::open(&dir.path().join("index")).expect("index");
+        let index = Arc::new(db.partition(GROUP.topic_id, GROUP.partition));
+        let log =
+            PartitionLog::open_with("t", 0, &dir.path().join("p0"), index, LogConfig::default(), Visibility::Applied)
+                .expect("log");
+        let groups = Groups::default();
+        let raft = group::start(id, GROUP, log.clone(), Arc::clone(&config), &Peers::default(), &groups)
+            .await
+            .expect("start group");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let service = RaftService::new(id, groups).into_server();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        });
+        nodes.push(Node { id, log, raft, server, _db: db, _dir: dir });
+    }
+    (nodes, members)
+}
+
+/// Waits until `node` knows a leader other than `not`, and returns it.
+async fn leader_seen_by(node: &Node, not: Option<NodeId>) -> NodeId {
+    let metrics = node
+        .raft
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_leader.is_some_and(|l| Some(l) != not), "a new leader")
+        .await
+        .expect("a leader is elected");
+    metrics.current_leader.expect("leader")
+}
+
+fn batch(i: u64) -> Bytes {
+    let records: Vec<Record> = (0..4)
+        .map(|j| Record { value: Bytes::from(format!("r{i}-{j}")), timestamp_ms: 1, ..Record::default() })
+        .collect();
+    strata_record::encode(&records, Compression::None)
+}
+
+async fn write(node: &Node, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for i in range {
+        let resp = node.raft.client_write(Request { batch: batch(i) }).await.expect("committed");
+        out.push((resp.log_id.index, resp.data.base_offset));
+    }
+    out
+}
+
+async fn all_entries(log: &PartitionLog, upto: u64) -> Vec<(EntryId, Bytes)> {
+    log.entries(0, upto + 1, 256 << 20).await.expect("entries")
+}
+
+async fn records_visible(log: &PartitionLog) -> usize {
+    let mut offset = log.log_start_offset();
+    let mut n = 0;
+    loop {
+        let read = log.read(offset, 1 << 20).await.expect("read");
+        if read.batches.is_empty() {
+            return n;
+        }
+        for b in &read.batches {
+            n += strata_record::decode(b).expect("decode").len();
+        }
+        offset = read.next_offset;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_node_group_replicates_identical_logs_and_survives_losing_its_leader() {
+    let (mut nodes, members) = start_nodes(3).await;
+    nodes[0].raft.initialize(members).await.expect("initialize");
+    let leader_id = leader_seen_by(&nodes[0], None).await;
+    let leader = nodes.iter().position(|n| n.id == leader_id).expect("leader is a member");
+
+    let written = write(&nodes[leader], 0..50).await;
+    for pair in written.windows(2) {
+        assert_eq!(pair[1], (pair[0].0 + 1, pair[0].1 + 4), "one entry and four offsets per batch");
+    }
+    let (last_index, last_offset) = *written.last().expect("written");
+    for n in &nodes {
+        n.raft.wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied everywhere").await.expect("applied");
+        n.log.wait_durable(last_index).await.expect("durable");
+        assert_eq!(n.log.high_watermark(), last_offset + 4, "node {} exposes every committed record", n.id);
+    }
+    // Every replica holds the same entries, byte for byte (offsets, terms
+    // and indices included: they are in the batch headers).
+    let reference = all_entries(&nodes[0].log, last_index).await;
+    assert_eq!(reference.len() as u64, last_index + 1);
+    for n in &nodes[1..] {
+        let theirs = all_entries(&n.log, last_index).await;
+        for (a, b) in reference.iter().zip(&theirs) {
+            assert_eq!(a.0, b.0, "node {} holds a different entry id", n.id);
+            assert!(a.1 == b.1, "node {} holds different bytes for entry {:?}", n.id, a.0);
+        }
+        assert_eq!(theirs.len(), reference.len());
+    }
+    let follower = (leader + 1) % nodes.len();
+    assert_eq!(records_visible(&nodes[follower].log).await, 200, "a follower serves every committed record");
+
+    // The leader goes away (process and socket): the others elect a new one
+    // and go on, with offsets after the last acknowledged ones.
+    let old = nodes.remove(leader);
+    old.server.abort();
+    old.raft.shutdown().await.expect("shutdown");
+    drop(old);
+    let new_leader_id = leader_seen_by(&nodes[0], Some(leader_id)).await;
+    let new_leader = nodes.iter().position(|n| n.id == new_leader_id).expect("a surviving leader");
+    let more = write(&nodes[new_leader], 50..70).await;
+    assert!(more[0].1 > last_offset, "offsets go on after the failover");
+    let (last_index, last_offset) = *more.last().expect("written");
+    for n in &nodes {
+        n.raft.wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied").await.expect("applied");
+        n.log.wait_durable(last_index).await.expect("durable");
+        assert_eq!(n.log.high_watermark(), last_offset + 4);
+        assert_eq!(records_visible(&n.log).await, 280, "node {}: every acknowledged record, once", n.id);
+    }
+    let reference = all_entries(&nodes[0].log, last_index).await;
+    assert!(all_entries(&nodes[1].log, last_index).await == reference, "the survivors hold the same log");
+    for n in nodes {
+        n.server.abort();
+        n.raft.shutdown().await.expect("shutdown");
+    }
+}
