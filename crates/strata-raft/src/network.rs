@@ -85,6 +85,11 @@ impl Groups {
     pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
         self.inner.read().ok().and_then(|g| g.get(&group).cloned())
     }
+
+    /// Removes and returns every group.
+    pub fn drain(&self) -> Vec<Raft<TypeConfig>> {
+        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r).collect()).unwrap_or_default()
+    }
 }
 
 // ----- conversions ---------------------------------------------------------

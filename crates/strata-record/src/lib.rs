@@ -26,8 +26,9 @@
 //!
 //! A control batch is a Raft entry that carries no user data (a new leader's
 //! blank entry, a membership change). It holds one record whose key names the
-//! kind and whose value is the payload; it takes one offset, as Kafka's
-//! control batches do, and is never returned to consumers.
+//! kind and whose value is the payload. It takes no offset (its base offset
+//! is the next data batch's), so consumers see contiguous offsets, and it is
+//! never returned to them.
 //!
 //! A record inside the payload: zigzag varint timestamp delta from
 //! `first_timestamp_ms`; varint key length + 1 (0 = no key) and key; varint
@@ -174,9 +175,15 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
-    /// Offset after the last record of the batch.
+    /// Offsets the batch takes: its records; none for a control batch.
+    pub fn offset_count(&self) -> u32 {
+        if self.control { 0 } else { self.record_count }
+    }
+
+    /// Offset after the last record of the batch (its base offset for a
+    /// control batch, which takes no offset).
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count)
+        self.base_offset + u64::from(self.offset_count())
     }
 
     /// Parses the fixed header from the start of `buf`. Checks the version and
@@ -691,7 +698,7 @@ mod tests {
         let batch = Bytes::from(batch);
         let header = verify(&batch).expect("valid");
         assert!(header.control);
-        assert_eq!((header.record_count, header.next_offset()), (1, 43));
+        assert_eq!((header.record_count, header.next_offset()), (1, 42), "a control batch takes no offset");
         assert_eq!(Placement::of(&header), Placement { base_offset: 42, term: 5, log_index: 9 });
         let (kind, payload) = decode_control(&batch).expect("control");
         assert_eq!(kind, "raft.membership");

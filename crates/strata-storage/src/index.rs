@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
 
-/// Bytes of an offset-index value.
+/// Bytes of an offset-index value; an entry-index value is the base offset
+/// followed by the same fields.
 const ENTRY_VALUE_LEN: usize = 44;
 
 /// A RocksDB key and value.
@@ -56,8 +57,10 @@ pub trait LogIndex: Send + Sync + 'static {
     fn put(&self, entries: &[IndexEntry], time_points: &[(i64, u64)]) -> Result<()>;
     /// The batch holding `offset`: the entry with the greatest base offset <= `offset`.
     fn lookup(&self, offset: u64) -> Result<Option<IndexEntry>>;
-    /// The entry with the greatest base offset.
+    /// The data batch with the greatest base offset.
     fn last(&self) -> Result<Option<IndexEntry>>;
+    /// The entry (data or control batch) with the greatest log index.
+    fn last_entry(&self) -> Result<Option<IndexEntry>>;
     /// The batch that is Raft entry `log_index`.
     fn lookup_entry(&self, log_index: u64) -> Result<Option<IndexEntry>>;
     /// The first indexed entry with log index >= `log_index`.
@@ -66,12 +69,18 @@ pub trait LogIndex: Send + Sync + 'static {
     fn lookup_time(&self, ts: i64) -> Result<Option<u64>>;
     /// The newest time-index point.
     fn last_time(&self) -> Result<Option<(i64, u64)>>;
-    /// Removes every entry for batches at or after `offset`.
-    fn truncate_from(&self, offset: u64) -> Result<()>;
-    /// Removes every entry for batches before `offset` (retention). The time
-    /// point that covered the removed range moves to `offset`, so time lookups
-    /// stay exact for what remains.
-    fn purge_before(&self, offset: u64) -> Result<()>;
+    /// Removes the batches at or after `offset` and the entries from log
+    /// index `log_index` on (the two name the same cut: control batches take
+    /// no offset, so only the index says on which side of a cut they are).
+    fn truncate_from(&self, offset: u64, log_index: u64) -> Result<()>;
+    /// Removes every batch and entry held in segments from `segment_base` on
+    /// (recovery re-adds them from the files).
+    fn truncate_segments_from(&self, segment_base: u64) -> Result<()>;
+    /// Removes the batches before `offset` and the entries held in segments
+    /// before `segment_base` (retention, purge). The time point that covered
+    /// the removed range moves to `offset`, so time lookups stay exact for
+    /// what remains.
+    fn purge_before(&self, offset: u64, segment_base: u64) -> Result<()>;
     fn meta(&self) -> Result<PartitionMeta>;
     fn put_meta(&self, meta: &PartitionMeta, sync: bool) -> Result<()>;
     fn segment_meta(&self, base: u64) -> Result<Option<SegmentMeta>>;
@@ -89,7 +98,7 @@ const CF_OFFSETS: &str = "offset_index";
 const CF_TIMES: &str = "time_index";
 const CF_PARTITIONS: &str = "partition_meta";
 const CF_SEGMENTS: &str = "segment_meta";
-/// Raft log index -> base offset of the batch holding that entry.
+/// Raft log index -> the batch that is that entry (data or control).
 const CF_ENTRIES: &str = "entry_index";
 /// Node-wide catalog (topics, id counter); used by the log manager.
 pub(crate) const CF_CATALOG: &str = "catalog";
@@ -222,42 +231,60 @@ impl RocksIndex {
         })
     }
 
-    /// The offset-index entry of entry `log_index`, whose batch starts at the
-    /// base offset stored in `base`.
-    fn entry_at(&self, log_index: u64, base: &[u8]) -> Result<Option<IndexEntry>> {
-        let key = self.key(le_u64(base, 0));
-        match self.db.db().get_cf(self.db.cf(CF_OFFSETS)?, key)? {
-            Some(v) => Self::decode_entry(&key, &v).map(Some),
-            None => Err(StorageError::Index(format!(
-                "entry index points entry {log_index} at offset {} that the offset index lacks",
-                le_u64(base, 0)
-            ))),
-        }
-    }
-
     fn state_key(&self, name: &str) -> Vec<u8> {
         let mut k = self.prefix.to_vec();
         k.extend_from_slice(name.as_bytes());
         k
     }
 
-    /// Deletes the entry-index keys of entries at or after `offset` (or,
-    /// `before`, below it).
-    fn drop_entry_keys(&self, batch: &mut WriteBatch, offset: u64, before: bool) -> Result<()> {
-        let entries = self.db.cf(CF_ENTRIES)?;
-        let boundary =
-            self.seek_next(CF_OFFSETS, &self.key(offset))?.map(|(k, v)| Self::decode_entry(&k, &v)).transpose()?;
-        match (before, boundary) {
-            (false, Some(first_dropped)) => {
-                batch.delete_range_cf(entries, self.key(first_dropped.log_index), self.prefix_end());
-                batch.delete_cf(entries, self.prefix_end());
+    fn encode_by_index(e: &IndexEntry) -> [u8; 8 + ENTRY_VALUE_LEN] {
+        let mut v = [0u8; 8 + ENTRY_VALUE_LEN];
+        v[..8].copy_from_slice(&e.base_offset.to_le_bytes());
+        v[8..].copy_from_slice(&Self::encode_entry(e));
+        v
+    }
+
+    fn decode_by_index(v: &[u8]) -> Result<IndexEntry> {
+        let base = v.get(..8).ok_or_else(|| StorageError::Index("malformed entry index value".into()))?;
+        // Rebuild the offset key it mirrors (base offset big-endian).
+        let mut key = [0u8; 20];
+        key[12..].copy_from_slice(&le_u64(base, 0).to_be_bytes());
+        Self::decode_entry(&key, v.get(8..).unwrap_or_default())
+    }
+
+    /// Deletes the entry-index keys, scanning from the newest (or, `front`,
+    /// the oldest) while `doomed` says so.
+    fn drop_entries_while(
+        &self,
+        batch: &mut WriteBatch,
+        front: bool,
+        mut doomed: impl FnMut(&IndexEntry) -> bool,
+    ) -> Result<()> {
+        let cf = self.db.cf(CF_ENTRIES)?;
+        let (start, dir) =
+            if front { (self.key(0), Direction::Forward) } else { (self.prefix_end(), Direction::Reverse) };
+        for item in self.db.db().iterator_cf(cf, IteratorMode::From(&start, dir)) {
+            let (k, v) = item?;
+            if !k.starts_with(&self.prefix) || !doomed(&Self::decode_by_index(&v)?) {
+                break;
             }
-            (false, None) => {}
-            (true, Some(first_kept)) => batch.delete_range_cf(entries, self.key(0), self.key(first_kept.log_index)),
-            (true, None) => {
-                batch.delete_range_cf(entries, self.key(0), self.prefix_end());
-                batch.delete_cf(entries, self.prefix_end());
-            }
+            batch.delete_cf(cf, &k);
+        }
+        Ok(())
+    }
+
+    /// Adds deletions of the offset and time entries at or after `offset`.
+    fn drop_offsets_from(&self, batch: &mut WriteBatch, offset: u64) -> Result<()> {
+        let offsets = self.db.cf(CF_OFFSETS)?;
+        let times = self.db.cf(CF_TIMES)?;
+        batch.delete_range_cf(offsets, self.key(offset), self.prefix_end());
+        batch.delete_cf(offsets, self.prefix_end());
+        // Time points are monotonic in offset too: the ones to drop are a suffix.
+        for (ts, _) in self.time_points_rev(|base| base >= offset)? {
+            let mut k = [0u8; 20];
+            k[..12].copy_from_slice(&self.prefix);
+            k[12..].copy_from_slice(&ts_key(ts));
+            batch.delete_cf(times, k);
         }
         Ok(())
     }
@@ -306,8 +333,11 @@ impl LogIndex for RocksIndex {
         let by_index = self.db.cf(CF_ENTRIES)?;
         let mut batch = WriteBatch::default();
         for e in entries {
-            batch.put_cf(offsets, self.key(e.base_offset), Self::encode_entry(e));
-            batch.put_cf(by_index, self.key(e.log_index), e.base_offset.to_le_bytes());
+            // Control batches take no offset: only the entry index has them.
+            if e.next_offset > e.base_offset {
+                batch.put_cf(offsets, self.key(e.base_offset), Self::encode_entry(e));
+            }
+            batch.put_cf(by_index, self.key(e.log_index), Self::encode_by_index(e));
         }
         for (ts, base) in time_points {
             let mut k = [0u8; 20];
@@ -326,17 +356,17 @@ impl LogIndex for RocksIndex {
         self.seek_prev(CF_OFFSETS, &self.prefix_end())?.map(|(k, v)| Self::decode_entry(&k, &v)).transpose()
     }
 
+    fn last_entry(&self) -> Result<Option<IndexEntry>> {
+        self.seek_prev(CF_ENTRIES, &self.prefix_end())?.map(|(_, v)| Self::decode_by_index(&v)).transpose()
+    }
+
     fn lookup_entry(&self, log_index: u64) -> Result<Option<IndexEntry>> {
         let cf = self.db.cf(CF_ENTRIES)?;
-        let Some(base) = self.db.db().get_cf(cf, self.key(log_index))? else { return Ok(None) };
-        self.entry_at(log_index, &base)
+        self.db.db().get_cf(cf, self.key(log_index))?.map(|v| Self::decode_by_index(&v)).transpose()
     }
 
     fn lookup_entry_from(&self, log_index: u64) -> Result<Option<IndexEntry>> {
-        match self.seek_next(CF_ENTRIES, &self.key(log_index))? {
-            Some((k, base)) => self.entry_at(be_u64(k.get(12..).unwrap_or_default()), &base),
-            None => Ok(None),
-        }
+        self.seek_next(CF_ENTRIES, &self.key(log_index))?.map(|(_, v)| Self::decode_by_index(&v)).transpose()
     }
 
     fn lookup_time(&self, ts: i64) -> Result<Option<u64>> {
@@ -352,28 +382,27 @@ impl LogIndex for RocksIndex {
             .map(|(k, v)| (ts_from_key(k.get(12..).unwrap_or_default()), le_u64(&v, 0))))
     }
 
-    fn truncate_from(&self, offset: u64) -> Result<()> {
-        let offsets = self.db.cf(CF_OFFSETS)?;
-        let times = self.db.cf(CF_TIMES)?;
+    fn truncate_from(&self, offset: u64, log_index: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
-        self.drop_entry_keys(&mut batch, offset, false)?;
-        batch.delete_range_cf(offsets, self.key(offset), self.prefix_end());
-        batch.delete_cf(offsets, self.prefix_end());
-        // Time points are monotonic in offset too: the ones to drop are a suffix.
-        for (ts, _) in self.time_points_rev(|base| base >= offset)? {
-            let mut k = [0u8; 20];
-            k[..12].copy_from_slice(&self.prefix);
-            k[12..].copy_from_slice(&ts_key(ts));
-            batch.delete_cf(times, k);
-        }
+        self.drop_offsets_from(&mut batch, offset)?;
+        let entries = self.db.cf(CF_ENTRIES)?;
+        batch.delete_range_cf(entries, self.key(log_index), self.prefix_end());
+        batch.delete_cf(entries, self.prefix_end());
         self.db.write(batch, false)
     }
 
-    fn purge_before(&self, offset: u64) -> Result<()> {
+    fn truncate_segments_from(&self, segment_base: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        self.drop_offsets_from(&mut batch, segment_base)?;
+        self.drop_entries_while(&mut batch, false, |e| e.segment_base >= segment_base)?;
+        self.db.write(batch, false)
+    }
+
+    fn purge_before(&self, offset: u64, segment_base: u64) -> Result<()> {
         let offsets = self.db.cf(CF_OFFSETS)?;
         let times = self.db.cf(CF_TIMES)?;
         let mut batch = WriteBatch::default();
-        self.drop_entry_keys(&mut batch, offset, true)?;
+        self.drop_entries_while(&mut batch, true, |e| e.segment_base < segment_base)?;
         batch.delete_range_cf(offsets, self.key(0), self.key(offset));
         let start = self.key(0);
         let mut last_removed = None;
@@ -470,7 +499,7 @@ mod tests {
         IndexEntry {
             base_offset: base,
             next_offset: next,
-            segment_base: 0,
+            segment_base: base,
             position: base * 10,
             size: 10,
             log_index: base + 100,
@@ -496,16 +525,38 @@ mod tests {
         assert_eq!(idx.lookup_entry_from(106).expect("entry"), Some(entry(9, 10)), "the next entry is 109");
         assert_eq!(idx.lookup_entry_from(0).expect("entry"), Some(entry(0, 5)));
         assert_eq!(idx.lookup_entry_from(110).expect("entry"), None);
-        idx.truncate_from(5).expect("truncate");
+        idx.truncate_from(5, 105).expect("truncate");
         assert_eq!(idx.last().expect("last"), Some(entry(0, 5)));
         assert_eq!(idx.lookup_entry(105).expect("entry"), None, "truncated with its batch");
         assert_eq!(idx.lookup_entry(109).expect("entry"), None, "truncated with its batch");
         assert_eq!(idx.lookup_entry(100).expect("entry"), Some(entry(0, 5)));
         assert_eq!(other.last().expect("last"), Some(entry(100, 200)));
         assert_eq!(other.lookup_entry(200).expect("entry"), Some(entry(100, 200)));
-        idx.purge_before(5).expect("purge");
+        idx.purge_before(5, 5).expect("purge");
         assert_eq!(idx.last().expect("last"), None);
         assert_eq!(idx.lookup_entry(100).expect("entry"), None, "purged with its batch");
+    }
+
+    #[test]
+    fn control_entries_take_no_offset_and_cuts_by_index_are_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = IndexDb::open(dir.path()).expect("open");
+        let idx = db.partition(3, 0);
+        // Entries 100 (data, offsets 0-4), 101 and 102 (control, at offset 5), 103 (data, 5-6).
+        let control = |index| IndexEntry { log_index: index, ..entry(5, 5) };
+        let data = IndexEntry { log_index: 103, ..entry(5, 7) };
+        idx.put(&[entry(0, 5), control(101), control(102), data], &[]).expect("put");
+        assert_eq!(idx.lookup(5).expect("lookup"), Some(data), "offsets find data batches only");
+        assert_eq!(idx.lookup_entry(101).expect("entry"), Some(control(101)));
+        assert_eq!(idx.last_entry().expect("last"), Some(data));
+        // A cut between the two control batches keeps the first one.
+        idx.truncate_from(5, 102).expect("truncate");
+        assert_eq!(idx.last_entry().expect("last"), Some(control(101)));
+        assert_eq!(idx.last().expect("last"), Some(entry(0, 5)));
+        assert_eq!(idx.lookup_entry(102).expect("entry"), None);
+        // Recovery drops whole segments: both entries of segment 5 go.
+        idx.truncate_segments_from(5).expect("truncate");
+        assert_eq!(idx.last_entry().expect("last"), Some(entry(0, 5)));
     }
 
     #[test]
@@ -520,10 +571,10 @@ mod tests {
         assert_eq!(idx.lookup_time(251).expect("t"), None);
         assert_eq!(idx.last_time().expect("t"), Some((250, 20)));
         // Retention removes batches below 15: the point (100, 10) moves to 15.
-        idx.purge_before(15).expect("purge");
+        idx.purge_before(15, 15).expect("purge");
         assert_eq!(idx.lookup_time(0).expect("t"), Some(15));
         assert_eq!(idx.lookup_time(101).expect("t"), Some(20));
-        idx.truncate_from(20).expect("truncate");
+        idx.truncate_from(20, 120).expect("truncate");
         assert_eq!(idx.last_time().expect("t"), Some((100, 15)));
     }
 

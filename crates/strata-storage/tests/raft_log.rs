@@ -27,7 +27,7 @@ async fn indices(log: &PartitionLog) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_entries_keep_their_ids_and_control_batches_take_an_offset_but_are_not_read() {
+async fn raft_entries_keep_their_ids_and_control_batches_take_no_offset_and_are_not_read() {
     let fx = Fixture::new();
     let control = |kind: &str| strata_record::control_batch(kind, b"{}", 1);
     {
@@ -36,7 +36,7 @@ async fn raft_entries_keep_their_ids_and_control_batches_take_an_offset_but_are_
         let blank = log.submit_entry(control("raft.blank"), id(1, 5)).await.expect("submit");
         let data = log.submit_entry(batch(3, 1, "a"), id(1, 6)).await.expect("submit");
         assert_eq!(blank.wait().await.expect("durable").base_offset, 0);
-        assert_eq!(data.wait().await.expect("durable").base_offset, 1);
+        assert_eq!(data.wait().await.expect("durable").base_offset, 0, "the blank entry took no offset");
         // Out of order: refused, and the partition keeps serving.
         for bad in [id(1, 8), id(1, 6), id(0, 7)] {
             let err = log.submit_entry(batch(1, 1, "x"), bad).await.expect("queued").wait().await.expect_err("gap");
@@ -50,12 +50,16 @@ async fn raft_entries_keep_their_ids_and_control_batches_take_an_offset_but_are_
         }
         assert_eq!(log.last_entry(), Some(id(2, 39)));
         assert!(log.status().segments > 1, "1 KiB segments must have rolled");
-        // Consumers see the data only, at offsets that skip the control batches.
+        // Consumers see the data only, at contiguous offsets.
         let got = read_all(&log, 0).await;
         assert_eq!(got.len(), 3 + 32 * 2);
-        assert_eq!((got[0].offset, got[3].offset), (1, 5), "offsets 0 and 4 are control batches");
-        let only_control = log.read(4, 1).await.expect("read");
-        assert_eq!(only_control.next_offset, 7, "a read past a control batch returns the next data batch");
+        assert!(got.iter().enumerate().all(|(i, r)| r.offset == i as u64), "contiguous offsets");
+        // Offset 3 is where the membership entry sits and where e8 starts:
+        // the read returns e8.
+        let at_control = log.read(3, 1).await.expect("read");
+        assert_eq!(at_control.batches.len(), 1);
+        assert_eq!(strata_record::decode(&at_control.batches[0]).expect("records")[0].value, "e8-0");
+        assert_eq!(at_control.next_offset, 5);
         close(db, log).await;
     }
     let (_db, log) = fx.open(small_segments());

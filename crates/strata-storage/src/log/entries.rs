@@ -214,7 +214,7 @@ impl Inner {
         let seg: Arc<Segment> = Arc::clone(&segments[keep]);
         seg.file.set_len(first.position).at(&seg.path)?;
         seg.file.sync_all().at(&seg.path)?;
-        self.index.truncate_from(first.base_offset)?;
+        self.index.truncate_from(first.base_offset, from)?;
         if seg.sealed.swap(false, Ordering::AcqRel) {
             self.index.delete_segment_meta(seg.base)?;
         }
@@ -280,15 +280,16 @@ impl Inner {
         }
         self.index.put_meta(&PartitionMeta { log_start_offset: start }, true)?;
         self.log_start.store(start, Ordering::Release);
-        let doomed: Vec<Arc<Segment>> = {
+        let (doomed, first_kept): (Vec<Arc<Segment>>, u64) = {
             let mut segments = self.segments.write().map_err(|_| self.poisoned())?;
             let n = segments
                 .windows(2)
                 .take_while(|pair| pair[1].base <= start && pair[0].sealed.load(Ordering::Acquire))
                 .count();
-            segments.drain(..n).collect()
+            let doomed = segments.drain(..n).collect();
+            (doomed, segments.first().map_or(start, |s| s.base))
         };
-        self.index.purge_before(start)?;
+        self.index.purge_before(start, first_kept)?;
         for seg in &doomed {
             self.index.delete_segment_meta(seg.base)?;
             std::fs::remove_file(&seg.path).at(&seg.path)?;

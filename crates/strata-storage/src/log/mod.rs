@@ -322,24 +322,18 @@ impl PartitionLog {
         Ok(tickets)
     }
 
-    async fn enqueue(
-        &self,
-        batch: Bytes,
-        id: Option<EntryId>,
-        written: Option<oneshot::Sender<()>>,
-    ) -> Result<AppendTicket> {
+    /// Checks a producer's batch as an append would (size, checksum, every
+    /// record, timestamps) without appending it; returns its header. The
+    /// consensus layer calls this before proposing a batch.
+    pub async fn validate(&self, batch: &Bytes) -> Result<BatchHeader> {
         self.inner.check_failed()?;
         let limit = self.config().max_message_bytes;
         if batch.len() > limit as usize {
             return Err(StorageError::BatchTooLarge { topic: self.inner.topic.clone(), size: batch.len(), limit });
         }
-        let parsed = strata_record::BatchHeader::parse(&batch)?;
-        let header = match parsed.compression {
-            // Control batches come from the log's own consensus layer, never
-            // from a producer: only the checksum is checked.
-            _ if parsed.control && id.is_some() => strata_record::verify(&batch)?,
+        let header = match strata_record::BatchHeader::parse(batch)?.compression {
             // Uncompressed: a quick walk over the records, done here.
-            strata_record::Compression::None => strata_record::validate(&batch)?,
+            strata_record::Compression::None => strata_record::validate(batch)?,
             // Decompression is CPU work that must not stall the async workers.
             _ => {
                 let b = batch.clone();
@@ -356,6 +350,25 @@ impl PartitionLog {
                 limit_ms: MAX_FUTURE_TIMESTAMP_MS,
             });
         }
+        Ok(header)
+    }
+
+    async fn enqueue(
+        &self,
+        batch: Bytes,
+        id: Option<EntryId>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<AppendTicket> {
+        let header = match id {
+            // An entry the consensus layer appends was validated by the
+            // leader that accepted it (control batches come from the log's
+            // own consensus layer): here its checksum is checked.
+            Some(_) => {
+                self.inner.check_failed()?;
+                strata_record::verify(&batch)?
+            }
+            None => self.validate(&batch).await?,
+        };
         let (reply, rx) = oneshot::channel();
         let request = Command::Append(AppendRequest { batch, header, id, reply, written });
         self.tx.send(request).await.map_err(|_| StorageError::ShuttingDown)?;
@@ -771,9 +784,9 @@ impl Inner {
         }
         self.log_start.store(meta.log_start_offset, Ordering::Release);
         // Entries below the log start outlive a retention pass that crashed.
-        self.index.purge_before(meta.log_start_offset)?;
+        self.index.purge_before(meta.log_start_offset, bases[0])?;
 
-        let last_indexed = self.index.last()?;
+        let last_indexed = self.index.last_entry()?;
         let mut segments = Vec::with_capacity(bases.len());
         let mut expected = bases[0];
         let mut rebuilding = false;
@@ -806,7 +819,7 @@ impl Inner {
             // From the first segment that needs a scan on, the index is rebuilt.
             if !rebuilding {
                 rebuilding = true;
-                self.index.truncate_from(base)?;
+                self.index.truncate_segments_from(base)?;
                 running_max_ts = self.index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
             }
             let scan = segment::scan(&seg.path, base)?;
@@ -842,6 +855,9 @@ impl Inner {
                     log_index: b.header.log_index,
                     term: b.header.term,
                 });
+                if b.header.control {
+                    continue; // no records: not in the time index
+                }
                 if b.header.max_timestamp_ms > running_max_ts {
                     running_max_ts = b.header.max_timestamp_ms;
                     points.push((running_max_ts, b.header.base_offset));
@@ -869,7 +885,7 @@ impl Inner {
         {
             let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
             let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
-            let last = self.index.last()?.map(|e| EntryId { term: e.term, index: e.log_index });
+            let last = self.index.last_entry()?.map(|e| EntryId { term: e.term, index: e.log_index });
             *w = WriterState { next_offset: expected, last, running_max_ts, active_len, segment_max_ts };
             self.progress.send_replace(Progress { written: last, durable: last, durable_next_offset: expected });
         }
@@ -990,17 +1006,20 @@ impl Inner {
                 strata_record::Placement { base_offset: w.next_offset, term: id.term, log_index: id.index },
             );
             w.last = Some(id);
-            pending.push((id, w.next_offset + u64::from(header.record_count), start, buf.len()));
-            let point = (header.max_timestamp_ms > w.running_max_ts).then(|| {
+            pending.push((id, w.next_offset + u64::from(header.offset_count()), start, buf.len()));
+            // Control batches hold no records: they stay out of the time index.
+            let point = (!header.control && header.max_timestamp_ms > w.running_max_ts).then(|| {
                 w.running_max_ts = header.max_timestamp_ms;
                 (header.max_timestamp_ms, w.next_offset)
             });
-            w.segment_max_ts = w.segment_max_ts.max(header.max_timestamp_ms);
+            if !header.control {
+                w.segment_max_ts = w.segment_max_ts.max(header.max_timestamp_ms);
+            }
             out.push(Written::Batch(WrittenBatch {
                 info: AppendInfo { base_offset: w.next_offset, record_count: header.record_count },
                 entry: IndexEntry {
                     base_offset: w.next_offset,
-                    next_offset: w.next_offset + u64::from(header.record_count),
+                    next_offset: w.next_offset + u64::from(header.offset_count()),
                     segment_base: active.base,
                     position: w.active_len,
                     size: size as u32,
@@ -1009,9 +1028,9 @@ impl Inner {
                 },
                 point,
                 segment: Arc::clone(&active),
-                max_ts: header.max_timestamp_ms,
+                max_ts: if header.control { i64::MIN } else { header.max_timestamp_ms },
             }));
-            w.next_offset += u64::from(header.record_count);
+            w.next_offset += u64::from(header.offset_count());
             w.active_len += size;
         }
         self.write_piece(&active, &mut buf, &mut pending)?;
