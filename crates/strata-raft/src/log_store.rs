@@ -104,7 +104,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(&committed).map_err(|e| io(StorageIOError::write, &e))?;
-        self.log.save_state(COMMITTED, bytes, false).await.map_err(|e| io(StorageIOError::write, &e))
+        self.log.stash_state(COMMITTED, &bytes).map_err(|e| io(StorageIOError::write, &e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

@@ -84,9 +84,10 @@ impl StateMachine {
         Ok(Self { log, state, snapshot: Arc::new(Mutex::new(snapshot)) })
     }
 
-    async fn save_applied(&self) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(&self.state).map_err(|e| sm_error(&e))?;
-        self.log.save_state(APPLIED, bytes, false).await.map_err(|e| sm_error(&e))
+    fn save_applied(&self) -> strata_storage::Result<()> {
+        let bytes = serde_json::to_vec(&self.state)
+            .map_err(|e| strata_storage::StorageError::Index(format!("cannot encode the applied state: {e}")))?;
+        self.log.stash_state(APPLIED, &bytes)
     }
 }
 
@@ -156,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.log.wait_durable(last.index).await.map_err(|e| sm_error(&e))?;
             self.state.applied = Some(last);
             self.log.set_applied(last.index).map_err(|e| sm_error(&e))?;
-            self.save_applied().await?;
+            self.save_applied().map_err(|e| sm_error(&e))?;
         }
         Ok(responses)
     }
@@ -181,7 +182,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.log.save_state(SNAPSHOT, bytes, true).await.map_err(|e| snapshot_error(&e))?;
         *self.snapshot.lock().map_err(|_| poisoned())? = Some(stored);
         self.state = AppliedState { applied: meta.last_log_id, membership: meta.last_membership.clone() };
-        self.save_applied().await
+        self.save_applied().map_err(|e| sm_error(&e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {

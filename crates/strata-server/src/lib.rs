@@ -5,7 +5,6 @@
 //! storage errors to `tonic::Status` ([`status`]).
 
 mod convert;
-mod replication;
 mod service;
 pub mod status;
 
@@ -15,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::v1::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
-use strata_storage::{LogManager, StorageError, Visibility};
+use strata_storage::{LogManager, StorageError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tracing::info;
 
-pub use replication::Replication;
 pub use service::{FETCH_MAX_BYTES_DEFAULT, FETCH_MAX_BYTES_LIMIT, MAX_WAIT_LIMIT, Services};
 pub use strata_storage::LogConfig;
 
@@ -34,9 +32,6 @@ pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The id of a node that runs alone (until clusters are configured).
-pub const SINGLE_NODE_ID: strata_raft::NodeId = 1;
 
 /// Settings of one node.
 #[derive(Debug, Clone)]
@@ -67,7 +62,6 @@ pub struct Node {
     server: JoinHandle<Result<(), ServerError>>,
     retention: JoinHandle<()>,
     logs: Arc<LogManager>,
-    replication: Arc<Replication>,
 }
 
 impl Node {
@@ -75,9 +69,7 @@ impl Node {
     /// the node accepts connections.
     pub async fn start(config: NodeConfig) -> Result<Self, ServerError> {
         let (data_dir, defaults) = (config.data_dir.clone(), config.defaults);
-        // Every partition is a Raft group: what consumers see moves when
-        // entries are applied, not when they are fsync'd.
-        let logs = tokio::task::spawn_blocking(move || LogManager::open_with(&data_dir, defaults, Visibility::Applied))
+        let logs = tokio::task::spawn_blocking(move || LogManager::open(&data_dir, defaults))
             .await
             .map_err(|e| ServerError::Startup(e.to_string()))??;
         let logs = Arc::new(logs);
@@ -85,14 +77,9 @@ impl Node {
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let replication = Arc::new(Replication::new(SINGLE_NODE_ID, addr)?);
-        // Partitions are ready (leading, caught up) before the node serves.
-        for (topic_id, log) in logs.all_partitions()? {
-            replication.start_partition(topic_id, log).await?;
-        }
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
-        let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop);
+        let services = Services::new(Arc::clone(&logs), streams_stop);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ProducerServer<Services>>().await;
         health.set_serving::<ConsumerServer<Services>>().await;
@@ -127,8 +114,7 @@ impl Node {
                     .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
                     .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
             )
-            .add_service(AdminServer::new(services))
-            .add_service(replication.service());
+            .add_service(AdminServer::new(services));
         // Accepted sockets get TCP_NODELAY: small responses (acks) must not
         // wait for delayed ACKs.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -145,7 +131,7 @@ impl Node {
         });
         let retention = tokio::spawn(retention_loop(Arc::clone(&logs), config.retention_check_interval));
         info!(%addr, data_dir = %config.data_dir.display(), "strata node serving");
-        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs, replication })
+        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs })
     }
 
     /// The address the node listens on (useful with port 0).
@@ -169,8 +155,6 @@ impl Node {
                 Ok(())
             }
         };
-        // The groups hold the partition logs: they stop before the logs close.
-        self.replication.shutdown().await;
         self.logs.close().await;
         served
     }

@@ -13,13 +13,12 @@ use bytes::Bytes;
 use futures::Stream;
 use strata_proto::v1 as pb;
 use strata_record::{BatchBuilder, Compression};
-use strata_storage::{LogManager, PartitionLog, ReadResult};
+use strata_storage::{AppendTicket, LogManager, PartitionLog, ReadResult};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::replication::{Pending, Replication};
 use crate::status::{from_storage, invalid};
 
 /// Default and upper bound of a fetch's `max_bytes`.
@@ -36,7 +35,6 @@ const SUBSCRIBE_BUFFER: usize = 4;
 #[derive(Clone)]
 pub struct Services {
     logs: Arc<LogManager>,
-    replication: Arc<Replication>,
     round_robin: Arc<AtomicU32>,
     /// Becomes true when the node shuts down: streams and long polls end.
     shutdown: watch::Receiver<bool>,
@@ -52,8 +50,8 @@ async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
 }
 
 impl Services {
-    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { logs, replication, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
+    pub fn new(logs: Arc<LogManager>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { logs, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
@@ -107,24 +105,21 @@ impl Services {
         Ok(out)
     }
 
-    /// Validates every batch of a request and proposes each to its
-    /// partition's Raft group, in order.
-    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<(u32, Pending)>, Status> {
+    /// Queues every batch of a request, in order.
+    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<(u32, AppendTicket)>, Status> {
         let prepared = self.prepare(req)?;
-        let topic_id = self.logs.partition_with_id(&req.topic, 0).map_err(from_storage)?.0;
-        let mut pending = Vec::with_capacity(prepared.len());
+        let mut tickets = Vec::with_capacity(prepared.len());
         for (log, batch) in prepared {
-            log.validate(&batch).await.map_err(from_storage)?;
-            pending.push((log.partition(), self.replication.propose(topic_id, log.partition(), batch).await?));
+            tickets.push((log.partition(), log.submit(batch).await.map_err(from_storage)?));
         }
-        Ok(pending)
+        Ok(tickets)
     }
 }
 
-async fn await_tickets(request_id: u64, tickets: Vec<(u32, Pending)>) -> Result<pb::ProduceResponse, Status> {
+async fn await_tickets(request_id: u64, tickets: Vec<(u32, AppendTicket)>) -> Result<pb::ProduceResponse, Status> {
     let mut appends = Vec::with_capacity(tickets.len());
     for (partition, ticket) in tickets {
-        let info = ticket.wait().await?;
+        let info = ticket.wait().await.map_err(from_storage)?;
         appends.push(pb::PartitionAppend { partition, base_offset: info.base_offset, record_count: info.record_count });
     }
     Ok(pb::ProduceResponse { request_id, appends, error: None })
@@ -336,10 +331,6 @@ impl pb::admin_server::Admin for Services {
         let req = request.into_inner();
         let overrides = convert::overrides_from_proto(req.config);
         let info = self.logs.create_topic(&req.name, req.partitions, overrides).await.map_err(from_storage)?;
-        for p in 0..info.partitions.len() as u32 {
-            let (id, log) = self.logs.partition_with_id(&info.name, p).map_err(from_storage)?;
-            self.replication.start_partition(id, log).await.map_err(|e| Status::internal(e.to_string()))?;
-        }
         Ok(Response::new(pb::CreateTopicResponse { topic: Some(convert::topic_to_proto(&info)) }))
     }
 
@@ -347,11 +338,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        let name = request.into_inner().name;
-        // The groups go first: they hold the partition logs open.
-        let info = self.logs.describe_topic(&name).map_err(from_storage)?;
-        self.replication.stop_topic(info.id, info.partitions.len() as u32).await;
-        self.logs.delete_topic(&name).await.map_err(from_storage)?;
+        self.logs.delete_topic(&request.into_inner().name).await.map_err(from_storage)?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 

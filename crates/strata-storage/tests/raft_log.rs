@@ -39,7 +39,7 @@ async fn raft_entries_keep_their_ids_and_control_batches_take_no_offset_and_are_
         assert_eq!(data.wait().await.expect("durable").base_offset, 0, "the blank entry took no offset");
         // Out of order: refused, and the partition keeps serving.
         for bad in [id(1, 8), id(1, 6), id(0, 7)] {
-            let err = log.submit_entry(batch(1, 1, "x"), bad).await.expect("queued").wait().await.expect_err("gap");
+            let err = log.submit_entry(batch(1, 1, "x"), bad).await.expect_err("gap");
             assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
         }
         // Producers cannot send control batches.
@@ -97,7 +97,7 @@ async fn truncation_removes_a_suffix_across_segments_and_appends_continue_from_t
         assert!(log.status().segments < segments_before, "later segments deleted");
         assert_eq!(indices(&log).await, (0..12).collect::<Vec<_>>());
         // The next entry follows the cut, in a newer term.
-        let err = log.submit_entry(batch(1, 1, "x"), id(2, 13)).await.expect("queued").wait().await.expect_err("gap");
+        let err = log.submit_entry(batch(1, 1, "x"), id(2, 13)).await.expect_err("gap");
         assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
         let info = log.submit_entry(batch(1, 1, "y"), id(2, 12)).await.expect("queued").wait().await.expect("ok");
         assert_eq!(info.base_offset, 24, "offsets continue from the cut");
@@ -138,7 +138,7 @@ async fn purge_forgets_a_prefix_even_beyond_the_last_entry() {
         log.purge(id(3, 50)).await.expect("purge");
         assert!(indices(&log).await.is_empty());
         assert_eq!(log.log_start_offset(), 40);
-        let err = log.submit_entry(batch(1, 1, "x"), id(3, 20)).await.expect("queued").wait().await.expect_err("old");
+        let err = log.submit_entry(batch(1, 1, "x"), id(3, 20)).await.expect_err("old");
         assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
         put(&log, 3, 51..53).await;
         close(db, log).await;

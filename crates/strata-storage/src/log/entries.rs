@@ -300,20 +300,39 @@ impl Inner {
         Ok(doomed.len())
     }
 
-    pub(super) fn entries_blocking(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
+    /// The entries of `[start, end)` when the cache holds where they begin
+    /// (`None`: read the segments).
+    pub(super) fn cached_entries(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(EntryId, Bytes)>>> {
         self.check_failed()?;
-        // Purged entries are gone even while their segment is still on disk.
-        let start = match self.last_purged() {
-            Some(p) if p.index >= start => p.index + 1,
-            _ => start,
-        };
-        let mut out = Vec::new();
+        let start = self.first_unpurged(start);
         if start >= end {
-            return Ok(out);
+            return Ok(Some(Vec::new()));
         }
         if self.recent.lock().map_err(|_| self.poisoned())?.entries.front().is_some_and(|e| e.id.index <= start) {
-            return self.recent_entries(start, end, max_bytes);
+            return self.recent_entries(start, end, max_bytes).map(Some);
         }
+        Ok(None)
+    }
+
+    /// Purged entries are gone even while their segment is still on disk.
+    fn first_unpurged(&self, start: u64) -> u64 {
+        match self.last_purged() {
+            Some(p) if p.index >= start => p.index + 1,
+            _ => start,
+        }
+    }
+
+    pub(super) fn entries_blocking(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
+        if let Some(found) = self.cached_entries(start, end, max_bytes)? {
+            return Ok(found);
+        }
+        let start = self.first_unpurged(start);
+        let mut out = Vec::new();
         // Older than the cache: durable and indexed, on disk. Nothing indexed
         // from `start` on: whatever there is is not durable yet, so cached.
         let Some(first) = self.index.lookup_entry_from(start)? else {

@@ -129,13 +129,22 @@ enum Command {
 }
 
 struct AppendRequest {
+    /// Stamped with its place when it was submitted.
     batch: Bytes,
     header: BatchHeader,
-    /// The Raft entry this batch is; `None`: the next entry of the last term.
-    id: Option<EntryId>,
+    id: EntryId,
+    base_offset: u64,
     reply: oneshot::Sender<Result<AppendInfo>>,
-    /// Told once the batch is written (readable by `entries`), before its fsync.
-    written: Option<oneshot::Sender<()>>,
+}
+
+/// Where the next submitted batch goes. Batches are stamped (offsets, term,
+/// index) and cached when submitted, in submission order, so that the
+/// consensus layer can read an entry back (and replicate it) as soon as it
+/// handed it over, while the writer and syncer make it durable.
+#[derive(Debug, Clone, Copy, Default)]
+struct SubmitState {
+    next_offset: u64,
+    last: Option<EntryId>,
 }
 
 struct WriterState {
@@ -172,6 +181,7 @@ pub(crate) struct Inner {
     applied: Mutex<Option<(u64, u64)>>,
     recent: Mutex<Recent>,
     purged: Mutex<Option<EntryId>>,
+    submit: tokio::sync::Mutex<SubmitState>,
 }
 
 /// Handle to a partition log; cheap to clone.
@@ -237,6 +247,7 @@ impl PartitionLog {
             applied: Mutex::new(None),
             recent: Mutex::new(Recent::default()),
             purged: Mutex::new(None),
+            submit: tokio::sync::Mutex::new(SubmitState::default()),
         });
         match inner.recover() {
             Ok(()) => {}
@@ -246,6 +257,7 @@ impl PartitionLog {
             }
             Err(e) => return Err(e),
         }
+        inner.reset_submit_state()?;
         let (tx, rx) = mpsc::channel(APPEND_QUEUE_CAPACITY);
         let writer = tokio::spawn(writer_loop(Arc::clone(&inner), rx));
         Ok(Self { inner, tx, writer: Arc::new(Mutex::new(Some(writer))) })
@@ -287,37 +299,30 @@ impl PartitionLog {
     /// the order they are submitted; the ticket resolves once the batch is
     /// fsync'd. Lets a pipelined producer keep order without waiting.
     pub async fn submit(&self, batch: Bytes) -> Result<AppendTicket> {
-        self.enqueue(batch, None, None).await
+        let header = self.validate(&batch).await?;
+        self.enqueue(batch, header, None).await
     }
 
     /// Queues a batch as Raft entry `id` (the consensus layer's append): a
     /// data batch from a producer, or a control batch. `id` must follow the
-    /// last entry (index + 1, term not lower), unless the log holds none.
-    /// The ticket resolves once the entry is fsync'd.
+    /// last entry (index + 1, term not lower), unless the log holds none; an
+    /// entry that does not is refused with [`StorageError::EntryOutOfOrder`]
+    /// (the partition keeps serving). Once this returns the entry is
+    /// readable by [`PartitionLog::entries`]; the ticket resolves once it is
+    /// fsync'd.
     pub async fn submit_entry(&self, batch: Bytes, id: EntryId) -> Result<AppendTicket> {
-        self.enqueue(batch, Some(id), None).await
+        // Validated by the leader that accepted it (control batches come from
+        // the log's own consensus layer): here its checksum is checked.
+        self.inner.check_failed()?;
+        let header = strata_record::verify(&batch)?;
+        self.enqueue(batch, header, Some(id)).await
     }
 
-    /// Queues entries in order (as [`PartitionLog::submit_entry`]) and
-    /// returns once all are written, so that [`PartitionLog::entries`] sees
-    /// them; each ticket resolves once its entry is fsync'd.
+    /// [`PartitionLog::submit_entry`] for several entries, in order.
     pub async fn submit_entries(&self, entries: Vec<(Bytes, EntryId)>) -> Result<Vec<AppendTicket>> {
         let mut tickets = Vec::with_capacity(entries.len());
-        let mut last_written = None;
-        let n = entries.len();
-        for (i, (batch, id)) in entries.into_iter().enumerate() {
-            let notify = if i + 1 == n {
-                let (tx, rx) = oneshot::channel();
-                last_written = Some(rx);
-                Some(tx)
-            } else {
-                None
-            };
-            tickets.push(self.enqueue(batch, Some(id), notify).await?);
-        }
-        if let Some(rx) = last_written {
-            // A dropped notifier means the write failed: the ticket says why.
-            let _ = rx.await;
+        for (batch, id) in entries {
+            tickets.push(self.submit_entry(batch, id).await?);
         }
         Ok(tickets)
     }
@@ -353,35 +358,65 @@ impl PartitionLog {
         Ok(header)
     }
 
-    async fn enqueue(
-        &self,
-        batch: Bytes,
-        id: Option<EntryId>,
-        written: Option<oneshot::Sender<()>>,
-    ) -> Result<AppendTicket> {
-        let header = match id {
-            // An entry the consensus layer appends was validated by the
-            // leader that accepted it (control batches come from the log's
-            // own consensus layer): here its checksum is checked.
-            Some(_) => {
-                self.inner.check_failed()?;
-                strata_record::verify(&batch)?
+    /// Places, stamps and caches a checked batch, then queues it for the
+    /// writer, all in submission order.
+    async fn enqueue(&self, batch: Bytes, header: BatchHeader, id: Option<EntryId>) -> Result<AppendTicket> {
+        let mut submit = self.inner.submit.lock().await;
+        self.inner.check_failed()?;
+        let tail = self.inner.tail(submit.last);
+        let next_of =
+            |l: Option<EntryId>| l.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { index: l.index + 1, ..l });
+        let id = match id {
+            // Without consensus each batch is the next entry of the same term.
+            None => next_of(tail),
+            Some(id) => {
+                // A log that holds no entry (new, or purged past its end by a
+                // snapshot) may start at any entry.
+                let follows =
+                    submit.last.is_none() || tail.is_none_or(|l| id.index == l.index + 1 && id.term >= l.term);
+                if !follows {
+                    return Err(StorageError::EntryOutOfOrder {
+                        topic: self.inner.topic.clone(),
+                        partition: self.inner.partition,
+                        term: id.term,
+                        index: id.index,
+                        last: tail.map_or("(none)".into(), |l| format!("(term {}, index {})", l.term, l.index)),
+                    });
+                }
+                id
             }
-            None => self.validate(&batch).await?,
         };
+        let at = strata_record::Placement { base_offset: submit.next_offset, term: id.term, log_index: id.index };
+        let batch = if strata_record::Placement::of(&header) == at {
+            batch // a follower's copy of the leader's batch is stamped already
+        } else {
+            let mut b = BytesMut::from(&batch[..]);
+            strata_record::stamp(&mut b, at);
+            b.freeze()
+        };
+        let next_offset = submit.next_offset + u64::from(header.offset_count());
+        self.inner.recent.lock().map_err(|_| self.inner.poisoned())?.push(RecentEntry {
+            id,
+            next_offset,
+            batch: batch.clone(),
+        });
         let (reply, rx) = oneshot::channel();
-        let request = Command::Append(AppendRequest { batch, header, id, reply, written });
+        let request = Command::Append(AppendRequest { batch, header, id, base_offset: at.base_offset, reply });
         self.tx.send(request).await.map_err(|_| StorageError::ShuttingDown)?;
+        *submit = SubmitState { next_offset, last: Some(id) };
+        self.inner.progress.send_modify(|p| p.written = Some(id));
         Ok(AppendTicket(rx))
     }
 
     /// Removes the entries from log index `from` on, after every append
     /// queued before it is durable. Entries below the high watermark are
     /// never removed (an error says so).
+    /// Must not race with appends (the consensus layer orders them).
     pub async fn truncate(&self, from: u64) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Truncate { from, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
-        rx.await.map_err(|_| StorageError::ShuttingDown)?
+        rx.await.map_err(|_| StorageError::ShuttingDown)??;
+        self.inner.reset_submit_state()
     }
 
     /// Forgets the entries up to `upto` (they are covered by a snapshot);
@@ -433,6 +468,13 @@ impl PartitionLog {
             .map_err(|e| StorageError::Index(format!("state task failed: {e}")))?
     }
 
+    /// Stores `value` under `name` without a sync, on the calling thread: a
+    /// memtable insert and a WAL append (no fsync), cheap enough for the
+    /// consensus layer's hot path (the applied entry, the commit point).
+    pub fn stash_state(&self, name: &'static str, value: &[u8]) -> Result<()> {
+        self.inner.index.put_state(name, value, false)
+    }
+
     /// Stores `value` under `name`; with `sync`, durable when this returns.
     pub async fn save_state(&self, name: &'static str, value: Vec<u8>, sync: bool) -> Result<()> {
         let inner = Arc::clone(&self.inner);
@@ -444,6 +486,10 @@ impl PartitionLog {
     /// Durable entries with log index in `[start, end)`, in order, about
     /// `max_bytes` worth (at least one entry when `start` is held).
     pub async fn entries(&self, start: u64, end: u64, max_bytes: usize) -> Result<Vec<(EntryId, Bytes)>> {
+        // Recent entries come from memory, without a hop to a blocking thread.
+        if let Some(found) = self.inner.cached_entries(start, end, max_bytes)? {
+            return Ok(found);
+        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.entries_blocking(start, end, max_bytes))
             .await
@@ -561,32 +607,17 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        let group = inner.check_placements(group);
-        if group.is_empty() {
-            continue;
-        }
-        let bytes: usize = group.iter().map(|r| r.batch.len()).sum();
         // Bound what is written but not yet synced (memory held by waiters).
         let Ok(permit) = inner.unsynced_bytes.acquire_many(bytes as u32).await else { break };
         permit.forget();
-        let batches: Vec<(Bytes, BatchHeader, Option<EntryId>)> =
-            group.iter().map(|r| (r.batch.clone(), r.header, r.id)).collect();
+        let batches: Vec<Queued> = group.iter().map(|r| (r.batch.clone(), r.header, r.id, r.base_offset)).collect();
         let worker = Arc::clone(&inner);
         let result = tokio::task::spawn_blocking(move || worker.write_group(&batches))
             .await
             .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
         match result {
             Ok(written) => {
-                let mut replies = group
-                    .into_iter()
-                    .map(|r| {
-                        if let Some(notify) = r.written {
-                            let _ = notify.send(());
-                        }
-                        r.reply
-                    })
-                    .collect::<Vec<_>>()
-                    .into_iter();
+                let mut replies = group.into_iter().map(|r| r.reply);
                 let items = written.into_iter().map(|w| match w {
                     Written::Batch(batch) => SyncItem::Batch(batch, replies.next()),
                     Written::Seal(seal) => SyncItem::Seal(seal),
@@ -661,6 +692,9 @@ async fn syncer_loop(inner: Arc<Inner>) {
         }
     }
 }
+
+/// A queued batch as the writer takes it: stamped bytes, header, entry, base offset.
+type Queued = (Bytes, BatchHeader, EntryId, u64);
 
 /// A batch written to a segment, waiting for its fsync.
 struct WrittenBatch {
@@ -906,46 +940,19 @@ impl Inner {
 
     // ----- writes --------------------------------------------------------
 
-    /// Answers (with an error) the appends whose entry does not follow the
-    /// one before it, and returns the rest. Such an append is the consensus
-    /// layer's bug, not a storage failure: the partition keeps serving.
-    fn check_placements(&self, group: Vec<AppendRequest>) -> Vec<AppendRequest> {
-        let Ok(w) = self.writer.lock() else { return group };
-        // A log that holds no entry (new, or purged past its end by a
-        // snapshot) may start at any entry.
-        let mut holds_entries = w.last.is_some();
-        let mut last = self.tail(w.last);
+    /// Sets where the next submitted batch goes from what the writer holds
+    /// (after recovery or a truncation).
+    fn reset_submit_state(&self) -> Result<()> {
+        let w = self.writer.lock().map_err(|_| self.poisoned())?;
+        let state = SubmitState { next_offset: w.next_offset, last: w.last };
         drop(w);
-        let mut ok = Vec::with_capacity(group.len());
-        for req in group {
-            let follows = match (req.id, last) {
-                (None, _) | (Some(_), None) => true,
-                (Some(_), Some(_)) if !holds_entries => true,
-                (Some(id), Some(l)) => id.index == l.index + 1 && id.term >= l.term,
-            };
-            if !follows {
-                let (id, l) = (req.id.unwrap_or(EntryId { term: 0, index: 0 }), last);
-                let _ = req.reply.send(Err(StorageError::EntryOutOfOrder {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    term: id.term,
-                    index: id.index,
-                    last: l.map_or("(none)".into(), |l| format!("(term {}, index {})", l.term, l.index)),
-                }));
-                continue;
+        match self.submit.try_lock() {
+            Ok(mut s) => {
+                *s = state;
+                Ok(())
             }
-            let id = req.id.unwrap_or_else(|| {
-                last.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
-            });
-            // The tail is the greater of this entry and the purge point.
-            last = Some(match last {
-                Some(l) if l.index > id.index => l,
-                _ => id,
-            });
-            holds_entries = true;
-            ok.push(req);
+            Err(_) => Err(self.internal("appends raced with a truncation")),
         }
-        ok
     }
 
     fn write_failed(&self, error: &StorageError) {
@@ -957,20 +964,25 @@ impl Inner {
         }
     }
 
-    /// Stamps and writes a group of batches to the active segment, rolling
+    /// Writes a group of (stamped) batches to the active segment, rolling
     /// segments as needed. Nothing is durable yet: see [`Inner::sync_written`].
-    fn write_group(&self, group: &[(Bytes, BatchHeader, Option<EntryId>)]) -> Result<Vec<Written>> {
+    fn write_group(&self, group: &[Queued]) -> Result<Vec<Written>> {
         self.check_failed()?;
         let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
         let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
         let mut active =
             self.segments()?.last().cloned().ok_or_else(|| self.internal("the partition has no segment"))?;
-        let mut buf = BytesMut::with_capacity(group.iter().map(|(b, _, _)| b.len()).sum());
-        // Entries in `buf` not yet written: (id, next offset, start, end).
-        let mut pending: Vec<(EntryId, u64, usize, usize)> = Vec::with_capacity(group.len());
+        // The stamped batches, written with one writev per piece (no copy).
+        let mut buf: Vec<Bytes> = Vec::with_capacity(group.len());
         let mut out = Vec::with_capacity(group.len());
         let now = crate::now_ms();
-        for (batch, header, id) in group {
+        for (batch, header, id, base_offset) in group {
+            if *base_offset != w.next_offset {
+                return Err(self.internal(&format!(
+                    "entry {} was placed at offset {base_offset} but the log continues at {}",
+                    id.index, w.next_offset
+                )));
+            }
             let size = batch.len() as u64;
             let too_big = w.active_len + size > config.segment_bytes;
             let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
@@ -978,7 +990,8 @@ impl Inner {
                 // The old segment is complete on disk before the next one
                 // exists: recovery may then treat any fault in a sealed
                 // segment as corruption, never as a torn tail.
-                self.write_piece(&active, &mut buf, &mut pending)?;
+                write_all(&active, &buf)?;
+                buf.clear();
                 active.file.sync_data().at(&active.path)?;
                 out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
@@ -994,19 +1007,9 @@ impl Inner {
                 w.active_len = 0;
                 w.segment_max_ts = i64::MIN;
             }
-            // Without consensus each batch is the next entry of the same term.
-            let id = id.unwrap_or_else(|| {
-                self.tail(w.last)
-                    .map_or(EntryId { term: 0, index: 0 }, |l| EntryId { term: l.term, index: l.index + 1 })
-            });
-            let start = buf.len();
-            buf.extend_from_slice(batch);
-            strata_record::stamp(
-                &mut buf[start..],
-                strata_record::Placement { base_offset: w.next_offset, term: id.term, log_index: id.index },
-            );
+            let id = *id;
+            buf.push(batch.clone());
             w.last = Some(id);
-            pending.push((id, w.next_offset + u64::from(header.offset_count()), start, buf.len()));
             // Control batches hold no records: they stay out of the time index.
             let point = (!header.control && header.max_timestamp_ms > w.running_max_ts).then(|| {
                 w.running_max_ts = header.max_timestamp_ms;
@@ -1033,26 +1036,8 @@ impl Inner {
             w.next_offset += u64::from(header.offset_count());
             w.active_len += size;
         }
-        self.write_piece(&active, &mut buf, &mut pending)?;
-        let last = w.last;
-        self.progress.send_modify(|p| p.written = last);
+        write_all(&active, &buf)?;
         Ok(out)
-    }
-
-    /// Writes `buf` to `seg` and keeps its entries in the recent cache.
-    fn write_piece(
-        &self,
-        seg: &Segment,
-        buf: &mut BytesMut,
-        pending: &mut Vec<(EntryId, u64, usize, usize)>,
-    ) -> Result<()> {
-        let piece = buf.split().freeze();
-        write_all(seg, &piece)?;
-        let mut recent = self.recent.lock().map_err(|_| self.poisoned())?;
-        for (id, next_offset, start, end) in pending.drain(..) {
-            recent.push(RecentEntry { id, next_offset, batch: piece.slice(start..end) });
-        }
-        Ok(())
     }
 
     /// fdatasyncs every segment the written batches touched, indexes them,
@@ -1248,10 +1233,40 @@ impl Inner {
     }
 }
 
-fn write_all(seg: &Segment, buf: &[u8]) -> Result<()> {
-    use std::io::Write;
-    if buf.is_empty() {
-        return Ok(());
+/// Appends `bufs` to the segment with vectored writes, however many calls
+/// that takes.
+fn write_all(seg: &Segment, bufs: &[Bytes]) -> Result<()> {
+    use std::io::{IoSlice, Write};
+    /// At most this many slices per call (below Linux's IOV_MAX of 1024).
+    const SLICES_MAX: usize = 512;
+    let (mut i, mut skip) = (0usize, 0usize);
+    while i < bufs.len() {
+        let slices: Vec<IoSlice<'_>> = bufs[i..]
+            .iter()
+            .take(SLICES_MAX)
+            .enumerate()
+            .map(|(k, b)| IoSlice::new(if k == 0 { &b[skip..] } else { &b[..] }))
+            .collect();
+        let mut n = (&seg.file).write_vectored(&slices).at(&seg.path)?;
+        if n == 0 {
+            return Err(StorageError::io(&seg.path, std::io::ErrorKind::WriteZero.into()));
+        }
+        // Advance past what was written.
+        while n > 0 && i < bufs.len() {
+            let left = bufs[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        while i < bufs.len() && bufs[i].len() == skip {
+            i += 1;
+            skip = 0;
+        }
     }
-    (&seg.file).write_all(buf).at(&seg.path)
+    Ok(())
 }
