@@ -88,6 +88,10 @@ async fn truncation_removes_a_suffix_across_segments_and_appends_continue_from_t
         put(&log, 1, 0..30).await;
         let segments_before = log.status().segments;
         assert!(segments_before >= 3, "1 KiB segments must have rolled");
+        // A replicated log is trimmed through consensus only.
+        log.set_config(LogConfig { retention_bytes: 0, retention_ms: 1, ..small_segments() });
+        assert_eq!(log.apply_retention(i64::MAX / 2).expect("retention"), 0, "retention leaves a Raft log alone");
+        assert_eq!(log.status().segments, segments_before);
         log.set_applied(9).expect("applied");
         assert_eq!(log.high_watermark(), 20, "entries 0-9 hold offsets 0-19");
         let err = log.truncate(5).await.expect_err("below the high watermark");

@@ -218,6 +218,9 @@ impl Inner {
         if seg.sealed.swap(false, Ordering::AcqRel) {
             self.index.delete_segment_meta(seg.base)?;
         }
+        // The index must not lead the files after a power loss: a synced
+        // write makes every index change above durable with it.
+        self.index.put_meta(&PartitionMeta { log_start_offset: self.log_start.load(Ordering::Acquire) }, true)?;
         seg.durable_len.store(first.position, Ordering::Release);
         seg.next_offset.store(first.base_offset, Ordering::Release);
         drop(segments);
@@ -275,6 +278,8 @@ impl Inner {
     /// segments wholly below it. The durable log start moves first, so a
     /// crash leaves only files that recovery deletes.
     pub(super) fn move_log_start(&self, start: u64) -> Result<usize> {
+        // Retention and purges may race: the start only ever moves forward.
+        let _moving = self.log_start_moves.lock().map_err(|_| self.poisoned())?;
         if start <= self.log_start.load(Ordering::Acquire) {
             return Ok(0);
         }
@@ -338,6 +343,13 @@ impl Inner {
         let Some(first) = self.index.lookup_entry_from(start)? else {
             return self.recent_entries(start, end, max_bytes);
         };
+        // The log may begin after `start` (a new log that started later);
+        // a gap inside it is never skipped quietly.
+        if first.log_index != start && self.index.lookup_entry(start.saturating_sub(1))?.is_some() {
+            return Err(
+                self.internal(&format!("entry {start} is missing from the log (the next is {})", first.log_index))
+            );
+        }
         let start = first.log_index;
         if start >= end {
             return Ok(out);
@@ -353,9 +365,18 @@ impl Inner {
             let seg = &segments[i];
             let durable = seg.len();
             if position >= durable {
-                i += 1;
-                position = 0;
-                continue;
+                // On to where the index says the next entry is: a segment's
+                // length and the next one's are published one after the other,
+                // so the next entry may not be durable yet.
+                let Some(e) = self.index.lookup_entry(next)? else { break };
+                match segments.binary_search_by_key(&e.segment_base, |s| s.base) {
+                    Ok(j) if j > i => {
+                        i = j;
+                        position = e.position;
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             let want = max_bytes.saturating_sub(bytes).max(HEADER_MIN_READ) as u64;
             let buf = Bytes::from(seg.read_at(position, want.min(durable - position) as usize)?);

@@ -182,6 +182,8 @@ pub(crate) struct Inner {
     recent: Mutex<Recent>,
     purged: Mutex<Option<EntryId>>,
     submit: tokio::sync::Mutex<SubmitState>,
+    /// Held while the log start moves (retention and purges).
+    log_start_moves: Mutex<()>,
 }
 
 /// Handle to a partition log; cheap to clone.
@@ -248,6 +250,7 @@ impl PartitionLog {
             recent: Mutex::new(Recent::default()),
             purged: Mutex::new(None),
             submit: tokio::sync::Mutex::new(SubmitState::default()),
+            log_start_moves: Mutex::new(()),
         });
         match inner.recover() {
             Ok(()) => {}
@@ -395,14 +398,16 @@ impl PartitionLog {
             b.freeze()
         };
         let next_offset = submit.next_offset + u64::from(header.offset_count());
+        // Room in the queue first: from here to the send nothing awaits, so
+        // a cancelled submit leaves no trace.
+        let permit = self.tx.reserve().await.map_err(|_| StorageError::ShuttingDown)?;
         self.inner.recent.lock().map_err(|_| self.inner.poisoned())?.push(RecentEntry {
             id,
             next_offset,
             batch: batch.clone(),
         });
         let (reply, rx) = oneshot::channel();
-        let request = Command::Append(AppendRequest { batch, header, id, base_offset: at.base_offset, reply });
-        self.tx.send(request).await.map_err(|_| StorageError::ShuttingDown)?;
+        permit.send(Command::Append(AppendRequest { batch, header, id, base_offset: at.base_offset, reply }));
         *submit = SubmitState { next_offset, last: Some(id) };
         self.inner.progress.send_modify(|p| p.written = Some(id));
         Ok(AppendTicket(rx))
@@ -1200,7 +1205,9 @@ impl Inner {
     // ----- retention -----------------------------------------------------
 
     fn apply_retention(&self, now_ms: i64) -> Result<usize> {
-        if self.failure().is_some() {
+        // A replicated log is trimmed through consensus (snapshot, then
+        // purge), never behind its back.
+        if self.failure().is_some() || self.visibility == Visibility::Applied {
             return Ok(0);
         }
         let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
