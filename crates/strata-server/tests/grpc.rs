@@ -109,7 +109,7 @@ async fn bad_input_gets_clear_statuses_and_writes_nothing() {
     let c = &t.client;
     let small = TopicConfig { max_message_bytes: Some(200), ..TopicConfig::default() };
     c.create_topic("t", 2, small).await.expect("create");
-    // What a new topic holds: its partitions' first Raft entries, no records.
+    // What a new topic holds before any produce (with Raft: its first entries).
     let sizes = |d: &pb::TopicDescription| d.partitions.iter().map(|p| p.size_bytes).collect::<Vec<_>>();
     let before = sizes(&c.describe_topic("t").await.expect("describe"));
 
