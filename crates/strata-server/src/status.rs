@@ -25,7 +25,9 @@ pub fn invalid(message: impl Into<String>) -> Status {
 pub fn from_storage(e: StorageError) -> Status {
     use StorageError as E;
     let (code, reason) = match &e {
-        E::Io { .. } | E::Index(_) | E::EntryOutOfOrder { .. } => (Code::Internal, ErrorReason::StorageError),
+        E::Io { .. } | E::Index(_) | E::EntryOutOfOrder { .. } | E::OffsetMismatch { .. } => {
+            (Code::Internal, ErrorReason::StorageError)
+        }
         E::Corrupt { .. } => (Code::DataLoss, ErrorReason::CorruptBatch),
         E::PartitionFailed { .. } => (Code::DataLoss, ErrorReason::PartitionFailed),
         E::OffsetOutOfRange { .. } => (Code::OutOfRange, ErrorReason::OffsetOutOfRange),

@@ -49,6 +49,10 @@ pub enum StorageError {
         "topic '{topic}' partition {partition}: entry (term {term}, index {index}) does not follow the last entry {last}"
     )]
     EntryOutOfOrder { topic: String, partition: u32, term: u64, index: u64, last: String },
+    #[error(
+        "topic '{topic}' partition {partition}: entry {index} starts at offset {stamped} on the leader but would start at {local} here: the replicas' offsets diverged"
+    )]
+    OffsetMismatch { topic: String, partition: u32, index: u64, stamped: u64, local: u64 },
     #[error("storage is shutting down")]
     ShuttingDown,
 }

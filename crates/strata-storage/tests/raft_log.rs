@@ -105,6 +105,12 @@ async fn truncation_removes_a_suffix_across_segments_and_appends_continue_from_t
         assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
         let info = log.submit_entry(batch(1, 1, "y"), id(2, 12)).await.expect("queued").wait().await.expect("ok");
         assert_eq!(info.base_offset, 24, "offsets continue from the cut");
+        // A copy of entry 13 the leader stamped at another offset: refused,
+        // never restamped (replicas must agree on offsets).
+        let mut theirs = batch(1, 1, "z").to_vec();
+        strata_record::stamp(&mut theirs, strata_record::Placement { base_offset: 99, term: 2, log_index: 13 });
+        let err = log.submit_entry(theirs.into(), id(2, 13)).await.expect_err("diverged");
+        assert!(matches!(err, StorageError::OffsetMismatch { stamped: 99, local: 25, .. }), "{err}");
         log.truncate(40).await.expect("beyond the end: nothing to do");
         close(db, log).await;
     }

@@ -390,8 +390,19 @@ impl PartitionLog {
             }
         };
         let at = strata_record::Placement { base_offset: submit.next_offset, term: id.term, log_index: id.index };
-        let batch = if strata_record::Placement::of(&header) == at {
+        let stamped = strata_record::Placement::of(&header);
+        let batch = if stamped == at {
             batch // a follower's copy of the leader's batch is stamped already
+        } else if stamped.term == id.term && stamped.log_index == id.index && id.term > 0 {
+            // The leader stamped this very entry at another offset: never
+            // restamp it (the replicas would disagree on offsets).
+            return Err(StorageError::OffsetMismatch {
+                topic: self.inner.topic.clone(),
+                partition: self.inner.partition,
+                index: id.index,
+                stamped: stamped.base_offset,
+                local: at.base_offset,
+            });
         } else {
             let mut b = BytesMut::from(&batch[..]);
             strata_record::stamp(&mut b, at);
