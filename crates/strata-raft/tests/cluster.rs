@@ -134,6 +134,9 @@ async fn a_three_node_group_replicates_identical_logs_and_survives_losing_its_le
             assert!(a.1 == b.1, "node {} holds different bytes for entry {:?}", n.id, a.0);
         }
         assert_eq!(theirs.len(), reference.len());
+        // The digest an operator compares says the same.
+        let (ours, theirs) = (nodes[0].log.digest(last_index).await, n.log.digest(last_index).await);
+        assert_eq!(ours.expect("digest"), theirs.expect("digest"), "node {} digest", n.id);
     }
     let follower = (leader + 1) % nodes.len();
     assert_eq!(records_visible(&nodes[follower].log).await, 200, "a follower serves every committed record");

@@ -24,8 +24,8 @@ pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, MIN_SEGMENT_BYTES, TopicOve
 pub use error::{Result, StorageError};
 pub use index::{IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
 pub use log::{
-    AppendInfo, AppendTicket, EntryId, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, Progress, ReadResult,
-    Visibility,
+    AppendInfo, AppendTicket, EntryId, LogDigest, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, Progress,
+    ReadResult, Visibility,
 };
 pub use manager::{LogManager, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, TopicInfo, TopicRecord, validate_topic_name};
 

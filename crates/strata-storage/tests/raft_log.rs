@@ -184,3 +184,32 @@ async fn with_applied_visibility_readers_see_only_applied_durable_entries() {
     log.set_applied(4).expect("applied");
     assert_eq!(log.high_watermark(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_agree_exactly_when_the_logs_hold_the_same_entries() {
+    let (a, b) = (Fixture::new(), Fixture::new());
+    let (_da, left) = a.open_applied(small_segments());
+    let (_db, right) = b.open_applied(small_segments());
+    for log in [&left, &right] {
+        put(log, 1, 0..20).await;
+    }
+    let (l, r) = (left.digest(19).await.expect("digest"), right.digest(19).await.expect("digest"));
+    assert_eq!(l, r);
+    assert_eq!((l.first, l.last, l.entries), (Some(id(1, 0)), Some(id(1, 19)), 20));
+    assert_eq!(left.digest(7).await.expect("digest").entries, 8, "up to the index asked for");
+    // The same indices and terms but other bytes: a different digest.
+    right.truncate(15).await.expect("truncate");
+    for i in 15..20 {
+        right
+            .submit_entry(batch(2, 1, &format!("other{i}")), id(1, i))
+            .await
+            .expect("submit")
+            .wait()
+            .await
+            .expect("ok");
+    }
+    let r = right.digest(19).await.expect("digest");
+    assert_eq!((r.last, r.entries), (l.last, l.entries));
+    assert_ne!(r.crc32c, l.crc32c);
+    assert_eq!(left.digest(14).await.expect("digest"), right.digest(14).await.expect("digest"), "same prefix");
+}
