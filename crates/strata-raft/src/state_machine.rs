@@ -8,9 +8,11 @@
 //! fsync, and a lost update only means openraft applies a few entries again).
 //!
 //! Snapshots hold the applied entry, the membership and the offset after the
-//! last applied entry. Sending the retained segments with a snapshot (so a
-//! replica that fell behind the leader's retention gets the data, not only
-//! the position) is the next step; see docs/ARCHITECTURE.md.
+//! last applied entry; installing one on a replica that does not hold that
+//! entry resets its log to go on after it, at the leader's offset. Sending
+//! the retained segments with a snapshot (so a replica that fell behind the
+//! leader's retention gets the data, not only the position) is the next
+//! step; see docs/ARCHITECTURE.md.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use strata_storage::PartitionLog;
 
-use crate::types::{NodeId, NodeInfo, Response, TypeConfig};
+use crate::types::{NodeId, NodeInfo, Response, TypeConfig, entry_id};
 
 const APPLIED: &str = "raft.applied";
 const SNAPSHOT: &str = "raft.snapshot";
@@ -176,7 +178,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let _: PartitionSnapshot = serde_json::from_slice(&data).map_err(|e| snapshot_error(&e))?;
+        let partition: PartitionSnapshot = serde_json::from_slice(&data).map_err(|e| snapshot_error(&e))?;
+        if let Some(last) = meta.last_log_id {
+            // Unless this replica holds the snapshot's last entry itself (then
+            // openraft purges up to it), the snapshot supersedes its whole log:
+            // the log goes on after that entry, at the leader's offset.
+            let id = entry_id(&last);
+            let held = self.log.entries(id.index, id.index + 1, 1).await.map_err(|e| snapshot_error(&e))?;
+            if held.first().is_none_or(|(e, _)| *e != id) {
+                self.log.reset_to(id, partition.next_offset).await.map_err(|e| snapshot_error(&e))?;
+            }
+        }
         let stored = StoredSnapshot { meta: meta.clone(), data };
         let bytes = serde_json::to_vec(&stored).map_err(|e| snapshot_error(&e))?;
         self.log.save_state(SNAPSHOT, bytes, true).await.map_err(|e| snapshot_error(&e))?;

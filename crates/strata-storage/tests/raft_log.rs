@@ -213,3 +213,42 @@ async fn digests_agree_exactly_when_the_logs_hold_the_same_entries() {
     assert_ne!(r.crc32c, l.crc32c);
     assert_eq!(left.digest(14).await.expect("digest"), right.digest(14).await.expect("digest"), "same prefix");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_to_a_snapshot_drops_the_log_and_goes_on_at_the_leaders_offset() {
+    let fx = Fixture::new();
+    {
+        let (db, log) = fx.open(small_segments());
+        put(&log, 1, 0..20).await;
+        log.reset_to(id(3, 50), 1000).await.expect("reset");
+        assert!(indices(&log).await.is_empty());
+        assert_eq!((log.last_purged(), log.last_entry()), (Some(id(3, 50)), None));
+        assert_eq!((log.log_start_offset(), log.high_watermark()), (1000, 1000));
+        assert_eq!(log.status().segments, 1);
+        let info = log.submit_entry(batch(2, 1, "after"), id(3, 51)).await.expect("submit").wait().await.expect("ok");
+        assert_eq!(info.base_offset, 1000);
+        close(db, log).await;
+    }
+    {
+        let (db, log) = fx.open(small_segments());
+        assert_eq!(indices(&log).await, vec![51]);
+        assert_eq!((log.log_start_offset(), log.high_watermark()), (1000, 1002));
+        assert_eq!(read_all(&log, 1000).await.len(), 2);
+        close(db, log).await;
+    }
+    // A crash right after the reset marker was written: recovery finishes it.
+    {
+        let db = strata_storage::IndexDb::open(&fx.root.join("index")).expect("index");
+        let index = db.partition(1, 0);
+        let mut marker = Vec::new();
+        for v in [4u64, 80, 5000] {
+            marker.extend_from_slice(&v.to_le_bytes());
+        }
+        strata_storage::LogIndex::put_state(&index, "reset", &marker, true).expect("marker");
+    }
+    let (_db, log) = fx.open(small_segments());
+    assert!(indices(&log).await.is_empty(), "the old entries are gone");
+    assert_eq!((log.last_purged(), log.log_start_offset()), (Some(id(4, 80)), 5000));
+    let info = log.submit_entry(batch(1, 1, "next"), id(4, 81)).await.expect("submit").wait().await.expect("ok");
+    assert_eq!(info.base_offset, 5000);
+}

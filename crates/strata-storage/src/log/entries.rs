@@ -20,6 +20,8 @@ const RECENT_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Name of the durable state entry holding the last purged entry.
 const PURGED_STATE: &str = "purged";
+/// Name of the durable state entry marking a reset in progress.
+const RESET_STATE: &str = "reset";
 
 /// The newest entries, stamped, in log order. Holds every entry that is not
 /// yet durable (and indexed), so anything older is on disk.
@@ -243,6 +245,77 @@ impl Inner {
         });
         info!(topic = %self.topic, partition = self.partition, from, offset = first.base_offset, "truncated the log");
         Ok(())
+    }
+
+    /// Drops every entry and starts the log afresh after `last`, at
+    /// `next_offset`. A durable marker written first lets recovery finish
+    /// the job after a crash. Called by the writer with nothing in flight.
+    pub(super) fn reset_blocking(&self, last: EntryId, next_offset: u64) -> Result<()> {
+        self.check_failed()?;
+        let mut marker = encode_id(last).to_vec();
+        marker.extend_from_slice(&next_offset.to_le_bytes());
+        self.index.put_state(RESET_STATE, &marker, true)?;
+        let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
+        let mut segments = self.segments.write().map_err(|_| self.poisoned())?;
+        let fresh = self.rebuild_after_reset(last, next_offset)?;
+        *segments = vec![Arc::new(fresh)];
+        drop(segments);
+        *w = super::WriterState {
+            next_offset,
+            last: None,
+            running_max_ts: i64::MIN,
+            active_len: 0,
+            segment_max_ts: i64::MIN,
+        };
+        drop(w);
+        self.log_start.store(next_offset, Ordering::Release);
+        *self.purged.lock().map_err(|_| self.poisoned())? = Some(last);
+        *self.recent.lock().map_err(|_| self.poisoned())? = Recent::default();
+        *self.applied.lock().map_err(|_| self.poisoned())? = Some((last.index, next_offset));
+        self.progress.send_modify(|p| {
+            p.written = None;
+            p.durable = None;
+            p.durable_next_offset = next_offset;
+        });
+        self.hw.send_if_modified(|hw| {
+            let moved = next_offset > *hw;
+            if moved {
+                *hw = next_offset;
+            }
+            moved
+        });
+        info!(topic = %self.topic, partition = self.partition, last = last.index, next_offset, "log reset to a snapshot");
+        Ok(())
+    }
+
+    /// Finishes a reset that a crash interrupted (recovery calls this first).
+    pub(super) fn finish_pending_reset(&self) -> Result<()> {
+        let Some(marker) = self.index.state(RESET_STATE)?.filter(|m| !m.is_empty()) else { return Ok(()) };
+        let (Some(last), Some(next)) = (decode_id(&marker), marker.get(16..24)) else {
+            return Err(StorageError::Index(format!("malformed reset marker of {}", self.describe())));
+        };
+        let next_offset = u64::from_le_bytes(next.try_into().unwrap_or_default());
+        info!(topic = %self.topic, partition = self.partition, "finishing a log reset interrupted by a crash");
+        drop(self.rebuild_after_reset(last, next_offset)?);
+        Ok(())
+    }
+
+    /// The durable part of a reset: every segment file and index entry goes,
+    /// an empty segment starts at `next_offset`, the purge point and log
+    /// start are recorded, then the marker is cleared. Idempotent.
+    fn rebuild_after_reset(&self, last: EntryId, next_offset: u64) -> Result<Segment> {
+        for base in segment::list(&self.dir)? {
+            let path = self.dir.join(segment::file_name(base));
+            std::fs::remove_file(&path).at(&path)?;
+            self.index.delete_segment_meta(base)?;
+        }
+        let fresh = Segment::open(&self.dir, next_offset, true)?;
+        segment::sync_dir(&self.dir)?;
+        self.index.truncate_from(0, 0)?;
+        self.index.put_state(PURGED_STATE, &encode_id(last), false)?;
+        self.index.put_meta(&PartitionMeta { log_start_offset: next_offset }, true)?;
+        self.index.put_state(RESET_STATE, b"", true)?;
+        Ok(fresh)
     }
 
     /// Forgets every entry up to `upto` (Raft: covered by a snapshot). The

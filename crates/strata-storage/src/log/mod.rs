@@ -134,11 +134,20 @@ impl AppendTicket {
 
 enum Command {
     Append(AppendRequest),
-    /// Remove entries from this index on, once everything before is durable.
-    Truncate {
-        from: u64,
+    /// Rewrites the log's tail or all of it, once everything queued before
+    /// is durable.
+    Rewrite {
+        op: Rewrite,
         reply: oneshot::Sender<Result<()>>,
     },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rewrite {
+    /// Remove the entries from this index on.
+    Truncate(u64),
+    /// Drop every entry; the log goes on after `last`, at `next_offset`.
+    Reset { last: EntryId, next_offset: u64 },
 }
 
 struct AppendRequest {
@@ -442,8 +451,20 @@ impl PartitionLog {
     /// never removed (an error says so).
     /// Must not race with appends (the consensus layer orders them).
     pub async fn truncate(&self, from: u64) -> Result<()> {
+        self.rewrite(Rewrite::Truncate(from)).await
+    }
+
+    /// Drops every entry and makes the log go on after entry `last`, at
+    /// offset `next_offset` (a snapshot from the leader supersedes what this
+    /// replica held). Crash-safe: recovery finishes an interrupted reset.
+    /// Must not race with appends.
+    pub async fn reset_to(&self, last: EntryId, next_offset: u64) -> Result<()> {
+        self.rewrite(Rewrite::Reset { last, next_offset }).await
+    }
+
+    async fn rewrite(&self, op: Rewrite) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Truncate { from, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
+        self.tx.send(Command::Rewrite { op, reply }).await.map_err(|_| StorageError::ShuttingDown)?;
         rx.await.map_err(|_| StorageError::ShuttingDown)??;
         self.inner.reset_submit_state()
     }
@@ -628,13 +649,16 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
         };
         let first = match command {
             Command::Append(req) => req,
-            Command::Truncate { from, reply } => {
+            Command::Rewrite { op, reply } => {
                 let result = match inner.quiesce().await {
                     Ok(()) => {
                         let worker = Arc::clone(&inner);
-                        tokio::task::spawn_blocking(move || worker.truncate_blocking(from))
-                            .await
-                            .unwrap_or_else(|e| Err(StorageError::Index(format!("truncate task failed: {e}"))))
+                        tokio::task::spawn_blocking(move || match op {
+                            Rewrite::Truncate(from) => worker.truncate_blocking(from),
+                            Rewrite::Reset { last, next_offset } => worker.reset_blocking(last, next_offset),
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(StorageError::Index(format!("log rewrite task failed: {e}"))))
                     }
                     Err(e) => Err(e),
                 };
@@ -692,7 +716,7 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
     while let Ok(command) = rx.try_recv() {
         match command {
             Command::Append(req) => drop(req.reply.send(Err(StorageError::ShuttingDown))),
-            Command::Truncate { reply, .. } => drop(reply.send(Err(StorageError::ShuttingDown))),
+            Command::Rewrite { reply, .. } => drop(reply.send(Err(StorageError::ShuttingDown))),
         }
     }
     inner.writer_done.store(true, Ordering::Release);
@@ -838,6 +862,7 @@ impl Inner {
     // ----- recovery ------------------------------------------------------
 
     fn recover(&self) -> Result<()> {
+        self.finish_pending_reset()?;
         let meta = self.index.meta()?;
         let mut bases = segment::list(&self.dir)?;
         // Segments wholly below the log start (the next one starts at or
