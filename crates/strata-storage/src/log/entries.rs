@@ -14,9 +14,10 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::index::PartitionMeta;
 use crate::segment::{self, Segment};
 
-/// Bytes of recent entries kept in memory beyond those not yet durable:
-/// followers that keep up read from here, not from disk.
-const RECENT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes of recent entries a replicated log keeps in memory beyond those not
+/// yet durable: followers that keep up read from here, not from disk. A log
+/// without consensus keeps only what is not durable yet (nothing reads it).
+const RECENT_BYTES_REPLICATED: usize = 4 * 1024 * 1024;
 
 /// Name of the durable state entry holding the last purged entry.
 const PURGED_STATE: &str = "purged";
@@ -43,10 +44,10 @@ impl Recent {
         self.entries.push_back(entry);
     }
 
-    /// Drops the oldest durable entries beyond the memory budget.
-    pub(super) fn trim(&mut self, durable: Option<EntryId>) {
+    /// Drops the oldest durable entries beyond `budget` bytes.
+    pub(super) fn trim(&mut self, durable: Option<EntryId>, budget: usize) {
         let Some(durable) = durable else { return };
-        while self.bytes > RECENT_BYTES_MAX {
+        while self.bytes > budget {
             match self.entries.front() {
                 Some(e) if e.id.index <= durable.index => {
                     self.bytes -= e.batch.len();
@@ -86,6 +87,14 @@ fn decode_id(b: &[u8]) -> Option<EntryId> {
 }
 
 impl Inner {
+    /// How many durable bytes the recent-entry cache may keep.
+    pub(super) fn recent_budget(&self) -> usize {
+        match self.visibility {
+            Visibility::Applied => RECENT_BYTES_REPLICATED,
+            Visibility::OnFlush => 0,
+        }
+    }
+
     pub(super) fn last_purged(&self) -> Option<EntryId> {
         self.purged.lock().ok().and_then(|p| *p)
     }

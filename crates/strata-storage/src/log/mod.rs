@@ -1157,7 +1157,7 @@ impl Inner {
                 p.durable = Some(id);
                 p.durable_next_offset = e.next_offset;
             });
-            self.recent.lock().map_err(|_| self.poisoned())?.trim(Some(id));
+            self.recent.lock().map_err(|_| self.poisoned())?.trim(Some(id), self.recent_budget());
             self.publish();
         }
         Ok(())
