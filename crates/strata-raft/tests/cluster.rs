@@ -1,7 +1,8 @@
-//! A partition's Raft group across three nodes in one process, each with its
-//! own data directory, RocksDB and gRPC server on a real loopback socket:
+//! Partition Raft groups across three nodes in one process, each node with
+//! its own data directory, RocksDB and gRPC server on a real loopback socket:
 //! replication, identical logs on every replica, what consumers see on a
-//! follower, and failover when the leader goes away.
+//! follower, failover when the leader goes away, and several groups sharing
+//! one connection per node pair.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,14 +22,30 @@ const WAIT: Duration = Duration::from_secs(20);
 
 struct Node {
     id: NodeId,
-    log: PartitionLog,
-    raft: Raft<TypeConfig>,
+    /// One log and Raft per group started, in the order given.
+    groups: Vec<(PartitionLog, Raft<TypeConfig>)>,
     server: JoinHandle<()>,
     _db: Arc<IndexDb>,
     _dir: tempfile::TempDir,
 }
 
+impl Node {
+    fn log(&self) -> &PartitionLog {
+        &self.groups[0].0
+    }
+
+    fn raft(&self) -> &Raft<TypeConfig> {
+        &self.groups[0].1
+    }
+}
+
 async fn start_nodes(n: u64) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
+    start_nodes_with(n, &[GROUP]).await
+}
+
+/// `n` nodes, each running every group of `groups` behind one gRPC server
+/// and one peer table (one channel per node pair, shared by the groups).
+async fn start_nodes_with(n: u64, group_ids: &[GroupId]) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=n {
@@ -42,20 +59,23 @@ async fn start_nodes(n: u64) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
     for (id, listener) in listeners {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = IndexDb::open(&dir.path().join("index")).expect("index");
-        let index = Arc::new(db.partition(GROUP.topic_id, GROUP.partition));
-        let log =
-            PartitionLog::open_with("t", 0, &dir.path().join("p0"), index, LogConfig::default(), Visibility::Applied)
-                .expect("log");
-        let groups = Groups::default();
-        let raft = group::start(id, GROUP, log.clone(), Arc::clone(&config), &Peers::default(), &groups)
-            .await
-            .expect("start group");
+        let (groups, peers) = (Groups::default(), Peers::default());
+        let mut started = Vec::new();
+        for g in group_ids {
+            let index = Arc::new(db.partition(g.topic_id, g.partition));
+            let path = dir.path().join(format!("{}-{}", g.topic_id, g.partition));
+            let log =
+                PartitionLog::open_with("t", g.partition, &path, index, LogConfig::default(), Visibility::Applied)
+                    .expect("log");
+            let raft = group::start(id, *g, log.clone(), Arc::clone(&config), &peers, &groups).await.expect("start");
+            started.push((log, raft));
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let service = RaftService::new(id, groups).into_server();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
-        nodes.push(Node { id, log, raft, server, _db: db, _dir: dir });
+        nodes.push(Node { id, groups: started, server, _db: db, _dir: dir });
     }
     (nodes, members)
 }
@@ -63,7 +83,7 @@ async fn start_nodes(n: u64) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
 /// Waits until `node` knows a leader other than `not`, and returns it.
 async fn leader_seen_by(node: &Node, not: Option<NodeId>) -> NodeId {
     let metrics = node
-        .raft
+        .raft()
         .wait(Some(WAIT))
         .metrics(|m| m.current_leader.is_some_and(|l| Some(l) != not), "a new leader")
         .await
@@ -81,7 +101,7 @@ fn batch(i: u64) -> Bytes {
 async fn write(node: &Node, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for i in range {
-        let resp = node.raft.client_write(Request { batch: batch(i) }).await.expect("committed");
+        let resp = node.raft().client_write(Request { batch: batch(i) }).await.expect("committed");
         out.push((resp.log_id.index, resp.data.base_offset));
     }
     out
@@ -109,7 +129,7 @@ async fn records_visible(log: &PartitionLog) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_node_group_replicates_identical_logs_and_survives_losing_its_leader() {
     let (mut nodes, members) = start_nodes(3).await;
-    nodes[0].raft.initialize(members).await.expect("initialize");
+    nodes[0].raft().initialize(members).await.expect("initialize");
     let leader_id = leader_seen_by(&nodes[0], None).await;
     let leader = nodes.iter().position(|n| n.id == leader_id).expect("leader is a member");
 
@@ -119,33 +139,37 @@ async fn a_three_node_group_replicates_identical_logs_and_survives_losing_its_le
     }
     let (last_index, last_offset) = *written.last().expect("written");
     for n in &nodes {
-        n.raft.wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied everywhere").await.expect("applied");
-        n.log.wait_durable(last_index).await.expect("durable");
-        assert_eq!(n.log.high_watermark(), last_offset + 4, "node {} exposes every committed record", n.id);
+        n.raft()
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(last_index), "applied everywhere")
+            .await
+            .expect("applied");
+        n.log().wait_durable(last_index).await.expect("durable");
+        assert_eq!(n.log().high_watermark(), last_offset + 4, "node {} exposes every committed record", n.id);
     }
     // Every replica holds the same entries, byte for byte (offsets, terms
     // and indices included: they are in the batch headers).
-    let reference = all_entries(&nodes[0].log, last_index).await;
+    let reference = all_entries(nodes[0].log(), last_index).await;
     assert_eq!(reference.len() as u64, last_index + 1);
     for n in &nodes[1..] {
-        let theirs = all_entries(&n.log, last_index).await;
+        let theirs = all_entries(n.log(), last_index).await;
         for (a, b) in reference.iter().zip(&theirs) {
             assert_eq!(a.0, b.0, "node {} holds a different entry id", n.id);
             assert!(a.1 == b.1, "node {} holds different bytes for entry {:?}", n.id, a.0);
         }
         assert_eq!(theirs.len(), reference.len());
         // The digest an operator compares says the same.
-        let (ours, theirs) = (nodes[0].log.digest(last_index).await, n.log.digest(last_index).await);
+        let (ours, theirs) = (nodes[0].log().digest(last_index).await, n.log().digest(last_index).await);
         assert_eq!(ours.expect("digest"), theirs.expect("digest"), "node {} digest", n.id);
     }
     let follower = (leader + 1) % nodes.len();
-    assert_eq!(records_visible(&nodes[follower].log).await, 200, "a follower serves every committed record");
+    assert_eq!(records_visible(nodes[follower].log()).await, 200, "a follower serves every committed record");
 
     // The leader goes away (process and socket): the others elect a new one
     // and go on, with offsets after the last acknowledged ones.
     let old = nodes.remove(leader);
     old.server.abort();
-    old.raft.shutdown().await.expect("shutdown");
+    old.raft().shutdown().await.expect("shutdown");
     drop(old);
     let new_leader_id = leader_seen_by(&nodes[0], Some(leader_id)).await;
     let new_leader = nodes.iter().position(|n| n.id == new_leader_id).expect("a surviving leader");
@@ -153,15 +177,63 @@ async fn a_three_node_group_replicates_identical_logs_and_survives_losing_its_le
     assert!(more[0].1 > last_offset, "offsets go on after the failover");
     let (last_index, last_offset) = *more.last().expect("written");
     for n in &nodes {
-        n.raft.wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied").await.expect("applied");
-        n.log.wait_durable(last_index).await.expect("durable");
-        assert_eq!(n.log.high_watermark(), last_offset + 4);
-        assert_eq!(records_visible(&n.log).await, 280, "node {}: every acknowledged record, once", n.id);
+        n.raft().wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied").await.expect("applied");
+        n.log().wait_durable(last_index).await.expect("durable");
+        assert_eq!(n.log().high_watermark(), last_offset + 4);
+        assert_eq!(records_visible(n.log()).await, 280, "node {}: every acknowledged record, once", n.id);
     }
-    let reference = all_entries(&nodes[0].log, last_index).await;
-    assert!(all_entries(&nodes[1].log, last_index).await == reference, "the survivors hold the same log");
+    let reference = all_entries(nodes[0].log(), last_index).await;
+    assert!(all_entries(nodes[1].log(), last_index).await == reference, "the survivors hold the same log");
     for n in nodes {
         n.server.abort();
-        n.raft.shutdown().await.expect("shutdown");
+        n.raft().shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_of_one_node_pair_share_a_connection_and_stay_apart() {
+    let ids = [
+        GroupId { topic_id: 7, partition: 0 },
+        GroupId { topic_id: 7, partition: 1 },
+        GroupId { topic_id: 9, partition: 0 },
+    ];
+    let (nodes, members) = start_nodes_with(3, &ids).await;
+    for k in 0..ids.len() {
+        // Each group is created on another node: leaders spread.
+        nodes[k % nodes.len()].groups[k].1.initialize(members.clone()).await.expect("initialize");
+    }
+    let mut last = Vec::new();
+    for (k, g) in ids.iter().enumerate() {
+        let metrics = nodes[0].groups[k]
+            .1
+            .wait(Some(WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .expect("leader");
+        let leader = nodes.iter().find(|n| Some(n.id) == metrics.current_leader).expect("leader node");
+        let mut index = 0;
+        // A different number of batches per group: the logs must not mix.
+        for i in 0..(5 + 3 * k as u64) {
+            let resp = leader.groups[k].1.client_write(Request { batch: batch(i) }).await.expect("committed");
+            index = resp.log_id.index;
+        }
+        last.push((g, index));
+    }
+    for (k, (g, index)) in last.iter().enumerate() {
+        let mut digests = Vec::new();
+        for n in &nodes {
+            let (log, raft) = &n.groups[k];
+            raft.wait(Some(WAIT)).applied_index_at_least(Some(*index), "applied").await.expect("applied");
+            log.wait_durable(*index).await.expect("durable");
+            assert_eq!(records_visible(log).await, 4 * (5 + 3 * k), "{g} on node {}", n.id);
+            digests.push(log.digest(*index).await.expect("digest"));
+        }
+        assert!(digests.windows(2).all(|d| d[0] == d[1]), "{g}: replicas differ");
+    }
+    for n in nodes {
+        n.server.abort();
+        for (_, raft) in &n.groups {
+            raft.shutdown().await.expect("shutdown");
+        }
     }
 }
