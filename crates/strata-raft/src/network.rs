@@ -78,17 +78,8 @@ impl Groups {
         }
     }
 
-    pub fn remove(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
-        self.inner.write().ok().and_then(|mut g| g.remove(&group))
-    }
-
     pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
         self.inner.read().ok().and_then(|g| g.get(&group).cloned())
-    }
-
-    /// Removes and returns every group.
-    pub fn drain(&self) -> Vec<Raft<TypeConfig>> {
-        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r).collect()).unwrap_or_default()
     }
 }
 

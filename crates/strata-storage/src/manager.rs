@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::config::{LogConfig, TopicOverrides};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::{CF_CATALOG, IndexDb};
-use crate::log::{PartitionLog, PartitionStatus, Visibility};
+use crate::log::{PartitionLog, PartitionStatus};
 
 /// Upper bound on partitions per topic.
 pub const MAX_PARTITIONS: u32 = 10_000;
@@ -72,7 +72,6 @@ pub struct LogManager {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises catalog changes (create, delete, alter).
     catalog_lock: tokio::sync::Mutex<()>,
-    visibility: Visibility,
     _lock: File,
 }
 
@@ -125,12 +124,6 @@ impl LogManager {
     /// Opens the data directory, recovering every partition. Blocking; call
     /// within a tokio runtime (partitions start writer tasks).
     pub fn open(root: &Path, defaults: LogConfig) -> Result<Self> {
-        Self::open_with(root, defaults, Visibility::OnFlush)
-    }
-
-    /// [`LogManager::open`], with every partition's visibility rule (Raft:
-    /// [`Visibility::Applied`]).
-    pub fn open_with(root: &Path, defaults: LogConfig, visibility: Visibility) -> Result<Self> {
         defaults.validate()?;
         std::fs::create_dir_all(root.join("topics")).at(root)?;
         let lock_path = root.join("strata.lock");
@@ -147,7 +140,6 @@ impl LogManager {
             defaults,
             topics: RwLock::new(BTreeMap::new()),
             catalog_lock: tokio::sync::Mutex::new(()),
-            visibility,
             _lock: lock,
         };
         let records = manager.load_catalog()?;
@@ -211,8 +203,7 @@ impl LogManager {
         let mut partitions = Vec::with_capacity(record.partitions as usize);
         for p in 0..record.partitions {
             let index = Arc::new(self.db.partition(record.id, p));
-            let dir = dir.join(p.to_string());
-            partitions.push(PartitionLog::open_with(&record.name, p, &dir, index, config, self.visibility)?);
+            partitions.push(PartitionLog::open(&record.name, p, &dir.join(p.to_string()), index, config)?);
         }
         Ok(Arc::new(Topic { record: RwLock::new(record), dir, partitions }))
     }
@@ -338,23 +329,6 @@ impl LogManager {
 
     pub fn partition_count(&self, name: &str) -> Result<u32> {
         Ok(self.topic(name)?.partitions.len() as u32)
-    }
-
-    /// Every partition of every topic, with its topic's id.
-    pub fn all_partitions(&self) -> Result<Vec<(u64, PartitionLog)>> {
-        let topics = self.topics.read().map_err(|_| lock_poisoned())?;
-        let mut out = Vec::new();
-        for topic in topics.values() {
-            let id = topic.id()?;
-            out.extend(topic.partitions.iter().map(|p| (id, p.clone())));
-        }
-        Ok(out)
-    }
-
-    /// A partition with its topic's id.
-    pub fn partition_with_id(&self, name: &str, partition: u32) -> Result<(u64, PartitionLog)> {
-        let id = self.topic(name)?.id()?;
-        Ok((id, self.partition(name, partition)?))
     }
 
     pub fn partition(&self, name: &str, partition: u32) -> Result<PartitionLog> {

@@ -163,10 +163,11 @@ struct AppendRequest {
 /// index) and cached when submitted, in submission order, so that the
 /// consensus layer can read an entry back (and replicate it) as soon as it
 /// handed it over, while the writer and syncer make it durable.
+///
+/// The last entry submitted is `progress.written`, updated under the same lock.
 #[derive(Debug, Clone, Copy, Default)]
 struct SubmitState {
     next_offset: u64,
-    last: Option<EntryId>,
 }
 
 struct WriterState {
@@ -388,7 +389,8 @@ impl PartitionLog {
     async fn enqueue(&self, batch: Bytes, header: BatchHeader, id: Option<EntryId>) -> Result<AppendTicket> {
         let mut submit = self.inner.submit.lock().await;
         self.inner.check_failed()?;
-        let tail = self.inner.tail(submit.last);
+        let submitted = self.inner.progress.borrow().written;
+        let tail = self.inner.tail(submitted);
         let next_of =
             |l: Option<EntryId>| l.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { index: l.index + 1, ..l });
         let id = match id {
@@ -397,8 +399,7 @@ impl PartitionLog {
             Some(id) => {
                 // A log that holds no entry (new, or purged past its end by a
                 // snapshot) may start at any entry.
-                let follows =
-                    submit.last.is_none() || tail.is_none_or(|l| id.index == l.index + 1 && id.term >= l.term);
+                let follows = submitted.is_none() || tail.is_none_or(|l| id.index == l.index + 1 && id.term >= l.term);
                 if !follows {
                     return Err(StorageError::EntryOutOfOrder {
                         topic: self.inner.topic.clone(),
@@ -441,7 +442,7 @@ impl PartitionLog {
         });
         let (reply, rx) = oneshot::channel();
         permit.send(Command::Append(AppendRequest { batch, header, id, base_offset: at.base_offset, reply }));
-        *submit = SubmitState { next_offset, last: Some(id) };
+        *submit = SubmitState { next_offset };
         self.inner.progress.send_modify(|p| p.written = Some(id));
         Ok(AppendTicket(rx))
     }
@@ -1019,7 +1020,7 @@ impl Inner {
     /// (after recovery or a truncation).
     fn reset_submit_state(&self) -> Result<()> {
         let w = self.writer.lock().map_err(|_| self.poisoned())?;
-        let state = SubmitState { next_offset: w.next_offset, last: w.last };
+        let state = SubmitState { next_offset: w.next_offset };
         drop(w);
         match self.submit.try_lock() {
             Ok(mut s) => {
