@@ -38,6 +38,12 @@ pub struct Limits {
     pub max_duration: Duration,
     /// Operations in the first `warmup` are not measured.
     pub warmup: Duration,
+    /// Target records per second over all workers (`None`: as fast as
+    /// they go). Each worker paces itself to its share; latency is measured
+    /// from when an operation was due, so a slow answer that delays the
+    /// next operations is counted against them too (no coordinated
+    /// omission).
+    pub rate: Option<f64>,
 }
 
 /// Hard cap on any run, whatever the flags say.
@@ -51,7 +57,7 @@ impl Limits {
             (None, None) => Some(Duration::from_secs(10)),
             (_, d) => d,
         };
-        Self { records, duration, max_duration: MAX_RUN, warmup }
+        Self { records, duration, max_duration: MAX_RUN, warmup, rate: None }
     }
 }
 
@@ -113,14 +119,25 @@ pub async fn run<W: Worker>(label: &str, workers: Vec<W>, limits: Limits) -> any
     let measure_from = start + limits.warmup;
     let deadline = start + limits.duration.unwrap_or(limits.max_duration).min(limits.max_duration) + limits.warmup;
     let mut tasks = Vec::with_capacity(workers.len());
+    let per_worker_rate = limits.rate.map(|r| r / workers.len().max(1) as f64).filter(|r| *r > 0.0);
     for mut worker in workers {
         let shared = Arc::clone(&shared);
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let mut ops = 0u64;
+            let mut due = Instant::now();
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let t0 = Instant::now();
+                let t0 = match per_worker_rate {
+                    Some(_) => {
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let Some(op) = worker.op().await? else { break };
+                if let Some(rate) = per_worker_rate {
+                    due += Duration::from_secs_f64(op.records as f64 / rate);
+                }
                 if t0 < measure_from {
                     continue;
                 }
@@ -228,8 +245,13 @@ mod tests {
 
     #[tokio::test]
     async fn run_counts_every_operation_until_workers_finish() {
-        let limits =
-            Limits { records: None, duration: None, max_duration: Duration::from_secs(60), warmup: Duration::ZERO };
+        let limits = Limits {
+            records: None,
+            duration: None,
+            max_duration: Duration::from_secs(60),
+            warmup: Duration::ZERO,
+            rate: None,
+        };
         let report = run("t", vec![Counter { left: 5 }, Counter { left: 7 }], limits).await.expect("run");
         assert_eq!(report.operations, 12);
         assert_eq!(report.records, 120);
@@ -238,8 +260,13 @@ mod tests {
 
     #[tokio::test]
     async fn run_stops_at_the_record_limit() {
-        let limits =
-            Limits { records: Some(50), duration: None, max_duration: Duration::from_secs(60), warmup: Duration::ZERO };
+        let limits = Limits {
+            records: Some(50),
+            duration: None,
+            max_duration: Duration::from_secs(60),
+            warmup: Duration::ZERO,
+            rate: None,
+        };
         let report = run("t", vec![Counter { left: 1000 }], limits).await.expect("run");
         assert_eq!(report.records, 50);
     }

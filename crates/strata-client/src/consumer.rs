@@ -42,7 +42,8 @@ impl Client {
             StartOffset::Latest => (pb::OffsetSpec::Latest, 0),
             StartOffset::Timestamp(ts) => (pb::OffsetSpec::Timestamp, ts),
         };
-        let offsets = self.list_offsets(topic, &[partition], spec, ts).await?;
+        let leader = self.partition_leader(topic, partition).await?;
+        let offsets = leader.list_offsets(topic, &[partition], spec, ts).await?;
         offsets.first().map(|o| o.offset).ok_or(ClientError::Protocol("ListOffsets response without the partition"))
     }
 
@@ -51,7 +52,8 @@ impl Client {
     pub async fn subscribe(&self, topic: &str, partition: u32, start: StartOffset) -> Result<RecordStream> {
         let offset = self.resolve_offset(topic, partition, start).await?;
         let req = pb::SubscribeRequest { topic: topic.to_owned(), partition, offset, max_bytes: 0, decode: false };
-        let inbound = self.consumer_rpc().subscribe(req).await?.into_inner();
+        let leader = self.partition_leader(topic, partition).await?;
+        let inbound = leader.consumer_rpc().subscribe(req).await?.into_inner();
         let stream = inbound
             .scan(offset, |next, item| {
                 let out = item.map_err(ClientError::from).and_then(|resp| {

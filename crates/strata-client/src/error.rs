@@ -7,10 +7,16 @@ use tonic::Code;
 pub enum ClientError {
     #[error("invalid server address '{addr}': {reason}")]
     InvalidAddress { addr: String, reason: String },
-    #[error("cannot connect to strata at {addr}: {reason} (is the server running and listening there?)")]
+    #[error("cannot connect to strata{}: {reason} (is the server running and listening there?)", at(.addr))]
     Connect { addr: String, reason: String },
     #[error("{message}")]
-    Server { code: Code, reason: String, message: String },
+    Server {
+        code: Code,
+        reason: String,
+        message: String,
+        /// `NOT_LEADER`: the leader's address, when the server knows it.
+        leader_addr: Option<String>,
+    },
     #[error("the server sent a malformed batch: {0}")]
     Format(#[from] strata_record::FormatError),
     #[error("protocol error: {0}")]
@@ -41,6 +47,20 @@ impl ClientError {
         }
     }
 
+    /// `NOT_LEADER`: this node does not lead the partition (retry at the
+    /// leader; [`ClientError::leader_addr`] names it when known).
+    pub fn is_not_leader(&self) -> bool {
+        self.reason() == Some("NOT_LEADER")
+    }
+
+    /// The leader to retry at, when the server named it.
+    pub fn leader_addr(&self) -> Option<&str> {
+        match self {
+            Self::Server { leader_addr, .. } => leader_addr.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The stable `ErrorInfo` reason the server attached (e.g. `UNKNOWN_TOPIC`).
     pub fn reason(&self) -> Option<&str> {
         match self {
@@ -50,14 +70,38 @@ impl ClientError {
     }
 }
 
+fn at(addr: &str) -> String {
+    if addr.is_empty() { String::new() } else { format!(" at {addr}") }
+}
+
+/// Whether a status comes from failing to connect to the node (the request
+/// never left this process), as tonic marks it in the error's sources.
+fn is_connect_failure(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        let reason = tonic_types::StatusExt::get_details_error_info(&status).map(|i| i.reason).unwrap_or_default();
+        if is_connect_failure(&status) {
+            // A channel that lost its node reconnects on the next call and
+            // answers this: nothing was sent, so it is safe to send again.
+            return Self::Connect { addr: String::new(), reason: status.message().to_owned() };
+        }
+        let info = tonic_types::StatusExt::get_details_error_info(&status);
+        let leader_addr = info.as_ref().and_then(|i| i.metadata.get("leader_addr").cloned());
+        let reason = info.map(|i| i.reason).unwrap_or_default();
         let message = if status.message().is_empty() {
             format!("server returned {:?}", status.code())
         } else {
             status.message().to_owned()
         };
-        Self::Server { code: status.code(), reason, message }
+        Self::Server { code: status.code(), reason, message, leader_addr }
     }
 }

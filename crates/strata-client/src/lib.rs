@@ -1,7 +1,8 @@
 //! Rust client for Strata.
 //!
-//! - [`Client`]: a connection to a node, with admin calls, offset lookups and
-//!   raw produce/fetch.
+//! - [`Client`]: connections to a cluster's nodes, with admin calls, offset
+//!   lookups and raw produce/fetch. Partition requests go to the partition's
+//!   leader (learnt from the cluster's metadata, refreshed on `NOT_LEADER`).
 //! - [`Producer`]: batches records per partition (linger, max batch bytes),
 //!   compresses (lz4, zstd), retries transient failures, and resolves each
 //!   record's future with its offset once the server has fsync'd it.
@@ -12,6 +13,8 @@ mod consumer;
 mod error;
 mod producer;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
 pub use error::ClientError;
-pub use pb::{TopicConfig, TopicDescription};
+pub use pb::{Acks, TopicConfig, TopicDescription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use strata_proto::v1 as proto;
 pub use strata_record::{Compression, Header, Record};
@@ -43,13 +46,32 @@ pub struct FetchResult {
     pub next_offset: u64,
 }
 
-/// A connection to one node. Cheap to clone; clones share the connection.
+/// A connection to a cluster. Cheap to clone; clones share connections
+/// (one per node) and what is known of partition leaders.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The node this handle talks to.
     channel: Channel,
     addr: String,
     timeout: Duration,
+    router: Arc<Router>,
 }
+
+/// Where partition requests go.
+#[derive(Debug, Default)]
+struct Router {
+    /// Addresses to ask for metadata, the bootstrap list first.
+    known: Mutex<Vec<String>>,
+    /// One connection per node address.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The leader's address per (topic, partition), as last learnt.
+    leaders: Mutex<HashMap<(String, u32), String>>,
+}
+
+/// Attempts at a partition request that finds no leader (or a stale one)
+/// before the error is returned; backing off from 20 ms to 1 s between
+/// attempts, about 10 s in all: longer than an election.
+const ROUTING_ATTEMPTS: u32 = 16;
 
 /// An error and its sources, as one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -67,23 +89,178 @@ fn endpoint_uri(addr: &str) -> String {
     if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
 }
 
+async fn open_channel(addr: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+        .map_err(|e| ClientError::InvalidAddress { addr: addr.to_owned(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(32 * 1024 * 1024)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    endpoint.connect().await.map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: error_chain(&e) })
+}
+
+fn poisoned() -> ClientError {
+    ClientError::Protocol("a client lock was poisoned by a panic")
+}
+
 impl Client {
-    /// Connects to `addr` (`host:port` or `http://host:port`).
+    /// Connects to a node of a cluster: `addr` is `host:port` (or
+    /// `http://host:port`), or several separated by commas (the first that
+    /// answers is used; the others are asked for metadata when it is down).
     pub async fn connect(addr: &str) -> Result<Self> {
-        let uri = endpoint_uri(addr);
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::InvalidAddress { addr: addr.to_owned(), reason: e.to_string() })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(8 * 1024 * 1024)
-            .initial_connection_window_size(32 * 1024 * 1024)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: error_chain(&e) })?;
-        Ok(Self { channel, addr: addr.to_owned(), timeout: Duration::from_secs(30) })
+        let list: Vec<String> = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+        let router = Arc::new(Router { known: Mutex::new(list.clone()), ..Router::default() });
+        let mut last = ClientError::InvalidAddress { addr: addr.to_owned(), reason: "no address given".into() };
+        for a in &list {
+            match open_channel(a).await {
+                Ok(channel) => {
+                    router.channels.lock().map_err(|_| poisoned())?.insert(a.clone(), channel.clone());
+                    return Ok(Self { channel, addr: a.clone(), timeout: Duration::from_secs(30), router });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// A handle on the node at `addr` (connecting once per address).
+    async fn to(&self, addr: &str) -> Result<Client> {
+        let cached = self.router.channels.lock().map_err(|_| poisoned())?.get(addr).cloned();
+        let channel = match cached {
+            Some(c) => c,
+            None => {
+                let c = open_channel(addr).await?;
+                self.router.channels.lock().map_err(|_| poisoned())?.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(Self { channel, addr: addr.to_owned(), timeout: self.timeout, router: Arc::clone(&self.router) })
+    }
+
+    /// The cluster's metadata, from the first known node that answers.
+    pub async fn metadata(&self, topics: &[&str]) -> Result<pb::MetadataResponse> {
+        let req = pb::MetadataRequest { topics: topics.iter().map(|t| (*t).to_owned()).collect() };
+        let mut candidates = vec![self.addr.clone()];
+        candidates.extend(self.router.known.lock().map_err(|_| poisoned())?.iter().cloned());
+        let mut last = None;
+        for addr in candidates {
+            let answer = match self.to(&addr).await {
+                Ok(node) => node.admin_rpc().metadata(node.request(req.clone())).await.map_err(ClientError::from),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let mut known = self.router.known.lock().map_err(|_| poisoned())?;
+                    for b in &resp.brokers {
+                        if !known.contains(&b.addr) {
+                            known.push(b.addr.clone());
+                        }
+                    }
+                    return Ok(resp);
+                }
+                // The topic is unknown everywhere alike: no use asking on.
+                Err(e) if !e.is_retriable() => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Protocol("no node to ask for metadata")))
+    }
+
+    /// A digest of this node's replica of a partition up to a Raft log index
+    /// (`None`: the last entry applied there).
+    pub async fn partition_digest(
+        &self,
+        topic: &str,
+        partition: u32,
+        upto: Option<u64>,
+    ) -> Result<pb::PartitionDigestResponse> {
+        let req = pb::PartitionDigestRequest { topic: topic.to_owned(), partition, upto };
+        Ok(self.admin_rpc().partition_digest(self.request(req)).await?.into_inner())
+    }
+
+    /// A handle on the node at `addr` of the same cluster (sharing this
+    /// client's connections).
+    pub async fn node(&self, addr: &str) -> Result<Client> {
+        self.to(addr).await
+    }
+
+    /// Learns the leaders of `topic`'s partitions (a partition whose leader
+    /// the answering node does not know goes to its first replica, which
+    /// names the leader if it is not).
+    async fn refresh(&self, topic: &str) -> Result<()> {
+        let meta = self.metadata(&[topic]).await?;
+        let addr_of: HashMap<u64, String> = meta.brokers.into_iter().map(|b| (b.node_id, b.addr)).collect();
+        let mut leaders = self.router.leaders.lock().map_err(|_| poisoned())?;
+        for t in meta.topics {
+            for p in t.partitions {
+                let target = if p.leader != 0 { Some(p.leader) } else { p.replicas.first().copied() };
+                match target.and_then(|id| addr_of.get(&id)) {
+                    Some(addr) => leaders.insert((t.name.clone(), p.partition), addr.clone()),
+                    None => leaders.remove(&(t.name.clone(), p.partition)),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle on the leader of a partition, as far as it is known.
+    pub async fn partition_leader(&self, topic: &str, partition: u32) -> Result<Client> {
+        let key = (topic.to_owned(), partition);
+        let cached = self.router.leaders.lock().map_err(|_| poisoned())?.get(&key).cloned();
+        let addr = match cached {
+            Some(a) => a,
+            None => {
+                self.refresh(topic).await?;
+                let learnt = self.router.leaders.lock().map_err(|_| poisoned())?.get(&key).cloned();
+                learnt.unwrap_or_else(|| self.addr.clone())
+            }
+        };
+        self.to(&addr).await
+    }
+
+    /// Runs a partition request at the partition's leader; on `NOT_LEADER`
+    /// (nothing was written) or a node that cannot be reached, learns where
+    /// the leader is and tries again, backing off, up to
+    /// [`ROUTING_ATTEMPTS`] times. Other errors, and an ambiguous failure
+    /// of a request that may have reached the node, are returned.
+    async fn routed<T, F, Fut>(&self, topic: &str, partition: u32, op: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let key = (topic.to_owned(), partition);
+        let mut backoff = Duration::from_millis(20);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.partition_leader(topic, partition).await {
+                Ok(node) => op(node).await,
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let never_sent = matches!(err, ClientError::Connect { .. });
+            if !(err.is_not_leader() || never_sent || err.code() == Some(tonic::Code::Unavailable)) {
+                return Err(err);
+            }
+            {
+                let mut leaders = self.router.leaders.lock().map_err(|_| poisoned())?;
+                match err.leader_addr() {
+                    Some(addr) => leaders.insert(key.clone(), addr.to_owned()),
+                    None => leaders.remove(&key),
+                };
+            }
+            if !(err.is_not_leader() || never_sent) || attempt >= ROUTING_ATTEMPTS {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Deadline applied to every unary call (default 30 s).
@@ -118,8 +295,21 @@ impl Client {
         pb::admin_client::AdminClient::new(self.channel.clone())
     }
 
+    /// Creates a topic with the server's default replication factor.
     pub async fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<pb::TopicDescription> {
-        let req = pb::CreateTopicRequest { name: name.to_owned(), partitions, config: Some(config) };
+        self.create_topic_replicated(name, partitions, None, config).await
+    }
+
+    /// Creates a topic with `replication_factor` replicas per partition.
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        config: TopicConfig,
+    ) -> Result<pb::TopicDescription> {
+        let req =
+            pb::CreateTopicRequest { name: name.to_owned(), partitions, config: Some(config), replication_factor };
         let resp = self.admin_rpc().create_topic(self.request(req)).await?.into_inner();
         resp.topic.ok_or(ClientError::Protocol("CreateTopic response without a topic"))
     }
@@ -176,12 +366,33 @@ impl Client {
         Ok(self.producer_rpc().produce(self.request(req)).await?.into_inner().appends)
     }
 
-    /// Produces one encoded batch to a partition; returns its base offset.
+    /// Produces one encoded batch to a partition (at its leader), with
+    /// `acks=quorum`; returns its base offset.
     pub async fn produce_batch(&self, topic: &str, partition: u32, batch: Bytes) -> Result<u64> {
-        let req =
-            pb::ProduceRequest { topic: topic.to_owned(), partition: Some(partition), batch, ..Default::default() };
-        let resp = self.producer_rpc().produce(self.request(req)).await?.into_inner();
-        resp.appends.first().map(|a| a.base_offset).ok_or(ClientError::Protocol("Produce response without an append"))
+        self.produce_batch_with(topic, partition, batch, Acks::Quorum).await
+    }
+
+    /// Produces one encoded batch to a partition (at its leader),
+    /// acknowledged as `acks` says; returns its base offset.
+    pub async fn produce_batch_with(&self, topic: &str, partition: u32, batch: Bytes, acks: Acks) -> Result<u64> {
+        let req = pb::ProduceRequest {
+            topic: topic.to_owned(),
+            partition: Some(partition),
+            batch,
+            acks: acks as i32,
+            ..Default::default()
+        };
+        self.routed(topic, partition, |node| {
+            let req = req.clone();
+            async move {
+                let resp = node.producer_rpc().produce(node.request(req)).await?.into_inner();
+                resp.appends
+                    .first()
+                    .map(|a| a.base_offset)
+                    .ok_or(ClientError::Protocol("Produce response without an append"))
+            }
+        })
+        .await
     }
 
     /// Opens a pipelined produce stream (`Producer.ProduceStream`): requests
@@ -215,10 +426,15 @@ impl Client {
             max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             decode: false,
         };
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(self.timeout + max_wait);
-        let resp = self.consumer_rpc().fetch(request).await?.into_inner();
-        consumer::decode_response(resp, offset)
+        self.routed(topic, partition, |node| {
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(node.timeout + max_wait);
+            async move {
+                let resp = node.consumer_rpc().fetch(request).await?.into_inner();
+                consumer::decode_response(resp, offset)
+            }
+        })
+        .await
     }
 
     /// Starts a producer on this connection.

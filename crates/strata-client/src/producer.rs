@@ -42,6 +42,10 @@ pub struct ProducerConfig {
     pub max_in_flight_per_partition: usize,
     /// Records accepted by `send` before it waits (back-pressure).
     pub buffer_records: usize,
+    /// What an acknowledgement waits for: `Quorum` (default; fsync'd on a
+    /// majority of the replicas) or `Leader` (fsync'd on the leader only:
+    /// lost if the leader fails before a majority has it).
+    pub acks: crate::Acks,
 }
 
 impl Default for ProducerConfig {
@@ -54,6 +58,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             max_in_flight_per_partition: 1,
             buffer_records: 65_536,
+            acks: crate::Acks::Quorum,
         }
     }
 }
@@ -333,7 +338,7 @@ async fn send_batch(client: &Client, config: &ProducerConfig, key: &Key, ready: 
     let (topic, partition) = key;
     let mut attempt = 0u32;
     let result = loop {
-        match client.produce_batch(topic, *partition, ready.batch.clone()).await {
+        match client.produce_batch_with(topic, *partition, ready.batch.clone(), config.acks).await {
             Ok(base) => break Ok(base),
             Err(e) if e.is_retriable() && attempt < config.retries => {
                 let backoff = config.retry_backoff.saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(5));

@@ -5,10 +5,14 @@ use std::sync::Arc;
 use openraft::{Config, Raft, SnapshotPolicy};
 use strata_storage::PartitionLog;
 
+use crate::controller::Metadata;
 use crate::log_store::LogStore;
 use crate::network::{GroupId, Groups, Peers};
 use crate::state_machine::StateMachine;
 use crate::types::{NodeId, TypeConfig};
+
+/// A partition group's Raft handle.
+pub type PartitionRaft = Raft<TypeConfig, StateMachine>;
 
 /// Why a group could not start.
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +20,9 @@ pub enum GroupError {
     #[error("invalid Raft configuration: {0}")]
     Config(Box<openraft::ConfigError>),
     #[error("the state machine of {group} could not be opened: {source}")]
-    Storage { group: GroupId, source: Box<openraft::StorageError<NodeId>> },
+    Storage { group: GroupId, source: std::io::Error },
     #[error("the Raft group {group} could not start: {source}")]
-    Start { group: GroupId, source: Box<openraft::error::Fatal<NodeId>> },
+    Start { group: GroupId, source: Box<openraft::error::Fatal<TypeConfig>> },
 }
 
 /// Timing of every group (milliseconds): heartbeats every 100 ms, an election
@@ -48,8 +52,37 @@ pub async fn start(
     config: Arc<Config>,
     peers: &Peers,
     groups: &Groups,
-) -> Result<Raft<TypeConfig>, GroupError> {
-    let sm = StateMachine::open(log.clone()).await.map_err(|e| GroupError::Storage { group, source: Box::new(e) })?;
+) -> Result<PartitionRaft, GroupError> {
+    let sm = StateMachine::open(log.clone()).await.map_err(|source| GroupError::Storage { group, source })?;
+    start_with(node_id, group, log, sm, config, peers, groups).await
+}
+
+/// Starts the cluster controller's group on this node; the metadata as of
+/// each applied entry is published on `metadata`.
+pub async fn start_controller(
+    node_id: NodeId,
+    log: PartitionLog,
+    metadata: tokio::sync::watch::Sender<Arc<Metadata>>,
+    config: Arc<Config>,
+    peers: &Peers,
+    groups: &Groups,
+) -> Result<PartitionRaft, GroupError> {
+    let group = GroupId::CONTROLLER;
+    let sm = StateMachine::open_controller(log.clone(), metadata)
+        .await
+        .map_err(|source| GroupError::Storage { group, source })?;
+    start_with(node_id, group, log, sm, config, peers, groups).await
+}
+
+async fn start_with(
+    node_id: NodeId,
+    group: GroupId,
+    log: PartitionLog,
+    sm: StateMachine,
+    config: Arc<Config>,
+    peers: &Peers,
+    groups: &Groups,
+) -> Result<PartitionRaft, GroupError> {
     let raft = Raft::new(node_id, config, peers.network(group), LogStore::new(log), sm)
         .await
         .map_err(|e| GroupError::Start { group, source: Box::new(e) })?;

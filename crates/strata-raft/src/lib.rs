@@ -16,6 +16,7 @@
 //! The design and its reasons are in docs/ARCHITECTURE.md ("Replication
 //! with Raft").
 
+pub mod controller;
 pub mod group;
 pub mod log_store;
 pub mod network;
@@ -23,6 +24,6 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
-pub use network::{GroupId, Groups, Peers, RaftService};
+pub use network::{GroupId, Groups, Identity, LEADER_HEADER, Peers, RaftService, Written};
 pub use state_machine::StateMachine;
 pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};

@@ -7,13 +7,14 @@
 //! the flush when the fsync is done: the leader replicates while it syncs.
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend};
 use strata_storage::PartitionLog;
 
-use crate::types::{NodeId, TypeConfig, batch_to_entry, entry_id, entry_to_batch, log_id};
+use crate::types::{Entry, LogId, TypeConfig, Vote, batch_to_entry, entry_id, entry_to_batch, log_id};
 
 /// Bytes read from the segments per step when openraft asks for a range.
 const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
@@ -33,8 +34,9 @@ impl LogStore {
     }
 }
 
-fn io(make: fn(AnyError) -> StorageIOError<NodeId>, e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
-    make(AnyError::new(e)).into()
+/// openraft's storage traits report `io::Error`; the message keeps ours.
+pub(crate) fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
 }
 
 fn range_of(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -55,28 +57,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+    ) -> Result<Vec<Entry>, io::Error> {
         let (mut next, end) = range_of(&range);
         let mut out = Vec::new();
         while next < end {
-            let chunk =
-                self.log.entries(next, end, READ_CHUNK_BYTES).await.map_err(|e| io(StorageIOError::read_logs, &e))?;
+            let chunk = self.log.entries(next, end, READ_CHUNK_BYTES).await.map_err(io_err)?;
             if chunk.is_empty() {
                 break;
             }
             for (id, batch) in chunk {
                 next = id.index + 1;
-                out.push(batch_to_entry(id, batch).map_err(|e| io(StorageIOError::read_logs, &e))?);
+                out.push(batch_to_entry(id, batch).map_err(io_err)?);
             }
         }
         Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        match self.log.load_state(VOTE).await.map_err(io_err)? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(io_err),
+        }
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let purged = self.log.last_purged();
         let last = match (self.log.last_entry(), purged) {
             (Some(l), Some(p)) if p.index > l.index => Some(p),
@@ -90,59 +98,83 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(vote).map_err(|e| io(StorageIOError::write_vote, &e))?;
-        self.log.save_state(VOTE, bytes, true).await.map_err(|e| io(StorageIOError::write_vote, &e))
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let bytes = serde_json::to_vec(vote).map_err(io_err)?;
+        self.log.save_state(VOTE, bytes, true).await.map_err(io_err)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        match self.log.load_state(VOTE).await.map_err(|e| io(StorageIOError::read_vote, &e))? {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
+        self.log.stash_state(COMMITTED, &bytes).map_err(io_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        match self.log.load_state(COMMITTED).await.map_err(io_err)? {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| io(StorageIOError::read_vote, &e)),
+            Some(b) => serde_json::from_slice(&b).map_err(io_err),
         }
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(&committed).map_err(|e| io(StorageIOError::write, &e))?;
-        self.log.stash_state(COMMITTED, &bytes).map_err(|e| io(StorageIOError::write, &e))
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        match self.log.load_state(COMMITTED).await.map_err(|e| io(StorageIOError::read, &e))? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map_err(|e| io(StorageIOError::read, &e)),
-        }
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batches = Vec::new();
+        let mut notices = Vec::new();
         for entry in entries {
-            let batch = entry_to_batch(&entry).map_err(|e| io(StorageIOError::write_logs, &e))?;
+            let batch = entry_to_batch(&entry).map_err(io_err)?;
             batches.push((batch, entry_id(&entry.log_id)));
+            notices.push(match &entry.payload {
+                EntryPayload::Normal(req) => req.on_local_flush.clone(),
+                _ => None,
+            });
         }
-        let tickets = self.log.submit_entries(batches).await.map_err(|e| io(StorageIOError::write_logs, &e))?;
+        let tickets = match self.log.submit_entries(batches).await {
+            Ok(t) => t,
+            Err(e) => {
+                for n in notices.iter().flatten() {
+                    n.fire(Err(e.to_string()));
+                }
+                return Err(io_err(e));
+            }
+        };
+        // The core goes on at once (the entries are readable now, so the
+        // leader replicates them while this replica syncs); the flush is
+        // reported when the last ticket's fsync is done, and each
+        // `acks=leader` proposal hears of its own entry's.
         tokio::spawn(async move {
             let mut result = Ok(());
+            let mut notices = notices.into_iter();
             for ticket in tickets {
-                if let Err(e) = ticket.wait().await {
-                    result = Err(std::io::Error::other(e));
-                    break;
+                let notice = notices.next().flatten();
+                match ticket.wait().await {
+                    Ok(info) => {
+                        if let Some(n) = notice {
+                            n.fire(Ok(info));
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        for n in notice.into_iter().chain(notices.by_ref().flatten()) {
+                            n.fire(Err(why.clone()));
+                        }
+                        result = Err(io_err(e));
+                        break;
+                    }
                 }
             }
-            callback.log_io_completed(result);
+            callback.io_completed(result);
         });
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.log.truncate(log_id.index).await.map_err(|e| io(StorageIOError::write_logs, &e))
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        let from = last.map_or(0, |l| l.index + 1);
+        self.log.truncate(from).await.map_err(io_err)
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.log.purge(entry_id(&log_id)).await.map_err(|e| io(StorageIOError::write_logs, &e))
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.log.purge(entry_id(&log_id)).await.map_err(io_err)
     }
 }

@@ -7,22 +7,24 @@
 //! not host (yet) is reported as unreachable, and openraft backs off
 //! ([`Connection::backoff`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
-use openraft::{CommittedLeaderId, LeaderId, LogId, Raft, Vote};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use strata_proto::internal as pb;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::types::{NodeId, NodeInfo, TypeConfig, batch_to_entry, entry_id, entry_to_batch};
+use crate::group::PartitionRaft;
+use crate::state_machine::{PartitionSnapshot, Snapshot};
+use crate::types::{
+    LogId, NodeId, NodeInfo, Request as Proposal, TypeConfig, Vote, batch_to_entry, entry_id, entry_to_batch,
+};
 
 /// Which Raft group a message is for: a partition, or (topic id 0) the
 /// cluster controller.
@@ -61,7 +63,7 @@ impl From<pb::GroupId> for GroupId {
 /// The Raft groups this node runs, by group: where incoming messages go.
 #[derive(Clone, Default)]
 pub struct Groups {
-    inner: Arc<RwLock<HashMap<GroupId, Raft<TypeConfig>>>>,
+    inner: Arc<RwLock<HashMap<GroupId, PartitionRaft>>>,
 }
 
 impl std::fmt::Debug for Groups {
@@ -72,34 +74,106 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    pub fn insert(&self, group: GroupId, raft: Raft<TypeConfig>) {
+    pub fn insert(&self, group: GroupId, raft: PartitionRaft) {
         if let Ok(mut g) = self.inner.write() {
             g.insert(group, raft);
         }
     }
 
-    pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+    pub fn get(&self, group: GroupId) -> Option<PartitionRaft> {
         self.inner.read().ok().and_then(|g| g.get(&group).cloned())
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<PartitionRaft> {
+        self.inner.write().ok().and_then(|mut g| g.remove(&group))
+    }
+
+    /// Every group.
+    pub fn all(&self) -> Vec<PartitionRaft> {
+        self.inner.read().map(|g| g.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Removes and returns every group.
+    pub fn drain(&self) -> Vec<PartitionRaft> {
+        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r).collect()).unwrap_or_default()
     }
 }
 
 // ----- conversions ---------------------------------------------------------
 
-fn log_id_to_pb(id: &LogId<NodeId>) -> pb::LogId {
+fn log_id_to_pb(id: &LogId) -> pb::LogId {
     pb::LogId { term: id.leader_id.term, index: id.index }
 }
 
-fn log_id_from_pb(id: pb::LogId) -> LogId<NodeId> {
-    LogId::new(CommittedLeaderId::new(id.term, 0), id.index)
+fn log_id_from_pb(id: pb::LogId) -> LogId {
+    LogId::new_term_index(id.term, id.index)
 }
 
-fn vote_to_pb(v: &Vote<NodeId>) -> pb::Vote {
+fn vote_to_pb(v: &Vote) -> pb::Vote {
     pb::Vote { term: v.leader_id.term, voted_for: v.leader_id.voted_for, committed: v.committed }
 }
 
-fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote<NodeId>, Status> {
+fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote, Status> {
     let v = v.ok_or_else(|| Status::invalid_argument("the message has no vote"))?;
-    Ok(Vote { leader_id: LeaderId { term: v.term, voted_for: v.voted_for }, committed: v.committed })
+    Ok(if v.committed { Vote::new_committed(v.term, v.voted_for) } else { Vote::new(v.term, v.voted_for) })
+}
+
+fn vote_request_from_pb(req: pb::VoteRequest) -> Result<VoteRequest<TypeConfig>, Status> {
+    let mut rpc = VoteRequest::new(vote_from_pb(req.vote)?, req.last_log_id.map(log_id_from_pb));
+    rpc.leadership_transfer = req.leadership_transfer;
+    Ok(rpc)
+}
+
+fn vote_response_to_pb(resp: &VoteResponse<TypeConfig>) -> pb::VoteResponse {
+    pb::VoteResponse {
+        vote: Some(vote_to_pb(&resp.vote)),
+        vote_granted: resp.vote_granted,
+        last_log_id: resp.last_log_id.as_ref().map(log_id_to_pb),
+    }
+}
+
+// ----- identity ----------------------------------------------------------------
+
+/// Who this node is, shared by its Raft service and its connections: its
+/// id, the members it was configured with, and its cluster's id once known.
+#[derive(Debug)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub members: Vec<NodeId>,
+    cluster_id: RwLock<String>,
+}
+
+impl Identity {
+    pub fn new(node_id: NodeId, members: Vec<NodeId>, cluster_id: Option<String>) -> Arc<Self> {
+        Arc::new(Self { node_id, members, cluster_id: RwLock::new(cluster_id.unwrap_or_default()) })
+    }
+
+    /// Empty while this node does not know its cluster.
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn set_cluster_id(&self, id: &str) {
+        if let Ok(mut c) = self.cluster_id.write() {
+            id.clone_into(&mut c);
+        }
+    }
+
+    /// Refuses a message from a node of another cluster. A side that does
+    /// not know its cluster yet (a new node, or one that has not applied
+    /// the cluster's first entry) is let through: Raft itself keeps it
+    /// consistent, and refusing it could stall an election.
+    fn check_cluster(&self, sender: &str) -> Result<(), Status> {
+        let mine = self.cluster_id();
+        if !mine.is_empty() && !sender.is_empty() && mine != sender {
+            return Err(Status::failed_precondition(format!(
+                "node {} belongs to cluster {mine}, the sender to cluster {sender}: \
+                 a node was started with another cluster's data directory or peer list",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
 }
 
 // ----- server side -----------------------------------------------------------
@@ -107,13 +181,16 @@ fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote<NodeId>, Status> {
 /// The gRPC service that hands incoming Raft messages to this node's groups.
 #[derive(Debug, Clone)]
 pub struct RaftService {
-    node_id: NodeId,
+    identity: Arc<Identity>,
     groups: Groups,
 }
 
+/// Metadata key of a "not the leader" status naming the leader's node id.
+pub const LEADER_HEADER: &str = "x-strata-leader";
+
 impl RaftService {
-    pub fn new(node_id: NodeId, groups: Groups) -> Self {
-        Self { node_id, groups }
+    pub fn new(identity: Arc<Identity>, groups: Groups) -> Self {
+        Self { identity, groups }
     }
 
     pub fn into_server(self) -> pb::raft_server::RaftServer<Self> {
@@ -121,15 +198,16 @@ impl RaftService {
         pb::raft_server::RaftServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn route(&self, group: Option<pb::GroupId>, target: NodeId) -> Result<Raft<TypeConfig>, Status> {
-        if target != self.node_id {
+    fn route(&self, group: Option<pb::GroupId>, target: NodeId, cluster: &str) -> Result<PartitionRaft, Status> {
+        let me = self.identity.node_id;
+        if target != me {
             return Err(Status::failed_precondition(format!(
-                "this is node {}, not node {target}: check the cluster's peer addresses",
-                self.node_id
+                "this is node {me}, not node {target}: check the cluster's peer addresses"
             )));
         }
+        self.identity.check_cluster(cluster)?;
         let group: GroupId = group.ok_or_else(|| Status::invalid_argument("the message names no group"))?.into();
-        self.groups.get(group).ok_or_else(|| Status::not_found(format!("node {} does not run {group}", self.node_id)))
+        self.groups.get(group).ok_or_else(|| Status::not_found(format!("node {me} does not run {group}")))
     }
 }
 
@@ -147,13 +225,13 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let req = request.into_inner();
-        let raft = self.route(req.group, req.target)?;
+        let raft = self.route(req.group, req.target, &req.cluster_id)?;
         let mut entries = Vec::with_capacity(req.entries.len());
         for e in req.entries {
             let id = entry_id(&log_id_from_pb(e.id.ok_or_else(|| Status::invalid_argument("an entry has no id"))?));
             entries.push(batch_to_entry(id, e.batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
         }
-        let rpc = AppendEntriesRequest {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
             vote: vote_from_pb(req.vote)?,
             prev_log_id: req.prev_log_id.map(log_id_from_pb),
             entries,
@@ -183,14 +261,16 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let req = request.into_inner();
-        let raft = self.route(req.group, req.target)?;
-        let rpc = VoteRequest { vote: vote_from_pb(req.vote)?, last_log_id: req.last_log_id.map(log_id_from_pb) };
-        let resp = raft.vote(rpc).await.map_err(raft_failed)?;
-        Ok(Response::new(pb::VoteResponse {
-            vote: Some(vote_to_pb(&resp.vote)),
-            vote_granted: resp.vote_granted,
-            last_log_id: resp.last_log_id.as_ref().map(log_id_to_pb),
-        }))
+        let raft = self.route(req.group, req.target, &req.cluster_id)?;
+        let resp = raft.vote(vote_request_from_pb(req)?).await.map_err(raft_failed)?;
+        Ok(Response::new(vote_response_to_pb(&resp)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = request.into_inner();
+        let raft = self.route(req.group, req.target, &req.cluster_id)?;
+        let resp = raft.pre_vote(vote_request_from_pb(req)?).await.map_err(raft_failed)?;
+        Ok(Response::new(vote_response_to_pb(&resp)))
     }
 
     async fn install_snapshot(
@@ -198,26 +278,77 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let raft = self.route(req.group, req.target)?;
+        let raft = self.route(req.group, req.target, &req.cluster_id)?;
         let meta = serde_json::from_slice(&req.meta_json)
             .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
-        let rpc = InstallSnapshotRequest {
-            vote: vote_from_pb(req.vote)?,
-            meta,
-            offset: req.offset,
-            data: req.data.to_vec(),
-            done: req.done,
-        };
-        let resp = raft.install_snapshot(rpc).await.map_err(raft_failed)?;
+        let data: PartitionSnapshot = serde_json::from_slice(&req.data_json)
+            .map_err(|e| Status::invalid_argument(format!("malformed snapshot data: {e}")))?;
+        let resp = raft
+            .install_full_snapshot(vote_from_pb(req.vote)?, Snapshot { meta, snapshot: data })
+            .await
+            .map_err(raft_failed)?;
         Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
+    }
+
+    async fn identify(&self, _request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+        Ok(Response::new(pb::IdentifyResponse {
+            node_id: self.identity.node_id,
+            cluster_id: self.identity.cluster_id(),
+            members: self.identity.members.clone(),
+        }))
+    }
+
+    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        let raft = self.route(req.group, req.target, &req.cluster_id)?;
+        let written = propose_local(&raft, req.batch).await?;
+        Ok(Response::new(pb::ProposeResponse {
+            applied: Some(log_id_to_pb(&written.log_id)),
+            base_offset: written.base_offset,
+        }))
+    }
+}
+
+/// Where a proposal landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub log_id: LogId,
+    pub base_offset: u64,
+}
+
+/// Proposes `batch` to a group of this node; not the leader: `Unavailable`
+/// naming the leader (in [`LEADER_HEADER`] too).
+async fn propose_local(raft: &PartitionRaft, batch: bytes::Bytes) -> Result<Written, Status> {
+    match raft.client_write(Proposal::new(batch)).await {
+        Ok(resp) => Ok(Written { log_id: resp.log_id, base_offset: resp.data.base_offset }),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => {
+                let mut status = Status::unavailable(format!(
+                    "not the leader ({:?}); the leader is {}",
+                    f.reason,
+                    f.leader_id.map_or_else(|| "not known".to_owned(), |l| format!("node {l}"))
+                ));
+                if let Some(l) = f.leader_id
+                    && let Ok(v) = l.to_string().parse()
+                {
+                    status.metadata_mut().insert(LEADER_HEADER, v);
+                }
+                Err(status)
+            }
+            None => Err(raft_failed(e)),
+        },
     }
 }
 
 // ----- client side -----------------------------------------------------------
 
 /// One lazily connected channel per peer node, shared by every group.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
+    identity: Arc<Identity>,
+    /// Addresses from this node's configuration: they win over the ones
+    /// recorded in a group's membership (a node may move).
+    addresses: Arc<BTreeMap<NodeId, String>>,
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
 }
 
@@ -230,7 +361,66 @@ impl std::fmt::Debug for Peers {
 /// Time allowed to open a connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Time a forwarded proposal may take.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Peers {
+    pub fn new(identity: Arc<Identity>, addresses: BTreeMap<NodeId, String>) -> Self {
+        Self { identity, addresses: Arc::new(addresses), channels: Arc::default() }
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    /// The configured address of a node, if it has one.
+    pub fn address(&self, node: NodeId) -> Option<&str> {
+        self.addresses.get(&node).map(String::as_str)
+    }
+
+    fn raft_client(&self, target: NodeId, addr: &str) -> Result<pb::raft_client::RaftClient<Channel>, String> {
+        let addr = self.address(target).unwrap_or(addr);
+        Ok(pb::raft_client::RaftClient::new(self.channel(target, addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Asks a configured peer who it is.
+    pub async fn identify(&self, target: NodeId, timeout: Duration) -> Result<pb::IdentifyResponse, String> {
+        let addr = self.address(target).ok_or_else(|| format!("node {target} has no configured address"))?.to_owned();
+        let mut request = Request::new(pb::IdentifyRequest {});
+        request.set_timeout(timeout);
+        let resp = self.raft_client(target, &addr)?.identify(request).await.map_err(|s| s.message().to_owned())?;
+        Ok(resp.into_inner())
+    }
+
+    /// Proposes `batch` to `group`: on this node if it leads the group,
+    /// otherwise at the leader this node knows of.
+    pub async fn propose(&self, raft: &PartitionRaft, group: GroupId, batch: bytes::Bytes) -> Result<Written, Status> {
+        let leader = raft.current_leader().await;
+        let me = self.identity.node_id;
+        match leader {
+            Some(l) if l != me => {
+                let addr = self.address(l).map(str::to_owned).or_else(|| {
+                    raft.metrics().borrow_watched().membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+                });
+                let addr = addr.ok_or_else(|| Status::unavailable(format!("the address of node {l} is not known")))?;
+                let client = self.raft_client(l, &addr).map_err(Status::unavailable)?;
+                let mut request = Request::new(pb::ProposeRequest {
+                    group: Some(group.into()),
+                    target: l,
+                    cluster_id: self.identity.cluster_id(),
+                    batch,
+                });
+                request.set_timeout(PROPOSE_TIMEOUT);
+                let resp = client.clone().propose(request).await?.into_inner();
+                let applied = resp.applied.ok_or_else(|| Status::internal("the leader answered no log id"))?;
+                Ok(Written { log_id: log_id_from_pb(applied), base_offset: resp.base_offset })
+            }
+            _ => propose_local(raft, batch).await,
+        }
+    }
+
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().map_err(|_| "the peer table lock was poisoned".to_owned())?;
         if let Some(c) = channels.get(&(target, addr.to_owned())) {
@@ -266,12 +456,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
-        let client = self.peers.channel(target, &node.addr).map(|c| {
-            pb::raft_client::RaftClient::new(c)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        });
-        Connection { client, group: self.group, target }
+        let client = self.peers.raft_client(target, &node.addr);
+        Connection { client, group: self.group, target, identity: Arc::clone(&self.peers.identity) }
     }
 }
 
@@ -281,6 +467,7 @@ pub struct Connection {
     client: Result<pb::raft_client::RaftClient<Channel>, String>,
     group: GroupId,
     target: NodeId,
+    identity: Arc<Identity>,
 }
 
 /// Why a call did not reach the peer's Raft.
@@ -291,9 +478,32 @@ pub struct TransportError {
     message: String,
 }
 
+/// Whether a failed call should be retried at once (`Network`) or after a
+/// back-off (`Unreachable`).
+enum Failure {
+    Unreachable(TransportError),
+    Network(TransportError),
+}
+
+impl Failure {
+    fn rpc(self) -> RPCError<TypeConfig> {
+        match self {
+            Self::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            Self::Network(e) => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    fn streaming(self) -> StreamingError<TypeConfig> {
+        match self {
+            Self::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+            Self::Network(e) => StreamingError::Network(NetworkError::new(&e)),
+        }
+    }
+}
+
 impl Connection {
-    fn client(&self) -> Result<pb::raft_client::RaftClient<Channel>, TransportError> {
-        self.client.clone().map_err(|message| TransportError { target: self.target, message })
+    fn client(&self) -> Result<pb::raft_client::RaftClient<Channel>, Failure> {
+        self.client.clone().map_err(|message| Failure::Unreachable(TransportError { target: self.target, message }))
     }
 
     fn request<T>(&self, message: T, option: &RPCOption) -> Request<T> {
@@ -302,107 +512,141 @@ impl Connection {
         request
     }
 
-    fn failed<E: std::error::Error>(&self, status: Status) -> RPCError<NodeId, NodeInfo, E> {
+    fn failed(&self, status: Status) -> Failure {
         let e = TransportError { target: self.target, message: format!("{}: {}", status.code(), status.message()) };
         match status.code() {
             // Down, not listening, or not running this group yet: retry later.
             tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
-                RPCError::Unreachable(Unreachable::new(&e))
+                Failure::Unreachable(e)
             }
-            _ => RPCError::Network(NetworkError::new(&e)),
+            _ => Failure::Network(e),
         }
     }
-}
 
-fn unreachable<E: std::error::Error>(e: TransportError) -> RPCError<NodeId, NodeInfo, E> {
-    RPCError::Unreachable(Unreachable::new(&e))
-}
+    fn malformed(&self, what: &str) -> Failure {
+        Failure::Network(TransportError { target: self.target, message: format!("malformed response: {what}") })
+    }
 
-fn malformed<E: std::error::Error>(target: NodeId, what: &str) -> RPCError<NodeId, NodeInfo, E> {
-    RPCError::Network(NetworkError::new(&TransportError { target, message: format!("malformed response: {what}") }))
-}
+    fn vote_request(&self, rpc: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
+        pb::VoteRequest {
+            group: Some(self.group.into()),
+            target: self.target,
+            cluster_id: self.identity.cluster_id(),
+            vote: Some(vote_to_pb(&rpc.vote)),
+            last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb),
+            leadership_transfer: rpc.leadership_transfer,
+        }
+    }
 
-impl RaftNetwork<TypeConfig> for Connection {
-    async fn append_entries(
+    fn vote_response(&self, resp: pb::VoteResponse) -> Result<VoteResponse<TypeConfig>, Failure> {
+        let vote = vote_from_pb(resp.vote).map_err(|_| self.malformed("no vote"))?;
+        Ok(VoteResponse::new(vote, resp.last_log_id.map(log_id_from_pb), resp.vote_granted))
+    }
+
+    async fn append(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, Failure> {
         let mut entries = Vec::with_capacity(rpc.entries.len());
         for e in &rpc.entries {
-            let batch = entry_to_batch(e).map_err(|e| {
-                RPCError::Network(NetworkError::new(&TransportError { target: self.target, message: e.to_string() }))
-            })?;
+            let batch = entry_to_batch(e)
+                .map_err(|e| Failure::Network(TransportError { target: self.target, message: e.to_string() }))?;
             entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch });
         }
         let message = pb::AppendEntriesRequest {
             group: Some(self.group.into()),
             target: self.target,
+            cluster_id: self.identity.cluster_id(),
             vote: Some(vote_to_pb(&rpc.vote)),
             prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_pb),
             entries,
             leader_commit: rpc.leader_commit.as_ref().map(log_id_to_pb),
         };
         let request = self.request(message, &option);
-        let resp = self.client().map_err(unreachable)?.append_entries(request).await.map_err(|s| self.failed(s))?;
-        let resp = resp.into_inner();
+        let resp = self.client()?.append_entries(request).await.map_err(|s| self.failed(s))?.into_inner();
         use pb::append_entries_response::Outcome;
-        Ok(match Outcome::try_from(resp.outcome).map_err(|_| malformed(self.target, "unknown outcome"))? {
+        Ok(match Outcome::try_from(resp.outcome).map_err(|_| self.malformed("unknown outcome"))? {
             Outcome::Success => AppendEntriesResponse::Success,
             Outcome::PartialSuccess => AppendEntriesResponse::PartialSuccess(resp.matching.map(log_id_from_pb)),
             Outcome::Conflict => AppendEntriesResponse::Conflict,
             Outcome::HigherVote => AppendEntriesResponse::HigherVote(
-                vote_from_pb(resp.higher_vote).map_err(|_| malformed(self.target, "no higher vote"))?,
+                vote_from_pb(resp.higher_vote).map_err(|_| self.malformed("no higher vote"))?,
             ),
         })
     }
 
-    async fn install_snapshot(
+    async fn snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        vote: Vote,
+        snapshot: Snapshot,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
-    {
-        let meta_json = serde_json::to_vec(&rpc.meta).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    ) -> Result<SnapshotResponse<TypeConfig>, Failure> {
+        let encode =
+            |e: serde_json::Error| Failure::Network(TransportError { target: self.target, message: e.to_string() });
         let message = pb::InstallSnapshotRequest {
             group: Some(self.group.into()),
             target: self.target,
-            vote: Some(vote_to_pb(&rpc.vote)),
-            meta_json: meta_json.into(),
-            offset: rpc.offset,
-            data: rpc.data.into(),
-            done: rpc.done,
+            cluster_id: self.identity.cluster_id(),
+            vote: Some(vote_to_pb(&vote)),
+            meta_json: serde_json::to_vec(&snapshot.meta).map_err(encode)?.into(),
+            data_json: serde_json::to_vec(&snapshot.snapshot).map_err(encode)?.into(),
         };
         let request = self.request(message, &option);
-        let resp = self.client().map_err(unreachable)?.install_snapshot(request).await.map_err(|s| self.failed(s))?;
-        let vote = vote_from_pb(resp.into_inner().vote).map_err(|_| malformed(self.target, "no vote"))?;
-        Ok(InstallSnapshotResponse { vote })
+        let resp = self.client()?.install_snapshot(request).await.map_err(|s| self.failed(s))?;
+        let vote = vote_from_pb(resp.into_inner().vote).map_err(|_| self.malformed("no vote"))?;
+        Ok(SnapshotResponse::new(vote))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Connection {
+    type SnapshotData = PartitionSnapshot;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.append(rpc, option).await.map_err(Failure::rpc)
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        let message = pb::VoteRequest {
-            group: Some(self.group.into()),
-            target: self.target,
-            vote: Some(vote_to_pb(&rpc.vote)),
-            last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb),
-        };
-        let request = self.request(message, &option);
-        let resp = self.client().map_err(unreachable)?.vote(request).await.map_err(|s| self.failed(s))?.into_inner();
-        Ok(VoteResponse {
-            vote: vote_from_pb(resp.vote).map_err(|_| malformed(self.target, "no vote"))?,
-            vote_granted: resp.vote_granted,
-            last_log_id: resp.last_log_id.map(log_id_from_pb),
-        })
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(self.vote_request(&rpc), &option);
+        let resp = self.client().map_err(Failure::rpc)?.vote(request).await.map_err(|s| self.failed(s).rpc())?;
+        self.vote_response(resp.into_inner()).map_err(Failure::rpc)
     }
 
-    fn backoff(&self) -> Backoff {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = self.request(self.vote_request(&rpc), &option);
+        let resp = self.client().map_err(Failure::rpc)?.pre_vote(request).await.map_err(|s| self.failed(s).rpc())?;
+        self.vote_response(resp.into_inner()).map_err(Failure::rpc)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            resp = self.snapshot(vote, snapshot, option) => resp.map_err(Failure::streaming),
+        }
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
         // 50 ms, doubling, at most 2 s between attempts to a peer that is down.
-        Backoff::new(
+        Some(Backoff::new(
             (0u32..).map(|i| Duration::from_millis(50u64.saturating_mul(1 << i.min(6))).min(Duration::from_secs(2))),
-        )
+        ))
     }
 }

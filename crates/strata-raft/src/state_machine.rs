@@ -14,39 +14,85 @@
 //! leader's retention gets the data, not only the position) is the next
 //! step; see docs/ARCHITECTURE.md.
 
-use std::io::Cursor;
+use std::io;
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
-};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use strata_storage::PartitionLog;
 
-use crate::types::{NodeId, NodeInfo, Response, TypeConfig, entry_id};
+use tokio::sync::watch;
+
+use crate::controller::{self, Metadata};
+use crate::log_store::io_err;
+use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig, entry_id};
 
 const APPLIED: &str = "raft.applied";
 const SNAPSHOT: &str = "raft.snapshot";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct AppliedState {
-    applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, NodeInfo>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
 }
 
-/// What a snapshot's data says about the partition at its last entry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a snapshot's data says about the group at its last entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSnapshot {
     /// Offset after the last record of the last entry.
     pub next_offset: u64,
+    /// The controller's metadata (the controller group only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
 }
+
+/// A snapshot as openraft handles it.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, PartitionSnapshot>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, NodeInfo>,
-    data: Vec<u8>,
+    meta: SnapshotMeta,
+    data: PartitionSnapshot,
+}
+
+impl StoredSnapshot {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { meta: self.meta.clone(), snapshot: self.data.clone() }
+    }
+}
+
+/// What a group's entries mean.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A partition: its state is its log; applying makes records visible.
+    Partition,
+    /// The controller: applying commands changes the cluster's metadata,
+    /// published on this channel.
+    Controller(watch::Sender<Arc<Metadata>>),
+}
+
+/// The partition's current snapshot: in RocksDB (synced) and in memory,
+/// shared by the state machine and its snapshot builders.
+#[derive(Debug, Clone)]
+struct Snapshots {
+    log: PartitionLog,
+    slot: Arc<Mutex<Option<StoredSnapshot>>>,
+}
+
+impl Snapshots {
+    async fn store(&self, stored: StoredSnapshot) -> Result<Snapshot, io::Error> {
+        let bytes = serde_json::to_vec(&stored).map_err(io_err)?;
+        self.log.save_state(SNAPSHOT, bytes, true).await.map_err(io_err)?;
+        let snapshot = stored.snapshot();
+        *self.slot.lock().map_err(|_| poisoned())? = Some(stored);
+        Ok(snapshot)
+    }
+
+    fn current(&self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.slot.lock().map_err(|_| poisoned())?.as_ref().map(StoredSnapshot::snapshot))
+    }
 }
 
 /// One partition's state machine.
@@ -54,95 +100,135 @@ struct StoredSnapshot {
 pub struct StateMachine {
     log: PartitionLog,
     state: AppliedState,
-    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshots: Snapshots,
+    kind: Kind,
 }
 
-fn sm_error(e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
-    StorageIOError::write_state_machine(AnyError::new(e)).into()
-}
-
-fn snapshot_error(e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
-    StorageIOError::write_snapshot(None, AnyError::new(e)).into()
-}
-
-fn poisoned() -> StorageError<NodeId> {
-    StorageIOError::read_snapshot(None, AnyError::error("the snapshot lock was poisoned by a panic")).into()
+fn poisoned() -> io::Error {
+    io::Error::other("the snapshot lock was poisoned by a panic")
 }
 
 impl StateMachine {
-    /// Loads what was applied before, and makes it visible again.
-    pub async fn open(log: PartitionLog) -> Result<Self, StorageError<NodeId>> {
-        let state: AppliedState = match log.load_state(APPLIED).await.map_err(|e| sm_error(&e))? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| sm_error(&e))?,
+    /// A partition's state machine: loads what was applied before, and makes
+    /// it visible again.
+    pub async fn open(log: PartitionLog) -> Result<Self, io::Error> {
+        Self::open_kind(log, Kind::Partition).await
+    }
+
+    /// The controller's state machine over its log: the metadata as of the
+    /// last applied entry is rebuilt (from the snapshot, then the log) and
+    /// published on `metadata`.
+    pub async fn open_controller(log: PartitionLog, metadata: watch::Sender<Arc<Metadata>>) -> Result<Self, io::Error> {
+        let mut sm = Self::open_kind(log, Kind::Controller(metadata)).await?;
+        sm.replay_controller().await?;
+        Ok(sm)
+    }
+
+    async fn open_kind(log: PartitionLog, kind: Kind) -> Result<Self, io::Error> {
+        let state: AppliedState = match log.load_state(APPLIED).await.map_err(io_err)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
             None => AppliedState::default(),
         };
         if let Some(applied) = state.applied {
-            log.set_applied(applied.index).map_err(|e| sm_error(&e))?;
+            log.set_applied(applied.index).map_err(io_err)?;
         }
-        let snapshot = match log.load_state(SNAPSHOT).await.map_err(|e| sm_error(&e))? {
-            Some(b) => Some(serde_json::from_slice(&b).map_err(|e| sm_error(&e))?),
+        let snapshot = match log.load_state(SNAPSHOT).await.map_err(io_err)? {
+            Some(b) => Some(serde_json::from_slice(&b).map_err(io_err)?),
             None => None,
         };
-        Ok(Self { log, state, snapshot: Arc::new(Mutex::new(snapshot)) })
+        let snapshots = Snapshots { log: log.clone(), slot: Arc::new(Mutex::new(snapshot)) };
+        Ok(Self { log, state, snapshots, kind })
     }
 
-    fn save_applied(&self) -> strata_storage::Result<()> {
-        let bytes = serde_json::to_vec(&self.state)
-            .map_err(|e| strata_storage::StorageError::Index(format!("cannot encode the applied state: {e}")))?;
-        self.log.stash_state(APPLIED, &bytes)
+    /// Rebuilds the controller's metadata up to the applied entry: the
+    /// snapshot's, then every data entry after it, in order.
+    async fn replay_controller(&mut self) -> Result<(), io::Error> {
+        let Kind::Controller(tx) = &self.kind else { return Ok(()) };
+        let snapshot = self.snapshots.current()?;
+        let mut metadata = snapshot.as_ref().and_then(|s| s.snapshot.metadata.clone()).unwrap_or_default();
+        let from = snapshot.and_then(|s| s.meta.last_log_id).map_or(0, |l| l.index + 1);
+        if let Some(applied) = self.state.applied {
+            let mut next = from;
+            while next <= applied.index {
+                let chunk = self.log.entries(next, applied.index + 1, 4 << 20).await.map_err(io_err)?;
+                let Some((last, _)) = chunk.last() else { break };
+                next = last.index + 1;
+                for (_, batch) in chunk {
+                    // Blank and membership entries are control batches.
+                    if !strata_record::verify(&batch).map_err(io_err)?.control {
+                        apply_controller_batch(&mut metadata, &batch)?;
+                    }
+                }
+            }
+        }
+        tx.send_replace(Arc::new(metadata));
+        Ok(())
     }
+
+    fn save_applied(&self) -> Result<(), io::Error> {
+        let bytes = serde_json::to_vec(&self.state).map_err(io_err)?;
+        self.log.stash_state(APPLIED, &bytes).map_err(io_err)
+    }
+}
+
+/// Applies a controller entry's commands. A command the metadata rejects
+/// (it lost a race checked before proposing) changes nothing, on every node
+/// alike.
+fn apply_controller_batch(metadata: &mut Metadata, batch: &bytes::Bytes) -> Result<(), io::Error> {
+    for command in controller::decode_commands(batch).map_err(io_err)? {
+        if let Err(rejected) = metadata.apply(&command) {
+            tracing::debug!(%rejected, ?command, "controller command changed nothing");
+        }
+    }
+    Ok(())
 }
 
 /// Builds snapshots of one partition (shares the state machine's current
 /// snapshot slot).
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    log: PartitionLog,
     state: AppliedState,
-    slot: Arc<Mutex<Option<StoredSnapshot>>>,
+    snapshots: Snapshots,
+    /// The controller's metadata as of the applied entry.
+    metadata: Option<Metadata>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = serde_json::to_vec(&PartitionSnapshot { next_offset: self.log.high_watermark() })
-            .map_err(|e| snapshot_error(&e))?;
-        let id = match &self.state.applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, strata_record::now_ms()),
-            None => format!("empty-{}", strata_record::now_ms()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.state.applied,
-            last_membership: self.state.membership.clone(),
-            snapshot_id: id,
-        };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| snapshot_error(&e))?;
-        self.log.save_state(SNAPSHOT, bytes, true).await.map_err(|e| snapshot_error(&e))?;
-        *self.slot.lock().map_err(|_| poisoned())? = Some(stored);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    type SnapshotData = PartitionSnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let data =
+            PartitionSnapshot { next_offset: self.snapshots.log.high_watermark(), metadata: self.metadata.clone() };
+        let meta = SnapshotMeta { last_log_id: self.state.applied, last_membership: self.state.membership.clone() };
+        self.snapshots.store(StoredSnapshot { meta, data }).await
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = PartitionSnapshot;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), StorageError<NodeId>> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         Ok((self.state.applied, self.state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut responses = Vec::new();
+        let mut answers = Vec::new();
         let mut last = None;
-        for entry in entries {
+        let mut metadata = match &self.kind {
+            Kind::Controller(tx) => Some(Metadata::clone(&tx.borrow())),
+            Kind::Partition => None,
+        };
+        while let Some((entry, responder)) = entries.try_next().await? {
             let response = match &entry.payload {
                 EntryPayload::Normal(req) => {
-                    let h = strata_record::BatchHeader::parse(&req.batch).map_err(|e| sm_error(&e))?;
+                    if let Some(m) = metadata.as_mut() {
+                        apply_controller_batch(m, &req.batch)?;
+                    }
+                    let h = strata_record::BatchHeader::parse(&req.batch).map_err(io_err)?;
                     Response { base_offset: h.base_offset, record_count: h.record_count }
                 }
                 EntryPayload::Membership(m) => {
@@ -152,53 +238,55 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response::default(),
             };
             last = Some(entry.log_id);
-            responses.push(response);
+            if let Some(r) = responder {
+                answers.push((r, response));
+            }
         }
         if let Some(last) = last {
-            // Visible only once durable here: what is applied never leads the log.
-            self.log.wait_durable(last.index).await.map_err(|e| sm_error(&e))?;
+            // Visible (and answered) only once durable here: what is applied
+            // never leads the log.
+            self.log.wait_durable(last.index).await.map_err(io_err)?;
             self.state.applied = Some(last);
-            self.log.set_applied(last.index).map_err(|e| sm_error(&e))?;
-            self.save_applied().map_err(|e| sm_error(&e))?;
+            self.log.set_applied(last.index).map_err(io_err)?;
+            self.save_applied()?;
         }
-        Ok(responses)
+        if let (Kind::Controller(tx), Some(m)) = (&self.kind, metadata) {
+            tx.send_replace(Arc::new(m));
+        }
+        for (responder, response) in answers {
+            responder.send(response);
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { log: self.log.clone(), state: self.state.clone(), slot: Arc::clone(&self.snapshot) }
+        let metadata = match &self.kind {
+            Kind::Controller(tx) => Some(Metadata::clone(&tx.borrow())),
+            Kind::Partition => None,
+        };
+        SnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone(), metadata }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<NodeId>> {
-        let data = snapshot.into_inner();
-        let partition: PartitionSnapshot = serde_json::from_slice(&data).map_err(|e| snapshot_error(&e))?;
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: PartitionSnapshot) -> Result<(), io::Error> {
         if let Some(last) = meta.last_log_id {
             // Unless this replica holds the snapshot's last entry itself (then
             // openraft purges up to it), the snapshot supersedes its whole log:
             // the log goes on after that entry, at the leader's offset.
             let id = entry_id(&last);
-            let held = self.log.entries(id.index, id.index + 1, 1).await.map_err(|e| snapshot_error(&e))?;
+            let held = self.log.entries(id.index, id.index + 1, 1).await.map_err(io_err)?;
             if held.first().is_none_or(|(e, _)| *e != id) {
-                self.log.reset_to(id, partition.next_offset).await.map_err(|e| snapshot_error(&e))?;
+                self.log.reset_to(id, snapshot.next_offset).await.map_err(io_err)?;
             }
         }
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| snapshot_error(&e))?;
-        self.log.save_state(SNAPSHOT, bytes, true).await.map_err(|e| snapshot_error(&e))?;
-        *self.snapshot.lock().map_err(|_| poisoned())? = Some(stored);
+        if let Kind::Controller(tx) = &self.kind {
+            tx.send_replace(Arc::new(snapshot.metadata.clone().unwrap_or_default()));
+        }
+        self.snapshots.store(StoredSnapshot { meta: meta.clone(), data: snapshot }).await?;
         self.state = AppliedState { applied: meta.last_log_id, membership: meta.last_membership.clone() };
-        self.save_applied().map_err(|e| sm_error(&e))
+        self.save_applied()
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let slot = self.snapshot.lock().map_err(|_| poisoned())?;
-        Ok(slot.as_ref().map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        self.snapshots.current()
     }
 }

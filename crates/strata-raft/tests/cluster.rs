@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::Raft;
-use strata_raft::{GroupId, Groups, NodeId, NodeInfo, Peers, RaftService, Request, TypeConfig, group};
+use openraft::ServerState;
+use openraft::impls::ProgressResponder;
+use strata_raft::group::PartitionRaft;
+use strata_raft::types::LocalFlush;
+use strata_raft::{GroupId, Groups, Identity, NodeId, NodeInfo, Peers, RaftService, Request, group};
 use strata_record::{Compression, Record};
 use strata_storage::{EntryId, IndexDb, LogConfig, PartitionLog, Visibility};
 use tokio::net::TcpListener;
@@ -23,7 +26,9 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Node {
     id: NodeId,
     /// One log and Raft per group started, in the order given.
-    groups: Vec<(PartitionLog, Raft<TypeConfig>)>,
+    groups: Vec<(PartitionLog, PartitionRaft)>,
+    /// The groups this node's Raft service answers for.
+    registry: Groups,
     server: JoinHandle<()>,
     _db: Arc<IndexDb>,
     _dir: tempfile::TempDir,
@@ -34,7 +39,7 @@ impl Node {
         &self.groups[0].0
     }
 
-    fn raft(&self) -> &Raft<TypeConfig> {
+    fn raft(&self) -> &PartitionRaft {
         &self.groups[0].1
     }
 }
@@ -59,7 +64,8 @@ async fn start_nodes_with(n: u64, group_ids: &[GroupId]) -> (Vec<Node>, BTreeMap
     for (id, listener) in listeners {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = IndexDb::open(&dir.path().join("index")).expect("index");
-        let (groups, peers) = (Groups::default(), Peers::default());
+        let identity = Identity::new(id, members.keys().copied().collect(), Some("test-cluster".into()));
+        let (groups, peers) = (Groups::default(), Peers::new(Arc::clone(&identity), BTreeMap::new()));
         let mut started = Vec::new();
         for g in group_ids {
             let index = Arc::new(db.partition(g.topic_id, g.partition));
@@ -71,11 +77,11 @@ async fn start_nodes_with(n: u64, group_ids: &[GroupId]) -> (Vec<Node>, BTreeMap
             started.push((log, raft));
         }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let service = RaftService::new(id, groups).into_server();
+        let service = RaftService::new(identity, groups.clone()).into_server();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
-        nodes.push(Node { id, groups: started, server, _db: db, _dir: dir });
+        nodes.push(Node { id, groups: started, registry: groups, server, _db: db, _dir: dir });
     }
     (nodes, members)
 }
@@ -91,6 +97,15 @@ async fn leader_seen_by(node: &Node, not: Option<NodeId>) -> NodeId {
     metrics.current_leader.expect("leader")
 }
 
+/// Waits until `raft` leads with a quorum's acknowledgement (a new leader
+/// takes writes only then).
+async fn writable(raft: &PartitionRaft) {
+    raft.wait(Some(WAIT))
+        .metrics(|m| m.state == ServerState::Leader && m.last_quorum_acked.is_some(), "a writable leader")
+        .await
+        .expect("leader takes writes");
+}
+
 fn batch(i: u64) -> Bytes {
     let records: Vec<Record> = (0..4)
         .map(|j| Record { value: Bytes::from(format!("r{i}-{j}")), timestamp_ms: 1, ..Record::default() })
@@ -99,9 +114,10 @@ fn batch(i: u64) -> Bytes {
 }
 
 async fn write(node: &Node, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+    writable(node.raft()).await;
     let mut out = Vec::new();
     for i in range {
-        let resp = node.raft().client_write(Request { batch: batch(i) }).await.expect("committed");
+        let resp = node.raft().client_write(Request::new(batch(i))).await.expect("committed");
         out.push((resp.log_id.index, resp.data.base_offset));
     }
     out
@@ -211,10 +227,11 @@ async fn groups_of_one_node_pair_share_a_connection_and_stay_apart() {
             .await
             .expect("leader");
         let leader = nodes.iter().find(|n| Some(n.id) == metrics.current_leader).expect("leader node");
+        writable(&leader.groups[k].1).await;
         let mut index = 0;
         // A different number of batches per group: the logs must not mix.
         for i in 0..(5 + 3 * k as u64) {
-            let resp = leader.groups[k].1.client_write(Request { batch: batch(i) }).await.expect("committed");
+            let resp = leader.groups[k].1.client_write(Request::new(batch(i))).await.expect("committed");
             index = resp.log_id.index;
         }
         last.push((g, index));
@@ -235,5 +252,42 @@ async fn groups_of_one_node_pair_share_a_connection_and_stay_apart() {
         for (_, raft) in &n.groups {
             raft.shutdown().await.expect("shutdown");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_leader_answers_after_the_leaders_fsync_before_the_commit() {
+    let (nodes, members) = start_nodes(3).await;
+    nodes[0].raft().initialize(members).await.expect("initialize");
+    let leader_id = leader_seen_by(&nodes[0], None).await;
+    let leader = nodes.iter().find(|n| n.id == leader_id).expect("leader");
+    let written = write(leader, 0..3).await;
+    let committed_end = written.last().expect("written").1 + 4;
+    // The followers stop answering for the group: nothing can commit.
+    let followers: Vec<&Node> = nodes.iter().filter(|n| n.id != leader_id).collect();
+    let mut cut = Vec::new();
+    for f in &followers {
+        cut.push(f.registry.remove(GROUP).expect("registered"));
+    }
+    let (notice, flushed) = LocalFlush::new();
+    let mut request = Request::new(batch(3));
+    request.on_local_flush = Some(notice);
+    let (responder, committed) = ProgressResponder::complete_only();
+    leader.raft().client_write_ff(request, Some(responder)).await.expect("proposed");
+    let info = tokio::time::timeout(WAIT, flushed).await.expect("flushed in time").expect("notice").expect("written");
+    assert_eq!(info.base_offset, committed_end, "the batch goes after the committed ones");
+    assert_eq!(info.record_count, 4);
+    // Durable on the leader, not committed: not visible to consumers.
+    assert_eq!(leader.log().high_watermark(), committed_end, "an uncommitted batch is not visible");
+    assert_eq!(records_visible(leader.log()).await, 12);
+    // The followers come back: the batch commits where it was acknowledged.
+    for (f, raft) in followers.iter().zip(cut) {
+        f.registry.insert(GROUP, raft);
+    }
+    let result = tokio::time::timeout(WAIT, committed).await.expect("committed in time").expect("answer");
+    assert_eq!(result.expect("committed").data.base_offset, info.base_offset);
+    for n in nodes {
+        n.server.abort();
+        n.raft().shutdown().await.expect("shutdown");
     }
 }

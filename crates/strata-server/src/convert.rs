@@ -35,6 +35,9 @@ fn partition_to_proto(p: &PartitionStatus) -> pb::PartitionDescription {
             None => "online".into(),
             Some(f) => format!("failed: {f}"),
         },
+        // Filled in from the cluster's metadata by the service.
+        replicas: Vec::new(),
+        leader: 0,
     }
 }
 

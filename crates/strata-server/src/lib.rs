@@ -4,7 +4,9 @@
 //! Owns the gRPC edge: request validation and the single mapping from
 //! storage errors to `tonic::Status` ([`status`]).
 
+pub mod cluster;
 mod convert;
+mod replication;
 mod service;
 pub mod status;
 
@@ -14,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::v1::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
-use strata_storage::{LogManager, StorageError};
+use strata_storage::{LogManager, StorageError, Visibility};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tracing::info;
 
+pub use cluster::{ClusterConfig, ClusterError, NodeIdentity};
+pub use replication::{DEFAULT_REPLICATION_FACTOR, Replication};
 pub use service::{FETCH_MAX_BYTES_DEFAULT, FETCH_MAX_BYTES_LIMIT, MAX_WAIT_LIMIT, Services};
 pub use strata_storage::LogConfig;
 
@@ -33,6 +37,9 @@ pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The id of a node that runs alone (no `--peers`).
+pub const SINGLE_NODE_ID: strata_raft::NodeId = 1;
+
 /// Settings of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -40,6 +47,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub defaults: LogConfig,
     pub retention_check_interval: Duration,
+    /// The static cluster this node belongs to; `None`: a cluster of this
+    /// node alone (id 1, reached at its listen address).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +62,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("startup task failed: {0}")]
     Startup(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A running node.
@@ -62,6 +74,7 @@ pub struct Node {
     server: JoinHandle<Result<(), ServerError>>,
     retention: JoinHandle<()>,
     logs: Arc<LogManager>,
+    replication: Arc<Replication>,
 }
 
 impl Node {
@@ -69,7 +82,9 @@ impl Node {
     /// the node accepts connections.
     pub async fn start(config: NodeConfig) -> Result<Self, ServerError> {
         let (data_dir, defaults) = (config.data_dir.clone(), config.defaults);
-        let logs = tokio::task::spawn_blocking(move || LogManager::open(&data_dir, defaults))
+        // Every partition is a Raft group: what consumers see moves when
+        // entries are applied, not when they are fsync'd.
+        let logs = tokio::task::spawn_blocking(move || LogManager::open_with(&data_dir, defaults, Visibility::Applied))
             .await
             .map_err(|e| ServerError::Startup(e.to_string()))??;
         let logs = Arc::new(logs);
@@ -77,9 +92,12 @@ impl Node {
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let cluster = config.cluster.clone().unwrap_or_else(|| ClusterConfig::single(SINGLE_NODE_ID, addr.to_string()));
+        let identity = NodeIdentity::load_or_create(&config.data_dir, &cluster)?;
+        let replication = Replication::start(cluster, identity, config.data_dir.clone(), Arc::clone(&logs)).await?;
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
-        let services = Services::new(Arc::clone(&logs), streams_stop);
+        let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ProducerServer<Services>>().await;
         health.set_serving::<ConsumerServer<Services>>().await;
@@ -114,7 +132,8 @@ impl Node {
                     .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
                     .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
             )
-            .add_service(AdminServer::new(services));
+            .add_service(AdminServer::new(services))
+            .add_service(replication.service());
         // Accepted sockets get TCP_NODELAY: small responses (acks) must not
         // wait for delayed ACKs.
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -129,9 +148,17 @@ impl Node {
                 .await
                 .map_err(ServerError::from)
         });
+        // Serving first: peers reach this node's groups while it joins.
+        replication.run().await?;
         let retention = tokio::spawn(retention_loop(Arc::clone(&logs), config.retention_check_interval));
         info!(%addr, data_dir = %config.data_dir.display(), "strata node serving");
-        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs })
+        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs, replication })
+    }
+
+    /// Resolves with the reason when the node must stop (it found that it
+    /// must not take part in the cluster, e.g. its id was reused).
+    pub fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.replication.fatal()
     }
 
     /// The address the node listens on (useful with port 0).
@@ -155,6 +182,8 @@ impl Node {
                 Ok(())
             }
         };
+        // The groups hold the partition logs: they stop before the logs close.
+        self.replication.shutdown().await;
         self.logs.close().await;
         served
     }

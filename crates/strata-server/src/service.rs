@@ -13,12 +13,13 @@ use bytes::Bytes;
 use futures::Stream;
 use strata_proto::v1 as pb;
 use strata_record::{BatchBuilder, Compression};
-use strata_storage::{AppendTicket, LogManager, PartitionLog, ReadResult};
+use strata_storage::{LogManager, PartitionLog, ReadResult};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
+use crate::replication::{Pending, Replication};
 use crate::status::{from_storage, invalid};
 
 /// Default and upper bound of a fetch's `max_bytes`.
@@ -35,6 +36,7 @@ const SUBSCRIBE_BUFFER: usize = 4;
 #[derive(Clone)]
 pub struct Services {
     logs: Arc<LogManager>,
+    replication: Arc<Replication>,
     round_robin: Arc<AtomicU32>,
     /// Becomes true when the node shuts down: streams and long polls end.
     shutdown: watch::Receiver<bool>,
@@ -50,12 +52,26 @@ async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
 }
 
 impl Services {
-    pub fn new(logs: Arc<LogManager>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { logs, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
+    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { logs, replication, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
         self.logs.partition(topic, partition).map_err(from_storage)
+    }
+
+    /// A topic as this node knows it: local state of each partition, its
+    /// replicas, and its leader as far as this node knows.
+    fn describe(&self, name: &str) -> Result<pb::TopicDescription, Status> {
+        let info = self.logs.describe_topic(name).map_err(from_storage)?;
+        Ok(self.with_placement(convert::topic_to_proto(&info)))
+    }
+
+    fn with_placement(&self, mut topic: pb::TopicDescription) -> pb::TopicDescription {
+        for p in &mut topic.partitions {
+            (p.replicas, p.leader) = self.replication.placement(&topic.name, p.partition);
+        }
+        topic
     }
 
     /// Validates a produce request and turns it into one batch per partition.
@@ -105,21 +121,27 @@ impl Services {
         Ok(out)
     }
 
-    /// Queues every batch of a request, in order.
-    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<(u32, AppendTicket)>, Status> {
+    /// Validates every batch of a request and proposes each to its
+    /// partition's Raft group, in order.
+    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<(u32, Pending)>, Status> {
+        let acks = pb::Acks::try_from(req.acks)
+            .map_err(|_| invalid(format!("unknown acks value {} (ACKS_QUORUM = 1, ACKS_LEADER = 2)", req.acks)))?;
         let prepared = self.prepare(req)?;
-        let mut tickets = Vec::with_capacity(prepared.len());
+        let topic_id = self.logs.partition_with_id(&req.topic, 0).map_err(from_storage)?.0;
+        let mut pending = Vec::with_capacity(prepared.len());
         for (log, batch) in prepared {
-            tickets.push((log.partition(), log.submit(batch).await.map_err(from_storage)?));
+            log.validate(&batch).await.map_err(from_storage)?;
+            let proposal = self.replication.propose(topic_id, log.partition(), batch, acks).await?;
+            pending.push((log.partition(), proposal));
         }
-        Ok(tickets)
+        Ok(pending)
     }
 }
 
-async fn await_tickets(request_id: u64, tickets: Vec<(u32, AppendTicket)>) -> Result<pb::ProduceResponse, Status> {
+async fn await_tickets(request_id: u64, tickets: Vec<(u32, Pending)>) -> Result<pb::ProduceResponse, Status> {
     let mut appends = Vec::with_capacity(tickets.len());
     for (partition, ticket) in tickets {
-        let info = ticket.wait().await.map_err(from_storage)?;
+        let info = ticket.wait().await?;
         appends.push(pb::PartitionAppend { partition, base_offset: info.base_offset, record_count: info.record_count });
     }
     Ok(pb::ProduceResponse { request_id, appends, error: None })
@@ -330,15 +352,22 @@ impl pb::admin_server::Admin for Services {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let req = request.into_inner();
         let overrides = convert::overrides_from_proto(req.config);
-        let info = self.logs.create_topic(&req.name, req.partitions, overrides).await.map_err(from_storage)?;
-        Ok(Response::new(pb::CreateTopicResponse { topic: Some(convert::topic_to_proto(&info)) }))
+        if req.replication_factor == Some(0) {
+            return Err(crate::status::status(
+                tonic::Code::InvalidArgument,
+                pb::ErrorReason::InvalidReplicationFactor,
+                "the replication factor must be at least 1",
+            ));
+        }
+        self.replication.create_topic(&req.name, req.partitions, req.replication_factor, overrides).await?;
+        Ok(Response::new(pb::CreateTopicResponse { topic: Some(self.describe(&req.name)?) }))
     }
 
     async fn delete_topic(
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        self.logs.delete_topic(&request.into_inner().name).await.map_err(from_storage)?;
+        self.replication.delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 
@@ -347,15 +376,15 @@ impl pb::admin_server::Admin for Services {
         _request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let topics = self.logs.list_topics().map_err(from_storage)?;
-        Ok(Response::new(pb::ListTopicsResponse { topics: topics.iter().map(convert::topic_to_proto).collect() }))
+        let topics = topics.iter().map(|t| self.with_placement(convert::topic_to_proto(t))).collect();
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
-        let info = self.logs.describe_topic(&request.into_inner().name).map_err(from_storage)?;
-        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(convert::topic_to_proto(&info)) }))
+        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(self.describe(&request.into_inner().name)?) }))
     }
 
     async fn alter_topic_config(
@@ -367,7 +396,51 @@ impl pb::admin_server::Admin for Services {
         if changes == strata_storage::TopicOverrides::default() {
             return Err(invalid("`config` sets no field to change"));
         }
-        let info = self.logs.alter_topic(&req.name, changes).await.map_err(from_storage)?;
-        Ok(Response::new(pb::AlterTopicConfigResponse { topic: Some(convert::topic_to_proto(&info)) }))
+        self.replication.alter_topic(&req.name, changes).await?;
+        Ok(Response::new(pb::AlterTopicConfigResponse { topic: Some(self.describe(&req.name)?) }))
+    }
+
+    async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Result<Response<pb::MetadataResponse>, Status> {
+        let req = request.into_inner();
+        let topics = if req.topics.is_empty() {
+            let all = self.logs.list_topics().map_err(from_storage)?;
+            all.iter().map(|t| self.with_placement(convert::topic_to_proto(t))).collect()
+        } else {
+            req.topics.iter().map(|name| self.describe(name)).collect::<Result<Vec<_>, _>>()?
+        };
+        let brokers =
+            self.replication.brokers().into_iter().map(|(node_id, addr)| pb::Broker { node_id, addr }).collect();
+        Ok(Response::new(pb::MetadataResponse { brokers, topics, node_id: self.replication.node_id() }))
+    }
+
+    async fn partition_digest(
+        &self,
+        request: Request<pb::PartitionDigestRequest>,
+    ) -> Result<Response<pb::PartitionDigestResponse>, Status> {
+        let req = request.into_inner();
+        let log = self.partition(&req.topic, req.partition)?;
+        let applied = self.replication.applied_index(&req.topic, req.partition).ok_or_else(|| {
+            crate::status::status(
+                tonic::Code::FailedPrecondition,
+                pb::ErrorReason::NotLeader,
+                format!(
+                    "node {} holds no replica of {} partition {}",
+                    self.replication.node_id(),
+                    req.topic,
+                    req.partition
+                ),
+            )
+        })?;
+        let upto = req.upto.unwrap_or(applied);
+        let d = log.digest(upto).await.map_err(from_storage)?;
+        Ok(Response::new(pb::PartitionDigestResponse {
+            node_id: self.replication.node_id(),
+            upto,
+            entries: d.entries,
+            first_index: d.first.map_or(0, |e| e.index),
+            last_index: d.last.map_or(0, |e| e.index),
+            crc32c: d.crc32c,
+            applied_index: applied,
+        }))
     }
 }

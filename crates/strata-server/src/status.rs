@@ -10,10 +10,20 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// A status with an `ErrorInfo` detail carrying `reason`.
 pub fn status(code: Code, reason: ErrorReason, message: impl Into<String>) -> Status {
+    status_with(code, reason, message, std::collections::BTreeMap::new())
+}
+
+/// [`status`], with `ErrorInfo` metadata (e.g. the leader to retry at).
+pub fn status_with(
+    code: Code,
+    reason: ErrorReason,
+    message: impl Into<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+) -> Status {
     let details = ErrorDetails::with_error_info(
         reason.as_str_name(),
         strata_proto::ERROR_DOMAIN,
-        HashMap::<String, String>::new(),
+        metadata.into_iter().collect::<HashMap<String, String>>(),
     );
     Status::with_error_details(code, message, details)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use strata_client::proto as pb;
-use strata_client::{Client, Compression, PartitionConsumer, ProducerConfig, Record, StartOffset, TopicConfig};
+use strata_client::{Acks, Client, Compression, PartitionConsumer, ProducerConfig, Record, StartOffset, TopicConfig};
 use strata_server::{LogConfig, Node, NodeConfig};
 use tonic::Code;
 
@@ -24,6 +24,7 @@ async fn start() -> TestNode {
         data_dir: dir.path().to_owned(),
         defaults: LogConfig::default(),
         retention_check_interval: Duration::from_secs(3600),
+        cluster: None,
     })
     .await
     .expect("node starts");
@@ -75,8 +76,11 @@ async fn produced_records_are_fetched_at_their_offsets() {
 async fn producer_batches_compresses_and_reports_offsets() {
     let t = start().await;
     t.client.create_topic("events", 2, TopicConfig::default()).await.expect("create");
-    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
-        let producer = t.client.producer(ProducerConfig { compression, ..ProducerConfig::default() });
+    // acks=leader on one node: acknowledged once fsync'd there.
+    for (compression, acks) in
+        [(Compression::None, Acks::Quorum), (Compression::Lz4, Acks::Leader), (Compression::Zstd, Acks::Quorum)]
+    {
+        let producer = t.client.producer(ProducerConfig { compression, acks, ..ProducerConfig::default() });
         let mut deliveries = Vec::new();
         for i in 0..500 {
             let record = Record {
@@ -153,6 +157,11 @@ async fn bad_input_gets_clear_statuses_and_writes_nothing() {
         ..Default::default()
     };
     assert_eq!(rpc.produce(both).await.expect_err("both").code(), Code::InvalidArgument);
+    let bad_acks =
+        pb::ProduceRequest { topic: "t".into(), records: vec![rec(None, "x")], acks: 9, ..Default::default() };
+    let status = rpc.produce(bad_acks).await.expect_err("unknown acks");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("unknown acks value 9"), "{}", status.message());
     let msg = expect_code(c.fetch("t", 0, 7, 0, Duration::ZERO).await, Code::OutOfRange, "OFFSET_OUT_OF_RANGE");
     assert!(msg.contains("valid offsets are 0 to 0"), "{msg}");
     let unspecified = c.list_offsets("t", &[], pb::OffsetSpec::Unspecified, 0).await;

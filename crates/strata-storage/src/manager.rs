@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::config::{LogConfig, TopicOverrides};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::{CF_CATALOG, IndexDb};
-use crate::log::{PartitionLog, PartitionStatus};
+use crate::log::{PartitionLog, PartitionStatus, Visibility};
 
 /// Upper bound on partitions per topic.
 pub const MAX_PARTITIONS: u32 = 10_000;
@@ -72,6 +72,7 @@ pub struct LogManager {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises catalog changes (create, delete, alter).
     catalog_lock: tokio::sync::Mutex<()>,
+    visibility: Visibility,
     _lock: File,
 }
 
@@ -124,6 +125,12 @@ impl LogManager {
     /// Opens the data directory, recovering every partition. Blocking; call
     /// within a tokio runtime (partitions start writer tasks).
     pub fn open(root: &Path, defaults: LogConfig) -> Result<Self> {
+        Self::open_with(root, defaults, Visibility::OnFlush)
+    }
+
+    /// [`LogManager::open`], with every partition's visibility rule (Raft:
+    /// [`Visibility::Applied`]).
+    pub fn open_with(root: &Path, defaults: LogConfig, visibility: Visibility) -> Result<Self> {
         defaults.validate()?;
         std::fs::create_dir_all(root.join("topics")).at(root)?;
         let lock_path = root.join("strata.lock");
@@ -140,6 +147,7 @@ impl LogManager {
             defaults,
             topics: RwLock::new(BTreeMap::new()),
             catalog_lock: tokio::sync::Mutex::new(()),
+            visibility,
             _lock: lock,
         };
         let records = manager.load_catalog()?;
@@ -203,7 +211,8 @@ impl LogManager {
         let mut partitions = Vec::with_capacity(record.partitions as usize);
         for p in 0..record.partitions {
             let index = Arc::new(self.db.partition(record.id, p));
-            partitions.push(PartitionLog::open(&record.name, p, &dir.join(p.to_string()), index, config)?);
+            let dir = dir.join(p.to_string());
+            partitions.push(PartitionLog::open_with(&record.name, p, &dir, index, config, self.visibility)?);
         }
         Ok(Arc::new(Topic { record: RwLock::new(record), dir, partitions }))
     }
@@ -234,26 +243,58 @@ impl LogManager {
         Ok(())
     }
 
-    /// Creates a topic. The catalog entry is durable before this returns.
-    pub async fn create_topic(&self, name: &str, partitions: u32, overrides: TopicOverrides) -> Result<TopicInfo> {
+    /// Checks a new topic's name, partition count and configuration.
+    pub fn validate_new_topic(&self, name: &str, partitions: u32, overrides: &TopicOverrides) -> Result<()> {
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(StorageError::InvalidPartitionCount { count: partitions, max: MAX_PARTITIONS });
         }
-        overrides.apply(&self.defaults).validate()?;
+        overrides.apply(&self.defaults).validate()
+    }
+
+    /// Creates a topic. The catalog entry is durable before this returns.
+    pub async fn create_topic(&self, name: &str, partitions: u32, overrides: TopicOverrides) -> Result<TopicInfo> {
+        self.create(name, partitions, overrides, None).await
+    }
+
+    /// Creates a topic under the id the cluster gave it.
+    pub async fn create_topic_with_id(
+        &self,
+        name: &str,
+        id: u64,
+        partitions: u32,
+        overrides: TopicOverrides,
+    ) -> Result<TopicInfo> {
+        self.create(name, partitions, overrides, Some(id)).await
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: TopicOverrides,
+        id: Option<u64>,
+    ) -> Result<TopicInfo> {
+        self.validate_new_topic(name, partitions, &overrides)?;
         let _guard = self.catalog_lock.lock().await;
         if self.topic(name).is_ok() {
             return Err(StorageError::TopicExists(name.to_owned()));
         }
         let cf = self.db.cf(CF_CATALOG)?;
-        let id = match self.db.db().get_cf(cf, NEXT_TOPIC_ID_KEY)? {
-            Some(v) if v.len() == 8 => u64::from_le_bytes(v[..8].try_into().map_err(|_| lock_poisoned())?),
-            Some(_) => return Err(StorageError::Index("malformed topic id counter".into())),
-            None => 1,
+        let mut batch = WriteBatch::default();
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let id = match self.db.db().get_cf(cf, NEXT_TOPIC_ID_KEY)? {
+                    Some(v) if v.len() == 8 => u64::from_le_bytes(v[..8].try_into().map_err(|_| lock_poisoned())?),
+                    Some(_) => return Err(StorageError::Index("malformed topic id counter".into())),
+                    None => 1,
+                };
+                batch.put_cf(cf, NEXT_TOPIC_ID_KEY, (id + 1).to_le_bytes());
+                id
+            }
         };
         let record = TopicRecord { name: name.to_owned(), id, partitions, overrides };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf, NEXT_TOPIC_ID_KEY, (id + 1).to_le_bytes());
         self.put_record(&mut batch, &record)?;
         self.db.write(batch, true)?;
         // Creating the directories and empty segments is brief; done inline.
@@ -300,12 +341,23 @@ impl LogManager {
         Ok(())
     }
 
+    /// A topic's overrides.
+    pub fn topic_overrides(&self, name: &str) -> Result<TopicOverrides> {
+        Ok(self.topic(name)?.record.read().map_err(|_| lock_poisoned())?.overrides)
+    }
+
     /// Changes a topic's overrides (set fields only); applies at once.
     pub async fn alter_topic(&self, name: &str, changes: TopicOverrides) -> Result<TopicInfo> {
+        let merged = self.topic_overrides(name)?.merge(&changes);
+        self.set_topic_overrides(name, merged).await
+    }
+
+    /// Replaces a topic's overrides (as the cluster recorded them).
+    pub async fn set_topic_overrides(&self, name: &str, overrides: TopicOverrides) -> Result<TopicInfo> {
         let _guard = self.catalog_lock.lock().await;
         let topic = self.topic(name)?;
         let mut record = topic.record.read().map_err(|_| lock_poisoned())?.clone();
-        record.overrides = record.overrides.merge(&changes);
+        record.overrides = overrides;
         let config = record.overrides.apply(&self.defaults);
         config.validate()?;
         let mut batch = WriteBatch::default();
@@ -329,6 +381,31 @@ impl LogManager {
 
     pub fn partition_count(&self, name: &str) -> Result<u32> {
         Ok(self.topic(name)?.partitions.len() as u32)
+    }
+
+    /// The cluster controller's log (`controller/` in the data directory; its
+    /// index under topic id 0, which no topic has).
+    pub fn open_controller_log(&self) -> Result<PartitionLog> {
+        let index = Arc::new(self.db.partition(0, 0));
+        let config = LogConfig::default();
+        PartitionLog::open_with("__controller", 0, &self.root.join("controller"), index, config, Visibility::Applied)
+    }
+
+    /// Every partition of every topic, with its topic's id.
+    pub fn all_partitions(&self) -> Result<Vec<(u64, PartitionLog)>> {
+        let topics = self.topics.read().map_err(|_| lock_poisoned())?;
+        let mut out = Vec::new();
+        for topic in topics.values() {
+            let id = topic.id()?;
+            out.extend(topic.partitions.iter().map(|p| (id, p.clone())));
+        }
+        Ok(out)
+    }
+
+    /// A partition with its topic's id.
+    pub fn partition_with_id(&self, name: &str, partition: u32) -> Result<(u64, PartitionLog)> {
+        let id = self.topic(name)?.id()?;
+        Ok((id, self.partition(name, partition)?))
     }
 
     pub fn partition(&self, name: &str, partition: u32) -> Result<PartitionLog> {

@@ -11,7 +11,7 @@ use strata_client::{Client, Compression};
 use strata_record::BatchBuilder;
 
 use crate::ClientOpts;
-use crate::cli::OutputFormat;
+use crate::cli::{AcksArg, OutputFormat};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -19,6 +19,9 @@ pub enum BenchCommand {
     Produce(ProduceBench),
     /// Consumers read a topic from the start to its end.
     Consume(ConsumeBench),
+    /// Starts a local cluster and measures leader failover: kill -9 of a
+    /// partition's leader to the first acknowledged write, per round.
+    Failover(crate::failover::FailoverBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -29,6 +32,14 @@ pub struct Common {
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 8)]
     pub partitions: u32,
+    /// Replicas per partition of a topic the bench creates (default: 3, or
+    /// every node of a smaller cluster).
+    #[arg(long, short = 'r')]
+    pub replication_factor: Option<u32>,
+    /// Target records per second over all workers (default: as fast as
+    /// possible); latency then counts from when each request was due.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Concurrent workers (each has one request in flight).
     #[arg(long, short = 'c', default_value_t = 16)]
     pub concurrency: usize,
@@ -69,6 +80,9 @@ pub struct ProduceBench {
     /// unary Produce call per request.
     #[arg(long, value_enum, default_value = "stream")]
     pub mode: ProduceMode,
+    /// When a request counts as written.
+    #[arg(long, value_enum, default_value = "quorum")]
+    pub acks: AcksArg,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -98,6 +112,7 @@ pub async fn run(opts: &ClientOpts, command: BenchCommand) -> anyhow::Result<()>
     match command {
         BenchCommand::Produce(args) => produce(opts, args).await,
         BenchCommand::Consume(args) => consume(opts, args).await,
+        BenchCommand::Failover(args) => crate::failover::run(args).await,
     }
 }
 
@@ -107,7 +122,9 @@ async fn ensure_topic(client: &Client, c: &Common) -> anyhow::Result<u32> {
         Ok(t) => Ok(t.partition_count),
         Err(e) if e.code() == Some(tonic::Code::NotFound) => {
             eprintln!("creating topic {} with {} partitions", c.topic, c.partitions);
-            Ok(client.create_topic(&c.topic, c.partitions, Default::default()).await?.partition_count)
+            let created =
+                client.create_topic_replicated(&c.topic, c.partitions, c.replication_factor, Default::default());
+            Ok(created.await?.partition_count)
         }
         Err(e) => Err(e.into()),
     }
@@ -127,6 +144,7 @@ struct ProduceWorker {
     values: Vec<Bytes>,
     compression: Compression,
     record_size: usize,
+    acks: strata_client::Acks,
 }
 
 impl Worker for ProduceWorker {
@@ -139,13 +157,14 @@ impl Worker for ProduceWorker {
         let batch = builder.build();
         match &mut self.stream {
             None => {
-                self.client.produce_batch(&self.topic, self.partition, batch).await?;
+                self.client.produce_batch_with(&self.topic, self.partition, batch, self.acks).await?;
             }
             Some((requests, responses)) => {
                 let req = strata_client::proto::ProduceRequest {
                     topic: self.topic.clone(),
                     partition: Some(self.partition),
                     batch,
+                    acks: self.acks as i32,
                     ..Default::default()
                 };
                 requests.send(req).await.context("the produce stream closed")?;
@@ -165,12 +184,13 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
     let clients = clients(opts, c.connections).await?;
     let partitions = ensure_topic(&clients[0], c).await?;
     eprintln!(
-        "bench produce: topic {} ({partitions} partitions), {} workers x {} records of {} bytes per request, compression {:?}, {:?} mode, seed {}",
-        c.topic, c.concurrency, args.batch, args.record_size, args.compression, args.mode, args.seed
+        "bench produce: topic {} ({partitions} partitions), {} workers x {} records of {} bytes per request, compression {:?}, {:?} mode, acks {:?}, seed {}",
+        c.topic, c.concurrency, args.batch, args.record_size, args.compression, args.mode, args.acks, args.seed
     );
     let mut workers = Vec::with_capacity(c.concurrency.max(1));
     for w in 0..c.concurrency.max(1) {
-        let client = clients[w % clients.len()].clone();
+        // Each worker talks to its partition's leader.
+        let client = clients[w % clients.len()].partition_leader(&c.topic, w as u32 % partitions).await?;
         let stream = match args.mode {
             ProduceMode::Stream => Some(client.produce_stream(1).await?),
             ProduceMode::Unary => None,
@@ -187,10 +207,16 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
                 .collect(),
             compression: args.compression,
             record_size: args.record_size,
+            acks: args.acks.into(),
         });
     }
     let label = format!("strata produce c={} b={} p={partitions} {:?}", c.concurrency, args.batch, args.mode);
-    let report = strata_bench::run(&label, workers, Limits::from_flags(c.records, c.duration, c.warmup)).await?;
+    let report = strata_bench::run(
+        &label,
+        workers,
+        Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) },
+    )
+    .await?;
     report.print(matches!(c.format, OutputFormat::Json))
 }
 
@@ -225,6 +251,7 @@ async fn consume(opts: &ClientOpts, args: ConsumeBench) -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .map(|(i, p)| ConsumeWorker {
+            // Fetches are routed to each partition's leader.
             client: clients[i % clients.len()].clone(),
             topic: c.topic.clone(),
             partition: p.partition,
@@ -236,6 +263,11 @@ async fn consume(opts: &ClientOpts, args: ConsumeBench) -> anyhow::Result<()> {
     let total: u64 = workers.iter().map(|w| w.end - w.next).sum();
     eprintln!("bench consume: topic {} ({} partitions, {total} records)", c.topic, workers.len());
     let label = format!("strata consume p={}", workers.len());
-    let report = strata_bench::run(&label, workers, Limits::from_flags(c.records, c.duration, c.warmup)).await?;
+    let report = strata_bench::run(
+        &label,
+        workers,
+        Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) },
+    )
+    .await?;
     report.print(matches!(c.format, OutputFormat::Json))
 }

@@ -29,6 +29,10 @@ pub enum TopicCommand {
         /// Number of partitions.
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: u32,
+        /// Replicas per partition (default: 3, or every node of a smaller
+        /// cluster); at most the number of live nodes.
+        #[arg(long, short = 'r')]
+        replication_factor: Option<u32>,
         /// Topic config, KEY=VALUE (retention.ms, retention.bytes, segment.bytes,
         /// segment.ms, max.message.bytes); repeatable.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
@@ -102,6 +106,8 @@ fn topic_json(t: &strata_client::TopicDescription) -> serde_json::Value {
         "config": config,
         "partition_states": t.partitions.iter().map(|p| serde_json::json!({
             "partition": p.partition,
+            "leader": p.leader,
+            "replicas": p.replicas,
             "log_start_offset": p.log_start_offset,
             "high_watermark": p.high_watermark,
             "segments": p.segments,
@@ -111,7 +117,7 @@ fn topic_json(t: &strata_client::TopicDescription) -> serde_json::Value {
     })
 }
 
-fn table(header: &[&str]) -> comfy_table::Table {
+pub(crate) fn table(header: &[&str]) -> comfy_table::Table {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
     t.set_header(header.iter().copied());
@@ -121,9 +127,9 @@ fn table(header: &[&str]) -> comfy_table::Table {
 pub async fn topic(opts: &ClientOpts, command: TopicCommand) -> anyhow::Result<()> {
     let client = connect(opts).await?;
     match command {
-        TopicCommand::Create { name, partitions, config } => {
+        TopicCommand::Create { name, partitions, replication_factor, config } => {
             let config = parse_topic_config(&config)?;
-            let t = client.create_topic(&name, partitions, config).await?;
+            let t = client.create_topic_replicated(&name, partitions, replication_factor, config).await?;
             println!("created topic {} with {} partitions", t.name, t.partition_count);
         }
         TopicCommand::List { format } => {
@@ -164,11 +170,22 @@ pub async fn topic(opts: &ClientOpts, command: TopicCommand) -> anyhow::Result<(
                         }
                     }
                     println!("{c}\n");
-                    let mut t =
-                        table(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "SEGMENTS", "SIZE-BYTES", "STATUS"]);
+                    let mut t = table(&[
+                        "PARTITION",
+                        "LEADER",
+                        "REPLICAS",
+                        "LOG-START-OFFSET",
+                        "HIGH-WATERMARK",
+                        "SEGMENTS",
+                        "SIZE-BYTES",
+                        "STATUS",
+                    ]);
                     for p in &topic.partitions {
+                        let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
                         t.add_row(vec![
                             p.partition.to_string(),
+                            if p.leader == 0 { "-".to_owned() } else { p.leader.to_string() },
+                            replicas.join(","),
                             p.log_start_offset.to_string(),
                             p.high_watermark.to_string(),
                             p.segments.to_string(),
@@ -211,6 +228,29 @@ pub struct ProduceArgs {
     /// How long a batch waits for more records.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     pub linger: std::time::Duration,
+    /// When a record counts as written.
+    #[arg(long, value_enum, default_value = "quorum")]
+    pub acks: AcksArg,
+}
+
+/// What an acknowledgement waits for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AcksArg {
+    /// fsync'd on a majority of the partition's replicas (survives the loss
+    /// of any minority).
+    Quorum,
+    /// fsync'd on the leader only: lost if the leader fails before a
+    /// majority holds it.
+    Leader,
+}
+
+impl From<AcksArg> for strata_client::Acks {
+    fn from(a: AcksArg) -> Self {
+        match a {
+            AcksArg::Quorum => Self::Quorum,
+            AcksArg::Leader => Self::Leader,
+        }
+    }
 }
 
 /// Acknowledgements awaited at most this far behind the input.
@@ -232,6 +272,7 @@ pub async fn produce(opts: &ClientOpts, args: ProduceArgs) -> anyhow::Result<()>
     let producer = client.producer(ProducerConfig {
         compression: args.compression,
         linger: args.linger,
+        acks: args.acks.into(),
         ..ProducerConfig::default()
     });
     let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1024);

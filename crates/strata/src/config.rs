@@ -14,6 +14,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    pub node_id: u64,
+    pub peers: String,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
     pub log_format: String,
@@ -45,7 +47,24 @@ impl ServerConfig {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be \"text\" or \"json\", not \"{}\"", self.log_format);
         }
+        let cluster = if self.peers.trim().is_empty() {
+            (self.node_id != strata_server::SINGLE_NODE_ID)
+                .then(|| strata_server::ClusterConfig::single(self.node_id, self.listen.clone()))
+        } else {
+            let cluster = strata_server::ClusterConfig::parse(self.node_id, &self.peers)?;
+            let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_owned());
+            if port(cluster.advertised()) != port(&self.listen) {
+                bail!(
+                    "--peers gives node {} the address {}, but it listens on {}: the ports must match",
+                    self.node_id,
+                    cluster.advertised(),
+                    self.listen
+                );
+            }
+            Some(cluster)
+        };
         Ok(NodeConfig {
+            cluster,
             listen,
             data_dir: self.data_dir.clone(),
             defaults: self.topic_defaults,

@@ -3,7 +3,9 @@
 
 mod bench;
 mod cli;
+mod cluster;
 mod config;
+mod failover;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +55,15 @@ enum Command {
         #[command(flatten)]
         args: cli::ConsumeArgs,
     },
+    /// Cluster state: nodes, partition leaders, replica lag.
+    Cluster {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+    /// Run a local cluster of several nodes (for trying replication).
+    Dev(cluster::DevArgs),
     /// Measure produce or consume throughput and latency.
     Bench {
         #[command(flatten)]
@@ -73,6 +84,13 @@ struct ServerArgs {
     /// Data directory (overrides the config).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// This node's id in its cluster, from 1 (overrides the config).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Every cluster member as ID=HOST:PORT,... this node included, e.g.
+    /// 1=10.0.0.1:7878,2=10.0.0.2:7878,3=10.0.0.3:7878 (overrides the config).
+    #[arg(long)]
+    peers: Option<String>,
     /// Log format: text or json (overrides the config).
     #[arg(long)]
     log_format: Option<String>,
@@ -111,6 +129,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce { client, args } => cli::produce(&client, args).await,
         Command::Consume { client, args } => cli::consume(&client, args).await,
         Command::Bench { client, command } => bench::run(&client, command).await,
+        Command::Cluster { client, command } => cluster::run(&client, command).await,
+        Command::Dev(args) => cluster::dev(args).await,
     }
 }
 
@@ -140,6 +160,12 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(peers) = args.peers {
+        config.peers = peers;
+    }
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
@@ -152,13 +178,21 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         node.addr(),
         config.data_dir.display()
     );
-    shutdown_signal().await;
+    let mut fatal = node.fatal();
+    let stopped = tokio::select! {
+        () = shutdown_signal() => None,
+        reason = fatal.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
+    };
     eprintln!("strata: shutting down");
     node.shutdown().await?;
-    Ok(())
+    match stopped {
+        Some(reason) => anyhow::bail!("{reason}"),
+        None => Ok(()),
+    }
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -18,12 +18,38 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
 }
 
+/// Free loopback ports (bound, then released for the servers to take).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+/// The `--peers` list of a loopback cluster on `ports` (node i+1 on
+/// `ports[i]`).
+pub fn peers_arg(ports: &[u16]) -> String {
+    ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+}
+
 impl ServerProcess {
     /// Starts a server on an ephemeral loopback port and waits until it
     /// prints the address it listens on.
     pub fn start(data_dir: &Path) -> Self {
+        Self::spawn(&["server", "--listen", "127.0.0.1:0"], data_dir)
+    }
+
+    /// Starts node `node_id` of the loopback cluster on `ports`.
+    pub fn start_node(data_dir: &Path, node_id: u64, ports: &[u16]) -> Self {
+        let listen = format!("127.0.0.1:{}", ports[node_id as usize - 1]);
+        let id = node_id.to_string();
+        let peers = peers_arg(ports);
+        Self::spawn(&["server", "--node-id", &id, "--listen", &listen, "--peers", &peers], data_dir)
+    }
+
+    fn spawn(args: &[&str], data_dir: &Path) -> Self {
         let mut child = Command::new(BIN)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(args)
+            .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -1,0 +1,676 @@
+//! The node's Raft groups: the cluster controller (every member) and one
+//! group per partition replica this node holds.
+//!
+//! The controller's metadata says which topics exist and where their
+//! replicas live; [`Replication::reconcile`] makes this node match it:
+//! topics are created (under the controller's topic id) or deleted in the
+//! local catalog, and a Raft group is started for every partition this node
+//! holds a replica of. Every node materialises every topic's catalog entry
+//! (so any node can describe any topic); only replicas hold data.
+//!
+//! A produce is a proposal to the partition's group, acknowledged once
+//! committed (durable on a majority of its replicas) and applied on the
+//! leader (so the records are readable there when the producer hears back).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardToLeader};
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+use strata_proto::v1 as pb;
+use strata_raft::controller::{Command, Metadata, NodeRecord, Rejected, encode_command};
+use strata_raft::group::PartitionRaft;
+use strata_raft::types::{LocalFlush, LocalFlushResult};
+use strata_raft::{GroupId, Groups, Identity, NodeId, NodeInfo, Peers, RaftService, Request, TypeConfig, group};
+use strata_storage::{AppendInfo, LogManager, PartitionLog, StorageError, TopicOverrides};
+use tokio::sync::watch;
+use tonic::Status;
+use tracing::{error, info, warn};
+
+use crate::ServerError;
+use crate::cluster::{ClusterConfig, NodeIdentity, random_id};
+use crate::status::{from_storage, status, status_with};
+
+/// How long startup waits for a single-node cluster's groups to lead and
+/// re-apply what they had committed.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an admin request waits for the controller to apply its change.
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a new topic's creation waits for its local replicas to elect.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long topic creation waits for enough nodes to have registered.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+/// A peer that does not answer within this is not live (for placement).
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default replicas per partition (at most the cluster's size).
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
+/// The node's Raft groups.
+#[derive(Debug)]
+pub struct Replication {
+    cluster: ClusterConfig,
+    identity: Mutex<NodeIdentity>,
+    data_dir: PathBuf,
+    config: Arc<openraft::Config>,
+    peers: Peers,
+    groups: Groups,
+    logs: Arc<LogManager>,
+    controller: PartitionRaft,
+    metadata: watch::Receiver<Arc<Metadata>>,
+    /// Serialises reconciliations (the background loop and admin requests).
+    reconciling: tokio::sync::Mutex<()>,
+    /// Set when this node must stop (it found it must not take part).
+    fatal: watch::Sender<Option<String>>,
+}
+
+fn raft_error(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Startup(format!("raft: {e}"))
+}
+
+fn controller_unavailable(message: impl Into<String>) -> Status {
+    status(tonic::Code::Unavailable, pb::ErrorReason::ControllerUnavailable, message)
+}
+
+impl Replication {
+    /// Starts the controller group on this node (recovering its log and
+    /// metadata). A member that has never run one initialises it with every
+    /// configured member: identical on every node, so safe to do on each.
+    pub async fn start(
+        cluster: ClusterConfig,
+        identity: NodeIdentity,
+        data_dir: PathBuf,
+        logs: Arc<LogManager>,
+    ) -> Result<Arc<Self>, ServerError> {
+        let raft_identity = Identity::new(cluster.node_id, cluster.members(), identity.cluster_id.clone());
+        let peers = Peers::new(raft_identity, cluster.peers.clone());
+        let groups = Groups::default();
+        let config = group::config("strata").map_err(raft_error)?;
+        let (tx, metadata) = watch::channel(Arc::new(Metadata::default()));
+        let log = logs.open_controller_log()?;
+        let controller = group::start_controller(cluster.node_id, log, tx, Arc::clone(&config), &peers, &groups)
+            .await
+            .map_err(raft_error)?;
+        if !controller.is_initialized().await.map_err(raft_error)? {
+            controller.initialize(Self::members_of(&cluster, &cluster.members())).await.map_err(raft_error)?;
+        }
+        let (fatal, _) = watch::channel(None);
+        Ok(Arc::new(Self {
+            cluster,
+            identity: Mutex::new(identity),
+            data_dir,
+            config,
+            peers,
+            groups,
+            logs,
+            controller,
+            metadata,
+            reconciling: tokio::sync::Mutex::new(()),
+            fatal,
+        }))
+    }
+
+    fn members_of(cluster: &ClusterConfig, ids: &[NodeId]) -> BTreeMap<NodeId, NodeInfo> {
+        ids.iter().map(|id| (*id, NodeInfo { addr: cluster.peers.get(id).cloned().unwrap_or_default() })).collect()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.cluster.node_id
+    }
+
+    /// Resolves with the reason when this node must stop.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    fn die(&self, reason: String) {
+        error!("{reason}");
+        self.fatal.send_replace(Some(reason));
+    }
+
+    /// The gRPC service through which peers reach this node's groups.
+    pub fn service(&self) -> strata_proto::internal::raft_server::RaftServer<RaftService> {
+        RaftService::new(Arc::clone(self.peers.identity()), self.groups.clone()).into_server()
+    }
+
+    /// Runs the node's part of the cluster: checks its peers, bootstraps
+    /// and registers itself with the controller, and follows the metadata.
+    /// In a cluster of one, returns once every partition leads and has
+    /// re-applied what it had committed.
+    pub async fn run(self: &Arc<Self>) -> Result<(), ServerError> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.check_peers().await });
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.join().await });
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.follow_metadata().await });
+        if self.cluster.peers.len() == 1 {
+            // Alone, this node can join at once: it serves registered.
+            let me = self.node_id();
+            let mut rx = self.metadata.clone();
+            let registered = rx.wait_for(|m| m.nodes.contains_key(&me));
+            tokio::time::timeout(READY_TIMEOUT, registered)
+                .await
+                .map_err(|_| raft_error("this node did not register with its own controller"))?
+                .map_err(raft_error)?;
+            self.reconcile().await.map_err(|s| ServerError::Startup(s.message().to_owned()))?;
+            for raft in self.groups.all() {
+                raft.wait(Some(READY_TIMEOUT))
+                    .metrics(
+                        |m| m.state == ServerState::Leader && m.last_applied.map(|l| l.index) >= m.last_log_index,
+                        "ready",
+                    )
+                    .await
+                    .map_err(|e| raft_error(format!("a partition did not become ready: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks every peer who it is, until each has answered once: a peer of
+    /// another cluster, with another id at its address, or configured with
+    /// other members stops this node with a clear error.
+    async fn check_peers(self: Arc<Self>) {
+        let mine = self.cluster.members();
+        let mut pending: Vec<NodeId> = mine.iter().copied().filter(|id| *id != self.node_id()).collect();
+        let mut delay = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for id in pending {
+                let answer = match self.peers.identify(id, LIVENESS_TIMEOUT).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        still.push(id);
+                        continue;
+                    }
+                };
+                let ours = self.peers.identity().cluster_id();
+                let problem = if answer.node_id != id {
+                    Some(format!(
+                        "the peer at {} says it is node {}, but --peers lists it as node {id}",
+                        self.cluster.peers[&id], answer.node_id
+                    ))
+                } else if answer.members != mine {
+                    Some(format!(
+                        "node {id} was configured with members {:?}, this node with {mine:?}: \
+                         every node needs the same --peers",
+                        answer.members
+                    ))
+                } else if !ours.is_empty() && !answer.cluster_id.is_empty() && ours != answer.cluster_id {
+                    Some(format!(
+                        "this node's data directory {} belongs to cluster {ours}, but node {id} belongs to \
+                         cluster {}: a data directory of another cluster",
+                        self.data_dir.display(),
+                        answer.cluster_id
+                    ))
+                } else {
+                    None
+                };
+                if let Some(p) = problem {
+                    return self.die(p);
+                }
+                // Known to this node but not yet to the peer: ask again
+                // until the peer can say which cluster it is of.
+                if !ours.is_empty() && answer.cluster_id.is_empty() {
+                    still.push(id);
+                }
+            }
+            pending = still;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Bootstraps the cluster's id (the first controller leader does) and
+    /// registers this node (id, address, incarnation) with the controller.
+    async fn join(self: Arc<Self>) {
+        let me = self.node_id();
+        let (incarnation, addr) = {
+            let identity = self.identity.lock().map(|i| i.incarnation.clone()).unwrap_or_default();
+            (identity, self.cluster.advertised().to_owned())
+        };
+        let record = NodeRecord { id: me, addr, incarnation };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let metadata = Arc::clone(&self.metadata.borrow());
+            let command = if metadata.cluster_id.is_none() {
+                // Whoever leads first picks the id; a second pick is
+                // rejected when applied, so every node learns the first.
+                (self.controller.current_leader().await == Some(me))
+                    .then(|| Command::Bootstrap { cluster_id: random_id() })
+            } else if metadata.nodes.get(&me) != Some(&record) {
+                Some(Command::RegisterNode(record.clone()))
+            } else {
+                return;
+            };
+            if let Some(command) = command
+                && let Err(e) = self.propose_controller(&command).await
+            {
+                warn!(error = %e.message(), "cannot reach the controller yet; retrying");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Follows the controller's metadata: learns the cluster id, checks
+    /// this node's registration, and reconciles topics and replicas.
+    async fn follow_metadata(self: Arc<Self>) {
+        let mut rx = self.metadata.clone();
+        loop {
+            let metadata = Arc::clone(&rx.borrow_and_update());
+            if let Err(reason) = self.adopt(&metadata) {
+                return self.die(reason);
+            }
+            if let Err(e) = self.reconcile().await {
+                warn!(error = %e.message(), "could not apply the cluster metadata yet; retrying on the next change");
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Records the cluster's id (once known) and checks that this node's
+    /// registration is its own.
+    fn adopt(&self, metadata: &Metadata) -> Result<(), String> {
+        let me = self.node_id();
+        let mut identity = self.identity.lock().map_err(|_| "the identity lock was poisoned".to_owned())?;
+        if let Some(known) = metadata.nodes.get(&me)
+            && known.incarnation != identity.incarnation
+        {
+            return Err(format!(
+                "node id {me} is registered with another data directory (incarnation {}, this one {}): \
+                 node ids are never reused; start this node with a new id",
+                known.incarnation, identity.incarnation
+            ));
+        }
+        if let Some(cluster_id) = &metadata.cluster_id {
+            match &identity.cluster_id {
+                Some(mine) if mine != cluster_id => {
+                    return Err(format!(
+                        "the data directory {} belongs to cluster {mine}, but the controller is of cluster {cluster_id}",
+                        self.data_dir.display()
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    identity.cluster_id = Some(cluster_id.clone());
+                    identity.save(&self.data_dir).map_err(|e| e.to_string())?;
+                    self.peers.identity().set_cluster_id(cluster_id);
+                    info!(cluster_id, "joined the cluster");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the local catalog and the running groups match the metadata.
+    pub async fn reconcile(&self) -> Result<(), Status> {
+        let _guard = self.reconciling.lock().await;
+        let metadata = Arc::clone(&self.metadata.borrow());
+        let me = self.node_id();
+        for topic in metadata.topics.values() {
+            let partitions = topic.replicas.len() as u32;
+            match self.logs.describe_topic(&topic.name) {
+                Ok(local) if local.id == topic.id => {
+                    if self.logs.topic_overrides(&topic.name).map_err(from_storage)? != topic.overrides {
+                        self.logs.set_topic_overrides(&topic.name, topic.overrides).await.map_err(from_storage)?;
+                    }
+                }
+                Ok(old) => {
+                    // Deleted and created again while this node was away.
+                    self.stop_topic(old.id, old.partitions.len() as u32).await;
+                    self.logs.delete_topic(&topic.name).await.map_err(from_storage)?;
+                    self.logs
+                        .create_topic_with_id(&topic.name, topic.id, partitions, topic.overrides)
+                        .await
+                        .map_err(from_storage)?;
+                }
+                Err(StorageError::UnknownTopic(_)) => {
+                    self.logs
+                        .create_topic_with_id(&topic.name, topic.id, partitions, topic.overrides)
+                        .await
+                        .map_err(from_storage)?;
+                }
+                Err(e) => return Err(from_storage(e)),
+            }
+            for (p, replicas) in topic.replicas.iter().enumerate() {
+                let group = GroupId { topic_id: topic.id, partition: p as u32 };
+                if replicas.contains(&me) && self.groups.get(group).is_none() {
+                    let log = self.logs.partition(&topic.name, p as u32).map_err(from_storage)?;
+                    self.start_partition(group, log, replicas).await?;
+                }
+            }
+        }
+        for local in self.logs.list_topics().map_err(from_storage)? {
+            // Deleted only if the metadata has seen the topic created (ids
+            // are handed out in order): metadata that is behind (the
+            // controller re-applying after a restart) deletes nothing.
+            if !metadata.topics.contains_key(&local.name) && local.id < metadata.next_topic_id {
+                self.stop_topic(local.id, local.partitions.len() as u32).await;
+                self.logs.delete_topic(&local.name).await.map_err(from_storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts (recovering) a partition's group; a new one is initialised
+    /// with its replicas, and its preferred leader asks for an election at
+    /// once instead of waiting for a timeout.
+    async fn start_partition(&self, group: GroupId, log: PartitionLog, replicas: &[NodeId]) -> Result<(), Status> {
+        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("{group}: {e}"));
+        let raft = group::start(self.node_id(), group, log, Arc::clone(&self.config), &self.peers, &self.groups)
+            .await
+            .map_err(|e| internal(&e))?;
+        if !raft.is_initialized().await.map_err(|e| internal(&e))? {
+            raft.initialize(Self::members_of(&self.cluster, replicas)).await.map_err(|e| internal(&e))?;
+            if replicas.first() == Some(&self.node_id()) {
+                raft.trigger().elect(false).await.map_err(|e| internal(&e))?;
+            }
+        }
+        info!(%group, ?replicas, "partition replica started");
+        Ok(())
+    }
+
+    /// Stops the groups of a topic (before its logs are closed and deleted).
+    async fn stop_topic(&self, topic_id: u64, partitions: u32) {
+        for partition in 0..partitions {
+            if let Some(raft) = self.groups.remove(GroupId { topic_id, partition }) {
+                let _ = raft.shutdown().await;
+            }
+        }
+    }
+
+    /// Stops every group (node shutdown).
+    pub async fn shutdown(&self) {
+        for raft in self.groups.drain() {
+            let _ = raft.shutdown().await;
+        }
+    }
+
+    /// Proposes a command to the controller (at its leader, wherever it is)
+    /// and returns once it is applied on this node.
+    async fn propose_controller(&self, command: &Command) -> Result<Arc<Metadata>, Status> {
+        let batch = encode_command(command).map_err(|e| Status::internal(e.to_string()))?;
+        let written =
+            self.peers.propose(&self.controller, GroupId::CONTROLLER, batch).await.map_err(|s| {
+                controller_unavailable(format!("the controller cannot take the change: {}", s.message()))
+            })?;
+        let applied = self
+            .controller
+            .wait(Some(CONTROLLER_TIMEOUT))
+            .applied_index_at_least(Some(written.log_id.index), "controller change applied")
+            .await;
+        applied.map_err(|e| controller_unavailable(format!("the controller change was not applied here: {e}")))?;
+        Ok(Arc::clone(&self.metadata.borrow()))
+    }
+
+    /// Nodes that answer now (this one always does).
+    async fn live_nodes(&self) -> Vec<NodeId> {
+        let checks = self.cluster.members().into_iter().map(|id| async move {
+            let live = id == self.node_id() || self.peers.identify(id, LIVENESS_TIMEOUT).await.is_ok();
+            live.then_some(id)
+        });
+        futures::future::join_all(checks).await.into_iter().flatten().collect()
+    }
+
+    /// Creates a topic across the cluster: places its replicas on live
+    /// nodes, has the controller record it, and waits until this node holds
+    /// it (and its local replicas have a leader).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        overrides: TopicOverrides,
+    ) -> Result<(), Status> {
+        self.logs.validate_new_topic(name, partitions, &overrides).map_err(from_storage)?;
+        let members = self.cluster.peers.len() as u32;
+        let rf = replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR.min(members));
+        // Live: answering now and registered with the controller. Right
+        // after the cluster starts, nodes are still registering: give them
+        // a moment when there are enough members.
+        if rf as usize > self.cluster.peers.len() {
+            return Err(status(
+                tonic::Code::InvalidArgument,
+                pb::ErrorReason::InvalidReplicationFactor,
+                format!("replication factor {rf} is larger than the number of nodes in the cluster ({members})"),
+            ));
+        }
+        if rf > 0 {
+            let mut rx = self.metadata.clone();
+            let _ = tokio::time::timeout(REGISTRATION_WAIT, rx.wait_for(|m| m.nodes.len() >= rf as usize)).await;
+        }
+        let registered = self.metadata.borrow().nodes.keys().copied().collect::<Vec<_>>();
+        let live: Vec<_> = self.live_nodes().await.into_iter().filter(|id| registered.contains(id)).collect();
+        let replicas = self.metadata.borrow().assign(partitions, rf, &live).map_err(|e| {
+            status(tonic::Code::InvalidArgument, pb::ErrorReason::InvalidReplicationFactor, e.to_string())
+        })?;
+        let command = Command::CreateTopic { name: name.to_owned(), replicas: replicas.clone(), overrides };
+        self.check_command(&command)?;
+        let metadata = self.propose_controller(&command).await?;
+        match metadata.topics.get(name) {
+            Some(t) if t.replicas == replicas => {}
+            _ => return Err(from_storage(StorageError::TopicExists(name.to_owned()))),
+        }
+        self.reconcile().await?;
+        let topic_id = metadata.topics[name].id;
+        for p in 0..partitions {
+            if let Some(raft) = self.groups.get(GroupId { topic_id, partition: p }) {
+                // A leader, and its first entry applied here: the topic
+                // takes records once this returns.
+                let ready = |m: &openraft::RaftMetrics<TypeConfig>| {
+                    m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+                };
+                let _ = raft.wait(Some(LEADER_TIMEOUT)).metrics(ready, "a leader").await;
+            }
+        }
+        info!(topic = name, partitions, replication_factor = rf, "topic created");
+        Ok(())
+    }
+
+    /// Whether the current metadata takes `command` (it is checked again
+    /// when applied: a concurrent change may still win).
+    fn check_command(&self, command: &Command) -> Result<(), Status> {
+        let mut metadata = Metadata::clone(&self.metadata.borrow());
+        metadata.apply(command).map_err(|rejected| match rejected {
+            Rejected::TopicExists(name) => from_storage(StorageError::TopicExists(name)),
+            Rejected::UnknownTopic(name) => from_storage(StorageError::UnknownTopic(name)),
+            other => controller_unavailable(other.to_string()),
+        })
+    }
+
+    /// Deletes a topic across the cluster.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Status> {
+        let command = Command::DeleteTopic { name: name.to_owned() };
+        self.check_command(&command)?;
+        self.propose_controller(&command).await?;
+        self.reconcile().await
+    }
+
+    /// Changes a topic's configuration across the cluster.
+    pub async fn alter_topic(&self, name: &str, changes: TopicOverrides) -> Result<(), Status> {
+        let current = self.logs.topic_overrides(name).map_err(from_storage)?;
+        self.logs.validate_new_topic(name, 1, &current.merge(&changes)).map_err(from_storage)?;
+        let command = Command::AlterTopic { name: name.to_owned(), overrides: changes };
+        self.check_command(&command)?;
+        self.propose_controller(&command).await?;
+        self.reconcile().await
+    }
+
+    /// The last entry applied on this node's replica of a partition (`None`:
+    /// no replica here).
+    pub fn applied_index(&self, topic: &str, partition: u32) -> Option<u64> {
+        let topic_id = self.metadata.borrow().topics.get(topic)?.id;
+        let raft = self.groups.get(GroupId { topic_id, partition })?;
+        let applied = raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index);
+        Some(applied)
+    }
+
+    /// Every registered node and its address (the configured address for
+    /// members not registered yet).
+    pub fn brokers(&self) -> Vec<(NodeId, String)> {
+        let metadata = self.metadata.borrow();
+        let mut out: BTreeMap<NodeId, String> = self.cluster.peers.clone();
+        for (id, node) in &metadata.nodes {
+            out.insert(*id, node.addr.clone());
+        }
+        out.into_iter().collect()
+    }
+
+    /// Replicas and the leader (as this node knows it; 0 when not) of a
+    /// partition.
+    pub fn placement(&self, topic: &str, partition: u32) -> (Vec<NodeId>, NodeId) {
+        let metadata = self.metadata.borrow();
+        let Some(t) = metadata.topics.get(topic) else { return (Vec::new(), 0) };
+        let replicas = t.replicas.get(partition as usize).cloned().unwrap_or_default();
+        let group = GroupId { topic_id: t.id, partition };
+        let leader = self.groups.get(group).and_then(|r| r.metrics().borrow_watched().current_leader).unwrap_or(0);
+        (replicas, leader)
+    }
+
+    /// Proposes a validated batch to its partition's group; the proposal
+    /// resolves once the batch is committed and applied.
+    pub async fn propose(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        batch: bytes::Bytes,
+        acks: pb::Acks,
+    ) -> Result<Pending, Status> {
+        let group = GroupId { topic_id, partition };
+        let Some(raft) = self.groups.get(group) else {
+            let replicas = self
+                .metadata
+                .borrow()
+                .topics
+                .values()
+                .find(|t| t.id == topic_id)
+                .and_then(|t| t.replicas.get(partition as usize).cloned())
+                .unwrap_or_default();
+            return Err(self.not_leader(group, None, &format!("this node holds no replica (replicas: {replicas:?})")));
+        };
+        let (responder, rx) = ProgressResponder::complete_only();
+        let mut request = Request::new(batch);
+        let local = match acks {
+            pb::Acks::Leader => {
+                let (notice, local) = LocalFlush::new();
+                request.on_local_flush = Some(notice);
+                Some(local)
+            }
+            pb::Acks::Quorum | pb::Acks::Unspecified => None,
+        };
+        raft.client_write_ff(request, Some(responder)).await.map_err(|e| shutting_down(&e))?;
+        Ok(Pending { group, rx, local, peers: self.peers.clone() })
+    }
+
+    fn not_leader(&self, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
+        not_leader(&self.peers, group, leader, why)
+    }
+}
+
+/// `NOT_LEADER`, naming the leader (id and address in the error's metadata
+/// as `leader_id` and `leader_addr`) when it is known.
+fn not_leader(peers: &Peers, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
+    let mut meta = BTreeMap::new();
+    let named = match leader {
+        Some(id) => {
+            meta.insert("leader_id".to_owned(), id.to_string());
+            match peers.address(id) {
+                Some(addr) => {
+                    meta.insert("leader_addr".to_owned(), addr.to_owned());
+                    format!("node {id} at {addr}")
+                }
+                None => format!("node {id}"),
+            }
+        }
+        None => "not known here".to_owned(),
+    };
+    status_with(
+        tonic::Code::Unavailable,
+        pb::ErrorReason::NotLeader,
+        format!("this node does not lead {group} ({why}); the leader is {named}"),
+        meta,
+    )
+}
+
+fn shutting_down(e: &impl std::fmt::Display) -> Status {
+    status(tonic::Code::Unavailable, pb::ErrorReason::ShuttingDown, format!("the partition's Raft group stopped: {e}"))
+}
+
+/// A proposal on its way through Raft (awaited apart from proposing, so a
+/// pipelined producer proposes in order without waiting).
+#[derive(Debug)]
+pub struct Pending {
+    group: GroupId,
+    rx: tokio::sync::oneshot::Receiver<ClientWriteResult<TypeConfig>>,
+    /// `acks=leader`: the leader's own flush of the entry.
+    local: Option<tokio::sync::oneshot::Receiver<LocalFlushResult>>,
+    peers: Peers,
+}
+
+fn reason(f: &ForwardToLeader<TypeConfig>) -> &'static str {
+    match f.reason {
+        openraft::error::ForwardReason::NotLeader => "not the leader",
+        openraft::error::ForwardReason::LeadershipTransfer => "handing leadership over",
+        openraft::error::ForwardReason::LeaseExpired => "a new leader not yet confirmed by a quorum",
+    }
+}
+
+impl Pending {
+    /// Where the batch landed, once committed and applied (`acks=quorum`),
+    /// or once fsync'd in the leader's log (`acks=leader`; whichever of
+    /// that and a refusal comes first).
+    pub async fn wait(self) -> Result<AppendInfo, Status> {
+        let Self { group, mut rx, local, peers } = self;
+        let result = match local {
+            None => rx.await,
+            Some(local) => tokio::select! {
+                biased;
+                done = &mut rx => done,
+                flushed = local => match flushed {
+                    Ok(Ok(info)) => return Ok(info),
+                    Ok(Err(why)) => {
+                        return Err(status(
+                            tonic::Code::Internal,
+                            pb::ErrorReason::StorageError,
+                            format!("{group} could not write the batch: {why}"),
+                        ));
+                    }
+                    // Dropped unfired: the entry never reached the log;
+                    // the proposal's own answer says why.
+                    Err(_) => rx.await,
+                },
+            },
+        };
+        Pending::answer(group, &peers, result.map_err(|e| shutting_down(&e))?)
+    }
+
+    fn answer(group: GroupId, peers: &Peers, result: ClientWriteResult<TypeConfig>) -> Result<AppendInfo, Status> {
+        match result {
+            Ok(resp) => Ok(AppendInfo { base_offset: resp.data.base_offset, record_count: resp.data.record_count }),
+            Err(ClientWriteError::ForwardToLeader(f)) => Err(not_leader(peers, group, f.leader_id, reason(&f))),
+            Err(ClientWriteError::LogEntryDiscarded(f)) => {
+                let leader = not_leader(peers, group, f.leader_id, "leadership changed");
+                Err(status(
+                    tonic::Code::Unavailable,
+                    pb::ErrorReason::OutcomeUnknown,
+                    format!(
+                        "{group} changed leader while the batch was in flight: it may or may not be committed; {}",
+                        leader.message()
+                    ),
+                ))
+            }
+            Err(e) => Err(status(
+                tonic::Code::Internal,
+                pb::ErrorReason::StorageError,
+                format!("{group} could not commit the batch: {e}"),
+            )),
+        }
+    }
+}

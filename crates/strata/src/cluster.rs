@@ -1,0 +1,272 @@
+//! `strata cluster status` (nodes, and per partition the leader, replicas,
+//! applied index and each replica's lag) and `strata dev --nodes N` (a local
+//! cluster of N nodes in one command).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use strata_client::Client;
+
+use crate::ClientOpts;
+use crate::cli::{OutputFormat, connect, table};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Nodes (answering or not) and, per partition, the leader, the replicas,
+    /// the leader's applied index and how far each replica lags behind it.
+    Status {
+        /// Only these topics (default: all).
+        #[arg(long)]
+        topic: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+}
+
+/// What one replica says about its copy of a partition.
+#[derive(Debug, Clone, Copy)]
+struct Replica {
+    applied: Option<u64>,
+}
+
+pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Status { topic, format } = command;
+    let client = connect(opts).await?;
+    let names: Vec<&str> = topic.iter().map(String::as_str).collect();
+    let meta = client.metadata(&names).await?;
+    // Each node answers for itself: alive, and the leaders it knows.
+    let mut nodes: BTreeMap<u64, (String, Option<Client>)> = BTreeMap::new();
+    for b in &meta.brokers {
+        let node = match client.node(&b.addr).await {
+            Ok(n) => n.metadata(&names).await.ok().map(|_| n),
+            Err(_) => None,
+        };
+        nodes.insert(b.node_id, (b.addr.clone(), node));
+    }
+    let mut rows = Vec::new();
+    for t in &meta.topics {
+        for p in &t.partitions {
+            let mut replicas = BTreeMap::new();
+            let mut leader = p.leader;
+            for id in &p.replicas {
+                let answer = match nodes.get(id).and_then(|(_, n)| n.as_ref()) {
+                    Some(n) => n.partition_digest(&t.name, p.partition, None).await.ok(),
+                    None => None,
+                };
+                replicas.insert(*id, Replica { applied: answer.map(|d| d.applied_index) });
+            }
+            if leader == 0 {
+                // Ask the replicas who leads.
+                for id in &p.replicas {
+                    if let Some((_, Some(n))) = nodes.get(id)
+                        && let Ok(m) = n.metadata(&[t.name.as_str()]).await
+                        && let Some(l) = m.topics.first().and_then(|mt| mt.partitions.get(p.partition as usize))
+                        && l.leader != 0
+                    {
+                        leader = l.leader;
+                        break;
+                    }
+                }
+            }
+            rows.push((t.name.clone(), p.partition, leader, replicas));
+        }
+    }
+    match format {
+        OutputFormat::Json => {
+            let nodes_json: Vec<_> = nodes
+                .iter()
+                .map(|(id, (addr, n))| serde_json::json!({"node_id": id, "addr": addr, "alive": n.is_some()}))
+                .collect();
+            let parts: Vec<_> = rows
+                .iter()
+                .map(|(topic, partition, leader, replicas)| {
+                    let applied = replicas.get(leader).and_then(|r| r.applied);
+                    serde_json::json!({
+                        "topic": topic,
+                        "partition": partition,
+                        "leader": leader,
+                        "applied_index": applied,
+                        "replicas": replicas.iter().map(|(id, r)| serde_json::json!({
+                            "node_id": id,
+                            "applied_index": r.applied,
+                            "lag": lag(applied, r.applied),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::json!({"nodes": nodes_json, "partitions": parts}));
+        }
+        OutputFormat::Text => {
+            let mut t = table(&["NODE", "ADDRESS", "STATUS"]);
+            for (id, (addr, n)) in &nodes {
+                t.add_row(vec![id.to_string(), addr.clone(), if n.is_some() { "up" } else { "down" }.to_owned()]);
+            }
+            println!("{t}\n");
+            let mut t = table(&["TOPIC", "PARTITION", "LEADER", "APPLIED-INDEX", "REPLICAS (node:lag)"]);
+            for (topic, partition, leader, replicas) in &rows {
+                let applied = replicas.get(leader).and_then(|r| r.applied);
+                let lags: Vec<String> = replicas
+                    .iter()
+                    .map(|(id, r)| match lag(applied, r.applied) {
+                        Some(l) => format!("{id}:{l}"),
+                        None => format!("{id}:?"),
+                    })
+                    .collect();
+                t.add_row(vec![
+                    topic.clone(),
+                    partition.to_string(),
+                    if *leader == 0 { "none".to_owned() } else { leader.to_string() },
+                    applied.map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                    lags.join(" "),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+/// Entries a replica is behind the leader (`None`: either did not answer).
+fn lag(leader: Option<u64>, replica: Option<u64>) -> Option<u64> {
+    Some(leader?.saturating_sub(replica?))
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Nodes to run.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 7101)]
+    base_port: u16,
+    /// Folder holding each node's data directory (node-1, node-2, ...).
+    #[arg(long, default_value = "strata-dev")]
+    data_dir: PathBuf,
+}
+
+/// Runs a local cluster: one `strata server` process per node, on loopback;
+/// Ctrl-C stops them all (each finishes its in-flight requests).
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let nodes = LocalCluster::start(args.nodes, args.base_port, &args.data_dir).await?;
+    let bootstrap = nodes.bootstrap();
+    println!("strata dev: {} nodes running, data and logs under {}", args.nodes, args.data_dir.display());
+    for i in 1..=args.nodes {
+        println!("  node {i}: {}", nodes.addr(i));
+    }
+    println!("try:\n  strata topic create demo --partitions 3 --replication-factor 3 --server {bootstrap}");
+    println!("  strata cluster status --server {bootstrap}\nCtrl-C stops the cluster.");
+    crate::shutdown_signal().await;
+    println!("strata dev: stopping");
+    nodes.stop().await;
+    Ok(())
+}
+
+/// `strata server` child processes forming a cluster on loopback.
+pub struct LocalCluster {
+    exe: PathBuf,
+    base_port: u16,
+    data_dir: PathBuf,
+    peers: String,
+    /// Node i at index i - 1; `None` while killed.
+    children: Vec<Option<tokio::process::Child>>,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes (node i on `base_port + i - 1`, data in
+    /// `data_dir/node-i`, its log in `data_dir/node-i.log`) and returns once
+    /// every node accepts connections.
+    pub async fn start(n: u16, base_port: u16, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        if n == 0 {
+            bail!("a cluster needs at least 1 node");
+        }
+        if u32::from(base_port) + u32::from(n) - 1 > u32::from(u16::MAX) {
+            bail!("port {base_port} leaves no room for {n} nodes");
+        }
+        let exe = std::env::current_exe().context("cannot find the strata binary")?;
+        let peers: Vec<String> = (1..=n).map(|i| format!("{i}=127.0.0.1:{}", base_port + i - 1)).collect();
+        let mut cluster = Self {
+            exe,
+            base_port,
+            data_dir: data_dir.to_owned(),
+            peers: peers.join(","),
+            children: (0..n).map(|_| None).collect(),
+        };
+        for i in 1..=n {
+            cluster.spawn(i)?;
+        }
+        for i in 1..=n {
+            cluster.wait_listening(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn addr(&self, node: u16) -> String {
+        format!("127.0.0.1:{}", self.base_port + node - 1)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        (1..=self.children.len() as u16).map(|i| self.addr(i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Starts (or restarts) node `node`.
+    pub fn spawn(&mut self, node: u16) -> anyhow::Result<()> {
+        let dir = self.data_dir.join(format!("node-{node}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .with_context(|| format!("cannot open the log file of node {node}"))?;
+        let child = tokio::process::Command::new(&self.exe)
+            .args(["server", "--node-id", &node.to_string(), "--listen", &self.addr(node), "--peers", &self.peers])
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start node {node}"))?;
+        self.children[node as usize - 1] = Some(child);
+        Ok(())
+    }
+
+    /// Waits (at most 30 s) until node `node` accepts connections.
+    pub async fn wait_listening(&self, node: u16) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while Client::connect(&self.addr(node)).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "node {node} is not listening on {} (see its log under {})",
+                    self.addr(node),
+                    self.data_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL of node `node`, waiting until it is gone.
+    pub async fn kill(&mut self, node: u16) -> anyhow::Result<()> {
+        if let Some(mut child) = self.children[node as usize - 1].take() {
+            child.kill().await.with_context(|| format!("cannot kill node {node}"))?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to every node (each finishes what is in flight), then waits
+    /// up to 15 s for each.
+    pub async fn stop(mut self) {
+        for child in self.children.iter().flatten() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+        }
+        for child in self.children.iter_mut().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Three real `strata server` processes on loopback, as a cluster.
+//!
+//! - Produce continuously with acks=quorum, `kill -9` a partition's leader,
+//!   keep producing: every acknowledged record is readable exactly once at
+//!   its acknowledged offset; the killed node, restarted, catches up and
+//!   every replica's digest matches.
+//! - Bad input: replication factor 0 or above the live nodes, peers that
+//!   leave this node out, a data directory of another node.
+//!
+//! Seeded: set STRATA_TEST_SEED to reproduce a run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{BIN, ServerProcess, free_ports};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use strata_client::{Client, Compression, Record, TopicConfig};
+use tokio::sync::watch;
+
+const PARTITIONS: u32 = 2;
+/// Every wait is bounded by this.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn seed() -> u64 {
+    std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| strata_record::now_ms() as u64)
+}
+
+struct Cluster {
+    ports: Vec<u16>,
+    nodes: Vec<Option<ServerProcess>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(n);
+        let nodes =
+            (1..=n as u64).map(|id| Some(ServerProcess::start_node(&Self::dir_of(&dir, id), id, &ports))).collect();
+        Self { ports, nodes, _dir: dir }
+    }
+
+    fn dir_of(dir: &tempfile::TempDir, id: u64) -> std::path::PathBuf {
+        dir.path().join(format!("node-{id}"))
+    }
+
+    fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    fn bootstrap(&self) -> String {
+        (1..=self.ports.len() as u64).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.kill();
+        }
+    }
+
+    fn restart(&mut self, id: u64) {
+        let node = ServerProcess::start_node(&Self::dir_of(&self._dir, id), id, &self.ports);
+        self.nodes[id as usize - 1] = Some(node);
+    }
+}
+
+/// Polls `check` until it is true, at most [`WAIT`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn leader_of(client: &Client, topic: &str, partition: u32) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let meta = client.metadata(&[topic]).await;
+        let leader = meta.ok().and_then(|m| m.topics.first().map(|t| t.partitions[partition as usize].leader));
+        match leader {
+            Some(l) if l != 0 => return l,
+            _ => assert!(Instant::now() < deadline, "no leader of partition {partition} after {WAIT:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Acked = Arc<Mutex<Vec<(u32, u64, String)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_partition_leader_loses_no_acknowledged_record() {
+    let seed = seed();
+    eprintln!("STRATA_TEST_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let topic = "ha";
+    client.create_topic_replicated(topic, PARTITIONS, Some(3), TopicConfig::default()).await.expect("create");
+
+    // One producer per partition: unique values, acks=quorum (the default),
+    // a record counted only once acknowledged.
+    let acked: Acked = Arc::default();
+    let (count_tx, mut count_rx) = watch::channel(0usize);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let count_tx = Arc::new(count_tx);
+    let mut producers = Vec::new();
+    for p in 0..PARTITIONS {
+        let (client, acked, count_tx, stop) =
+            (client.clone(), Arc::clone(&acked), Arc::clone(&count_tx), stop_rx.clone());
+        producers.push(tokio::spawn(async move {
+            let mut failed = 0u32;
+            for n in 0..20_000u64 {
+                if *stop.borrow() {
+                    break;
+                }
+                let value = format!("p{p}-{n}");
+                let record = Record { value: Bytes::from(value.clone()), timestamp_ms: 1, ..Record::default() };
+                let batch = strata_record::encode(&[record], Compression::None);
+                match client.produce_batch(topic, p, batch).await {
+                    Ok(offset) => {
+                        acked.lock().expect("lock").push((p, offset, value));
+                        count_tx.send_modify(|c| *c += 1);
+                    }
+                    // Unknown outcome (the leader died mid-request): it may
+                    // or may not be there; not counted as acknowledged.
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
+        }));
+    }
+
+    let before = 100 + rng.random_range(0..200);
+    tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= before)).await.expect("records acknowledged").expect("rx");
+    let victim_partition = rng.random_range(0..PARTITIONS);
+    let victim = leader_of(&client, topic, victim_partition).await;
+    eprintln!("kill -9 node {victim}, leader of partition {victim_partition}, after {before} acks");
+    let killed_at = *count_rx.borrow();
+    cluster.kill(victim);
+
+    // Producing goes on at the new leader.
+    let target = killed_at + 300;
+    tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= target)).await.expect("acks after failover").expect("rx");
+    stop_tx.send_replace(true);
+    let mut failed = 0;
+    for p in producers {
+        failed += p.await.expect("producer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    eprintln!("{} acknowledged, {failed} failed (unknown outcome)", acked.len());
+
+    // Every acknowledged record is there once, at its offset, on a survivor.
+    let survivor = (1..=3).find(|id| *id != victim).expect("survivor");
+    let reader = client.node(&cluster.addr(survivor)).await.expect("survivor");
+    for p in 0..PARTITIONS {
+        let mut at: HashMap<u64, String> = HashMap::new();
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut offset = 0;
+        loop {
+            let chunk = reader.fetch(topic, p, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
+            if chunk.records.is_empty() {
+                break;
+            }
+            for r in &chunk.records {
+                let v = String::from_utf8_lossy(&r.value).into_owned();
+                *seen.entry(v.clone()).or_default() += 1;
+                at.insert(r.offset, v);
+            }
+            offset = chunk.next_offset;
+        }
+        for (_, off, value) in acked.iter().filter(|(ap, _, _)| *ap == p) {
+            assert_eq!(at.get(off), Some(value), "partition {p}: acknowledged {value} missing at offset {off}");
+            assert_eq!(seen[value], 1, "partition {p}: {value} stored more than once");
+        }
+    }
+
+    // The killed node comes back, catches up, and every replica holds the
+    // same log up to a common applied index.
+    cluster.restart(victim);
+    for p in 0..PARTITIONS {
+        let mut nodes = Vec::new();
+        for id in 1..=3 {
+            nodes.push(client.node(&cluster.addr(id)).await.expect("node"));
+        }
+        let leader = leader_of(&client, topic, p).await;
+        let target = client
+            .node(&cluster.addr(leader))
+            .await
+            .expect("leader")
+            .partition_digest(topic, p, None)
+            .await
+            .expect("digest")
+            .applied_index;
+        eventually("every replica applies the leader's entries", || async {
+            let mut all = true;
+            for n in &nodes {
+                all &= n.partition_digest(topic, p, None).await.is_ok_and(|d| d.applied_index >= target);
+            }
+            all
+        })
+        .await;
+        let mut digests = Vec::new();
+        for n in &nodes {
+            digests.push(n.partition_digest(topic, p, Some(target)).await.expect("digest"));
+        }
+        for d in &digests[1..] {
+            assert_eq!(
+                (d.entries, d.first_index, d.last_index, d.crc32c),
+                (digests[0].entries, digests[0].first_index, digests[0].last_index, digests[0].crc32c),
+                "partition {p}: node {} and node {} differ up to index {target}",
+                d.node_id,
+                digests[0].node_id
+            );
+        }
+    }
+}
+
+/// A server whose standard error goes to `DATA_DIR.stderr`.
+fn server(node_id: u64, ports: &[u16], data_dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
+    let listen = format!("127.0.0.1:{}", ports[node_id as usize - 1]);
+    let log = data_dir.with_extension("stderr");
+    let child = std::process::Command::new(BIN)
+        .args(["server", "--node-id", &node_id.to_string(), "--listen", &listen, "--peers", &common::peers_arg(ports)])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("stderr file"))
+        .spawn()
+        .expect("spawn strata server");
+    (child, log)
+}
+
+/// Waits (at most [`WAIT`]) until one of `children` exits unsuccessfully,
+/// and returns its standard error; kills the others.
+fn first_exit(mut children: Vec<(std::process::Child, std::path::PathBuf)>) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for i in 0..children.len() {
+            if let Some(status) = children[i].0.try_wait().expect("try_wait") {
+                let (_, log) = children.remove(i);
+                for (mut other, _) in children {
+                    let _ = other.kill();
+                    let _ = other.wait();
+                }
+                assert!(!status.success(), "the server should have refused to run");
+                return std::fs::read_to_string(log).expect("stderr");
+            }
+        }
+        assert!(Instant::now() < deadline, "no server refused to run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_input_gets_clear_errors() {
+    let mut a = Cluster::start(3);
+    let client = Client::connect(&a.bootstrap()).await.expect("connect");
+    for (rf, needle) in [(0, "at least 1"), (4, "larger than the number of nodes in the cluster (3)")] {
+        let err = client.create_topic_replicated("t", 1, Some(rf), TopicConfig::default()).await.expect_err("bad rf");
+        assert_eq!(err.reason(), Some("INVALID_REPLICATION_FACTOR"), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    // Wait until node 3 knows its cluster, then stop it: its directory is
+    // another cluster's from now on.
+    let identity = Cluster::dir_of(&a._dir, 3).join("node.json");
+    eventually("node 3 learnt its cluster", || async {
+        std::fs::read_to_string(&identity).is_ok_and(|s| s.contains("\"cluster_id\": \""))
+    })
+    .await;
+    a.kill(3);
+
+    // Peers that leave this node out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(3);
+    // (A node 1 that ran once on `x`: its identity is written by then.)
+    ServerProcess::start_node(&dir.path().join("x"), 1, &ports).kill();
+    let err = {
+        let out = std::process::Command::new(BIN)
+            .args(["server", "--node-id", "4", "--listen", "127.0.0.1:1", "--peers", &common::peers_arg(&ports)])
+            .arg("--data-dir")
+            .arg(dir.path().join("y"))
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(err.contains("this node's id 4 is not among the peers"), "{err}");
+
+    // Node 2 started with node 1's data directory.
+    let err = first_exit(vec![server(2, &ports, &dir.path().join("x"))]);
+    assert!(err.contains("belongs to node 1, not node 2"), "{err}");
+
+    // Another cluster, running; its node 3 is stopped and started again
+    // with the first cluster's node-3 directory: it refuses to go on.
+    let b = Cluster::start(3);
+    for id in 1..=3 {
+        let identity = Cluster::dir_of(&b._dir, id).join("node.json");
+        eventually("the second cluster bootstrapped", || async {
+            std::fs::read_to_string(&identity).is_ok_and(|s| s.contains("\"cluster_id\": \""))
+        })
+        .await;
+    }
+    let mut b = b;
+    b.kill(3);
+    let children = vec![server(3, &b.ports, &Cluster::dir_of(&a._dir, 3))];
+    let err = first_exit(children);
+    assert!(err.contains("belongs to cluster"), "a node of another cluster: {err}");
+}
