@@ -74,12 +74,12 @@ fn at(addr: &str) -> String {
     if addr.is_empty() { String::new() } else { format!(" at {addr}") }
 }
 
-/// Whether a status comes from failing to connect to the node (the request
-/// never left this process), as tonic marks it in the error's sources.
-fn is_connect_failure(status: &tonic::Status) -> bool {
+/// Whether a status's sources hold an error of type `E` (how tonic marks a
+/// failure of its own, e.g. a refused connection or an expired deadline).
+fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
-        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+        if e.downcast_ref::<E>().is_some() {
             return true;
         }
         source = e.source();
@@ -89,10 +89,21 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        if is_connect_failure(&status) {
+        if caused_by::<tonic::ConnectError>(&status) {
             // A channel that lost its node reconnects on the next call and
             // answers this: nothing was sent, so it is safe to send again.
             return Self::Connect { addr: String::new(), reason: status.message().to_owned() };
+        }
+        if caused_by::<tonic::TimeoutExpired>(&status) {
+            // tonic reports its own deadline as CANCELLED; to the caller it
+            // is a deadline: the node did not answer in time (the request
+            // may or may not have been carried out).
+            return Self::Server {
+                code: Code::DeadlineExceeded,
+                reason: String::new(),
+                message: "no answer within the request's deadline".to_owned(),
+                leader_addr: None,
+            };
         }
         let info = tonic_types::StatusExt::get_details_error_info(&status);
         let leader_addr = info.as_ref().and_then(|i| i.metadata.get("leader_addr").cloned());

@@ -245,7 +245,10 @@ impl Client {
                 Err(e) => e,
             };
             let never_sent = matches!(err, ClientError::Connect { .. });
-            if !(err.is_not_leader() || never_sent || err.code() == Some(tonic::Code::Unavailable)) {
+            // A node that is unreachable, restarting or not answering in
+            // time may no longer lead: ask again next time.
+            let stale = matches!(err.code(), Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded));
+            if !(err.is_not_leader() || never_sent || stale) {
                 return Err(err);
             }
             {

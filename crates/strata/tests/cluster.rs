@@ -4,6 +4,11 @@
 //!   keep producing: every acknowledged record is readable exactly once at
 //!   its acknowledged offset; the killed node, restarted, catches up and
 //!   every replica's digest matches.
+//! - Pause a partition's leader (SIGSTOP): the others elect a new leader
+//!   that serves; resumed, the old leader follows it and its log becomes
+//!   the leader's (acks=leader writes it alone held are cut).
+//! - `strata dev --nodes 3` runs a cluster that `strata cluster status`
+//!   describes; Ctrl-C stops it.
 //! - Bad input: replication factor 0 or above the live nodes, peers that
 //!   leave this node out, a data directory of another node.
 //!
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{BIN, ServerProcess, free_ports};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use strata_client::{Client, Compression, Record, TopicConfig};
+use strata_client::{Acks, Client, Compression, Record, TopicConfig};
 use tokio::sync::watch;
 
 const PARTITIONS: u32 = 2;
@@ -63,6 +68,17 @@ impl Cluster {
         if let Some(node) = self.nodes[id as usize - 1].take() {
             node.kill();
         }
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to node `id`'s process.
+    fn signal(&self, id: u64, signal: &str) {
+        let node = self.nodes[id as usize - 1].as_ref().expect("node runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(node.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} node {id}");
     }
 
     fn restart(&mut self, id: u64) {
@@ -190,41 +206,173 @@ async fn killing_a_partition_leader_loses_no_acknowledged_record() {
     // same log up to a common applied index.
     cluster.restart(victim);
     for p in 0..PARTITIONS {
-        let mut nodes = Vec::new();
-        for id in 1..=3 {
-            nodes.push(client.node(&cluster.addr(id)).await.expect("node"));
-        }
-        let leader = leader_of(&client, topic, p).await;
-        let target = client
-            .node(&cluster.addr(leader))
-            .await
-            .expect("leader")
-            .partition_digest(topic, p, None)
-            .await
-            .expect("digest")
-            .applied_index;
-        eventually("every replica applies the leader's entries", || async {
-            let mut all = true;
-            for n in &nodes {
-                all &= n.partition_digest(topic, p, None).await.is_ok_and(|d| d.applied_index >= target);
-            }
-            all
-        })
-        .await;
-        let mut digests = Vec::new();
+        replicas_agree(&client, &cluster, topic, p).await;
+    }
+}
+
+/// Waits until every replica of a partition has applied what its leader
+/// had applied, and checks that all hold the same log up to there (their
+/// `PartitionDigest`s are equal).
+async fn replicas_agree(client: &Client, cluster: &Cluster, topic: &str, p: u32) {
+    let mut nodes = Vec::new();
+    for id in 1..=cluster.ports.len() as u64 {
+        nodes.push(client.node(&cluster.addr(id)).await.expect("node"));
+    }
+    let leader = leader_of(client, topic, p).await;
+    let target = client
+        .node(&cluster.addr(leader))
+        .await
+        .expect("leader")
+        .partition_digest(topic, p, None)
+        .await
+        .expect("digest")
+        .applied_index;
+    eventually("every replica applies the leader's entries", || async {
+        let mut all = true;
         for n in &nodes {
-            digests.push(n.partition_digest(topic, p, Some(target)).await.expect("digest"));
+            all &= n.partition_digest(topic, p, None).await.is_ok_and(|d| d.applied_index >= target);
         }
-        for d in &digests[1..] {
-            assert_eq!(
-                (d.entries, d.first_index, d.last_index, d.crc32c),
-                (digests[0].entries, digests[0].first_index, digests[0].last_index, digests[0].crc32c),
-                "partition {p}: node {} and node {} differ up to index {target}",
-                d.node_id,
-                digests[0].node_id
-            );
+        all
+    })
+    .await;
+    let mut digests = Vec::new();
+    for n in &nodes {
+        digests.push(n.partition_digest(topic, p, Some(target)).await.expect("digest"));
+    }
+    for d in &digests[1..] {
+        assert_eq!(
+            (d.entries, d.first_index, d.last_index, d.crc32c),
+            (digests[0].entries, digests[0].first_index, digests[0].last_index, digests[0].crc32c),
+            "partition {p}: node {} and node {} differ up to index {target}",
+            d.node_id,
+            digests[0].node_id
+        );
+    }
+}
+
+/// Every record of a partition, by offset, read from its leader.
+async fn read_all(client: &Client, topic: &str, p: u32) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let chunk = client.fetch(topic, p, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
+        if chunk.records.is_empty() {
+            return out;
+        }
+        out.extend(chunk.records.iter().map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned())));
+        offset = chunk.next_offset;
+    }
+}
+
+fn one_record(value: &str) -> Bytes {
+    let record = Record { value: Bytes::from(value.to_owned()), timestamp_ms: 1, ..Record::default() };
+    strata_record::encode(&[record], Compression::None)
+}
+
+/// What node `id` says leads partition `p` (0: none known there).
+async fn leader_seen_by(client: &Client, cluster: &Cluster, id: u64, topic: &str, p: u32) -> u64 {
+    let node = client.node(&cluster.addr(id)).await.expect("node");
+    let meta = node.metadata(&[topic]).await;
+    meta.ok().and_then(|m| m.topics.first().map(|t| t.partitions[p as usize].leader)).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_replaced_and_steps_down_when_it_resumes() {
+    let cluster = Cluster::start(3);
+    let admin = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let topic = "paused";
+    admin.create_topic_replicated(topic, 1, Some(3), TopicConfig::default()).await.expect("create");
+    // Short deadlines: a request at a paused node gets no answer.
+    let client = admin.with_timeout(Duration::from_secs(2));
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        let value = format!("committed-{n}");
+        acked.push((client.produce_batch(topic, 0, one_record(&value)).await.expect("produce"), value));
+    }
+    let old = leader_of(&client, topic, 0).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+
+    // The followers pause: nothing commits, but while its lease lasts the
+    // leader takes acks=leader writes (fsync'd there only).
+    for f in &followers {
+        cluster.signal(*f, "STOP");
+    }
+    let mut leader_only = Vec::new();
+    for n in 0..5 {
+        let value = format!("leader-only-{n}");
+        match client.produce_batch_with(topic, 0, one_record(&value), Acks::Leader).await {
+            Ok(offset) => leader_only.push((offset, value)),
+            Err(e) => {
+                eprintln!("acks=leader write {n} refused once the lease ran out: {e}");
+                break;
+            }
         }
     }
+    assert!(!leader_only.is_empty(), "the leader took no acks=leader write within its lease");
+    let end = acked.last().expect("acked").0 + 1;
+    assert_eq!(leader_only[0].0, end, "the leader-only writes follow the committed ones");
+    // Not committed: consumers do not see them.
+    let old_client = client.node(&cluster.addr(old)).await.expect("old leader");
+    assert_eq!(old_client.fetch(topic, 0, end, 1 << 20, Duration::ZERO).await.expect("fetch").records.len(), 0);
+
+    // Now the leader pauses and the followers resume: they elect one of
+    // themselves, which takes writes.
+    cluster.signal(old, "STOP");
+    for f in &followers {
+        cluster.signal(*f, "CONT");
+    }
+    eventually("a follower is elected", || async {
+        let l = leader_seen_by(&client, &cluster, followers[0], topic, 0).await;
+        l != 0 && l != old
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    for n in 0.. {
+        if acked.len() >= 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} writes at the new leader after {WAIT:?}", acked.len() - 20);
+        let value = format!("after-{n}");
+        // A request that times out may still be applied later: unknown
+        // outcome, so it is not counted (and its value is never reused).
+        match client.produce_batch(topic, 0, one_record(&value)).await {
+            Ok(offset) => acked.push((offset, value)),
+            Err(e) => eprintln!("{value}: {e}"),
+        }
+    }
+
+    // The old leader resumes: it learns of the new term, follows, and its
+    // log becomes the leader's (an uncommitted suffix is cut).
+    cluster.signal(old, "CONT");
+    eventually("the old leader follows a new one", || async {
+        let (theirs, mine) = (
+            leader_seen_by(&client, &cluster, followers[0], topic, 0).await,
+            leader_seen_by(&client, &cluster, old, topic, 0).await,
+        );
+        theirs != old && theirs != 0 && mine == theirs
+    })
+    .await;
+    replicas_agree(&client, &cluster, topic, 0).await;
+    let all = read_all(&client, topic, 0).await;
+    let at: HashMap<u64, &str> = all.iter().map(|(o, v)| (*o, v.as_str())).collect();
+    for (offset, value) in &acked {
+        assert_eq!(at.get(offset).copied(), Some(value.as_str()), "acknowledged {value} missing at {offset}");
+        assert_eq!(all.iter().filter(|(_, v)| v == value).count(), 1, "{value} stored more than once");
+    }
+    // An acks=leader write the new leader did not have is gone (the weaker
+    // promise); one it had kept its offset. Never twice, never elsewhere.
+    let mut lost = 0;
+    for (offset, value) in &leader_only {
+        match all.iter().find(|(_, v)| v == value) {
+            Some((o, _)) => assert_eq!(o, offset, "{value} moved"),
+            None => lost += 1,
+        }
+    }
+    eprintln!(
+        "{} acks=leader writes, {lost} cut from the old leader's log, {} quorum writes",
+        leader_only.len(),
+        acked.len()
+    );
 }
 
 /// A server whose standard error goes to `DATA_DIR.stderr`.
@@ -317,4 +465,113 @@ async fn bad_cluster_input_gets_clear_errors() {
     let children = vec![server(3, &b.ports, &Cluster::dir_of(&a._dir, 3))];
     let err = first_exit(children);
     assert!(err.contains("belongs to cluster"), "a node of another cluster: {err}");
+}
+
+/// A port `p` such that `p`, `p + 1`, ... `p + n - 1` are free on loopback.
+fn free_port_run(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_ports(1)[0];
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports found");
+}
+
+/// A `strata dev` process, stopped with Ctrl-C (SIGINT) when dropped, so a
+/// failing test does not leave its nodes running.
+struct Dev(std::process::Child);
+
+impl Dev {
+    fn interrupt(&self) {
+        let status = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        assert!(status.expect("run kill").success(), "kill -INT strata dev");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+            let deadline = Instant::now() + WAIT;
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_port_run(3);
+    let mut dev = std::process::Command::new(BIN)
+        .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("dev"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn strata dev");
+    let mut dev = Dev(dev);
+    let mut lines = std::io::BufReader::new(dev.0.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("stdout line");
+        let done = line.contains("Ctrl-C stops the cluster");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    for i in 0..3 {
+        assert!(text.contains(&format!("node {}: 127.0.0.1:{}", i + 1, base + i)), "{text}");
+    }
+    let servers: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    let server = servers.join(",");
+    common::ok(&server, &["topic", "create", "demo", "--partitions", "3", "--replication-factor", "3"], "");
+    common::ok(&server, &["produce", "demo", "--partition", "1"], "a\nb\nc\n");
+
+    // Every node up; every partition with a leader and three replicas, none
+    // lagging once the writes are applied everywhere.
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let out = common::ok(&server, &["cluster", "status", "--format", "json"], "");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+        let parts = v["partitions"].as_array().expect("partitions").clone();
+        let settled = parts.len() == 3
+            && parts.iter().all(|p| {
+                p["leader"].as_u64().is_some_and(|l| l != 0)
+                    && p["replicas"].as_array().is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["lag"] == 0))
+            });
+        if settled {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not settle: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["alive"] == true), "{status}");
+    let text = common::ok(&server, &["cluster", "status"], "");
+    assert!(text.contains("demo") && text.contains("up"), "{text}");
+
+    // Ctrl-C stops every node cleanly.
+    dev.interrupt();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("stopping")), "{rest:?}");
+    let exit = dev.0.wait().expect("wait");
+    assert!(exit.success(), "strata dev exited with {exit}");
+    for i in 0..3 {
+        assert!(std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok(), "node {} still listens", i + 1);
+    }
 }
