@@ -512,7 +512,7 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let base = free_port_run(3);
-    let mut dev = std::process::Command::new(BIN)
+    let dev = std::process::Command::new(BIN)
         .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
         .arg("--data-dir")
         .arg(dir.path().join("dev"))
