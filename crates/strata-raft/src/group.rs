@@ -37,6 +37,9 @@ pub fn config(cluster: &str) -> Result<Arc<Config>, GroupError> {
         // A snapshot of a partition is its log; snapshots are taken when
         // retention needs them, not on a count of entries.
         snapshot_policy: SnapshotPolicy::Never,
+        // openraft purges only when retention asks (a purged entry is no
+        // longer replicated, only sent within a snapshot).
+        max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 256,
         ..Config::default()
     };
@@ -83,7 +86,10 @@ async fn start_with(
     peers: &Peers,
     groups: &Groups,
 ) -> Result<PartitionRaft, GroupError> {
-    let raft = Raft::new(node_id, config, peers.network(group), LogStore::new(log), sm)
+    let store = LogStore::open(log.clone()).await.map_err(|source| GroupError::Storage { group, source })?;
+    // A partition's snapshot carries its log (the controller's, its metadata).
+    let source = (group != GroupId::CONTROLLER).then_some(log);
+    let raft = Raft::new(node_id, config, peers.network(group, source), store, sm)
         .await
         .map_err(|e| GroupError::Start { group, source: Box::new(e) })?;
     groups.insert(group, raft.clone());

@@ -20,7 +20,9 @@ pub mod controller;
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod retention;
 pub mod state_machine;
+pub mod transfer;
 pub mod types;
 
 pub use log_store::LogStore;

@@ -21,16 +21,35 @@ const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 const VOTE: &str = "raft.vote";
 const COMMITTED: &str = "raft.committed";
+/// The last entry openraft purged: it no longer reads or replicates up to
+/// there. The entries stay in the log until retention deletes them (a
+/// partition's snapshot *is* its log, so what a snapshot covers is still
+/// data consumers read).
+const PURGED: &str = "raft.purged";
 
 /// One partition's Raft log; cheap to clone (openraft's log reader is one).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     log: PartitionLog,
+    purged: std::sync::Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 impl LogStore {
-    pub fn new(log: PartitionLog) -> Self {
-        Self { log }
+    /// openraft's log over `log` (loading the purge point openraft set).
+    pub async fn open(log: PartitionLog) -> Result<Self, io::Error> {
+        let purged = match log.load_state(PURGED).await.map_err(io_err)? {
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            None => None,
+        };
+        Ok(Self { log, purged: std::sync::Arc::new(std::sync::Mutex::new(purged)) })
+    }
+
+    /// The last entry openraft no longer reads: its own purge point, or the
+    /// log's (entries deleted by retention or a snapshot reset).
+    fn last_purged(&self) -> Option<LogId> {
+        let ours = self.purged.lock().ok().and_then(|p| *p);
+        let log = self.log.last_purged().map(log_id);
+        ours.max(log)
     }
 }
 
@@ -59,6 +78,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (mut next, end) = range_of(&range);
+        next = next.max(self.last_purged().map_or(0, |p| p.index + 1));
         let mut out = Vec::new();
         while next < end {
             let chunk = self.log.entries(next, end, READ_CHUNK_BYTES).await.map_err(io_err)?;
@@ -85,13 +105,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let purged = self.log.last_purged();
-        let last = match (self.log.last_entry(), purged) {
+        let purged = self.last_purged();
+        let last = match (self.log.last_entry().map(log_id), purged) {
             (Some(l), Some(p)) if p.index > l.index => Some(p),
             (None, p) => p,
             (l, _) => l,
         };
-        Ok(LogState { last_purged_log_id: purged.map(log_id), last_log_id: last.map(log_id) })
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -175,6 +195,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.log.purge(entry_id(&log_id)).await.map_err(io_err)
+        if self.log.last_entry().is_none_or(|l| l.index < log_id.index) {
+            // Beyond every entry held (a snapshot was installed): the log
+            // itself goes on after `log_id`.
+            return self.log.purge(entry_id(&log_id)).await.map_err(io_err);
+        }
+        // Entries openraft is done with stay readable until retention
+        // deletes them; only the purge point is recorded (synced).
+        let bytes = serde_json::to_vec(&Some(log_id)).map_err(io_err)?;
+        self.log.save_state(PURGED, bytes, true).await.map_err(io_err)?;
+        let mut purged = self.purged.lock().map_err(|_| io::Error::other("the purge lock was poisoned"))?;
+        *purged = (*purged).max(Some(log_id));
+        Ok(())
     }
 }

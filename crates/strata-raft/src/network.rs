@@ -12,16 +12,19 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use strata_proto::internal as pb;
+use strata_storage::PartitionLog;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::group::PartitionRaft;
 use crate::state_machine::{PartitionSnapshot, Snapshot};
+use crate::transfer;
 use crate::types::{
     LogId, NodeId, NodeInfo, Request as Proposal, TypeConfig, Vote, batch_to_entry, entry_id, entry_to_batch,
 };
@@ -183,14 +186,25 @@ impl Identity {
 pub struct RaftService {
     identity: Arc<Identity>,
     groups: Groups,
+    /// Where received snapshot entries are staged before they are installed.
+    staging: std::path::PathBuf,
 }
 
 /// Metadata key of a "not the leader" status naming the leader's node id.
 pub const LEADER_HEADER: &str = "x-strata-leader";
 
 impl RaftService {
+    /// Received snapshots are staged under the system's temporary directory
+    /// unless [`RaftService::with_staging_dir`] says otherwise.
     pub fn new(identity: Arc<Identity>, groups: Groups) -> Self {
-        Self { identity, groups }
+        Self { identity, groups, staging: std::env::temp_dir().join("strata-snapshots") }
+    }
+
+    /// Stages received snapshot entries under `dir` (a node's data
+    /// directory: they can be as large as a partition).
+    pub fn with_staging_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.staging = dir;
+        self
     }
 
     pub fn into_server(self) -> pb::raft_server::RaftServer<Self> {
@@ -287,6 +301,38 @@ impl pb::raft_server::Raft for RaftService {
             .install_full_snapshot(vote_from_pb(req.vote)?, Snapshot { meta, snapshot: data })
             .await
             .map_err(raft_failed)?;
+        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
+    }
+
+    async fn install_snapshot_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        let header = first.header.ok_or_else(|| Status::invalid_argument("the first chunk has no header"))?;
+        let group = header.group.map(GroupId::from).ok_or_else(|| Status::invalid_argument("no group"))?;
+        let raft = self.route(header.group, header.target, &header.cluster_id)?;
+        let meta: crate::types::SnapshotMeta = serde_json::from_slice(&header.meta_json)
+            .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
+        let mut data: PartitionSnapshot = serde_json::from_slice(&header.data_json)
+            .map_err(|e| Status::invalid_argument(format!("malformed snapshot data: {e}")))?;
+        let prev = first.prev.map(|p| entry_id(&log_id_from_pb(p)));
+        let refused = |e: transfer::TransferError| Status::invalid_argument(format!("{group}: {e}"));
+        let name = format!("{}-{}", group.topic_id, group.partition);
+        let mut stager = transfer::Stager::create(&self.staging, &name, prev, first.start_offset).map_err(refused)?;
+        stager.push(&first.batches).map_err(refused)?;
+        while let Some(chunk) = chunks.message().await? {
+            stager.push(&chunk.batches).map_err(refused)?;
+        }
+        let staged = stager.finish(meta.last_log_id.as_ref().map(entry_id)).map_err(refused)?;
+        let path = staged.path.clone();
+        data.staged = Some(staged);
+        let installed = raft.install_full_snapshot(vote_from_pb(header.vote)?, Snapshot { meta, snapshot: data }).await;
+        // Installed (and so used) or refused (a stale snapshot): either way
+        // the staged entries are not needed any more.
+        let _ = std::fs::remove_file(&path);
+        let resp = installed.map_err(raft_failed)?;
         Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
     }
 
@@ -439,9 +485,10 @@ impl Peers {
         Ok(channel)
     }
 
-    /// The network of one group, for openraft.
-    pub fn network(&self, group: GroupId) -> Network {
-        Network { peers: self.clone(), group }
+    /// The network of one group, for openraft; `log` is the group's log a
+    /// snapshot sends entries from (`None`: snapshots are self-contained).
+    pub fn network(&self, group: GroupId, log: Option<PartitionLog>) -> Network {
+        Network { peers: self.clone(), group, log }
     }
 }
 
@@ -450,6 +497,7 @@ impl Peers {
 pub struct Network {
     peers: Peers,
     group: GroupId,
+    log: Option<PartitionLog>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -457,7 +505,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
         let client = self.peers.raft_client(target, &node.addr);
-        Connection { client, group: self.group, target, identity: Arc::clone(&self.peers.identity) }
+        Connection {
+            client,
+            group: self.group,
+            target,
+            identity: Arc::clone(&self.peers.identity),
+            log: self.log.clone(),
+        }
     }
 }
 
@@ -468,6 +522,7 @@ pub struct Connection {
     group: GroupId,
     target: NodeId,
     identity: Arc<Identity>,
+    log: Option<PartitionLog>,
 }
 
 /// Why a call did not reach the peer's Raft.
@@ -592,8 +647,36 @@ impl Connection {
             meta_json: serde_json::to_vec(&snapshot.meta).map_err(encode)?.into(),
             data_json: serde_json::to_vec(&snapshot.snapshot).map_err(encode)?.into(),
         };
-        let request = self.request(message, &option);
-        let resp = self.client()?.install_snapshot(request).await.map_err(|s| self.failed(s))?;
+        let (Some(log), Some(last)) = (self.log.clone(), snapshot.meta.last_log_id) else {
+            let request = self.request(message, &option);
+            let resp = self.client()?.install_snapshot(request).await.map_err(|s| self.failed(s))?;
+            let vote = vote_from_pb(resp.into_inner().vote).map_err(|_| self.malformed("no vote"))?;
+            return Ok(SnapshotResponse::new(vote));
+        };
+        // The partition's retained entries up to the snapshot's last go with
+        // it. No overall deadline: a large log takes what it takes; a dead
+        // peer is noticed by the connection's keep-alive, and openraft
+        // cancels a replication it gave up on.
+        let (prev, start_offset) = transfer::start_of(&log);
+        let header = pb::SnapshotChunk {
+            header: Some(message),
+            prev: prev.map(|p| log_id_to_pb(&crate::types::log_id(p))),
+            start_offset,
+            batches: Vec::new(),
+        };
+        let (group, target) = (self.group, self.target);
+        let entries = transfer::entry_chunks(log, last.index).filter_map(move |chunk| async move {
+            match chunk {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // The receiver sees the stream end early and refuses it.
+                    tracing::warn!(%group, target, error = %e, "snapshot transfer stopped");
+                    None
+                }
+            }
+        });
+        let chunks = futures::stream::once(async { header }).chain(entries);
+        let resp = self.client()?.install_snapshot_stream(chunks).await.map_err(|s| self.failed(s))?;
         let vote = vote_from_pb(resp.into_inner().vote).map_err(|_| self.malformed("no vote"))?;
         Ok(SnapshotResponse::new(vote))
     }

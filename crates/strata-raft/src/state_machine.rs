@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::controller::{self, Metadata};
 use crate::log_store::io_err;
+use crate::transfer::{self, StagedEntries};
 use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig, entry_id};
 
 const APPLIED: &str = "raft.applied";
@@ -46,6 +47,10 @@ pub struct PartitionSnapshot {
     /// The controller's metadata (the controller group only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// On the receiving replica: the leader's retained entries up to the
+    /// snapshot's last one, staged on disk (see [`crate::transfer`]).
+    #[serde(skip)]
+    pub staged: Option<StagedEntries>,
 }
 
 /// A snapshot as openraft handles it.
@@ -197,8 +202,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = PartitionSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data =
-            PartitionSnapshot { next_offset: self.snapshots.log.high_watermark(), metadata: self.metadata.clone() };
+        let data = PartitionSnapshot {
+            next_offset: self.snapshots.log.high_watermark(),
+            metadata: self.metadata.clone(),
+            staged: None,
+        };
         let meta = SnapshotMeta { last_log_id: self.state.applied, last_membership: self.state.membership.clone() };
         self.snapshots.store(StoredSnapshot { meta, data }).await
     }
@@ -274,14 +282,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // the log goes on after that entry, at the leader's offset.
             let id = entry_id(&last);
             let held = self.log.entries(id.index, id.index + 1, 1).await.map_err(io_err)?;
-            if held.first().is_none_or(|(e, _)| *e != id) {
-                self.log.reset_to(id, snapshot.next_offset).await.map_err(io_err)?;
+            match &snapshot.staged {
+                Some(staged) if held.first().is_none_or(|(e, _)| *e != id) => {
+                    // The leader's retained entries replace this log.
+                    transfer::install(&self.log, staged, id, snapshot.next_offset).await.map_err(io_err)?;
+                }
+                None if held.first().is_none_or(|(e, _)| *e != id) => {
+                    self.log.reset_to(id, snapshot.next_offset).await.map_err(io_err)?;
+                }
+                _ => {}
             }
+            if let Some(staged) = &snapshot.staged {
+                let _ = std::fs::remove_file(&staged.path);
+            }
+            self.log.set_applied(id.index).map_err(io_err)?;
         }
         if let Kind::Controller(tx) = &self.kind {
             tx.send_replace(Arc::new(snapshot.metadata.clone().unwrap_or_default()));
         }
-        self.snapshots.store(StoredSnapshot { meta: meta.clone(), data: snapshot }).await?;
+        let data = PartitionSnapshot { staged: None, ..snapshot };
+        self.snapshots.store(StoredSnapshot { meta: meta.clone(), data }).await?;
         self.state = AppliedState { applied: meta.last_log_id, membership: meta.last_membership.clone() };
         self.save_applied()
     }

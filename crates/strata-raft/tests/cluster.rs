@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::impls::ProgressResponder;
 use strata_raft::group::PartitionRaft;
 use strata_raft::types::LocalFlush;
@@ -51,6 +52,14 @@ async fn start_nodes(n: u64) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
 /// `n` nodes, each running every group of `groups` behind one gRPC server
 /// and one peer table (one channel per node pair, shared by the groups).
 async fn start_nodes_with(n: u64, group_ids: &[GroupId]) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
+    start_nodes_configured(n, group_ids, LogConfig::default()).await
+}
+
+async fn start_nodes_configured(
+    n: u64,
+    group_ids: &[GroupId],
+    log_config: LogConfig,
+) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=n {
@@ -71,13 +80,13 @@ async fn start_nodes_with(n: u64, group_ids: &[GroupId]) -> (Vec<Node>, BTreeMap
             let index = Arc::new(db.partition(g.topic_id, g.partition));
             let path = dir.path().join(format!("{}-{}", g.topic_id, g.partition));
             let log =
-                PartitionLog::open_with("t", g.partition, &path, index, LogConfig::default(), Visibility::Applied)
-                    .expect("log");
+                PartitionLog::open_with("t", g.partition, &path, index, log_config, Visibility::Applied).expect("log");
             let raft = group::start(id, *g, log.clone(), Arc::clone(&config), &peers, &groups).await.expect("start");
             started.push((log, raft));
         }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let service = RaftService::new(identity, groups.clone()).into_server();
+        let service =
+            RaftService::new(identity, groups.clone()).with_staging_dir(dir.path().join("snapshots")).into_server();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
@@ -286,6 +295,60 @@ async fn acks_leader_answers_after_the_leaders_fsync_before_the_commit() {
     }
     let result = tokio::time::timeout(WAIT, committed).await.expect("committed in time").expect("answer");
     assert_eq!(result.expect("committed").data.base_offset, info.base_offset);
+    for n in nodes {
+        n.server.abort();
+        n.raft().shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_behind_the_leaders_retention_catches_up_from_a_snapshot_carrying_the_retained_entries() {
+    // Small segments and a small size limit: retention deletes segments.
+    let config = LogConfig { segment_bytes: 4096, retention_bytes: 12 * 1024, ..LogConfig::default() };
+    let (nodes, members) = start_nodes_configured(3, &[GROUP], config).await;
+    nodes[0].raft().initialize(members).await.expect("initialize");
+    let leader_id = leader_seen_by(&nodes[0], None).await;
+    let leader = nodes.iter().find(|n| n.id == leader_id).expect("leader");
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.id != leader_id).collect();
+    let (lagging, live) = (others[0], others[1]);
+    write(leader, 0..5).await;
+    // One replica goes away; the other keeps the quorum.
+    let cut_off = lagging.registry.remove(GROUP).expect("registered");
+    let written = write(leader, 5..400).await;
+    let (last_index, _) = *written.last().expect("written");
+    live.raft().wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied").await.expect("applied");
+
+    // Retention on the leader: a snapshot, openraft's purge, then the
+    // segments go. The lagging replica's next entries are gone with them.
+    let now = strata_record::now_ms();
+    let deleted = strata_raft::retention::apply(leader.raft(), leader.log(), now).await.expect("retention");
+    assert!(deleted > 0, "retention deleted nothing");
+    let start = leader.log().log_start_offset();
+    assert!(start > 0, "the log start moved");
+    assert!(leader.log().status().size_bytes <= 12 * 1024 + 4096, "{:?}", leader.log().status());
+    let purged = leader.raft().metrics().borrow_watched().purged.expect("purged").index;
+    assert!(purged > 5, "openraft purged past what the lagging replica holds");
+
+    // It comes back: the leader sends a snapshot with its retained entries.
+    lagging.registry.insert(GROUP, cut_off);
+    lagging.raft().wait(Some(WAIT)).applied_index_at_least(Some(last_index), "caught up").await.expect("caught up");
+    lagging.log().wait_durable(last_index).await.expect("durable");
+    assert!(lagging.raft().metrics().borrow_watched().snapshot.is_some(), "it installed a snapshot");
+    assert_eq!(lagging.log().log_start_offset(), start, "the replica starts where the leader's log does");
+    assert_eq!(lagging.log().high_watermark(), leader.log().high_watermark());
+    assert_eq!(records_visible(lagging.log()).await, records_visible(leader.log()).await);
+    let (ours, theirs) = (leader.log().digest(last_index).await, lagging.log().digest(last_index).await);
+    assert_eq!(ours.expect("digest"), theirs.expect("digest"), "the replica holds the leader's retained entries");
+
+    // Replication goes on with entries.
+    let more = write(leader, 400..410).await;
+    let (last_index, _) = *more.last().expect("written");
+    lagging.raft().wait(Some(WAIT)).applied_index_at_least(Some(last_index), "applied").await.expect("applied");
+    lagging.log().wait_durable(last_index).await.expect("durable");
+    let (ours, theirs) = (leader.log().digest(last_index).await, lagging.log().digest(last_index).await);
+    assert_eq!(ours.expect("digest"), theirs.expect("digest"));
+    let staged = std::fs::read_dir(lagging._dir.path().join("snapshots")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(staged, 0, "no staged snapshot file is left behind");
     for n in nodes {
         n.server.abort();
         n.raft().shutdown().await.expect("shutdown");

@@ -25,7 +25,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
             PartitionLog::open_with("t", 0, &dir.path().join("p0"), index, LogConfig::default(), Visibility::Applied)
                 .expect("open log");
         let sm = StateMachine::open(log.clone()).await.expect("open state machine");
-        Ok((Guard { _dir: dir, _db: db }, LogStore::new(log), sm))
+        let store = LogStore::open(log).await.expect("open log store");
+        Ok((Guard { _dir: dir, _db: db }, store, sm))
     }
 }
 

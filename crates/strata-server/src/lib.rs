@@ -150,7 +150,8 @@ impl Node {
         });
         // Serving first: peers reach this node's groups while it joins.
         replication.run().await?;
-        let retention = tokio::spawn(retention_loop(Arc::clone(&logs), config.retention_check_interval));
+        let retention =
+            tokio::spawn(retention_loop(Arc::clone(&logs), Arc::clone(&replication), config.retention_check_interval));
         info!(%addr, data_dir = %config.data_dir.display(), "strata node serving");
         Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs, replication })
     }
@@ -189,12 +190,15 @@ impl Node {
     }
 }
 
-async fn retention_loop(logs: Arc<LogManager>, every: Duration) {
+/// Every `every`: retention of the logs without consensus, then of every
+/// replica this node holds (through its Raft group).
+async fn retention_loop(logs: Arc<LogManager>, replication: Arc<Replication>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let logs = Arc::clone(&logs);
-        let _ = tokio::task::spawn_blocking(move || logs.apply_retention(strata_storage::now_ms())).await;
+        let local = Arc::clone(&logs);
+        let _ = tokio::task::spawn_blocking(move || local.apply_retention(strata_storage::now_ms())).await;
+        replication.apply_retention(strata_storage::now_ms()).await;
     }
 }

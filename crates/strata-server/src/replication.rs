@@ -134,7 +134,9 @@ impl Replication {
 
     /// The gRPC service through which peers reach this node's groups.
     pub fn service(&self) -> strata_proto::internal::raft_server::RaftServer<RaftService> {
-        RaftService::new(Arc::clone(self.peers.identity()), self.groups.clone()).into_server()
+        RaftService::new(Arc::clone(self.peers.identity()), self.groups.clone())
+            .with_staging_dir(self.data_dir.join("snapshots"))
+            .into_server()
     }
 
     /// Runs the node's part of the cluster: checks its peers, bootstraps
@@ -501,6 +503,24 @@ impl Replication {
         self.check_command(&command)?;
         self.propose_controller(&command).await?;
         self.reconcile().await
+    }
+
+    /// One retention pass over every replica this node holds; returns the
+    /// segments deleted.
+    pub async fn apply_retention(&self, now_ms: i64) -> usize {
+        let metadata = Arc::clone(&self.metadata.borrow());
+        let mut deleted = 0;
+        for topic in metadata.topics.values() {
+            for partition in 0..topic.replicas.len() as u32 {
+                let Some(raft) = self.groups.get(GroupId { topic_id: topic.id, partition }) else { continue };
+                let Ok(log) = self.logs.partition(&topic.name, partition) else { continue };
+                match strata_raft::retention::apply(&raft, &log, now_ms).await {
+                    Ok(n) => deleted += n,
+                    Err(e) => warn!(topic = %topic.name, partition, error = %e, "retention pass failed"),
+                }
+            }
+        }
+        deleted
     }
 
     /// The last entry applied on this node's replica of a partition (`None`:

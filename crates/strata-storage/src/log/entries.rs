@@ -102,6 +102,7 @@ impl Inner {
     pub(super) fn load_purged(&self) -> Result<Option<EntryId>> {
         match self.index.state(PURGED_STATE)? {
             None => Ok(None),
+            Some(b) if b.is_empty() => Ok(None),
             Some(b) => decode_id(&b)
                 .map(Some)
                 .ok_or_else(|| StorageError::Index(format!("malformed purged entry of {}", self.describe()))),
@@ -259,9 +260,10 @@ impl Inner {
     /// Drops every entry and starts the log afresh after `last`, at
     /// `next_offset`. A durable marker written first lets recovery finish
     /// the job after a crash. Called by the writer with nothing in flight.
-    pub(super) fn reset_blocking(&self, last: EntryId, next_offset: u64) -> Result<()> {
+    /// `last`: `None` when the log goes on with its very first entry.
+    pub(super) fn reset_blocking(&self, last: Option<EntryId>, next_offset: u64) -> Result<()> {
         self.check_failed()?;
-        let mut marker = encode_id(last).to_vec();
+        let mut marker = last.map(|l| encode_id(l).to_vec()).unwrap_or_default();
         marker.extend_from_slice(&next_offset.to_le_bytes());
         self.index.put_state(RESET_STATE, &marker, true)?;
         let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
@@ -278,9 +280,9 @@ impl Inner {
         };
         drop(w);
         self.log_start.store(next_offset, Ordering::Release);
-        *self.purged.lock().map_err(|_| self.poisoned())? = Some(last);
+        *self.purged.lock().map_err(|_| self.poisoned())? = last;
         *self.recent.lock().map_err(|_| self.poisoned())? = Recent::default();
-        *self.applied.lock().map_err(|_| self.poisoned())? = Some((last.index, next_offset));
+        *self.applied.lock().map_err(|_| self.poisoned())? = last.map(|l| (l.index, next_offset));
         self.progress.send_modify(|p| {
             p.written = None;
             p.durable = None;
@@ -293,15 +295,18 @@ impl Inner {
             }
             moved
         });
-        info!(topic = %self.topic, partition = self.partition, last = last.index, next_offset, "log reset to a snapshot");
+        info!(topic = %self.topic, partition = self.partition, last = ?last.map(|l| l.index), next_offset, "log reset to a snapshot");
         Ok(())
     }
 
     /// Finishes a reset that a crash interrupted (recovery calls this first).
     pub(super) fn finish_pending_reset(&self) -> Result<()> {
         let Some(marker) = self.index.state(RESET_STATE)?.filter(|m| !m.is_empty()) else { return Ok(()) };
-        let (Some(last), Some(next)) = (decode_id(&marker), marker.get(16..24)) else {
-            return Err(StorageError::Index(format!("malformed reset marker of {}", self.describe())));
+        // (last entry, next offset), or the next offset alone.
+        let (last, next) = match marker.len() {
+            24 => (decode_id(&marker), &marker[16..24]),
+            8 => (None, &marker[..]),
+            _ => return Err(StorageError::Index(format!("malformed reset marker of {}", self.describe()))),
         };
         let next_offset = u64::from_le_bytes(next.try_into().unwrap_or_default());
         info!(topic = %self.topic, partition = self.partition, "finishing a log reset interrupted by a crash");
@@ -312,7 +317,7 @@ impl Inner {
     /// The durable part of a reset: every segment file and index entry goes,
     /// an empty segment starts at `next_offset`, the purge point and log
     /// start are recorded, then the marker is cleared. Idempotent.
-    fn rebuild_after_reset(&self, last: EntryId, next_offset: u64) -> Result<Segment> {
+    fn rebuild_after_reset(&self, last: Option<EntryId>, next_offset: u64) -> Result<Segment> {
         for base in segment::list(&self.dir)? {
             let path = self.dir.join(segment::file_name(base));
             std::fs::remove_file(&path).at(&path)?;
@@ -321,7 +326,9 @@ impl Inner {
         let fresh = Segment::open(&self.dir, next_offset, true)?;
         segment::sync_dir(&self.dir)?;
         self.index.truncate_from(0, 0)?;
-        self.index.put_state(PURGED_STATE, &encode_id(last), false)?;
+        // No purged entry is recorded as an empty value.
+        let purged = last.map(|l| encode_id(l).to_vec()).unwrap_or_default();
+        self.index.put_state(PURGED_STATE, &purged, false)?;
         self.index.put_meta(&PartitionMeta { log_start_offset: next_offset }, true)?;
         self.index.put_state(RESET_STATE, b"", true)?;
         Ok(fresh)

@@ -147,7 +147,7 @@ enum Rewrite {
     /// Remove the entries from this index on.
     Truncate(u64),
     /// Drop every entry; the log goes on after `last`, at `next_offset`.
-    Reset { last: EntryId, next_offset: u64 },
+    Reset { last: Option<EntryId>, next_offset: u64 },
 }
 
 struct AppendRequest {
@@ -460,7 +460,13 @@ impl PartitionLog {
     /// replica held). Crash-safe: recovery finishes an interrupted reset.
     /// Must not race with appends.
     pub async fn reset_to(&self, last: EntryId, next_offset: u64) -> Result<()> {
-        self.rewrite(Rewrite::Reset { last, next_offset }).await
+        self.rewrite(Rewrite::Reset { last: Some(last), next_offset }).await
+    }
+
+    /// Like [`PartitionLog::reset_to`], but the log goes on with its very
+    /// first entry (index 0), at `next_offset`.
+    pub async fn reset_to_empty(&self, next_offset: u64) -> Result<()> {
+        self.rewrite(Rewrite::Reset { last: None, next_offset }).await
     }
 
     async fn rewrite(&self, op: Rewrite) -> Result<()> {
@@ -605,8 +611,17 @@ impl PartitionLog {
     }
 
     /// Deletes segments that fall outside the retention limits. Blocking.
+    /// A replicated log ([`Visibility::Applied`]) is left alone: its
+    /// consensus layer asks [`PartitionLog::retention_cut`] and purges.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
         self.inner.apply_retention(now_ms)
+    }
+
+    /// With [`Visibility::Applied`]: the last entry of the sealed segments
+    /// that fall outside the retention limits (`None`: none do). Purging up
+    /// to it ([`PartitionLog::purge`]) deletes those segments. Blocking.
+    pub fn retention_cut(&self, now_ms: i64) -> Result<Option<EntryId>> {
+        self.inner.retention_cut(now_ms)
     }
 
     pub fn status(&self) -> PartitionStatus {
@@ -1281,9 +1296,35 @@ impl Inner {
         if self.failure().is_some() || self.visibility == Visibility::Applied {
             return Ok(0);
         }
+        let Some(new_start) = self.retention_start(now_ms)? else { return Ok(0) };
+        let doomed = self.move_log_start(new_start)?;
+        info!(topic = %self.topic, partition = self.partition, deleted_segments = doomed, log_start = new_start, "retention deleted segments");
+        Ok(doomed)
+    }
+
+    /// With [`Visibility::Applied`]: the last entry of the segments that
+    /// retention would delete (`None`: nothing to delete).
+    fn retention_cut(&self, now_ms: i64) -> Result<Option<EntryId>> {
+        if self.failure().is_some() || self.visibility != Visibility::Applied {
+            return Ok(None);
+        }
+        let Some(new_start) = self.retention_start(now_ms)? else { return Ok(None) };
+        let segments = self.segments()?;
+        let Some(kept) = segments.iter().find(|s| s.base == new_start) else { return Ok(None) };
+        // The first entry kept is the first batch of that segment.
+        let header = kept.read_at(0, strata_record::HEADER_LEN)?;
+        let first = strata_record::BatchHeader::parse(&header)
+            .map_err(|e| StorageError::Index(format!("{}: {e}", kept.path.display())))?;
+        let Some(last_doomed) = first.log_index.checked_sub(1) else { return Ok(None) };
+        Ok(self.entries_blocking(last_doomed, last_doomed + 1, 1)?.first().map(|(id, _)| *id))
+    }
+
+    /// The log start retention wants: the base of the first sealed segment
+    /// it keeps (`None`: it deletes nothing).
+    fn retention_start(&self, now_ms: i64) -> Result<Option<u64>> {
         let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
         let segments = self.segments()?;
-        let Some((_, sealed)) = segments.split_last() else { return Ok(0) };
+        let Some((_, sealed)) = segments.split_last() else { return Ok(None) };
         let mut total: u64 = segments.iter().map(|s| s.len()).sum();
         let mut doomed = 0;
         for seg in sealed {
@@ -1300,14 +1341,7 @@ impl Inner {
             total -= seg.len();
             doomed += 1;
         }
-        if doomed == 0 {
-            return Ok(0);
-        }
-        let new_start = segments[doomed].base;
-        drop(segments);
-        let doomed = self.move_log_start(new_start)?;
-        info!(topic = %self.topic, partition = self.partition, deleted_segments = doomed, log_start = new_start, "retention deleted segments");
-        Ok(doomed)
+        Ok((doomed > 0).then(|| segments[doomed].base))
     }
 }
 
