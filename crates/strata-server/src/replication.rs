@@ -86,6 +86,14 @@ impl Replication {
         data_dir: PathBuf,
         logs: Arc<LogManager>,
     ) -> Result<Arc<Self>, ServerError> {
+        // Snapshot entries staged by a run that stopped mid-transfer: the
+        // leader sends them again.
+        let staging = data_dir.join("snapshots");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| {
+                ServerError::Startup(format!("cannot clear the snapshot staging folder {}: {e}", staging.display()))
+            })?;
+        }
         let raft_identity = Identity::new(cluster.node_id, cluster.members(), identity.cluster_id.clone());
         let peers = Peers::new(raft_identity, cluster.peers.clone());
         let groups = Groups::default();

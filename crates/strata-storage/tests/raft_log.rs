@@ -252,3 +252,54 @@ async fn a_reset_to_a_snapshot_drops_the_log_and_goes_on_at_the_leaders_offset()
     let info = log.submit_entry(batch(1, 1, "next"), id(4, 81)).await.expect("submit").wait().await.expect("ok");
     assert_eq!(info.base_offset, 5000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_to_empty_lets_the_log_start_again_with_its_first_entry() {
+    let fx = Fixture::new();
+    {
+        let (db, log) = fx.open(small_segments());
+        put(&log, 1, 0..10).await;
+        log.reset_to_empty(0).await.expect("reset");
+        assert!(indices(&log).await.is_empty());
+        assert_eq!((log.last_purged(), log.last_entry()), (None, None));
+        put(&log, 2, 0..3).await;
+        close(db, log).await;
+    }
+    // Recovered as written: entries 0..3 of term 2, nothing purged. Then a
+    // crash right after an empty reset's marker (the next offset alone).
+    {
+        let (db, log) = fx.open(small_segments());
+        assert_eq!(indices(&log).await, vec![0, 1, 2]);
+        assert_eq!(log.last_purged(), None);
+        close(db, log).await;
+        let db = strata_storage::IndexDb::open(&fx.root.join("index")).expect("index");
+        strata_storage::LogIndex::put_state(&db.partition(1, 0), "reset", &7u64.to_le_bytes(), true).expect("marker");
+    }
+    let (_db, log) = fx.open(small_segments());
+    assert!(indices(&log).await.is_empty(), "recovery finished the reset");
+    assert_eq!((log.last_purged(), log.log_start_offset()), (None, 7));
+    let info = log.submit_entry(batch(1, 1, "first"), id(5, 0)).await.expect("submit").wait().await.expect("ok");
+    assert_eq!(info.base_offset, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_cut_of_a_raft_log_is_the_last_entry_of_the_segments_to_delete() {
+    let fx = Fixture::new();
+    let config = LogConfig { segment_bytes: 1024, retention_bytes: 2048, ..LogConfig::default() };
+    let (_db, log) = fx.open_applied(config);
+    put(&log, 1, 0..60).await;
+    log.set_applied(59).expect("applied");
+    // A Raft log is never trimmed behind consensus' back.
+    assert_eq!(log.apply_retention(strata_record::now_ms()).expect("retention"), 0);
+    let segments = log.status().segments;
+    let cut = log.retention_cut(strata_record::now_ms()).expect("cut").expect("something to delete");
+    assert!(cut.index > 0 && cut.index < 59, "{cut:?}");
+    assert_eq!(log.log_start_offset(), 0, "asking deletes nothing");
+    // Purging up to the cut deletes whole segments: the next entry starts one.
+    log.purge(cut).await.expect("purge");
+    assert!(log.status().segments < segments);
+    assert_eq!(log.log_start_offset(), (cut.index + 1) * 2, "two records per entry");
+    assert!(log.status().size_bytes <= 2048 + 1024, "{:?}", log.status());
+    assert_eq!(indices(&log).await.first(), Some(&(cut.index + 1)));
+    assert_eq!(log.retention_cut(strata_record::now_ms()).expect("cut"), None, "within the limit now");
+}

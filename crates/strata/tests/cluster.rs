@@ -40,16 +40,24 @@ fn seed() -> u64 {
 struct Cluster {
     ports: Vec<u16>,
     nodes: Vec<Option<ServerProcess>>,
+    /// Environment every node starts with.
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(n);
-        let nodes =
-            (1..=n as u64).map(|id| Some(ServerProcess::start_node(&Self::dir_of(&dir, id), id, &ports))).collect();
-        Self { ports, nodes, _dir: dir }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let nodes = (1..=n as u64)
+            .map(|id| Some(ServerProcess::start_node_with(&Self::dir_of(&dir, id), id, &ports, &env)))
+            .collect();
+        Self { ports, nodes, env, _dir: dir }
     }
 
     fn dir_of(dir: &tempfile::TempDir, id: u64) -> std::path::PathBuf {
@@ -82,7 +90,7 @@ impl Cluster {
     }
 
     fn restart(&mut self, id: u64) {
-        let node = ServerProcess::start_node(&Self::dir_of(&self._dir, id), id, &self.ports);
+        let node = ServerProcess::start_node_with(&Self::dir_of(&self._dir, id), id, &self.ports, &self.env);
         self.nodes[id as usize - 1] = Some(node);
     }
 }
@@ -214,6 +222,13 @@ async fn killing_a_partition_leader_loses_no_acknowledged_record() {
 /// had applied, and checks that all hold the same log up to there (their
 /// `PartitionDigest`s are equal).
 async fn replicas_agree(client: &Client, cluster: &Cluster, topic: &str, p: u32) {
+    if let Err(e) = digests_agree(client, cluster, topic, p).await {
+        panic!("{e}");
+    }
+}
+
+/// [`replicas_agree`], answering what differs instead of panicking.
+async fn digests_agree(client: &Client, cluster: &Cluster, topic: &str, p: u32) -> Result<(), String> {
     let mut nodes = Vec::new();
     for id in 1..=cluster.ports.len() as u64 {
         nodes.push(client.node(&cluster.addr(id)).await.expect("node"));
@@ -237,23 +252,26 @@ async fn replicas_agree(client: &Client, cluster: &Cluster, topic: &str, p: u32)
     .await;
     let mut digests = Vec::new();
     for n in &nodes {
-        digests.push(n.partition_digest(topic, p, Some(target)).await.expect("digest"));
+        digests.push(n.partition_digest(topic, p, Some(target)).await.map_err(|e| e.to_string())?);
     }
     for d in &digests[1..] {
-        assert_eq!(
-            (d.entries, d.first_index, d.last_index, d.crc32c),
-            (digests[0].entries, digests[0].first_index, digests[0].last_index, digests[0].crc32c),
-            "partition {p}: node {} and node {} differ up to index {target}",
-            d.node_id,
-            digests[0].node_id
-        );
+        let (a, b) = (&digests[0], d);
+        if (a.entries, a.first_index, a.last_index, a.crc32c) != (b.entries, b.first_index, b.last_index, b.crc32c) {
+            return Err(format!(
+                "partition {p}: node {} and node {} differ up to index {target}: {a:?} vs {b:?}",
+                a.node_id, b.node_id
+            ));
+        }
     }
+    Ok(())
 }
 
-/// Every record of a partition, by offset, read from its leader.
+/// Every record of a partition (from its log start), by offset, read from
+/// its leader.
 async fn read_all(client: &Client, topic: &str, p: u32) -> Vec<(u64, String)> {
     let mut out = Vec::new();
-    let mut offset = 0;
+    let earliest = client.list_offsets(topic, &[p], strata_client::proto::OffsetSpec::Earliest, 0).await;
+    let mut offset = earliest.expect("earliest offset")[0].offset;
     loop {
         let chunk = client.fetch(topic, p, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
         if chunk.records.is_empty() {
@@ -574,4 +592,52 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
     for i in 0..3 {
         assert!(std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok(), "node {} still listens", i + 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_trims_every_replica_and_a_node_that_was_away_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_with(3, &[("STRATA_RETENTION_CHECK_INTERVAL_MS", "200")]);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let topic = "trim";
+    let config = TopicConfig { segment_bytes: Some(4096), retention_bytes: Some(16 * 1024), ..TopicConfig::default() };
+    client.create_topic_replicated(topic, 1, Some(3), config).await.expect("create");
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        let value = format!("early-{n}");
+        acked.push((client.produce_batch(topic, 0, one_record(&value)).await.expect("produce"), value));
+    }
+    let leader = leader_of(&client, topic, 0).await;
+    let away = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(away);
+    // Far more than retention keeps: the leader deletes segments the node
+    // that is away has not seen.
+    for n in 0..800 {
+        let value = format!("later-{n:04}-{}", "x".repeat(64));
+        acked.push((client.produce_batch(topic, 0, one_record(&value)).await.expect("produce"), value));
+    }
+    let leader_node = client.node(&cluster.addr(leader)).await.expect("leader");
+    eventually("retention on the leader", || async {
+        let d = leader_node.describe_topic(topic).await.expect("describe");
+        d.partitions[0].log_start_offset > 100
+    })
+    .await;
+
+    cluster.restart(away);
+    eventually("every replica holds the same retained log", || async {
+        digests_agree(&client, &cluster, topic, 0).await.is_ok()
+    })
+    .await;
+    let away_node = client.node(&cluster.addr(away)).await.expect("node");
+    let start = away_node.describe_topic(topic).await.expect("describe").partitions[0].log_start_offset;
+    assert!(start > 100, "the returning node holds only what the leader retained (log start {start})");
+
+    // Every acknowledged record at or after the log start is there, once,
+    // at its offset; those before were deleted by retention.
+    let all = read_all(&client, topic, 0).await;
+    let first = all.first().expect("records").0;
+    let at: HashMap<u64, &str> = all.iter().map(|(o, v)| (*o, v.as_str())).collect();
+    for (offset, value) in acked.iter().filter(|(o, _)| *o >= first) {
+        assert_eq!(at.get(offset).copied(), Some(value.as_str()), "acknowledged {value} missing at {offset}");
+    }
+    assert_eq!(all.len() as u64, acked.last().expect("acked").0 + 1 - first, "no record twice, none missing");
 }

@@ -40,17 +40,28 @@ impl ServerProcess {
 
     /// Starts node `node_id` of the loopback cluster on `ports`.
     pub fn start_node(data_dir: &Path, node_id: u64, ports: &[u16]) -> Self {
+        Self::start_node_with(data_dir, node_id, ports, &[])
+    }
+
+    /// Like [`ServerProcess::start_node`], with extra environment variables
+    /// (e.g. `STRATA_RETENTION_CHECK_INTERVAL_MS`).
+    pub fn start_node_with(data_dir: &Path, node_id: u64, ports: &[u16], env: &[(String, String)]) -> Self {
         let listen = format!("127.0.0.1:{}", ports[node_id as usize - 1]);
         let id = node_id.to_string();
         let peers = peers_arg(ports);
-        Self::spawn(&["server", "--node-id", &id, "--listen", &listen, "--peers", &peers], data_dir)
+        Self::spawn_with(&["server", "--node-id", &id, "--listen", &listen, "--peers", &peers], data_dir, env)
     }
 
     fn spawn(args: &[&str], data_dir: &Path) -> Self {
+        Self::spawn_with(args, data_dir, &[])
+    }
+
+    fn spawn_with(args: &[&str], data_dir: &Path, env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
