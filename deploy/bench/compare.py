@@ -15,11 +15,9 @@ removed after each run.
 --cluster 3 compares 3-node clusters on loopback (deploy/bench/cluster.py): 3 clustered
 nats-server processes and a stream with 3 replicas (file storage) against 3 `strata server`
 nodes and a topic with replication factor 3; each system's cluster is started afresh for
-each round and stopped at its end. Its default workload is the 8-partition, 16-producer one.
-Strata's side needs the cluster CLI (`strata server --node-id --peers`); until it exists,
-run the JetStream side alone with --skip-strata:
+each round and stopped at its end. Its default workload is the 8-partition, 16-producer one:
 
-    deploy/bench/compare.py --cluster 3 --skip-strata --rounds 3 --duration 10 --skip-fio
+    deploy/bench/compare.py --cluster 3 --rounds 3 --duration 10 --warmup 2 --skip-fio
 """
 
 import argparse
