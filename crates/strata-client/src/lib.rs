@@ -69,9 +69,15 @@ struct Router {
 }
 
 /// Attempts at a partition request that finds no leader (or a stale one)
-/// before the error is returned; backing off from 20 ms to 1 s between
-/// attempts, about 10 s in all: longer than an election.
-const ROUTING_ATTEMPTS: u32 = 16;
+/// before the error is returned; backing off from 20 ms to
+/// [`ROUTING_BACKOFF_MAX`] between attempts, about 10 s in all: longer than
+/// an election (0.5-1 s), and often enough to find the new leader soon
+/// after one.
+const ROUTING_ATTEMPTS: u32 = 48;
+const ROUTING_BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// How long one node may take to answer a metadata request before the
+/// next known node is asked.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An error and its sources, as one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -146,8 +152,13 @@ impl Client {
         candidates.extend(self.router.known.lock().map_err(|_| poisoned())?.iter().cloned());
         let mut last = None;
         for addr in candidates {
+            // A node that does not answer soon is skipped for the next.
             let answer = match self.to(&addr).await {
-                Ok(node) => node.admin_rpc().metadata(node.request(req.clone())).await.map_err(ClientError::from),
+                Ok(node) => {
+                    let mut request = node.request(req.clone());
+                    request.set_timeout(node.timeout.min(METADATA_TIMEOUT));
+                    node.admin_rpc().metadata(request).await.map_err(ClientError::from)
+                }
                 Err(e) => Err(e),
             };
             match answer {
@@ -262,7 +273,7 @@ impl Client {
                 return Err(err);
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
         }
     }
 

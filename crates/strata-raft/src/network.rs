@@ -227,6 +227,8 @@ impl RaftService {
 
 /// Largest Raft message accepted or sent.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// A snapshot stream that sends nothing for this long is given up.
+const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(60);
 
 fn raft_failed(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
@@ -317,18 +319,25 @@ impl pb::raft_server::Raft for RaftService {
             .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
         let mut data: PartitionSnapshot = serde_json::from_slice(&header.data_json)
             .map_err(|e| Status::invalid_argument(format!("malformed snapshot data: {e}")))?;
+        let vote = vote_from_pb(header.vote)?;
         let prev = first.prev.map(|p| entry_id(&log_id_from_pb(p)));
         let refused = |e: transfer::TransferError| Status::invalid_argument(format!("{group}: {e}"));
         let name = format!("{}-{}", group.topic_id, group.partition);
+        // Dropped on any early return (or if the sender goes away): the
+        // staged file goes with it.
         let mut stager = transfer::Stager::create(&self.staging, &name, prev, first.start_offset).map_err(refused)?;
         stager.push(&first.batches).map_err(refused)?;
-        while let Some(chunk) = chunks.message().await? {
+        loop {
+            let next = tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, chunks.message()).await.map_err(|_| {
+                Status::deadline_exceeded(format!("{group}: no snapshot chunk for {SNAPSHOT_CHUNK_WAIT:?}"))
+            })??;
+            let Some(chunk) = next else { break };
             stager.push(&chunk.batches).map_err(refused)?;
         }
-        let staged = stager.finish(meta.last_log_id.as_ref().map(entry_id)).map_err(refused)?;
+        let staged = stager.finish(meta.last_log_id.as_ref().map(entry_id)).await.map_err(refused)?;
         let path = staged.path.clone();
         data.staged = Some(staged);
-        let installed = raft.install_full_snapshot(vote_from_pb(header.vote)?, Snapshot { meta, snapshot: data }).await;
+        let installed = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
         // Installed (and so used) or refused (a stale snapshot): either way
         // the staged entries are not needed any more.
         let _ = std::fs::remove_file(&path);

@@ -27,7 +27,8 @@ pub enum RetentionError {
 /// One retention pass over a replicated partition: returns the segments
 /// deleted. Nothing is deleted before it is applied here, covered by a
 /// snapshot and purged by openraft; when openraft postpones the purge (a
-/// replica is still being sent those entries) a later pass deletes them.
+/// replica is still being sent those entries), or a snapshot transfer is
+/// reading the log from its start, a later pass deletes them.
 pub async fn apply(raft: &PartitionRaft, log: &PartitionLog, now_ms: i64) -> Result<usize, RetentionError> {
     let cut = {
         let log = log.clone();
@@ -60,6 +61,9 @@ pub async fn apply(raft: &PartitionRaft, log: &PartitionLog, now_ms: i64) -> Res
         if purged.is_err() {
             return Ok(0); // postponed by openraft: a replica still reads them
         }
+    }
+    if log.start_pinned() {
+        return Ok(0); // a snapshot transfer reads from the log start: later
     }
     let before = log.status().segments;
     log.purge(cut).await?;

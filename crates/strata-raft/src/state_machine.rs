@@ -8,11 +8,9 @@
 //! fsync, and a lost update only means openraft applies a few entries again).
 //!
 //! Snapshots hold the applied entry, the membership and the offset after the
-//! last applied entry; installing one on a replica that does not hold that
-//! entry resets its log to go on after it, at the leader's offset. Sending
-//! the retained segments with a snapshot (so a replica that fell behind the
-//! leader's retention gets the data, not only the position) is the next
-//! step; see docs/ARCHITECTURE.md.
+//! last applied entry; a partition's snapshot is sent with the leader's
+//! retained entries up to it ([`crate::transfer`]), and installing it on a
+//! replica that does not hold that entry replaces its log with them.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -130,10 +128,19 @@ impl StateMachine {
     }
 
     async fn open_kind(log: PartitionLog, kind: Kind) -> Result<Self, io::Error> {
-        let state: AppliedState = match log.load_state(APPLIED).await.map_err(io_err)? {
+        let mut state: AppliedState = match log.load_state(APPLIED).await.map_err(io_err)? {
             Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
             None => AppliedState::default(),
         };
+        // Entries the log no longer holds (purged after they were applied,
+        // or replaced by a snapshot's) count as applied: only committed
+        // entries are ever purged, and a snapshot install that a crash cut
+        // short must not leave the applied entry below the log's start.
+        if let Some(purged) = log.last_purged()
+            && state.applied.is_none_or(|a| a.index < purged.index)
+        {
+            state.applied = Some(crate::types::log_id(purged));
+        }
         if let Some(applied) = state.applied {
             log.set_applied(applied.index).map_err(io_err)?;
         }
@@ -196,17 +203,15 @@ pub struct SnapshotBuilder {
     snapshots: Snapshots,
     /// The controller's metadata as of the applied entry.
     metadata: Option<Metadata>,
+    /// The offset after the applied entry.
+    next_offset: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = PartitionSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = PartitionSnapshot {
-            next_offset: self.snapshots.log.high_watermark(),
-            metadata: self.metadata.clone(),
-            staged: None,
-        };
+        let data = PartitionSnapshot { next_offset: self.next_offset, metadata: self.metadata.clone(), staged: None };
         let meta = SnapshotMeta { last_log_id: self.state.applied, last_membership: self.state.membership.clone() };
         self.snapshots.store(StoredSnapshot { meta, data }).await
     }
@@ -272,7 +277,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Kind::Controller(tx) => Some(Metadata::clone(&tx.borrow())),
             Kind::Partition => None,
         };
-        SnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone(), metadata }
+        // The offset after the applied entry, taken now: entries applied
+        // while openraft builds the snapshot elsewhere must not move it.
+        let next_offset = self.log.high_watermark();
+        SnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone(), metadata, next_offset }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: PartitionSnapshot) -> Result<(), io::Error> {
@@ -284,8 +292,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let held = self.log.entries(id.index, id.index + 1, 1).await.map_err(io_err)?;
             match &snapshot.staged {
                 Some(staged) if held.first().is_none_or(|(e, _)| *e != id) => {
-                    // The leader's retained entries replace this log.
-                    transfer::install(&self.log, staged, id, snapshot.next_offset).await.map_err(io_err)?;
+                    // The leader's retained entries replace this log. A crash
+                    // in between leaves a log that starts after `prev` with
+                    // part of them: `open` takes the purge point as applied,
+                    // and the leader sends the rest again.
+                    transfer::reset_for(&self.log, staged, id).await.map_err(io_err)?;
+                    transfer::append_staged(&self.log, staged, id).await.map_err(io_err)?;
                 }
                 None if held.first().is_none_or(|(e, _)| *e != id) => {
                     self.log.reset_to(id, snapshot.next_offset).await.map_err(io_err)?;

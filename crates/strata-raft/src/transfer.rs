@@ -58,8 +58,10 @@ pub fn entry_chunks(
     log: PartitionLog,
     last_index: u64,
 ) -> impl futures::Stream<Item = Result<pb::SnapshotChunk, TransferError>> {
+    // Retention leaves the log start alone while the stream reads from it.
+    let pin = log.pin_start();
     let first = log.last_purged().map_or(0, |p| p.index + 1);
-    futures::stream::try_unfold((log, first), move |(log, next)| async move {
+    futures::stream::try_unfold((log, first, pin), move |(log, next, pin)| async move {
         if next > last_index {
             return Ok(None);
         }
@@ -71,17 +73,27 @@ pub fn entry_chunks(
         };
         let next_index = last.index + 1;
         let batches = chunk.into_iter().map(|(_, b)| b).collect();
-        Ok(Some((pb::SnapshotChunk { batches, ..Default::default() }, (log, next_index))))
+        Ok(Some((pb::SnapshotChunk { batches, ..Default::default() }, (log, next_index, pin))))
     })
 }
 
 /// Stages a stream's entries in a new file under `dir` (checked as they
-/// come: each follows the one before), fsynced once complete.
+/// come: each follows the one before), fsynced once complete. The file is
+/// removed when the stager is dropped before [`Stager::finish`] hands it on
+/// (a refused, failed or cancelled transfer leaves nothing behind).
 pub struct Stager {
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     staged: StagedEntries,
     next_index: u64,
     next_offset: u64,
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.staged.path);
+        }
+    }
 }
 
 impl Stager {
@@ -93,16 +105,18 @@ impl Stager {
         let file = std::fs::File::create(&path).map_err(io_at(&path))?;
         let next_index = prev.map_or(0, |p| p.index + 1);
         Ok(Self {
-            file,
+            file: Some(file),
             staged: StagedEntries { path, prev, start_offset, count: 0 },
             next_index,
             next_offset: start_offset,
         })
     }
 
-    /// Checks and appends one chunk's batches: each must verify, and follow
-    /// the previous one (next index, contiguous offsets).
+    /// Checks and appends one chunk's batches (at most a few MiB, to the
+    /// page cache): each must verify, and follow the previous one (next
+    /// index, contiguous offsets).
     pub fn push(&mut self, batches: &[Bytes]) -> Result<(), TransferError> {
+        let Some(file) = self.file.as_mut() else { return Err(TransferError::Malformed("stager finished".into())) };
         for batch in batches {
             let h = strata_record::verify(batch).map_err(|e| TransferError::Malformed(e.to_string()))?;
             if h.log_index != self.next_index || h.base_offset != self.next_offset {
@@ -111,7 +125,7 @@ impl Stager {
                     h.log_index, h.base_offset, self.next_index, self.next_offset
                 )));
             }
-            self.file.write_all(batch).map_err(io_at(&self.staged.path))?;
+            file.write_all(batch).map_err(io_at(&self.staged.path))?;
             self.next_index += 1;
             self.next_offset += if h.control { 0 } else { u64::from(h.record_count) };
             self.staged.count += 1;
@@ -119,82 +133,148 @@ impl Stager {
         Ok(())
     }
 
-    /// The staged entries, durable, once the last one is `last`.
-    pub fn finish(self, last: Option<EntryId>) -> Result<StagedEntries, TransferError> {
+    /// The staged entries, durable, once the stream ended exactly at the
+    /// snapshot's last entry `last` (the entries before the first one sent,
+    /// `prev`, count: a stream that stopped early is refused, never taken
+    /// for a shorter log).
+    pub async fn finish(mut self, last: Option<EntryId>) -> Result<StagedEntries, TransferError> {
         let got = self.next_index.checked_sub(1);
-        if self.staged.count > 0 && got != last.map(|l| l.index) {
-            let _ = std::fs::remove_file(&self.staged.path);
+        if got != last.map(|l| l.index) {
             return Err(TransferError::Malformed(format!(
                 "the stream ended at entry {got:?}, the snapshot's last is {:?}",
                 last.map(|l| l.index)
             )));
         }
-        self.file.sync_all().map_err(io_at(&self.staged.path))?;
-        Ok(self.staged)
+        let file = self.file.take().ok_or_else(|| TransferError::Malformed("stager finished".into()))?;
+        let path = self.staged.path.clone();
+        let synced = tokio::task::spawn_blocking(move || file.sync_all()).await;
+        match synced {
+            Ok(Ok(())) => Ok(self.staged.clone()),
+            Ok(Err(source)) => {
+                let _ = std::fs::remove_file(&path);
+                Err(TransferError::Io { path, source })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(TransferError::Malformed(format!("staging sync task failed: {e}")))
+            }
+        }
     }
 }
 
-/// Entries read back from a staging file per step.
-const INSTALL_STEP: usize = 1024;
+/// Bytes of staged entries read back and appended per step.
+const INSTALL_STEP_BYTES: usize = 16 * 1024 * 1024;
 
-/// Replaces `log` with the staged entries: the log is reset to go on after
-/// `prev` at the first staged offset, the entries are appended as they are
-/// (the leader's bytes, ids and offsets) and awaited durable, and the
-/// staging file is removed. A staging file without entries resets the log
-/// to go on after `last` at `next_offset`.
-pub async fn install(
-    log: &PartitionLog,
-    staged: &StagedEntries,
-    last: EntryId,
-    next_offset: u64,
-) -> Result<(), TransferError> {
-    let path = &staged.path;
-    if staged.count == 0 {
-        log.reset_to(last, next_offset).await?;
-        let _ = std::fs::remove_file(path);
-        return Ok(());
+/// First half of installing staged entries: drops everything `log` held and
+/// makes it go on where the leader's retained entries begin (after `prev`,
+/// at the first staged offset). With nothing staged (the leader holds no
+/// entry up to the snapshot's last), the log goes on after `last`.
+pub async fn reset_for(log: &PartitionLog, staged: &StagedEntries, last: EntryId) -> Result<(), TransferError> {
+    match staged.prev {
+        _ if staged.count == 0 => log.reset_to(last, staged.start_offset).await?,
+        Some(prev) => log.reset_to(prev, staged.start_offset).await?,
+        None => log.reset_to_empty(staged.start_offset).await?,
     }
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io_at(path))?);
-    let mut pending = Vec::new();
-    let mut tickets = Vec::new();
-    let mut first = true;
-    for _ in 0..staged.count {
+    Ok(())
+}
+
+/// Reads up to about [`INSTALL_STEP_BYTES`] of batches (at most `left`).
+fn read_step(
+    reader: &mut std::io::BufReader<std::fs::File>,
+    path: &Path,
+    left: u64,
+) -> Result<Vec<Bytes>, TransferError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while (out.len() as u64) < left && bytes < INSTALL_STEP_BYTES {
         let mut len = [0u8; 4];
         reader.read_exact(&mut len).map_err(io_at(path))?;
         let size = u32::from_le_bytes(len) as usize;
         let mut buf = vec![0u8; size + 4];
         buf[..4].copy_from_slice(&len);
         reader.read_exact(&mut buf[4..]).map_err(io_at(path))?;
-        let batch = Bytes::from(buf);
-        let h =
-            strata_record::verify(&batch).map_err(|e| TransferError::Malformed(format!("{}: {e}", path.display())))?;
-        let id = EntryId { term: h.term, index: h.log_index };
-        if first {
-            // Everything this replica held goes; the log goes on where the
-            // leader's retained entries begin.
-            match staged.prev {
-                Some(prev) => log.reset_to(prev, staged.start_offset).await?,
-                None => log.reset_to_empty(staged.start_offset).await?,
-            }
-            first = false;
-        }
-        pending.push((batch, id));
-        if pending.len() >= INSTALL_STEP {
-            tickets.extend(log.submit_entries(std::mem::take(&mut pending)).await?);
-        }
+        bytes += buf.len();
+        out.push(Bytes::from(buf));
     }
-    tickets.extend(log.submit_entries(pending).await?);
-    for ticket in tickets {
-        ticket.wait().await?;
+    Ok(out)
+}
+
+/// Second half: appends the staged entries as they are (the leader's bytes,
+/// ids and offsets), a step at a time (each step durable before the next is
+/// read, so memory stays bounded), and checks the log ends at `last`.
+pub async fn append_staged(log: &PartitionLog, staged: &StagedEntries, last: EntryId) -> Result<(), TransferError> {
+    if staged.count == 0 {
+        return Ok(());
+    }
+    let path = staged.path.clone();
+    let mut reader = Some(std::io::BufReader::new(std::fs::File::open(&path).map_err(io_at(&path))?));
+    let mut left = staged.count;
+    while left > 0 {
+        let (mut r, p) = (reader.take().ok_or_else(|| TransferError::Malformed("no reader".into()))?, path.clone());
+        let (r, step) = tokio::task::spawn_blocking(move || {
+            let step = read_step(&mut r, &p, left);
+            (r, step)
+        })
+        .await
+        .map_err(|e| TransferError::Malformed(format!("staging read task failed: {e}")))?;
+        reader = Some(r);
+        let mut entries = Vec::new();
+        for batch in step? {
+            let h = strata_record::verify(&batch)
+                .map_err(|e| TransferError::Malformed(format!("{}: {e}", path.display())))?;
+            entries.push((batch, EntryId { term: h.term, index: h.log_index }));
+        }
+        left = left.saturating_sub(entries.len() as u64);
+        for ticket in log.submit_entries(entries).await? {
+            ticket.wait().await?;
+        }
     }
     match log.last_entry() {
-        Some(l) if l == last => {}
-        other => {
-            return Err(TransferError::Malformed(format!(
-                "the staged entries end at {other:?}, the snapshot's last is {last:?}"
-            )));
-        }
+        Some(l) if l == last => Ok(()),
+        other => Err(TransferError::Malformed(format!(
+            "the staged entries end at {other:?}, the snapshot's last is {last:?}"
+        ))),
     }
-    let _ = std::fs::remove_file(path);
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, base_offset: u64) -> Bytes {
+        let records = vec![strata_record::Record { value: Bytes::from_static(b"v"), ..Default::default() }; 2];
+        let mut batch = strata_record::encode(&records, strata_record::Compression::None).to_vec();
+        strata_record::stamp(&mut batch, strata_record::Placement { base_offset, term: 1, log_index: index });
+        Bytes::from(batch)
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stops_before_the_snapshots_last_entry_is_refused_and_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prev = Some(EntryId { term: 1, index: 9 });
+        let mut stager = Stager::create(dir.path(), "g", prev, 20).expect("create");
+        stager.push(&[entry(10, 20), entry(11, 22)]).expect("in order");
+        let err = stager.finish(Some(EntryId { term: 1, index: 12 })).await.expect_err("one entry short");
+        assert!(err.to_string().contains("ended at entry Some(11)"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "the staged file is gone");
+
+        // Nothing at all sent for a snapshot that needs entries: refused too.
+        let stager = Stager::create(dir.path(), "g", prev, 20).expect("create");
+        assert!(stager.finish(Some(EntryId { term: 1, index: 12 })).await.is_err());
+
+        // Out of order, or a gap in offsets: refused as it arrives.
+        let mut stager = Stager::create(dir.path(), "g", prev, 20).expect("create");
+        assert!(stager.push(&[entry(11, 20)]).is_err());
+        let mut stager2 = Stager::create(dir.path(), "g", prev, 20).expect("create");
+        assert!(stager2.push(&[entry(10, 21)]).is_err());
+        drop((stager, stager2));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+
+        // Complete: handed on, durable, and kept.
+        let mut stager = Stager::create(dir.path(), "g", prev, 20).expect("create");
+        stager.push(&[entry(10, 20), entry(11, 22), entry(12, 24)]).expect("in order");
+        let staged = stager.finish(Some(EntryId { term: 1, index: 12 })).await.expect("complete");
+        assert_eq!((staged.count, staged.start_offset, staged.prev), (3, 20, prev));
+        assert!(staged.path.exists());
+    }
 }

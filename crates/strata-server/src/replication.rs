@@ -378,9 +378,17 @@ impl Replication {
             .await
             .map_err(|e| internal(&e))?;
         if !raft.is_initialized().await.map_err(|e| internal(&e))? {
-            raft.initialize(Self::members_of(&self.cluster, replicas)).await.map_err(|e| internal(&e))?;
-            if replicas.first() == Some(&self.node_id()) {
-                raft.trigger().elect(false).await.map_err(|e| internal(&e))?;
+            match raft.initialize(Self::members_of(&self.cluster, replicas)).await {
+                Ok(()) => {
+                    if replicas.first() == Some(&self.node_id()) {
+                        raft.trigger().elect(false).await.map_err(|e| internal(&e))?;
+                    }
+                }
+                // Another replica initialised the group first and this one
+                // has heard from it already (it holds entries or a vote):
+                // it is a member, with the same membership.
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(internal(&e)),
             }
         }
         info!(%group, ?replicas, "partition replica started");

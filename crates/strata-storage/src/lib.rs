@@ -25,7 +25,7 @@ pub use error::{Result, StorageError};
 pub use index::{IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
 pub use log::{
     AppendInfo, AppendTicket, EntryId, LogDigest, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, Progress,
-    ReadResult, Visibility,
+    ReadResult, StartPin, Visibility,
 };
 pub use manager::{LogManager, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, TopicInfo, TopicRecord, validate_topic_name};
 

@@ -303,3 +303,30 @@ async fn the_retention_cut_of_a_raft_log_is_the_last_entry_of_the_segments_to_de
     assert_eq!(indices(&log).await.first(), Some(&(cut.index + 1)));
     assert_eq!(log.retention_cut(strata_record::now_ms()).expect("cut"), None, "within the limit now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_of_control_batches_alone_does_not_roll_onto_its_own_name() {
+    // Many leader changes (blank entries) on a quiet partition: more control
+    // bytes than a segment holds, and no record to give a new segment another
+    // base offset.
+    let fx = Fixture::new();
+    let config = LogConfig { segment_bytes: 1024, segment_ms: 1, ..LogConfig::default() };
+    {
+        // (Without consensus the log keeps no recent entries in memory:
+        // reads come from the segment files, at their indexed positions.)
+        let (db, log) = fx.open(config);
+        for i in 0..40 {
+            let blank = strata_record::control_batch("raft.blank", b"", 0);
+            log.submit_entry(blank, id(i + 1, i)).await.expect("submit").wait().await.expect("durable");
+        }
+        put(&log, 50, 40..45).await;
+        assert_eq!(log.last_entry(), Some(id(50, 44)));
+        assert_eq!(indices(&log).await, (0..45).collect::<Vec<_>>(), "every entry reads back");
+        assert_eq!(read_all(&log, 0).await.len(), 10);
+        assert!(log.status().failure.is_none(), "{:?}", log.status());
+        close(db, log).await;
+    }
+    let (_db, log) = fx.open(config);
+    assert_eq!(indices(&log).await, (0..45).collect::<Vec<_>>(), "every entry survives a restart");
+    assert!(log.status().failure.is_none(), "{:?}", log.status());
+}

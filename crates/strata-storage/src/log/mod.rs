@@ -207,6 +207,8 @@ pub(crate) struct Inner {
     submit: tokio::sync::Mutex<SubmitState>,
     /// Held while the log start moves (retention and purges).
     log_start_moves: Mutex<()>,
+    /// Readers (snapshot transfers) that need the log start to stay put.
+    start_pins: std::sync::atomic::AtomicUsize,
 }
 
 /// Handle to a partition log; cheap to clone.
@@ -215,6 +217,22 @@ pub struct PartitionLog {
     inner: Arc<Inner>,
     tx: mpsc::Sender<Command>,
     writer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Held by a reader that needs the log start to stay put; see
+/// [`PartitionLog::pin_start`].
+pub struct StartPin(Arc<Inner>);
+
+impl Drop for StartPin {
+    fn drop(&mut self) {
+        self.0.start_pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for StartPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartPin")
+    }
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -274,6 +292,7 @@ impl PartitionLog {
             purged: Mutex::new(None),
             submit: tokio::sync::Mutex::new(SubmitState::default()),
             log_start_moves: Mutex::new(()),
+            start_pins: std::sync::atomic::AtomicUsize::new(0),
         });
         match inner.recover() {
             Ok(()) => {}
@@ -483,6 +502,18 @@ impl PartitionLog {
         tokio::task::spawn_blocking(move || inner.purge_blocking(upto))
             .await
             .map_err(|e| StorageError::Index(format!("purge task failed: {e}")))?
+    }
+
+    /// Asks retention to leave the log start where it is while the pin
+    /// lives (a snapshot transfer reading the log from its start).
+    pub fn pin_start(&self) -> StartPin {
+        self.inner.start_pins.fetch_add(1, Ordering::AcqRel);
+        StartPin(Arc::clone(&self.inner))
+    }
+
+    /// Whether a [`StartPin`] is held.
+    pub fn start_pinned(&self) -> bool {
+        self.inner.start_pins.load(Ordering::Acquire) > 0
     }
 
     /// The last entry purged, if any.
@@ -1077,7 +1108,11 @@ impl Inner {
             let size = batch.len() as u64;
             let too_big = w.active_len + size > config.segment_bytes;
             let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
-            if w.active_len > 0 && (too_big || too_old) {
+            // A segment is named by its base offset: one that holds no
+            // record yet (only control batches, which take no offset) does
+            // not roll, or the next would take its name.
+            let holds_records = w.next_offset > active.base;
+            if w.active_len > 0 && holds_records && (too_big || too_old) {
                 // The old segment is complete on disk before the next one
                 // exists: recovery may then treat any fault in a sealed
                 // segment as corruption, never as a torn tail.
