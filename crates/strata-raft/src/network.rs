@@ -227,6 +227,11 @@ impl RaftService {
 
 /// Largest Raft message accepted or sent.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Deadline of an AppendEntries call that carries entries (the follower
+/// fsyncs them before it answers). A follower that is down fails at once
+/// (connection refused) or through the keep-alive; one that is slow only
+/// slows its own replication stream.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// A snapshot stream that sends nothing for this long is given up.
 const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(60);
 
@@ -627,7 +632,14 @@ impl Connection {
             entries,
             leader_commit: rpc.leader_commit.as_ref().map(log_id_to_pb),
         };
-        let request = self.request(message, &option);
+        let mut request = self.request(message, &option);
+        if !rpc.entries.is_empty() {
+            // The follower answers once the entries are fsync'd there; on a
+            // busy disk that takes longer than openraft's budget (one
+            // heartbeat interval), and a timeout throws the round trip away
+            // and backs the stream off. Heartbeats keep the short deadline.
+            request.set_timeout(option.hard_ttl().max(APPEND_TIMEOUT));
+        }
         let resp = self.client()?.append_entries(request).await.map_err(|s| self.failed(s))?.into_inner();
         use pb::append_entries_response::Outcome;
         Ok(match Outcome::try_from(resp.outcome).map_err(|_| self.malformed("unknown outcome"))? {

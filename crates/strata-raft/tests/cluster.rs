@@ -122,11 +122,27 @@ fn batch(i: u64) -> Bytes {
     strata_record::encode(&records, Compression::None)
 }
 
+/// Writes batches `range` at `node`, which leads. A leader whose lease ran
+/// out (a quorum did not answer in time: a busy disk) refuses a write
+/// without writing it; it is sent again once the leader takes writes.
 async fn write(node: &Node, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+    let deadline = std::time::Instant::now() + WAIT;
     writable(node.raft()).await;
     let mut out = Vec::new();
     for i in range {
-        let resp = node.raft().client_write(Request::new(batch(i))).await.expect("committed");
+        let resp = loop {
+            match node.raft().client_write(Request::new(batch(i))).await {
+                Ok(resp) => break resp,
+                Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)))
+                    if f.reason == openraft::error::ForwardReason::LeaseExpired
+                        && std::time::Instant::now() < deadline =>
+                {
+                    // Back off a little; the lease returns with a quorum's answer.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("batch {i} not committed: {e}"),
+            }
+        };
         out.push((resp.log_id.index, resp.data.base_offset));
     }
     out
