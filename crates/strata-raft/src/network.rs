@@ -678,7 +678,7 @@ impl Connection {
         // it. No overall deadline: a large log takes what it takes; a dead
         // peer is noticed by the connection's keep-alive, and openraft
         // cancels a replication it gave up on.
-        let (prev, start_offset) = transfer::start_of(&log);
+        let (prev, start_offset, entries) = transfer::entry_chunks(log, last.index);
         let header = pb::SnapshotChunk {
             header: Some(message),
             prev: prev.map(|p| log_id_to_pb(&crate::types::log_id(p))),
@@ -686,7 +686,7 @@ impl Connection {
             batches: Vec::new(),
         };
         let (group, target) = (self.group, self.target);
-        let entries = transfer::entry_chunks(log, last.index).filter_map(move |chunk| async move {
+        let entries = entries.filter_map(move |chunk| async move {
             match chunk {
                 Ok(c) => Some(c),
                 Err(e) => {

@@ -46,22 +46,18 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io { path: path.to_owned(), source }
 }
 
-/// Where the sender's entries begin: the entry before the first one it
-/// holds, and the first one's offset.
-pub fn start_of(log: &PartitionLog) -> (Option<EntryId>, u64) {
-    (log.last_purged(), log.log_start_offset())
-}
-
-/// The chunks after the header: the sender's entries from its first held
-/// one up to `last_index`, about [`CHUNK_BYTES`] per chunk.
+/// What the sender streams: where its entries begin (the entry before the
+/// first one it holds, and the first one's offset), then the chunks of its
+/// entries from there up to `last_index`, about [`CHUNK_BYTES`] each.
+/// Retention leaves the log start alone until the stream is dropped.
 pub fn entry_chunks(
     log: PartitionLog,
     last_index: u64,
-) -> impl futures::Stream<Item = Result<pb::SnapshotChunk, TransferError>> {
-    // Retention leaves the log start alone while the stream reads from it.
+) -> (Option<EntryId>, u64, impl futures::Stream<Item = Result<pb::SnapshotChunk, TransferError>>) {
     let pin = log.pin_start();
-    let first = log.last_purged().map_or(0, |p| p.index + 1);
-    futures::stream::try_unfold((log, first, pin), move |(log, next, pin)| async move {
+    let (prev, start_offset) = (log.last_purged(), log.log_start_offset());
+    let first = prev.map_or(0, |p| p.index + 1);
+    let chunks = futures::stream::try_unfold((log, first, pin), move |(log, next, pin)| async move {
         if next > last_index {
             return Ok(None);
         }
@@ -74,7 +70,8 @@ pub fn entry_chunks(
         let next_index = last.index + 1;
         let batches = chunk.into_iter().map(|(_, b)| b).collect();
         Ok(Some((pb::SnapshotChunk { batches, ..Default::default() }, (log, next_index, pin))))
-    })
+    });
+    (prev, start_offset, chunks)
 }
 
 /// Stages a stream's entries in a new file under `dir` (checked as they
