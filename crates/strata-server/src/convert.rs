@@ -38,6 +38,7 @@ fn partition_to_proto(p: &PartitionStatus) -> pb::PartitionDescription {
         // Filled in from the cluster's metadata by the service.
         replicas: Vec::new(),
         leader: 0,
+        in_sync: Vec::new(),
     }
 }
 

@@ -559,15 +559,16 @@ impl Replication {
         out.into_iter().collect()
     }
 
-    /// Replicas and the leader (as this node knows it; 0 when not) of a
-    /// partition.
-    pub fn placement(&self, topic: &str, partition: u32) -> (Vec<NodeId>, NodeId) {
+    /// Replicas, the leader (as this node knows it; 0 when not) and, when
+    /// this node leads it, the replicas in sync of a partition.
+    pub fn placement(&self, topic: &str, partition: u32) -> (Vec<NodeId>, NodeId, Vec<NodeId>) {
         let metadata = self.metadata.borrow();
-        let Some(t) = metadata.topics.get(topic) else { return (Vec::new(), 0) };
+        let Some(t) = metadata.topics.get(topic) else { return (Vec::new(), 0, Vec::new()) };
         let replicas = t.replicas.get(partition as usize).cloned().unwrap_or_default();
         let group = GroupId { topic_id: t.id, partition };
-        let leader = self.groups.get(group).and_then(|r| r.metrics().borrow_watched().current_leader).unwrap_or(0);
-        (replicas, leader)
+        let Some(raft) = self.groups.get(group) else { return (replicas, 0, Vec::new()) };
+        let metrics = raft.metrics().borrow_watched().clone();
+        (replicas, metrics.current_leader.unwrap_or(0), in_sync(&metrics, self.node_id()))
     }
 
     /// Proposes a validated batch to its partition's group; the proposal
@@ -608,6 +609,35 @@ impl Replication {
     fn not_leader(&self, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
         not_leader(&self.peers, group, leader, why)
     }
+}
+
+/// A follower that has not acknowledged the leader for this long is out of
+/// sync (Kafka's `replica.lag.time.max.ms` is 30 s; Raft heartbeats come
+/// every 100 ms here).
+const IN_SYNC_LAG_TIME: Duration = Duration::from_secs(10);
+/// ... or that is more entries than this behind the leader's commit point.
+const IN_SYNC_LAG_ENTRIES: u64 = 1000;
+
+/// The replicas in sync with this node, if it leads (see the proto's
+/// `PartitionDescription.in_sync`).
+fn in_sync(metrics: &openraft::RaftMetrics<TypeConfig>, me: NodeId) -> Vec<NodeId> {
+    use openraft::Instant as _;
+    if metrics.state != ServerState::Leader {
+        return Vec::new();
+    }
+    let committed = metrics.cluster_committed.as_ref().map_or(0, |c| c.index);
+    let mut out = vec![me];
+    if let (Some(matched), Some(acked)) = (&metrics.replication, &metrics.heartbeat) {
+        for (id, m) in matched {
+            let recent = acked.get(id).and_then(Option::as_ref).is_some_and(|t| t.elapsed() <= IN_SYNC_LAG_TIME);
+            let close = m.map_or(0, |l| l.index).saturating_add(IN_SYNC_LAG_ENTRIES) >= committed;
+            if *id != me && recent && close {
+                out.push(*id);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// `NOT_LEADER`, naming the leader (id and address in the error's metadata

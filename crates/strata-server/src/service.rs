@@ -69,7 +69,7 @@ impl Services {
 
     fn with_placement(&self, mut topic: pb::TopicDescription) -> pb::TopicDescription {
         for p in &mut topic.partitions {
-            (p.replicas, p.leader) = self.replication.placement(&topic.name, p.partition);
+            (p.replicas, p.leader, p.in_sync) = self.replication.placement(&topic.name, p.partition);
         }
         topic
     }

@@ -1,5 +1,5 @@
 //! `strata cluster status` (nodes, and per partition the leader, replicas,
-//! applied index and each replica's lag) and `strata dev --nodes N` (a local
+//! those in sync, applied index and each replica's lag) and `strata dev --nodes N` (a local
 //! cluster of N nodes in one command).
 
 use std::collections::BTreeMap;
@@ -71,7 +71,15 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                     }
                 }
             }
-            rows.push((t.name.clone(), p.partition, leader, replicas));
+            // The leader says which replicas are in sync with it.
+            let mut in_sync = Vec::new();
+            if let Some((_, Some(n))) = nodes.get(&leader)
+                && let Ok(m) = n.metadata(&[t.name.as_str()]).await
+                && let Some(l) = m.topics.first().and_then(|mt| mt.partitions.get(p.partition as usize))
+            {
+                in_sync.clone_from(&l.in_sync);
+            }
+            rows.push((t.name.clone(), p.partition, leader, replicas, in_sync));
         }
     }
     match format {
@@ -82,12 +90,13 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                 .collect();
             let parts: Vec<_> = rows
                 .iter()
-                .map(|(topic, partition, leader, replicas)| {
+                .map(|(topic, partition, leader, replicas, in_sync)| {
                     let applied = replicas.get(leader).and_then(|r| r.applied);
                     serde_json::json!({
                         "topic": topic,
                         "partition": partition,
                         "leader": leader,
+                        "in_sync": in_sync,
                         "applied_index": applied,
                         "replicas": replicas.iter().map(|(id, r)| serde_json::json!({
                             "node_id": id,
@@ -105,8 +114,8 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                 t.add_row(vec![id.to_string(), addr.clone(), if n.is_some() { "up" } else { "down" }.to_owned()]);
             }
             println!("{t}\n");
-            let mut t = table(&["TOPIC", "PARTITION", "LEADER", "APPLIED-INDEX", "REPLICAS (node:lag)"]);
-            for (topic, partition, leader, replicas) in &rows {
+            let mut t = table(&["TOPIC", "PARTITION", "LEADER", "IN-SYNC", "APPLIED-INDEX", "REPLICAS (node:lag)"]);
+            for (topic, partition, leader, replicas, in_sync) in &rows {
                 let applied = replicas.get(leader).and_then(|r| r.applied);
                 let lags: Vec<String> = replicas
                     .iter()
@@ -119,6 +128,7 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                     topic.clone(),
                     partition.to_string(),
                     if *leader == 0 { "none".to_owned() } else { leader.to_string() },
+                    in_sync.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
                     applied.map_or_else(|| "?".to_owned(), |a| a.to_string()),
                     lags.join(" "),
                 ]);

@@ -569,6 +569,7 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
         let settled = parts.len() == 3
             && parts.iter().all(|p| {
                 p["leader"].as_u64().is_some_and(|l| l != 0)
+                    && p["in_sync"].as_array().is_some_and(|r| r.len() == 3)
                     && p["replicas"].as_array().is_some_and(|r| r.len() == 3 && r.iter().all(|x| x["lag"] == 0))
             });
         if settled {
@@ -616,6 +617,14 @@ async fn retention_trims_every_replica_and_a_node_that_was_away_catches_up_from_
         acked.push((client.produce_batch(topic, 0, one_record(&value)).await.expect("produce"), value));
     }
     let leader_node = client.node(&cluster.addr(leader)).await.expect("leader");
+    // The node that is away drops out of the in-sync replicas (after 10 s
+    // without acknowledging the leader).
+    eventually("the node away is out of sync", || async {
+        let m = leader_node.metadata(&[topic]).await.expect("metadata");
+        let in_sync = &m.topics[0].partitions[0].in_sync;
+        in_sync.len() == 2 && !in_sync.contains(&away) && in_sync.contains(&leader)
+    })
+    .await;
     eventually("retention on the leader", || async {
         let d = leader_node.describe_topic(topic).await.expect("describe");
         d.partitions[0].log_start_offset > 100
@@ -625,6 +634,11 @@ async fn retention_trims_every_replica_and_a_node_that_was_away_catches_up_from_
     cluster.restart(away);
     eventually("every replica holds the same retained log", || async {
         digests_agree(&client, &cluster, topic, 0).await.is_ok()
+    })
+    .await;
+    eventually("the returning node is in sync again", || async {
+        let m = leader_node.metadata(&[topic]).await.expect("metadata");
+        m.topics[0].partitions[0].in_sync.len() == 3
     })
     .await;
     let away_node = client.node(&cluster.addr(away)).await.expect("node");
