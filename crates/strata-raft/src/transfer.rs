@@ -159,6 +159,9 @@ impl Stager {
     }
 }
 
+/// No stored batch is larger (produce batches are at most 32 MiB).
+const MAX_STAGED_BATCH: usize = 64 * 1024 * 1024;
+
 /// Bytes of staged entries read back and appended per step.
 const INSTALL_STEP_BYTES: usize = 16 * 1024 * 1024;
 
@@ -187,6 +190,9 @@ fn read_step(
         let mut len = [0u8; 4];
         reader.read_exact(&mut len).map_err(io_at(path))?;
         let size = u32::from_le_bytes(len) as usize;
+        if size + 4 > MAX_STAGED_BATCH {
+            return Err(TransferError::Malformed(format!("{}: a batch of {size} bytes", path.display())));
+        }
         let mut buf = vec![0u8; size + 4];
         buf[..4].copy_from_slice(&len);
         reader.read_exact(&mut buf[4..]).map_err(io_at(path))?;
