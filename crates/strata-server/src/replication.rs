@@ -700,7 +700,14 @@ impl Pending {
                 biased;
                 done = &mut rx => done,
                 flushed = local => match flushed {
-                    Ok(Ok(info)) => return Ok(info),
+                    Ok(Ok(info)) => {
+                        // Answered now; the commit's answer comes later and
+                        // is taken (openraft warns about a dropped receiver).
+                        tokio::spawn(async move {
+                            let _ = rx.await;
+                        });
+                        return Ok(info);
+                    }
                     Ok(Err(why)) => {
                         return Err(status(
                             tonic::Code::Internal,
