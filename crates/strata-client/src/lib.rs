@@ -255,21 +255,19 @@ impl Client {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let never_sent = matches!(err, ClientError::Connect { .. });
+            // Nothing was written: safe to send again (at the leader).
+            let retry = err.is_not_leader() || matches!(err, ClientError::Connect { .. });
             // A node that is unreachable, restarting or not answering in
             // time may no longer lead: ask again next time.
             let stale = matches!(err.code(), Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded));
-            if !(err.is_not_leader() || never_sent || stale) {
-                return Err(err);
-            }
-            {
+            if retry || stale {
                 let mut leaders = self.router.leaders.lock().map_err(|_| poisoned())?;
                 match err.leader_addr() {
                     Some(addr) => leaders.insert(key.clone(), addr.to_owned()),
                     None => leaders.remove(&key),
                 };
             }
-            if !(err.is_not_leader() || never_sent) || attempt >= ROUTING_ATTEMPTS {
+            if !retry || attempt >= ROUTING_ATTEMPTS {
                 return Err(err);
             }
             tokio::time::sleep(backoff).await;
