@@ -11,7 +11,9 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -42,7 +44,9 @@ pub struct Limits {
     /// they go). Each worker paces itself to its share; latency is measured
     /// from when an operation was due, so a slow answer that delays the
     /// next operations is counted against them too (no coordinated
-    /// omission).
+    /// omission). Workers are spread evenly over each one's interval
+    /// (worker `i` of `n` runs `i/n` of an interval behind the first), so
+    /// the load arrives steadily instead of in bursts of `n` at once.
     pub rate: Option<f64>,
 }
 
@@ -120,23 +124,31 @@ pub async fn run<W: Worker>(label: &str, workers: Vec<W>, limits: Limits) -> any
     let deadline = start + limits.duration.unwrap_or(limits.max_duration).min(limits.max_duration) + limits.warmup;
     let mut tasks = Vec::with_capacity(workers.len());
     let per_worker_rate = limits.rate.map(|r| r / workers.len().max(1) as f64).filter(|r| *r > 0.0);
-    for mut worker in workers {
+    let worker_count = workers.len().max(1);
+    for (index, mut worker) in workers.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let mut ops = 0u64;
             let mut due = Instant::now();
+            let mut first = true;
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let t0 = match per_worker_rate {
                     Some(_) => {
-                        tokio::time::sleep_until(due.into()).await;
+                        tokio::time::sleep_until(due).await;
                         due
                     }
                     None => Instant::now(),
                 };
                 let Some(op) = worker.op().await? else { break };
                 if let Some(rate) = per_worker_rate {
-                    due += Duration::from_secs_f64(op.records as f64 / rate);
+                    let interval = Duration::from_secs_f64(op.records as f64 / rate);
+                    due += interval;
+                    if std::mem::take(&mut first) {
+                        // The first operations (in the warm-up) go out
+                        // together; from then on worker `index` keeps its phase.
+                        due += interval.mul_f64(index as f64 / worker_count as f64);
+                    }
                 }
                 if t0 < measure_from {
                     continue;
@@ -269,6 +281,43 @@ mod tests {
         };
         let report = run("t", vec![Counter { left: 1000 }], limits).await.expect("run");
         assert_eq!(report.records, 50);
+    }
+
+    /// Records when each of its operations started.
+    struct Clocked {
+        starts: Arc<std::sync::Mutex<Vec<(usize, Duration)>>>,
+        index: usize,
+        origin: Instant,
+    }
+
+    impl Worker for Clocked {
+        async fn op(&mut self) -> anyhow::Result<Option<Op>> {
+            self.starts.lock().expect("lock").push((self.index, self.origin.elapsed()));
+            Ok(Some(Op { records: 1, bytes: 1 }))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_workers_are_spread_over_their_interval() {
+        // 4 workers at 40 records/s in all: each sends one record every
+        // 100 ms; after the first round, worker i runs i x 25 ms behind.
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let origin = Instant::now();
+        let workers = (0..4).map(|index| Clocked { starts: Arc::clone(&starts), index, origin }).collect::<Vec<_>>();
+        let limits = Limits {
+            records: None,
+            duration: Some(Duration::from_millis(450)),
+            max_duration: Duration::from_secs(60),
+            warmup: Duration::ZERO,
+            rate: Some(40.0),
+        };
+        run("t", workers, limits).await.expect("run");
+        let starts = starts.lock().expect("lock").clone();
+        for index in 0..4 {
+            let mine: Vec<u128> = starts.iter().filter(|(i, _)| *i == index).map(|(_, t)| t.as_millis()).collect();
+            let phase = 25 * index as u128;
+            assert_eq!(mine[..4], [0, 100 + phase, 200 + phase, 300 + phase], "worker {index}: {mine:?}");
+        }
     }
 
     #[test]
