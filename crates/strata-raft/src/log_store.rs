@@ -129,10 +129,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        match self.log.load_state(COMMITTED).await.map_err(io_err)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map_err(io_err),
+        let saved: Option<LogId> = match self.log.load_state(COMMITTED).await.map_err(io_err)? {
+            None => return Ok(None),
+            Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
+        };
+        let Some(committed) = saved else { return Ok(None) };
+        if self.last_purged().is_some_and(|p| p.index >= committed.index) {
+            return Ok(Some(committed));
         }
+        // The commit point is saved as soon as openraft learns it, which can
+        // be before this replica's own copy of those entries is durable (a
+        // follower hears the leader's commit point with the entries, and a
+        // crash loses entries still queued for the writer). openraft re-applies
+        // up to it on startup, so it is trusted only if this log holds that very
+        // entry; otherwise openraft starts from what the state machine applied
+        // and learns the commit point again from the leader.
+        let held = self.log.entries(committed.index, committed.index + 1, 1).await.map_err(io_err)?;
+        if held.first().is_some_and(|(id, _)| log_id(*id) == committed) {
+            return Ok(Some(committed));
+        }
+        tracing::info!(
+            log = ?self.log,
+            %committed,
+            "the saved commit point is beyond this replica's durable log; it is learnt again from the leader"
+        );
+        Ok(None)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>

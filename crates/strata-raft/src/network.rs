@@ -340,12 +340,10 @@ impl pb::raft_server::Raft for RaftService {
             stager.push(&chunk.batches).map_err(refused)?;
         }
         let staged = stager.finish(meta.last_log_id.as_ref().map(entry_id)).await.map_err(refused)?;
-        let path = staged.path.clone();
+        // The staging file goes with the snapshot's last handle (installed,
+        // refused as stale, or this call cancelled).
         data.staged = Some(staged);
         let installed = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
-        // Installed (and so used) or refused (a stale snapshot): either way
-        // the staged entries are not needed any more.
-        let _ = std::fs::remove_file(&path);
         let resp = installed.map_err(raft_failed)?;
         Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
     }

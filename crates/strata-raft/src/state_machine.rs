@@ -304,9 +304,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 _ => {}
             }
-            if let Some(staged) = &snapshot.staged {
-                let _ = std::fs::remove_file(&staged.path);
-            }
             self.log.set_applied(id.index).map_err(io_err)?;
         }
         if let Kind::Controller(tx) = &self.kind {

@@ -18,10 +18,28 @@ use strata_storage::{EntryId, PartitionLog};
 /// Bytes of entries per streamed chunk.
 pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
+/// A staging file, removed when the last handle on it goes: when the
+/// snapshot is installed, refused, or dropped unused (a cancelled call, a
+/// snapshot openraft found stale), so none is left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StagedFile(PathBuf);
+
+impl StagedFile {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Entries staged on disk by the receiver of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedEntries {
-    pub path: PathBuf,
+    pub file: std::sync::Arc<StagedFile>,
     /// The entry before the first staged one (`None`: the first staged
     /// entry is the log's first).
     pub prev: Option<EntryId>,
@@ -77,20 +95,13 @@ pub fn entry_chunks(
 /// Stages a stream's entries in a new file under `dir` (checked as they
 /// come: each follows the one before), fsynced once complete. The file is
 /// removed when the stager is dropped before [`Stager::finish`] hands it on
-/// (a refused, failed or cancelled transfer leaves nothing behind).
+/// (a refused, failed or cancelled transfer leaves nothing behind), and
+/// otherwise with the last [`StagedEntries`] handle.
 pub struct Stager {
     file: Option<std::fs::File>,
     staged: StagedEntries,
     next_index: u64,
     next_offset: u64,
-}
-
-impl Drop for Stager {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.staged.path);
-        }
-    }
 }
 
 impl Stager {
@@ -103,7 +114,7 @@ impl Stager {
         let next_index = prev.map_or(0, |p| p.index + 1);
         Ok(Self {
             file: Some(file),
-            staged: StagedEntries { path, prev, start_offset, count: 0 },
+            staged: StagedEntries { file: std::sync::Arc::new(StagedFile(path)), prev, start_offset, count: 0 },
             next_index,
             next_offset: start_offset,
         })
@@ -122,7 +133,7 @@ impl Stager {
                     h.log_index, h.base_offset, self.next_index, self.next_offset
                 )));
             }
-            file.write_all(batch).map_err(io_at(&self.staged.path))?;
+            file.write_all(batch).map_err(io_at(self.staged.file.path()))?;
             self.next_index += 1;
             self.next_offset += if h.control { 0 } else { u64::from(h.record_count) };
             self.staged.count += 1;
@@ -143,18 +154,11 @@ impl Stager {
             )));
         }
         let file = self.file.take().ok_or_else(|| TransferError::Malformed("stager finished".into()))?;
-        let path = self.staged.path.clone();
-        let synced = tokio::task::spawn_blocking(move || file.sync_all()).await;
-        match synced {
+        // On failure the stager (and with it the file) goes.
+        match tokio::task::spawn_blocking(move || file.sync_all()).await {
             Ok(Ok(())) => Ok(self.staged.clone()),
-            Ok(Err(source)) => {
-                let _ = std::fs::remove_file(&path);
-                Err(TransferError::Io { path, source })
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                Err(TransferError::Malformed(format!("staging sync task failed: {e}")))
-            }
+            Ok(Err(source)) => Err(TransferError::Io { path: self.staged.file.path().to_owned(), source }),
+            Err(e) => Err(TransferError::Malformed(format!("staging sync task failed: {e}"))),
         }
     }
 }
@@ -209,7 +213,7 @@ pub async fn append_staged(log: &PartitionLog, staged: &StagedEntries, last: Ent
     if staged.count == 0 {
         return Ok(());
     }
-    let path = staged.path.clone();
+    let path = staged.file.path().to_owned();
     let mut reader = Some(std::io::BufReader::new(std::fs::File::open(&path).map_err(io_at(&path))?));
     let mut left = staged.count;
     while left > 0 {
@@ -279,6 +283,12 @@ mod tests {
         stager.push(&[entry(10, 20), entry(11, 22), entry(12, 24)]).expect("in order");
         let staged = stager.finish(Some(EntryId { term: 1, index: 12 })).await.expect("complete");
         assert_eq!((staged.count, staged.start_offset, staged.prev), (3, 20, prev));
-        assert!(staged.path.exists());
+        let path = staged.file.path().to_owned();
+        assert!(path.exists());
+        let copy = staged.clone();
+        drop(staged);
+        assert!(path.exists(), "kept while a handle is left");
+        drop(copy);
+        assert!(!path.exists(), "removed with the last handle");
     }
 }

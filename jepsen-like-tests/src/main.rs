@@ -1,0 +1,333 @@
+//! `jepsen-like-tests`: runs a Strata cluster on separate hosts (network
+//! namespaces), drives it with concurrent clients while injecting faults,
+//! records the history and checks it. Exits 1 on any anomaly, 2 when the
+//! run itself could not be carried out.
+//!
+//!   cargo run -p jepsen-like-tests --release -- --nodes 5 --time-limit 300 \
+//!       --nemesis partition,kill,pause --workload log --seed 42
+//!   cargo run -p jepsen-like-tests --release -- --check store/<run>/history.jsonl
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use jepsen_like_tests::checker::{self, Report};
+use jepsen_like_tests::cluster::Cluster;
+use jepsen_like_tests::history::{self, CHECKER, Event, Kind, NEMESIS, Op, Recorder};
+use jepsen_like_tests::nemesis::{Family, Nemesis, Schedule};
+use jepsen_like_tests::net::Network;
+use jepsen_like_tests::workload::{Liveness, LogWorkload};
+use rand::SeedableRng;
+use serde::Serialize;
+use strata_client::Client;
+use tokio::sync::Mutex;
+
+#[derive(Parser, Debug)]
+#[command(about = "Fault-injection suite: a real Strata cluster, concurrent clients, faults, a checked history")]
+struct Args {
+    /// Nodes in the cluster, each on a host (network namespace) of its own.
+    #[arg(long, default_value_t = 5)]
+    nodes: u32,
+    /// Seconds of load and faults (the final heal, drain and checks come after).
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Fault families, comma separated: partition, kill, pause; or none.
+    #[arg(long, default_value = "partition,kill,pause")]
+    nemesis: String,
+    /// Workload: log (producers and offset readers).
+    #[arg(long, default_value = "log")]
+    workload: String,
+    /// Seed of every random choice (default: from the clock; always printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    #[arg(long, default_value_t = 3)]
+    replication_factor: u32,
+    /// Concurrent producer processes.
+    #[arg(long, default_value_t = 10)]
+    producers: u32,
+    /// Concurrent reader processes (each polls its share of the partitions).
+    #[arg(long, default_value_t = 4)]
+    readers: u32,
+    /// Quiet seconds before each fault: MIN-MAX.
+    #[arg(long, default_value = "5-10")]
+    quiet: String,
+    /// Seconds each fault is held: MIN-MAX.
+    #[arg(long, default_value = "3-8")]
+    hold: String,
+    /// Where runs are stored (store/<run>/{history.jsonl,results.json,n*.log}).
+    #[arg(long, default_value = "store")]
+    store: PathBuf,
+    /// The strata binary (default: `strata` beside this program).
+    #[arg(long)]
+    strata: Option<PathBuf>,
+    /// Only check an existing history.jsonl and print its results.
+    #[arg(long, value_name = "HISTORY")]
+    check: Option<PathBuf>,
+}
+
+fn range(s: &str) -> anyhow::Result<(Duration, Duration)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (f64, f64) = (a.trim().parse()?, b.trim().parse()?);
+    if a < 0.0 || b < a {
+        bail!("'{s}' is not a range MIN-MAX of seconds");
+    }
+    Ok((Duration::from_secs_f64(a), Duration::from_secs_f64(b)))
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    seed: u64,
+    nodes: u32,
+    time_limit_s: u64,
+    nemesis: String,
+    workload: String,
+    valid: bool,
+    /// Produce requests that succeeded while only a minority was faulted.
+    minority_fault_send_success: Option<f64>,
+    /// Milliseconds from each heal to the first acknowledged write after it.
+    heal_to_first_write_ms: Vec<u64>,
+    report: Report,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(path) = &args.check {
+        let events = history::load(path)?;
+        let report = checker::check(&events);
+        print_summary(&report, None, &[]);
+        return Ok(report.valid());
+    }
+    if args.workload != "log" {
+        bail!("unknown workload '{}' (known: log)", args.workload);
+    }
+    if args.nodes < args.replication_factor || args.nodes == 0 {
+        bail!("--nodes {} is fewer than --replication-factor {}", args.nodes, args.replication_factor);
+    }
+    let families: Vec<Family> = match args.nemesis.as_str() {
+        "none" | "" => Vec::new(),
+        list => {
+            list.split(',').map(|f| f.trim().parse::<Family>()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?
+        }
+    };
+    let schedule = Schedule { quiet: range(&args.quiet)?, hold: range(&args.hold)? };
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 1_000_000_007).unwrap_or(1)
+    });
+    eprintln!("seed {seed}");
+    let strata = match &args.strata {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("strata"),
+    };
+    if !strata.exists() {
+        bail!(
+            "the strata binary is missing at {} (build it: cargo build --release -p strata, or pass --strata)",
+            strata.display()
+        );
+    }
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let dir = args.store.join(format!("{started}-seed{seed}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    eprintln!("run stored in {}", dir.display());
+
+    let tag = (std::process::id() % 60_000) as u16;
+    let network = Network::create(args.nodes, tag)?;
+    eprintln!("{} hosts on {}", args.nodes, network.subnet());
+    let cluster = Cluster::start(&strata, &network.hosts, &dir).await?;
+    drive(&args, seed, families, schedule, &dir, network, cluster).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    args: &Args,
+    seed: u64,
+    families: Vec<Family>,
+    schedule: Schedule,
+    dir: &Path,
+    network: Network,
+    cluster: Cluster,
+) -> anyhow::Result<bool> {
+    let addrs = cluster.addrs();
+    let node_addrs: Vec<(u32, String)> = cluster.node_ids().into_iter().map(|n| (n, cluster.addr(n))).collect();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let network = Arc::new(Mutex::new(network));
+    let result = async {
+        cluster.lock().await.wait_ready(Duration::from_secs(60)).await?;
+        let client = Client::connect(&addrs.join(",")).await?.with_timeout(Duration::from_secs(30));
+        let topic = "jepsen".to_owned();
+        let config = strata_client::TopicConfig::default();
+        client
+            .create_topic_replicated(&topic, args.partitions, Some(args.replication_factor), config)
+            .await
+            .context("cannot create the topic")?;
+        eprintln!("topic {topic}: {} partitions, replication factor {}", args.partitions, args.replication_factor);
+
+        let recorder = Arc::new(Recorder::create(&dir.join("history.jsonl"))?);
+        let workload = LogWorkload {
+            topic: topic.clone(),
+            partitions: args.partitions,
+            producers: args.producers,
+            readers: args.readers,
+            seed,
+        };
+        let minority_fault = Arc::new(AtomicBool::new(false));
+        let liveness = Arc::new(Liveness::default());
+        let until = Instant::now() + Duration::from_secs(args.time_limit);
+        let nemesis = (!families.is_empty()).then(|| {
+            let leader_client = client.clone();
+            let leader_topic = topic.clone();
+            let nemesis = Nemesis {
+                cluster: Arc::clone(&cluster),
+                network: Arc::clone(&network),
+                recorder: Arc::clone(&recorder),
+                families: families.clone(),
+                schedule,
+                rng: rand::rngs::StdRng::seed_from_u64(seed),
+                leader_of: Arc::new(move || {
+                    let (c, t) = (leader_client.clone(), leader_topic.clone());
+                    Box::pin(async move {
+                        let meta = tokio::time::timeout(Duration::from_secs(2), c.metadata(&[&t])).await.ok()?.ok()?;
+                        let leader = meta.topics.first()?.partitions.first()?.leader;
+                        (leader != 0).then_some(leader as u32)
+                    })
+                }),
+                minority_fault: Arc::clone(&minority_fault),
+            };
+            tokio::spawn(nemesis.run(until))
+        });
+        let progress = {
+            let recorder = Arc::clone(&recorder);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    eprintln!("[run] {:>6.1}s {} events", recorder.elapsed().as_secs_f64(), recorder.len());
+                }
+            })
+        };
+        workload.run(&client, &recorder, until, &minority_fault, &liveness).await?;
+        let faults = match nemesis {
+            Some(n) => n.await.context("the nemesis panicked")??.faults,
+            None => 0,
+        };
+        progress.abort();
+        eprintln!("load done ({faults} faults); healing everything, then draining");
+
+        network.lock().await.heal()?;
+        {
+            let mut c = cluster.lock().await;
+            c.revive_all()?;
+            c.check_alive()?;
+        }
+        let heal = Op::Nemesis { fault: "final-heal".into(), nodes: Vec::new(), detail: String::new() };
+        recorder.record(NEMESIS, Kind::Ok, heal, None);
+        cluster.lock().await.wait_ready(Duration::from_secs(120)).await?;
+        workload.drain(&client, &recorder, Duration::from_secs(120)).await?;
+        workload.digests(&client, &node_addrs, &recorder, Duration::from_secs(60)).await?;
+        cluster.lock().await.check_alive()?;
+
+        let events = recorder.finish()?;
+        let report = checker::check(&events);
+        let sends = liveness.minority_sends.load(Ordering::Relaxed);
+        let results = Results {
+            seed,
+            nodes: args.nodes,
+            time_limit_s: args.time_limit,
+            nemesis: args.nemesis.clone(),
+            workload: args.workload.clone(),
+            valid: report.valid(),
+            minority_fault_send_success: (sends > 0)
+                .then(|| liveness.minority_sends_ok.load(Ordering::Relaxed) as f64 / sends as f64),
+            heal_to_first_write_ms: heal_to_first_write(&events),
+            report,
+        };
+        std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+        print_summary(&results.report, results.minority_fault_send_success, &results.heal_to_first_write_ms);
+        eprintln!("history, results and node logs in {}", dir.display());
+        anyhow::Ok(results.valid)
+    }
+    .await;
+    cluster.lock().await.stop().await;
+    drop(network);
+    result
+}
+
+/// For every heal, the time to the first acknowledged write after it.
+fn heal_to_first_write(events: &[Event]) -> Vec<u64> {
+    let heals = events.iter().filter(|e| {
+        e.process == NEMESIS
+            && e.kind == Kind::Ok
+            && matches!(&e.op, Op::Nemesis { fault, .. } if fault.ends_with("heal"))
+    });
+    heals
+        .filter_map(|h| {
+            events
+                .iter()
+                .find(|e| {
+                    e.time_ns > h.time_ns
+                        && e.kind == Kind::Ok
+                        && e.process != CHECKER
+                        && matches!(e.op, Op::Send { .. })
+                })
+                .map(|e| (e.time_ns - h.time_ns) / 1_000_000)
+        })
+        .collect()
+}
+
+fn print_summary(report: &Report, minority_success: Option<f64>, heal_ms: &[u64]) {
+    println!();
+    println!("| ops ok | ops fail | ops info | acknowledged sends | faults |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} |",
+        report.ops_ok, report.ops_fail, report.ops_info, report.sends_acked, report.faults
+    );
+    println!();
+    println!("| anomaly | count |");
+    println!("|---|---|");
+    for (name, count) in &report.counts {
+        println!("| {name} | {count} |");
+    }
+    for a in report.anomalies.iter().take(20) {
+        println!("  {} {}: {}", a.kind.name(), a.partition.map(|p| format!("p{p}")).unwrap_or_default(), a.detail);
+    }
+    if let Some(s) = minority_success {
+        println!("\nproduce success while only a minority was faulted: {:.2}%", s * 100.0);
+    }
+    if !heal_ms.is_empty() {
+        let mut sorted = heal_ms.to_vec();
+        sorted.sort_unstable();
+        println!(
+            "heal to first acknowledged write: median {} ms, max {} ms ({} heals)",
+            sorted[sorted.len() / 2],
+            sorted[sorted.len() - 1],
+            sorted.len()
+        );
+    }
+    println!("\n{}", if report.valid() { "valid: no anomaly" } else { "INVALID: anomalies found" });
+}

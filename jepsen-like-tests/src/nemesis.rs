@@ -1,0 +1,239 @@
+//! Faults on a schedule: wait, inject one fault, hold it, heal, repeat.
+//! Every fault start and heal goes into the history (process [`NEMESIS`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use tokio::sync::Mutex;
+
+use crate::cluster::Cluster;
+use crate::history::{Kind, NEMESIS, Op, Recorder};
+use crate::net::Network;
+
+/// Fault families, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Partition,
+    Kill,
+    Pause,
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "partition" => Ok(Self::Partition),
+            "kill" => Ok(Self::Kill),
+            "pause" => Ok(Self::Pause),
+            other => Err(format!("unknown nemesis '{other}' (known: partition, kill, pause)")),
+        }
+    }
+}
+
+/// One fault, ready to inject.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Groups that cannot talk to each other.
+    Partition {
+        name: &'static str,
+        groups: Vec<Vec<u32>>,
+    },
+    /// Each node sees only its neighbours (majorities ring).
+    Ring {
+        sees: Vec<(u32, Vec<u32>)>,
+    },
+    Kill {
+        nodes: Vec<u32>,
+    },
+    Pause {
+        nodes: Vec<u32>,
+    },
+}
+
+impl Fault {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Partition { name, .. } => name,
+            Self::Ring { .. } => "partition-majorities-ring",
+            Self::Kill { nodes } if nodes.len() == 1 => "kill-one",
+            Self::Kill { .. } => "kill-several",
+            Self::Pause { nodes } if nodes.len() == 1 => "pause-one",
+            Self::Pause { .. } => "pause-several",
+        }
+    }
+
+    fn nodes(&self) -> Vec<u32> {
+        match self {
+            Self::Partition { groups, .. } => groups.first().cloned().unwrap_or_default(),
+            Self::Ring { sees } => sees.iter().map(|(n, _)| *n).collect(),
+            Self::Kill { nodes } | Self::Pause { nodes } => nodes.clone(),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::Partition { groups, .. } => format!("groups {groups:?}"),
+            Self::Ring { sees } => format!("each node sees {sees:?}"),
+            Self::Kill { nodes } => format!("kill -9 {nodes:?}, restart at heal"),
+            Self::Pause { nodes } => format!("SIGSTOP {nodes:?}, SIGCONT at heal"),
+        }
+    }
+}
+
+/// Timing of the schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Quiet time before each fault, drawn from this range.
+    pub quiet: (Duration, Duration),
+    /// How long each fault is held, drawn from this range.
+    pub hold: (Duration, Duration),
+}
+
+/// What the nemesis did, for the summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NemesisStats {
+    pub faults: u64,
+    /// Time spent with a fault on only a minority of nodes.
+    pub minority_faulted: Duration,
+}
+
+pub struct Nemesis {
+    pub cluster: Arc<Mutex<Cluster>>,
+    pub network: Arc<Mutex<Network>>,
+    pub recorder: Arc<Recorder>,
+    pub families: Vec<Family>,
+    pub schedule: Schedule,
+    pub rng: StdRng,
+    /// Finds the current leader of some partition (for "isolate the leader").
+    pub leader_of: Arc<dyn Fn() -> futures_like::BoxFuture<Option<u32>> + Send + Sync>,
+    /// Set while a fault is on a minority only (for the liveness figure).
+    pub minority_fault: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A boxed future, to keep the leader lookup object-safe.
+pub mod futures_like {
+    pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+}
+
+fn draw(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
+    if hi <= lo { lo } else { lo + (hi - lo).mul_f64(rng.random::<f64>()) }
+}
+
+impl Nemesis {
+    /// Runs faults until `until`, then heals everything.
+    pub async fn run(mut self, until: Instant) -> anyhow::Result<NemesisStats> {
+        let mut stats = NemesisStats::default();
+        loop {
+            let quiet = draw(&mut self.rng, self.schedule.quiet);
+            if Instant::now() + quiet >= until {
+                break;
+            }
+            tokio::time::sleep(quiet).await;
+            let fault = self.pick().await;
+            let hold = draw(&mut self.rng, self.schedule.hold).min(until.saturating_duration_since(Instant::now()));
+            let op = Op::Nemesis { fault: fault.name().into(), nodes: fault.nodes(), detail: fault.detail() };
+            self.recorder.record(NEMESIS, Kind::Invoke, op.clone(), None);
+            let minority = self.is_minority(&fault).await;
+            let started = Instant::now();
+            let injected = self.inject(&fault).await;
+            if let Err(e) = &injected {
+                self.recorder.record(NEMESIS, Kind::Fail, op.clone(), Some(format!("{e:#}")));
+            }
+            stats.faults += 1;
+            eprintln!("[nemesis] {:>6.1}s {} {}", self.recorder.elapsed().as_secs_f64(), fault.name(), fault.detail());
+            self.minority_fault.store(minority, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(hold).await;
+            self.minority_fault.store(false, std::sync::atomic::Ordering::Relaxed);
+            if minority {
+                stats.minority_faulted += started.elapsed();
+            }
+            self.heal(&fault).await?;
+            self.recorder.record(
+                NEMESIS,
+                Kind::Ok,
+                Op::Nemesis { fault: "heal".into(), nodes: fault.nodes(), detail: String::new() },
+                None,
+            );
+            eprintln!("[nemesis] {:>6.1}s healed", self.recorder.elapsed().as_secs_f64());
+        }
+        Ok(stats)
+    }
+
+    async fn is_minority(&self, fault: &Fault) -> bool {
+        let n = self.cluster.lock().await.node_ids().len();
+        match fault {
+            Fault::Kill { nodes } | Fault::Pause { nodes } => nodes.len() * 2 < n,
+            // A node isolated, or the smaller half: the rest keep a majority.
+            Fault::Partition { groups, .. } => groups.iter().any(|g| g.len() * 2 > n),
+            Fault::Ring { .. } => false,
+        }
+    }
+
+    async fn pick(&mut self) -> Fault {
+        let mut nodes = self.cluster.lock().await.node_ids();
+        let n = nodes.len();
+        let family = *self.families.choose(&mut self.rng).unwrap_or(&Family::Kill);
+        nodes.shuffle(&mut self.rng);
+        let minority = (n - 1) / 2;
+        match family {
+            Family::Partition => match self.rng.random_range(0..4) {
+                0 => Fault::Partition { name: "partition-one", groups: vec![vec![nodes[0]], nodes[1..].to_vec()] },
+                1 => {
+                    let (a, b) = nodes.split_at(minority.max(1));
+                    Fault::Partition { name: "partition-halves", groups: vec![a.to_vec(), b.to_vec()] }
+                }
+                2 if n >= 5 => {
+                    let mut ring = nodes.clone();
+                    ring.sort_unstable();
+                    let sees = (0..n).map(|i| (ring[i], vec![ring[(i + n - 1) % n], ring[(i + 1) % n]])).collect();
+                    Fault::Ring { sees }
+                }
+                _ => {
+                    let leader = (self.leader_of)().await.unwrap_or(nodes[0]);
+                    let rest = nodes.iter().copied().filter(|&x| x != leader).collect();
+                    Fault::Partition { name: "partition-leader", groups: vec![vec![leader], rest] }
+                }
+            },
+            Family::Kill => match self.rng.random_range(0..4) {
+                0 | 1 => Fault::Kill { nodes: vec![nodes[0]] },
+                2 => Fault::Kill { nodes: nodes[..minority.max(1)].to_vec() },
+                _ => Fault::Kill { nodes: nodes.clone() },
+            },
+            Family::Pause => match self.rng.random_range(0..3) {
+                0 | 1 => Fault::Pause { nodes: vec![nodes[0]] },
+                _ => Fault::Pause { nodes: nodes[..minority.max(1)].to_vec() },
+            },
+        }
+    }
+
+    async fn inject(&self, fault: &Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Partition { groups, .. } => self.network.lock().await.partition(groups),
+            Fault::Ring { sees } => self.network.lock().await.restrict(sees),
+            Fault::Kill { nodes } => {
+                let mut cluster = self.cluster.lock().await;
+                for &n in nodes {
+                    cluster.kill(n).await?;
+                }
+                Ok(())
+            }
+            Fault::Pause { nodes } => {
+                let mut cluster = self.cluster.lock().await;
+                for &n in nodes {
+                    cluster.pause(n)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn heal(&self, fault: &Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Partition { .. } | Fault::Ring { .. } => self.network.lock().await.heal(),
+            Fault::Kill { .. } | Fault::Pause { .. } => self.cluster.lock().await.revive_all(),
+        }
+    }
+}
