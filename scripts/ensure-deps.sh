@@ -3,11 +3,12 @@
 #   clang, libclang-dev  - bindgen for RocksDB's C API (the rocksdb crate)
 #   protobuf-compiler    - protoc, for the gRPC API in proto/
 #   build-essential      - a C++ compiler for the bundled RocksDB
+#   iproute2             - `ip`, for the fault-injection suite's network namespaces
 # Installs them with apt-get when missing (as root, or through sudo);
 # otherwise prints the exact command to run.
 set -euo pipefail
 
-packages=(clang libclang-dev protobuf-compiler build-essential)
+packages=(clang libclang-dev protobuf-compiler build-essential iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

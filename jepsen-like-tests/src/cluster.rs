@@ -1,7 +1,9 @@
 //! The cluster under test: one `strata server` process per host, the same
 //! binary and flags a user runs (`--node-id --listen --peers --data-dir`),
-//! started inside the host's network namespace. The harness kills (SIGKILL),
-//! pauses (SIGSTOP), resumes (SIGCONT) and restarts them.
+//! started in the host's container (the binary mounted read-only, data and
+//! log in the run's folder) or network namespace. The harness kills
+//! (SIGKILL), pauses (SIGSTOP, or the cgroup freezer for a container),
+//! resumes and restarts them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::net::Host;
+use crate::net::{Host, Kind, run};
 
 /// Port every node listens on (each host has its own address).
 pub const PORT: u16 = 7878;
@@ -20,7 +22,11 @@ struct Node {
     host: Host,
     data_dir: PathBuf,
     log: PathBuf,
+    /// The process (namespace hosts).
     child: Option<Child>,
+    /// The container exists / runs (container hosts).
+    created: bool,
+    running: bool,
     paused: bool,
 }
 
@@ -30,11 +36,14 @@ pub struct Cluster {
     strata: PathBuf,
     nodes: Vec<Node>,
     peers: String,
+    /// The Docker network of container hosts.
+    network: String,
+    dir: PathBuf,
 }
 
 impl Cluster {
     /// Starts a node on every host; data and logs under `dir`.
-    pub async fn start(strata: &Path, hosts: &[Host], dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(strata: &Path, hosts: &[Host], network: &str, dir: &Path) -> anyhow::Result<Self> {
         let peers = hosts.iter().map(|h| format!("{}={}:{PORT}", h.node, h.ip)).collect::<Vec<_>>().join(",");
         let nodes = hosts
             .iter()
@@ -43,10 +52,13 @@ impl Cluster {
                 data_dir: dir.join(format!("n{}", h.node)),
                 log: dir.join(format!("n{}.log", h.node)),
                 child: None,
+                created: false,
+                running: false,
                 paused: false,
             })
             .collect();
-        let mut cluster = Self { strata: strata.to_owned(), nodes, peers };
+        let mut cluster =
+            Self { strata: strata.to_owned(), nodes, peers, network: network.to_owned(), dir: dir.to_owned() };
         for node in 1..=hosts.len() as u32 {
             cluster.spawn(node)?;
         }
@@ -72,27 +84,73 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u32) -> anyhow::Result<()> {
-        let strata = self.strata.clone();
-        let peers = self.peers.clone();
+        let (strata, peers, network, dir) =
+            (self.strata.clone(), self.peers.clone(), self.network.clone(), self.dir.clone());
         let node = self.node(id)?;
-        if node.child.is_some() {
-            return Ok(());
-        }
         std::fs::create_dir_all(&node.data_dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.host.namespace])
-            .arg(&strata)
-            .args(["server", "--node-id", &id.to_string(), "--listen", &format!("{}:{PORT}", node.host.ip)])
-            .args(["--peers", &peers, "--data-dir"])
-            .arg(&node.data_dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start node {id} ({})", strata.display()))?;
-        node.child = Some(child);
+        let listen = format!("{}:{PORT}", node.host.ip);
+        match node.host.kind {
+            Kind::Docker if node.running => {}
+            Kind::Docker if node.created => {
+                run(&["docker", "start", &node.host.name])?;
+                node.running = true;
+            }
+            Kind::Docker => {
+                // The run's folder is mounted at the same path, so data and
+                // log land where the namespace hosts put them.
+                let d = dir.to_string_lossy();
+                let command = format!(
+                    "exec /usr/local/bin/strata server --node-id {id} --listen {listen} --peers {peers} --data-dir {} >> {} 2>&1",
+                    node.data_dir.display(),
+                    node.log.display()
+                );
+                run(&[
+                    "docker",
+                    "run",
+                    "-d",
+                    "--name",
+                    &node.host.name,
+                    "--hostname",
+                    &node.host.name,
+                    "--network",
+                    &network,
+                    "--ip",
+                    &node.host.ip,
+                    "--cap-add",
+                    "NET_ADMIN",
+                    "-v",
+                    &format!("{}:/usr/local/bin/strata:ro", strata.display()),
+                    "-v",
+                    &format!("{d}:{d}"),
+                    crate::image::IMAGE,
+                    "sh",
+                    "-c",
+                    &command,
+                ])
+                .with_context(|| format!("cannot start node {id}'s container"))?;
+                node.created = true;
+                node.running = true;
+            }
+            Kind::Netns => {
+                if node.child.is_some() {
+                    return Ok(());
+                }
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &node.host.name])
+                    .arg(&strata)
+                    .args(["server", "--node-id", &id.to_string(), "--listen", &listen])
+                    .args(["--peers", &peers, "--data-dir"])
+                    .arg(&node.data_dir)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("cannot start node {id} ({})", strata.display()))?;
+                node.child = Some(child);
+            }
+        }
         node.paused = false;
         Ok(())
     }
@@ -105,14 +163,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether node `id`'s container runs, as Docker sees it.
+    fn container_running(name: &str) -> anyhow::Result<bool> {
+        let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", name]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "true")
+    }
+
     /// `kill -9`; the node stays down until [`Cluster::restart`].
     pub async fn kill(&mut self, id: u32) -> anyhow::Result<()> {
         let node = self.node(id)?;
-        if let Some(mut child) = node.child.take() {
-            if let Some(pid) = child.id() {
-                Self::signal(pid, "KILL")?;
+        match node.host.kind {
+            Kind::Docker => {
+                if node.running {
+                    if !Self::container_running(&node.host.name)? {
+                        bail!("node {id} exited by itself before it was killed; see {}", node.log.display());
+                    }
+                    if node.paused {
+                        run(&["docker", "unpause", &node.host.name])?;
+                    }
+                    run(&["docker", "kill", "-s", "KILL", &node.host.name])?;
+                    run(&["docker", "wait", &node.host.name])?;
+                    node.running = false;
+                }
             }
-            child.wait().await?;
+            Kind::Netns => {
+                if let Some(mut child) = node.child.take() {
+                    if let Some(status) = child.try_wait()? {
+                        bail!("node {id} exited by itself ({status}) before it was killed; see {}", node.log.display());
+                    }
+                    if let Some(pid) = child.id() {
+                        Self::signal(pid, "KILL")?;
+                    }
+                    child.wait().await?;
+                }
+            }
         }
         node.paused = false;
         Ok(())
@@ -123,23 +207,37 @@ impl Cluster {
         self.spawn(id)
     }
 
-    /// SIGSTOP.
+    /// SIGSTOP (a container: frozen, `docker pause`).
     pub fn pause(&mut self, id: u32) -> anyhow::Result<()> {
         let node = self.node(id)?;
-        if let Some(pid) = node.child.as_ref().and_then(Child::id) {
-            Self::signal(pid, "STOP")?;
-            node.paused = true;
+        match node.host.kind {
+            Kind::Docker if node.running && !node.paused => {
+                run(&["docker", "pause", &node.host.name])?;
+                node.paused = true;
+            }
+            Kind::Docker => {}
+            Kind::Netns => {
+                if let Some(pid) = node.child.as_ref().and_then(Child::id) {
+                    Self::signal(pid, "STOP")?;
+                    node.paused = true;
+                }
+            }
         }
         Ok(())
     }
 
-    /// SIGCONT.
+    /// SIGCONT (a container: `docker unpause`).
     pub fn resume(&mut self, id: u32) -> anyhow::Result<()> {
         let node = self.node(id)?;
-        if let Some(pid) = node.child.as_ref().and_then(Child::id)
-            && node.paused
-        {
-            Self::signal(pid, "CONT")?;
+        if node.paused {
+            match node.host.kind {
+                Kind::Docker => run(&["docker", "unpause", &node.host.name])?,
+                Kind::Netns => {
+                    if let Some(pid) = node.child.as_ref().and_then(Child::id) {
+                        Self::signal(pid, "CONT")?;
+                    }
+                }
+            }
         }
         node.paused = false;
         Ok(())
@@ -147,7 +245,7 @@ impl Cluster {
 
     /// Nodes that are running and not paused.
     pub fn up(&self) -> Vec<u32> {
-        self.nodes.iter().filter(|n| n.child.is_some() && !n.paused).map(|n| n.host.node).collect()
+        self.nodes.iter().filter(|n| (n.child.is_some() || n.running) && !n.paused).map(|n| n.host.node).collect()
     }
 
     /// Restarts every killed node and resumes every paused one.
@@ -166,6 +264,9 @@ impl Cluster {
                 && let Some(status) = child.try_wait()?
             {
                 bail!("node {} exited by itself ({status}); see {}", node.host.node, node.log.display());
+            }
+            if node.running && !Self::container_running(&node.host.name)? {
+                bail!("node {} exited by itself; see {}", node.host.node, node.log.display());
             }
         }
         Ok(())
@@ -195,11 +296,18 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops every node (SIGCONT first, so paused ones can die).
+    /// Stops every node (resumed first, so paused ones can die) and removes
+    /// the containers.
     pub async fn stop(&mut self) {
         for id in self.node_ids() {
             let _ = self.resume(id);
             let _ = self.kill(id).await;
+        }
+        for node in &mut self.nodes {
+            if node.created {
+                let _ = run(&["docker", "rm", "-f", &node.host.name]);
+                node.created = false;
+            }
         }
     }
 }

@@ -82,23 +82,27 @@ pub struct Event {
 /// checker. Shared by every client task.
 pub struct Recorder {
     start: Instant,
-    inner: Mutex<(Vec<Event>, std::io::BufWriter<std::fs::File>)>,
+    /// Events, the file, and the first error writing it.
+    inner: Mutex<(Vec<Event>, std::io::BufWriter<std::fs::File>, Option<std::io::Error>)>,
 }
 
 impl Recorder {
     pub fn create(path: &Path) -> std::io::Result<Self> {
         let file = std::fs::File::create(path)?;
-        Ok(Self { start: Instant::now(), inner: Mutex::new((Vec::new(), std::io::BufWriter::new(file))) })
+        Ok(Self { start: Instant::now(), inner: Mutex::new((Vec::new(), std::io::BufWriter::new(file), None)) })
     }
 
     /// Records one event and returns it.
     pub fn record(&self, process: i64, kind: Kind, op: Op, error: Option<String>) -> Event {
-        let time_ns = self.start.elapsed().as_nanos() as u64;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken under the lock: times follow the order of the history.
+        let time_ns = self.start.elapsed().as_nanos() as u64;
         let event = Event { index: inner.0.len() as u64, time_ns, process, kind, op, error };
-        if let Ok(line) = serde_json::to_string(&event) {
-            // A history that cannot be written is reported at `finish`.
-            let _ = writeln!(inner.1, "{line}");
+        let written =
+            serde_json::to_string(&event).map_err(std::io::Error::other).and_then(|line| writeln!(inner.1, "{line}"));
+        if let Err(e) = written {
+            // Reported by `finish`.
+            inner.2.get_or_insert(e);
         }
         inner.0.push(event.clone());
         event
@@ -121,6 +125,9 @@ impl Recorder {
     /// Flushes the file and hands back every event recorded.
     pub fn finish(&self) -> std::io::Result<Vec<Event>> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = inner.2.take() {
+            return Err(e);
+        }
         inner.1.flush()?;
         Ok(inner.0.clone())
     }

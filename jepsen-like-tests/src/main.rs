@@ -1,5 +1,5 @@
-//! `jepsen-like-tests`: runs a Strata cluster on separate hosts (network
-//! namespaces), drives it with concurrent clients while injecting faults,
+//! `jepsen-like-tests`: runs a Strata cluster on separate hosts (Docker
+//! containers, or network namespaces), drives it with concurrent clients while injecting faults,
 //! records the history and checks it. Exits 1 on any anomaly, 2 when the
 //! run itself could not be carried out.
 //!
@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use jepsen_like_tests::checker::{self, Report};
 use jepsen_like_tests::cluster::Cluster;
-use jepsen_like_tests::history::{self, CHECKER, Event, Kind, NEMESIS, Op, Recorder};
+use jepsen_like_tests::history::{self, Event, Kind, NEMESIS, Op, Recorder};
 use jepsen_like_tests::nemesis::{Family, Nemesis, Schedule};
 use jepsen_like_tests::net::Network;
 use jepsen_like_tests::workload::{Liveness, LogWorkload};
@@ -28,9 +28,13 @@ use tokio::sync::Mutex;
 #[derive(Parser, Debug)]
 #[command(about = "Fault-injection suite: a real Strata cluster, concurrent clients, faults, a checked history")]
 struct Args {
-    /// Nodes in the cluster, each on a host (network namespace) of its own.
+    /// Nodes in the cluster, each on a host of its own.
     #[arg(long, default_value_t = 5)]
     nodes: u32,
+    /// Hosts: docker (containers from the project's own Debian image) or
+    /// netns (network namespaces). Default: docker when an engine answers.
+    #[arg(long)]
+    hosts: Option<jepsen_like_tests::net::Kind>,
     /// Seconds of load and faults (the final heal, drain and checks come after).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
@@ -118,7 +122,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = &args.check {
         let events = history::load(path)?;
         let report = checker::check(&events);
-        print_summary(&report, None, &[]);
+        print_summary(&report, None, &heal_to_first_write(&events));
         return Ok(report.valid());
     }
     if args.workload != "log" {
@@ -154,10 +158,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let dir = dir.canonicalize()?;
     eprintln!("run stored in {}", dir.display());
 
+    let kind = args.hosts.unwrap_or(if jepsen_like_tests::net::docker_available() {
+        jepsen_like_tests::net::Kind::Docker
+    } else {
+        jepsen_like_tests::net::Kind::Netns
+    });
+    if kind == jepsen_like_tests::net::Kind::Docker {
+        jepsen_like_tests::image::ensure()?;
+    }
     let tag = (std::process::id() % 60_000) as u16;
-    let network = Network::create(args.nodes, tag)?;
-    eprintln!("{} hosts on {}", args.nodes, network.subnet());
-    let cluster = Cluster::start(&strata, &network.hosts, &dir).await?;
+    let network = Network::create(kind, args.nodes, tag)?;
+    eprintln!("{} hosts ({kind:?}) on {}", args.nodes, network.subnet());
+    let cluster = Cluster::start(&strata, &network.hosts, network.network_name(), &dir).await?;
     drive(&args, seed, families, schedule, &dir, network, cluster).await
 }
 
@@ -207,7 +219,7 @@ async fn drive(
                 families: families.clone(),
                 schedule,
                 rng: rand::rngs::StdRng::seed_from_u64(seed),
-                leader_of: Arc::new(move || {
+                leader_of_partition0: Arc::new(move || {
                     let (c, t) = (leader_client.clone(), leader_topic.clone());
                     Box::pin(async move {
                         let meta = tokio::time::timeout(Duration::from_secs(2), c.metadata(&[&t])).await.ok()?.ok()?;
@@ -230,7 +242,14 @@ async fn drive(
                 }
             })
         };
-        workload.run(&client, &recorder, until, &minority_fault, &liveness).await?;
+        let load = workload.run(&client, &recorder, until, &minority_fault, &liveness).await;
+        if load.is_err()
+            && let Some(n) = &nemesis
+        {
+            // Or it goes on restarting nodes while they are being stopped.
+            n.abort();
+        }
+        load?;
         let faults = match nemesis {
             Some(n) => n.await.context("the nemesis panicked")??.faults,
             None => 0,
@@ -247,7 +266,8 @@ async fn drive(
         let heal = Op::Nemesis { fault: "final-heal".into(), nodes: Vec::new(), detail: String::new() };
         recorder.record(NEMESIS, Kind::Ok, heal, None);
         cluster.lock().await.wait_ready(Duration::from_secs(120)).await?;
-        workload.drain(&client, &recorder, Duration::from_secs(120)).await?;
+        let acked = recorder.finish()?;
+        workload.drain(&client, &recorder, &acked, Duration::from_secs(120)).await?;
         workload.digests(&client, &node_addrs, &recorder, Duration::from_secs(60)).await?;
         cluster.lock().await.check_alive()?;
 
@@ -277,24 +297,35 @@ async fn drive(
     result
 }
 
-/// For every heal, the time to the first acknowledged write after it.
+/// For every heal, the time to the first write invoked after it that was
+/// acknowledged.
 fn heal_to_first_write(events: &[Event]) -> Vec<u64> {
-    let heals = events.iter().filter(|e| {
-        e.process == NEMESIS
-            && e.kind == Kind::Ok
-            && matches!(&e.op, Op::Nemesis { fault, .. } if fault.ends_with("heal"))
-    });
-    heals
+    // Each acknowledged send with the time it was invoked.
+    let mut invoked = std::collections::HashMap::new();
+    let mut acked = Vec::new();
+    for e in events.iter().filter(|e| matches!(e.op, Op::Send { .. })) {
+        match e.kind {
+            Kind::Invoke => {
+                invoked.insert(e.process, e.time_ns);
+            }
+            Kind::Ok => acked.extend(invoked.get(&e.process).map(|&t| (t, e.time_ns))),
+            _ => {}
+        }
+    }
+    events
+        .iter()
+        .filter(|e| {
+            e.process == NEMESIS
+                && e.kind == Kind::Ok
+                && matches!(&e.op, Op::Nemesis { fault, .. } if fault.ends_with("heal"))
+        })
         .filter_map(|h| {
-            events
+            acked
                 .iter()
-                .find(|e| {
-                    e.time_ns > h.time_ns
-                        && e.kind == Kind::Ok
-                        && e.process != CHECKER
-                        && matches!(e.op, Op::Send { .. })
-                })
-                .map(|e| (e.time_ns - h.time_ns) / 1_000_000)
+                .filter(|(t, _)| *t > h.time_ns)
+                .map(|(_, done)| done)
+                .min()
+                .map(|done| (done - h.time_ns) / 1_000_000)
         })
         .collect()
 }

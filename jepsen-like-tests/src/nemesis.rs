@@ -78,7 +78,7 @@ impl Fault {
             Self::Partition { groups, .. } => format!("groups {groups:?}"),
             Self::Ring { sees } => format!("each node sees {sees:?}"),
             Self::Kill { nodes } => format!("kill -9 {nodes:?}, restart at heal"),
-            Self::Pause { nodes } => format!("SIGSTOP {nodes:?}, SIGCONT at heal"),
+            Self::Pause { nodes } => format!("pause {nodes:?} (SIGSTOP, or a container frozen), resumed at heal"),
         }
     }
 }
@@ -96,8 +96,6 @@ pub struct Schedule {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NemesisStats {
     pub faults: u64,
-    /// Time spent with a fault on only a minority of nodes.
-    pub minority_faulted: Duration,
 }
 
 pub struct Nemesis {
@@ -107,16 +105,14 @@ pub struct Nemesis {
     pub families: Vec<Family>,
     pub schedule: Schedule,
     pub rng: StdRng,
-    /// Finds the current leader of some partition (for "isolate the leader").
-    pub leader_of: Arc<dyn Fn() -> futures_like::BoxFuture<Option<u32>> + Send + Sync>,
+    /// Finds the current leader of partition 0 (for "isolate the leader").
+    pub leader_of_partition0: Arc<dyn Fn() -> BoxFuture<Option<u32>> + Send + Sync>,
     /// Set while a fault is on a minority only (for the liveness figure).
     pub minority_fault: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A boxed future, to keep the leader lookup object-safe.
-pub mod futures_like {
-    pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-}
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 fn draw(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
     if hi <= lo { lo } else { lo + (hi - lo).mul_f64(rng.random::<f64>()) }
@@ -137,7 +133,6 @@ impl Nemesis {
             let op = Op::Nemesis { fault: fault.name().into(), nodes: fault.nodes(), detail: fault.detail() };
             self.recorder.record(NEMESIS, Kind::Invoke, op.clone(), None);
             let minority = self.is_minority(&fault).await;
-            let started = Instant::now();
             let injected = self.inject(&fault).await;
             if let Err(e) = &injected {
                 self.recorder.record(NEMESIS, Kind::Fail, op.clone(), Some(format!("{e:#}")));
@@ -147,9 +142,6 @@ impl Nemesis {
             self.minority_fault.store(minority, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(hold).await;
             self.minority_fault.store(false, std::sync::atomic::Ordering::Relaxed);
-            if minority {
-                stats.minority_faulted += started.elapsed();
-            }
             self.heal(&fault).await?;
             self.recorder.record(
                 NEMESIS,
@@ -192,7 +184,7 @@ impl Nemesis {
                     Fault::Ring { sees }
                 }
                 _ => {
-                    let leader = (self.leader_of)().await.unwrap_or(nodes[0]);
+                    let leader = (self.leader_of_partition0)().await.unwrap_or(nodes[0]);
                     let rest = nodes.iter().copied().filter(|&x| x != leader).collect();
                     Fault::Partition { name: "partition-leader", groups: vec![vec![leader], rest] }
                 }

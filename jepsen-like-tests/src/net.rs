@@ -1,9 +1,11 @@
-//! The hosts of a run: one Linux network namespace per node, each with its
-//! own address on a private bridge, so a node can be cut off from another
-//! (or from the clients) without touching the rest. The harness and its
-//! clients stay in the root namespace and reach every node over the bridge.
+//! The hosts of a run, each with its own address on a private network, so a
+//! node can be cut off from another without touching the rest. Two kinds:
+//! Docker containers from the project's own Debian image (see
+//! [`crate::image`]) on a private Docker network, or, where Docker is not
+//! available, Linux network namespaces on a private bridge. The harness and
+//! its clients stay on the host and reach every node over that network.
 //!
-//! A cut is a pair of blackhole routes (one in each namespace), so traffic
+//! A cut is a pair of blackhole routes (one on each host), so traffic
 //! between the two is dropped both ways and open connections time out, as
 //! on a real network partition. Needs root and `ip` (iproute2).
 
@@ -12,20 +14,55 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+/// What the hosts are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Docker containers (image [`crate::image::IMAGE`]).
+    Docker,
+    /// Network namespaces.
+    Netns,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(Self::Docker),
+            "netns" => Ok(Self::Netns),
+            other => Err(format!("unknown host kind '{other}' (known: docker, netns)")),
+        }
+    }
+}
+
 /// One node's host.
 #[derive(Debug, Clone)]
 pub struct Host {
     /// Node id, from 1.
     pub node: u32,
-    pub namespace: String,
+    pub kind: Kind,
+    /// The namespace or the container.
+    pub name: String,
     pub ip: String,
+}
+
+impl Host {
+    /// The command line that runs `args` on this host.
+    pub fn exec(&self, args: &[&str]) -> Vec<String> {
+        let prefix: &[&str] = match self.kind {
+            Kind::Netns => &["ip", "netns", "exec"],
+            Kind::Docker => &["docker", "exec"],
+        };
+        prefix.iter().copied().chain([self.name.as_str()]).chain(args.iter().copied()).map(str::to_owned).collect()
+    }
 }
 
 /// The private network of a run; torn down on drop.
 #[derive(Debug)]
 pub struct Network {
     pub hosts: Vec<Host>,
-    /// `sj<tag>`: names of the bridge (`b`), namespaces (`n<i>`), veths (`v<i>`).
+    kind: Kind,
+    /// `sj<tag>`: names of the bridge or Docker network (`b`), namespaces or
+    /// containers (`n<i>`), veths (`v<i>`).
     prefix: String,
     bridge: String,
     subnet: String,
@@ -34,7 +71,7 @@ pub struct Network {
     forward_rule: bool,
 }
 
-fn run(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("cannot run {}", args[0]))?;
     if !out.status.success() {
         bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -42,10 +79,20 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn on(host: &Host, args: &[&str]) -> anyhow::Result<()> {
+    let all = host.exec(args);
+    run(&all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut all = vec!["ip", "netns", "exec", ns];
     all.extend_from_slice(args);
     run(&all)
+}
+
+/// True when a Docker engine answers.
+pub fn docker_available() -> bool {
+    Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().is_ok_and(|o| o.status.success())
 }
 
 /// Why this machine cannot host a run, if it cannot.
@@ -64,9 +111,12 @@ impl Network {
     /// Creates `nodes` hosts: namespaces `sj<tag>n<i>`, on bridge `sj<tag>b`,
     /// addresses 10.213.<net>.1 (the root namespace) and 10.213.<net>.<10+i>,
     /// `net` the first free subnet from `tag`.
-    pub fn create(nodes: u32, tag: u16) -> anyhow::Result<Self> {
+    pub fn create(kind: Kind, nodes: u32, tag: u16) -> anyhow::Result<Self> {
         if let Some(why) = unavailable() {
             bail!("cannot create the test hosts: {why}");
+        }
+        if kind == Kind::Docker && !docker_available() {
+            bail!("cannot create the test hosts: no Docker engine answers (`docker info`); use --hosts netns");
         }
         // A subnet no other run (or anything else here) uses.
         let in_use = Command::new("ip")
@@ -82,6 +132,7 @@ impl Network {
         let subnet = format!("10.213.{net}.0/24");
         let mut network = Self {
             hosts: Vec::new(),
+            kind,
             prefix,
             bridge: bridge.clone(),
             subnet,
@@ -90,6 +141,14 @@ impl Network {
         };
         // Leftovers of an earlier run with the same tag (killed before its teardown).
         network.remove_all(nodes);
+        if kind == Kind::Docker {
+            run(&["docker", "network", "create", "--driver", "bridge", "--subnet", &network.subnet, &bridge])?;
+            for node in 1..=nodes {
+                let name = format!("{}n{node}", network.prefix);
+                network.hosts.push(Host { node, kind, name, ip: format!("10.213.{net}.{}", 10 + node) });
+            }
+            return Ok(network);
+        }
         run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         run(&["ip", "addr", "add", &format!("10.213.{net}.1/24"), "dev", &bridge])?;
         run(&["ip", "link", "set", &bridge, "up"])?;
@@ -102,13 +161,13 @@ impl Network {
             let outside = format!("{}v{node}", network.prefix);
             let ip = format!("10.213.{net}.{}", 10 + node);
             run(&["ip", "netns", "add", &ns])?;
+            network.hosts.push(Host { node, kind, name: ns.clone(), ip: ip.clone() });
             run(&["ip", "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             run(&["ip", "link", "set", &outside, "master", &bridge])?;
             run(&["ip", "link", "set", &outside, "up"])?;
             in_ns(&ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
             in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
-            network.hosts.push(Host { node, namespace: ns, ip });
         }
         Ok(network)
     }
@@ -129,8 +188,8 @@ impl Network {
                     continue;
                 }
                 let (hx, hy) = (self.host(pair.0)?.clone(), self.host(pair.1)?.clone());
-                in_ns(&hx.namespace, &["ip", "route", "add", "blackhole", &format!("{}/32", hy.ip)])?;
-                in_ns(&hy.namespace, &["ip", "route", "add", "blackhole", &format!("{}/32", hx.ip)])?;
+                on(&hx, &["ip", "route", "add", "blackhole", &format!("{}/32", hy.ip)])?;
+                on(&hy, &["ip", "route", "add", "blackhole", &format!("{}/32", hx.ip)])?;
             }
         }
         Ok(())
@@ -162,32 +221,45 @@ impl Network {
         let cuts = std::mem::take(&mut self.cuts);
         for (x, y) in cuts {
             let (hx, hy) = (self.host(x)?.clone(), self.host(y)?.clone());
-            in_ns(&hx.namespace, &["ip", "route", "del", "blackhole", &format!("{}/32", hy.ip)])?;
-            in_ns(&hy.namespace, &["ip", "route", "del", "blackhole", &format!("{}/32", hx.ip)])?;
+            on(&hx, &["ip", "route", "del", "blackhole", &format!("{}/32", hy.ip)])?;
+            on(&hy, &["ip", "route", "del", "blackhole", &format!("{}/32", hx.ip)])?;
         }
         Ok(())
     }
 
-    /// The bridge's subnet (for the record).
+    /// The network's subnet (for the record).
     pub fn subnet(&self) -> &str {
         &self.subnet
     }
 
+    /// The bridge or Docker network the hosts are on.
+    pub fn network_name(&self) -> &str {
+        &self.bridge
+    }
+
     fn remove_all(&mut self, nodes: u32) {
         for node in 1..=nodes.max(self.hosts.len() as u32) {
-            let _ = run(&["ip", "netns", "del", &format!("{}n{node}", self.prefix)]);
+            let name = format!("{}n{node}", self.prefix);
+            match self.kind {
+                Kind::Netns => drop(run(&["ip", "netns", "del", &name])),
+                Kind::Docker => drop(run(&["docker", "rm", "-f", &name])),
+            }
         }
         if self.forward_rule {
             let _ = run(&["iptables", "-D", "FORWARD", "-i", &self.bridge, "-o", &self.bridge, "-j", "ACCEPT"]);
             self.forward_rule = false;
         }
-        let _ = run(&["ip", "link", "del", &self.bridge]);
+        match self.kind {
+            Kind::Netns => drop(run(&["ip", "link", "del", &self.bridge])),
+            Kind::Docker => drop(run(&["docker", "network", "rm", &self.bridge])),
+        }
     }
 }
 
 impl Drop for Network {
     fn drop(&mut self) {
-        // Deleting a namespace deletes its veth end, and with it the pair.
+        // Deleting a namespace deletes its veth end, and with it the pair;
+        // containers go before their network.
         let n = self.hosts.len() as u32;
         self.remove_all(n);
     }
