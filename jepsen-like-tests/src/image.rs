@@ -35,6 +35,10 @@ pub fn ensure() -> anyhow::Result<()> {
         if Command::new("debootstrap").arg("--version").output().is_err() {
             eprintln!("[image] installing debootstrap (apt-get)");
             run(&["apt-get", "install", "-y", "-qq", "debootstrap"])
+                .or_else(|_| {
+                    run(&["apt-get", "update", "-qq"])?;
+                    run(&["apt-get", "install", "-y", "-qq", "debootstrap"])
+                })
                 .context("debootstrap is missing and could not be installed: apt-get install debootstrap")?;
         }
         eprintln!("[image] debootstrap bookworm (minbase + iproute2) into {} (about a minute)", rootfs.display());

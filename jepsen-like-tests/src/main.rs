@@ -152,20 +152,30 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             strata.display()
         );
     }
+    // Containers mount it by absolute path.
+    let strata = strata.canonicalize()?;
     let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let dir = args.store.join(format!("{started}-seed{seed}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     eprintln!("run stored in {}", dir.display());
 
-    let kind = args.hosts.unwrap_or(if jepsen_like_tests::net::docker_available() {
-        jepsen_like_tests::net::Kind::Docker
-    } else {
-        jepsen_like_tests::net::Kind::Netns
-    });
-    if kind == jepsen_like_tests::net::Kind::Docker {
-        jepsen_like_tests::image::ensure()?;
-    }
+    use jepsen_like_tests::net::Kind as Hosts;
+    let kind = match args.hosts {
+        Some(Hosts::Docker) => {
+            jepsen_like_tests::image::ensure()?;
+            Hosts::Docker
+        }
+        Some(Hosts::Netns) => Hosts::Netns,
+        None if jepsen_like_tests::net::docker_available() => match jepsen_like_tests::image::ensure() {
+            Ok(()) => Hosts::Docker,
+            Err(e) => {
+                eprintln!("warning: no container image ({e:#}); using network namespaces instead");
+                Hosts::Netns
+            }
+        },
+        None => Hosts::Netns,
+    };
     let tag = (std::process::id() % 60_000) as u16;
     let network = Network::create(kind, args.nodes, tag)?;
     eprintln!("{} hosts ({kind:?}) on {}", args.nodes, network.subnet());

@@ -45,8 +45,10 @@ enum Fault {
     Ring {
         sees: Vec<(u32, Vec<u32>)>,
     },
+    /// `all`: every node of the cluster.
     Kill {
         nodes: Vec<u32>,
+        all: bool,
     },
     Pause {
         nodes: Vec<u32>,
@@ -58,10 +60,11 @@ impl Fault {
         match self {
             Self::Partition { name, .. } => name,
             Self::Ring { .. } => "partition-majorities-ring",
-            Self::Kill { nodes } if nodes.len() == 1 => "kill-one",
-            Self::Kill { .. } => "kill-several",
+            Self::Kill { nodes, .. } if nodes.len() == 1 => "kill-one",
+            Self::Kill { all: true, .. } => "kill-all",
+            Self::Kill { .. } => "kill-minority",
             Self::Pause { nodes } if nodes.len() == 1 => "pause-one",
-            Self::Pause { .. } => "pause-several",
+            Self::Pause { .. } => "pause-minority",
         }
     }
 
@@ -69,7 +72,7 @@ impl Fault {
         match self {
             Self::Partition { groups, .. } => groups.first().cloned().unwrap_or_default(),
             Self::Ring { sees } => sees.iter().map(|(n, _)| *n).collect(),
-            Self::Kill { nodes } | Self::Pause { nodes } => nodes.clone(),
+            Self::Kill { nodes, .. } | Self::Pause { nodes } => nodes.clone(),
         }
     }
 
@@ -77,7 +80,7 @@ impl Fault {
         match self {
             Self::Partition { groups, .. } => format!("groups {groups:?}"),
             Self::Ring { sees } => format!("each node sees {sees:?}"),
-            Self::Kill { nodes } => format!("kill -9 {nodes:?}, restart at heal"),
+            Self::Kill { nodes, .. } => format!("kill -9 {nodes:?}, restart at heal"),
             Self::Pause { nodes } => format!("pause {nodes:?} (SIGSTOP, or a container frozen), resumed at heal"),
         }
     }
@@ -157,7 +160,7 @@ impl Nemesis {
     async fn is_minority(&self, fault: &Fault) -> bool {
         let n = self.cluster.lock().await.node_ids().len();
         match fault {
-            Fault::Kill { nodes } | Fault::Pause { nodes } => nodes.len() * 2 < n,
+            Fault::Kill { nodes, .. } | Fault::Pause { nodes } => nodes.len() * 2 < n,
             // A node isolated, or the smaller half: the rest keep a majority.
             Fault::Partition { groups, .. } => groups.iter().any(|g| g.len() * 2 > n),
             Fault::Ring { .. } => false,
@@ -190,9 +193,9 @@ impl Nemesis {
                 }
             },
             Family::Kill => match self.rng.random_range(0..4) {
-                0 | 1 => Fault::Kill { nodes: vec![nodes[0]] },
-                2 => Fault::Kill { nodes: nodes[..minority.max(1)].to_vec() },
-                _ => Fault::Kill { nodes: nodes.clone() },
+                0 | 1 => Fault::Kill { nodes: vec![nodes[0]], all: n == 1 },
+                2 => Fault::Kill { nodes: nodes[..minority.max(1)].to_vec(), all: false },
+                _ => Fault::Kill { nodes: nodes.clone(), all: true },
             },
             Family::Pause => match self.rng.random_range(0..3) {
                 0 | 1 => Fault::Pause { nodes: vec![nodes[0]] },
@@ -205,7 +208,7 @@ impl Nemesis {
         match fault {
             Fault::Partition { groups, .. } => self.network.lock().await.partition(groups),
             Fault::Ring { sees } => self.network.lock().await.restrict(sees),
-            Fault::Kill { nodes } => {
+            Fault::Kill { nodes, .. } => {
                 let mut cluster = self.cluster.lock().await;
                 for &n in nodes {
                     cluster.kill(n).await?;
