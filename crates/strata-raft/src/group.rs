@@ -41,6 +41,14 @@ pub fn config(cluster: &str) -> Result<Arc<Config>, GroupError> {
         // longer replicated, only sent within a snapshot).
         max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 256,
+        // A restarted leader must win an election in a new term. openraft
+        // would otherwise let it go on in its old term at once, but after a
+        // kill -9 its log has lost the entries still queued for the writer,
+        // which followers may already hold: it would then append different
+        // entries under the same (term, index) and the replicas would never
+        // see the conflict (found by the jepsen-like suite: a divergent
+        // replica after the leader was killed).
+        enable_leader_restore: Some(false),
         ..Config::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| GroupError::Config(Box::new(e)))?))

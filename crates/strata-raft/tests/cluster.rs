@@ -386,3 +386,36 @@ async fn a_replica_behind_the_leaders_retention_catches_up_from_a_snapshot_carry
         n.raft().shutdown().await.expect("shutdown");
     }
 }
+
+/// A leader that restarts comes back as a follower and leadership moves to a
+/// new term: after a kill -9 its log may have lost entries (queued for the
+/// writer) that followers hold, and re-using their indexes in the same term
+/// would make replicas diverge unseen (found by the jepsen-like suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_leader_does_not_resume_its_old_term() {
+    let (nodes, members) = start_nodes(3).await;
+    nodes[0].raft().initialize(members).await.expect("initialize");
+    let leader_id = leader_seen_by(&nodes[0], None).await;
+    let leader = nodes.iter().find(|n| n.id == leader_id).expect("leader");
+    write(leader, 0..5).await;
+    let term = leader.raft().metrics().borrow_watched().current_term;
+    leader.raft().shutdown().await.expect("shutdown");
+    leader.registry.remove(GROUP);
+
+    let (config, peers) = (
+        group::config("test").expect("config"),
+        Peers::new(Identity::new(leader_id, Vec::new(), None), BTreeMap::new()),
+    );
+    let restarted =
+        group::start(leader_id, GROUP, leader.log().clone(), config, &peers, &leader.registry).await.expect("restart");
+    let m = restarted.metrics().borrow_watched().clone();
+    assert!(
+        !(m.state == openraft::ServerState::Leader && m.current_term == term),
+        "the restarted leader resumed term {term} without an election"
+    );
+    restarted.shutdown().await.expect("shutdown");
+    for n in nodes {
+        n.server.abort();
+        let _ = n.raft().shutdown().await;
+    }
+}
