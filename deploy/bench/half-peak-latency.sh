@@ -34,13 +34,21 @@ bench() {
     --concurrency 16 --batch 64 --record-size 1024 --duration 10s --warmup 2s "${@:2}" 2>/dev/null | tail -1
 }
 
+# A fresh `strata dev` cluster, answering within 20 s.
+start_cluster() {
+  rm -rf "$work/cluster"
+  "$strata" dev --nodes 3 --base-port 7701 --data-dir "$work/cluster" >"$work/dev.log" 2>&1 &
+  dev_pid=$!
+  for _ in $(seq 100); do
+    "$strata" cluster status --server "$servers" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "the cluster did not answer within 20 s; see $work/dev.log" >&2
+  exit 1
+}
+
 echo "== strata dev --nodes 3 (data in $work)" >&2
-"$strata" dev --nodes 3 --base-port 7701 --data-dir "$work/cluster" >"$work/dev.log" 2>&1 &
-dev_pid=$!
-for _ in $(seq 100); do
-  "$strata" cluster status --server "$servers" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_cluster
 
 echo "== peak (unpaced)" >&2
 peak_line="$(bench peak)"
@@ -59,13 +67,7 @@ grep -A6 "sync percentiles" "$work/fio.txt" | tail -5
 rm -f "$work"/sync.*
 
 echo "== half of peak: $half records/s, $rounds rounds" >&2
-rm -rf "$work/cluster"
-"$strata" dev --nodes 3 --base-port 7701 --data-dir "$work/cluster" >"$work/dev.log" 2>&1 &
-dev_pid=$!
-for _ in $(seq 100); do
-  "$strata" cluster status --server "$servers" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_cluster
 for r in $(seq "$rounds"); do
   echo "half $r: $(bench "half$r" --rate "$half")"
 done
