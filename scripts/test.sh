@@ -13,6 +13,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests" >&2
 cargo test --workspace --locked
 
+# The Python example (producer.py / consumer.py on stubs generated from
+# proto/) against a real server; pip installs its pinned requirements into a
+# virtualenv under ~/.cache/strata.
+echo "== python example" >&2
+cargo build --locked -p strata
+examples/python/run-test.sh "${CARGO_TARGET_DIR:-target}/debug/strata"
+
 # The fault-injection suite, short: 5 nodes on hosts of their own (Docker
 # containers from the project's own image, built on the first run, or network
 # namespaces without Docker; needs root), partitions, kill -9 and pauses for

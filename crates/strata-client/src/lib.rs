@@ -8,9 +8,14 @@
 //!   record's future with its offset once the server has fsync'd it.
 //! - [`PartitionConsumer`] and [`Client::subscribe`]: read a partition from an
 //!   offset, the earliest/latest offset, or a timestamp.
+//! - Group calls on [`Client`]: committed offsets, resets, list/describe,
+//!   share-group fetch and acknowledgement; [`GroupConsumer`]: a member of a
+//!   consumer group (assignment, manual or auto-commit).
 
 mod consumer;
 mod error;
+mod group_consumer;
+mod groups;
 mod producer;
 
 use std::collections::HashMap;
@@ -23,6 +28,8 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
 pub use error::ClientError;
+pub use group_consumer::{GroupConsumer, GroupConsumerConfig, GroupRecord, TopicPartition};
+pub use groups::{ResetTo, record_from_proto};
 pub use pb::{Acks, TopicConfig, TopicDescription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use strata_proto::v1 as proto;

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 mod convert;
+pub mod groups;
 mod replication;
 mod service;
 pub mod status;
@@ -15,7 +16,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_proto::v1::{admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer};
+use strata_proto::v1::{
+    admin_server::AdminServer, consumer_server::ConsumerServer, groups_server::GroupsServer,
+    producer_server::ProducerServer,
+};
 use strata_storage::{LogManager, StorageError, Visibility};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -73,6 +77,7 @@ pub struct Node {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), ServerError>>,
     retention: JoinHandle<()>,
+    group_timer: JoinHandle<()>,
     logs: Arc<LogManager>,
     replication: Arc<Replication>,
 }
@@ -97,11 +102,14 @@ impl Node {
         let replication = Replication::start(cluster, identity, config.data_dir.clone(), Arc::clone(&logs)).await?;
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
-        let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop);
+        let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop.clone());
+        let coordinator = groups::Coordinator::new(Arc::clone(&logs), Arc::clone(&replication));
+        let group_service = groups::service::GroupService::new(Arc::clone(&coordinator), streams_stop);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ProducerServer<Services>>().await;
         health.set_serving::<ConsumerServer<Services>>().await;
         health.set_serving::<AdminServer<Services>>().await;
+        health.set_serving::<GroupsServer<groups::service::GroupService>>().await;
         health.set_service_status("", ServingStatus::Serving).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
@@ -133,6 +141,7 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
             )
             .add_service(AdminServer::new(services))
+            .add_service(group_service.into_server())
             .add_service(replication.service());
         // Accepted sockets get TCP_NODELAY: small responses (acks) must not
         // wait for delayed ACKs.
@@ -152,8 +161,9 @@ impl Node {
         replication.run().await?;
         let retention =
             tokio::spawn(retention_loop(Arc::clone(&logs), Arc::clone(&replication), config.retention_check_interval));
+        let group_timer = tokio::spawn(groups::run_timer(coordinator));
         info!(%addr, data_dir = %config.data_dir.display(), "strata node serving");
-        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, logs, replication })
+        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, group_timer, logs, replication })
     }
 
     /// Resolves with the reason when the node must stop (it found that it
@@ -175,6 +185,8 @@ impl Node {
         }
         self.retention.abort();
         let _ = (&mut self.retention).await;
+        self.group_timer.abort();
+        let _ = (&mut self.group_timer).await;
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
             Ok(joined) => joined.map_err(|e| ServerError::Startup(e.to_string()))?,
             Err(_) => {

@@ -548,6 +548,69 @@ impl Replication {
         Some(applied)
     }
 
+    /// This node's view of a partition's Raft group (`None`: it holds no
+    /// replica of it).
+    pub fn leadership(&self, topic: &str, partition: u32) -> Option<Leadership> {
+        let (topic_id, replicas) = {
+            let metadata = self.metadata.borrow();
+            let t = metadata.topics.get(topic)?;
+            (t.id, t.replicas.get(partition as usize).cloned().unwrap_or_default())
+        };
+        let Some(raft) = self.groups.get(GroupId { topic_id, partition }) else {
+            return Some(Leadership {
+                topic_id,
+                leading: false,
+                term: 0,
+                last_log_index: 0,
+                leader: None,
+                replicas,
+                here: false,
+            });
+        };
+        let m = raft.metrics().borrow_watched().clone();
+        Some(Leadership {
+            topic_id,
+            leading: m.state == ServerState::Leader && m.current_leader == Some(self.node_id()),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            leader: m.current_leader,
+            replicas,
+            here: true,
+        })
+    }
+
+    /// Waits until this node's replica of a partition applied `index`.
+    pub async fn wait_applied(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        let group = GroupId { topic_id, partition };
+        let raft = self.groups.get(group).ok_or_else(|| self.not_leader(group, None, "this node holds no replica"))?;
+        raft.wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(format!("{group} did not apply entry {index} in {timeout:?}: {e}")))
+    }
+
+    /// The address clients reach a node at.
+    pub fn address(&self, id: NodeId) -> Option<String> {
+        self.brokers().into_iter().find(|(n, _)| *n == id).map(|(_, a)| a)
+    }
+
+    /// The address this node is reached at.
+    pub fn advertised(&self) -> String {
+        self.cluster.advertised().to_owned()
+    }
+
+    /// `NOT_LEADER` for a partition, naming its leader when known.
+    pub fn not_leader_status(&self, topic_id: u64, partition: u32, leader: Option<NodeId>, why: &str) -> Status {
+        self.not_leader(GroupId { topic_id, partition }, leader, why)
+    }
+
     /// Every registered node and its address (the configured address for
     /// members not registered yet).
     pub fn brokers(&self) -> Vec<(NodeId, String)> {
@@ -609,6 +672,21 @@ impl Replication {
     fn not_leader(&self, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
         not_leader(&self.peers, group, leader, why)
     }
+}
+
+/// A node's view of one partition's Raft group.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub topic_id: u64,
+    /// This node leads the group.
+    pub leading: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub leader: Option<NodeId>,
+    /// Replicas of the partition, preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// This node holds a replica.
+    pub here: bool,
 }
 
 /// A follower that has not acknowledged the leader for this long is out of

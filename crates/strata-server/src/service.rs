@@ -42,12 +42,12 @@ pub struct Services {
     shutdown: watch::Receiver<bool>,
 }
 
-fn shutting_down() -> Status {
+pub(crate) fn shutting_down() -> Status {
     crate::status::status(tonic::Code::Unavailable, pb::ErrorReason::ShuttingDown, "the server is shutting down")
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
-async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
@@ -76,6 +76,9 @@ impl Services {
 
     /// Validates a produce request and turns it into one batch per partition.
     fn prepare(&self, req: &pb::ProduceRequest) -> Result<Vec<(PartitionLog, Bytes)>, Status> {
+        if req.topic.starts_with(crate::groups::RESERVED_PREFIX) {
+            return Err(crate::groups::reserved(&req.topic));
+        }
         let count = self.logs.partition_count(&req.topic).map_err(from_storage)?;
         match (req.records.is_empty(), req.batch.is_empty()) {
             (true, true) => return Err(invalid("the produce request holds no records")),
@@ -352,6 +355,9 @@ impl pb::admin_server::Admin for Services {
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let req = request.into_inner();
         let overrides = convert::overrides_from_proto(req.config);
+        if req.name.starts_with(crate::groups::RESERVED_PREFIX) {
+            return Err(crate::groups::reserved(&req.name));
+        }
         if req.replication_factor == Some(0) {
             return Err(crate::status::status(
                 tonic::Code::InvalidArgument,
@@ -367,7 +373,11 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        self.replication.delete_topic(&request.into_inner().name).await?;
+        let name = request.into_inner().name;
+        if name.starts_with(crate::groups::RESERVED_PREFIX) {
+            return Err(crate::groups::reserved(&name));
+        }
+        self.replication.delete_topic(&name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 

@@ -332,6 +332,31 @@ pub struct ConsumeArgs {
     pub max_messages: Option<u64>,
     #[arg(long, value_enum, default_value = "value")]
     pub format: RecordFormat,
+    /// Read as a member of this consumer group: the group's coordinator
+    /// assigns partitions, reading starts at the group's committed offsets
+    /// (--from for partitions it never committed), and offsets are committed
+    /// after the records are printed.
+    #[arg(long, conflicts_with_all = ["partition", "share_group"])]
+    pub group: Option<String>,
+    /// Read as a consumer of this share group (a queue): every record goes
+    /// to one consumer of the group at a time and is acknowledged one by one.
+    #[arg(long, conflicts_with = "partition")]
+    pub share_group: Option<String>,
+    /// With --group: manual commits after every batch printed, or auto-commit
+    /// every 5 s. With --share-group: each record acknowledged after it is
+    /// printed (manual), or with the next fetch (auto).
+    #[arg(long, value_enum, default_value = "manual")]
+    pub ack: AckMode,
+    /// With --share-group: the most records this consumer holds
+    /// unacknowledged (RabbitMQ's prefetch count).
+    #[arg(long, default_value_t = 100)]
+    pub prefetch: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    Manual,
+    Auto,
 }
 
 /// Parses `--from`.
@@ -367,6 +392,22 @@ fn format_ts(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Writes one record as `format` asks.
+pub fn print_record(
+    out: &mut impl Write,
+    format: RecordFormat,
+    partition: u32,
+    record: &Record,
+) -> std::io::Result<()> {
+    match format {
+        RecordFormat::Value => {
+            out.write_all(&record.value)?;
+            out.write_all(b"\n")
+        }
+        RecordFormat::Json => writeln!(out, "{}", record_json(partition, record)),
+    }
+}
+
 pub fn record_json(partition: u32, r: &Record) -> serde_json::Value {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     serde_json::json!({
@@ -383,6 +424,12 @@ pub fn record_json(partition: u32, r: &Record) -> serde_json::Value {
 pub async fn consume(opts: &ClientOpts, args: ConsumeArgs) -> anyhow::Result<()> {
     let client = connect(opts).await?;
     let start = parse_start(&args.from)?;
+    if args.group.is_some() {
+        return crate::group::consume_group(&client, args, start).await;
+    }
+    if args.share_group.is_some() {
+        return crate::group::consume_share(&client, args).await;
+    }
     let topic = client.describe_topic(&args.topic).await?;
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p >= topic.partition_count => {
@@ -404,13 +451,7 @@ pub async fn consume(opts: &ClientOpts, args: ConsumeArgs) -> anyhow::Result<()>
     }
     while let Some(item) = merged.next().await {
         let (partition, record) = item?;
-        match args.format {
-            RecordFormat::Value => {
-                out.write_all(&record.value)?;
-                out.write_all(b"\n")?;
-            }
-            RecordFormat::Json => writeln!(out, "{}", record_json(partition, &record))?,
-        }
+        print_record(&mut out, args.format, partition, &record)?;
         out.flush()?;
         printed += 1;
         if args.max_messages.is_some_and(|n| printed >= n) {

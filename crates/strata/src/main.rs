@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod config;
 mod failover;
+mod group;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +55,13 @@ enum Command {
         client: ClientOpts,
         #[command(flatten)]
         args: cli::ConsumeArgs,
+    },
+    /// Consumer and share groups: list, describe (lag), reset offsets.
+    Group {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: group::GroupCommand,
     },
     /// Cluster state: nodes, partition leaders, replica lag.
     Cluster {
@@ -130,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume { client, args } => cli::consume(&client, args).await,
         Command::Bench { client, command } => bench::run(&client, command).await,
         Command::Cluster { client, command } => cluster::run(&client, command).await,
+        Command::Group { client, command } => group::run(&client, command).await,
         Command::Dev(args) => cluster::dev(args).await,
     }
 }

@@ -655,3 +655,76 @@ async fn retention_trims_every_replica_and_a_node_that_was_away_catches_up_from_
     }
     assert_eq!(all.len() as u64, acked.last().expect("acked").0 + 1 - first, "no record twice, none missing");
 }
+
+/// Committed offsets and share-group acknowledgements are replicated like
+/// records: they survive `kill -9` of every node, and a group's coordinator
+/// moves when its node dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_offsets_and_acknowledgements_survive_kill_9_of_every_node() {
+    use strata_client::proto as pb;
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    client.create_topic_replicated("tasks", 2, Some(3), TopicConfig::default()).await.expect("create");
+    for p in 0..2 {
+        for i in 0..4 {
+            client.produce_batch("tasks", p, one_record(&format!("{p}-{i}"))).await.expect("produce");
+        }
+    }
+    client.commit_offsets("billing", "", 0, &[("tasks".into(), 0, 3), ("tasks".into(), 1, 1)]).await.expect("commit");
+    // A share group: two records acknowledged, two delivered and not.
+    let fetch = |consumer: &str| pb::ShareFetchRequest {
+        group: "workers".into(),
+        topic: "tasks".into(),
+        consumer_id: consumer.into(),
+        max_records: 4,
+        max_wait_ms: 2_000,
+        ..Default::default()
+    };
+    let got = client.share_fetch(fetch("a")).await.expect("share fetch");
+    assert_eq!(got.records.len(), 4, "{got:?}");
+    let acked: Vec<pb::Acknowledgement> = got.records[..2]
+        .iter()
+        .map(|r| pb::Acknowledgement {
+            partition: r.partition,
+            offset: r.record.as_ref().map_or(0, |x| x.offset),
+            kind: pb::AckKind::Accept as i32,
+        })
+        .collect();
+    assert!(client.share_ack("workers", "tasks", "a", &acked).await.expect("ack").is_empty());
+
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let offsets = client.fetch_offsets("billing", &[]).await.expect("fetch offsets after the restart");
+    let mut got_offsets: Vec<(u32, u64)> = offsets.iter().map(|o| (o.partition, o.offset)).collect();
+    got_offsets.sort_unstable();
+    assert_eq!(got_offsets, vec![(0, 3), (1, 1)]);
+    // Every record but the two acknowledged is delivered (the two held
+    // ones again: their locks lived in memory); the acknowledged ones never.
+    let again = client.share_fetch(pb::ShareFetchRequest { max_records: 8, ..fetch("b") }).await.expect("share fetch");
+    let key = |r: &pb::SharedRecord| (r.partition, r.record.as_ref().map_or(0, |x| x.offset));
+    let mut again_keys: Vec<(u32, u64)> = again.records.iter().map(key).collect();
+    again_keys.sort_unstable();
+    let acked_keys: Vec<(u32, u64)> = got.records[..2].iter().map(key).collect();
+    let expected: Vec<(u32, u64)> =
+        (0..2).flat_map(|p| (0..4).map(move |o| (p, o))).filter(|k| !acked_keys.contains(k)).collect();
+    assert_eq!(again_keys, expected);
+    for r in &again.records {
+        let held_before = got.records[2..].iter().any(|g| key(g) == key(r));
+        assert_eq!(r.delivery_count, if held_before { 2 } else { 1 }, "{r:?}");
+    }
+
+    // The coordinator of "billing" dies: another node takes over and the
+    // group's offsets are there and can move on.
+    let shard = strata_record::partition_for_key(b"billing", 8);
+    let coordinator = leader_of(&client, "__strata_groups", shard).await;
+    cluster.kill(coordinator);
+    client.commit_offsets("billing", "", 0, &[("tasks".into(), 1, 4)]).await.expect("commit at the new coordinator");
+    let offsets = client.fetch_offsets("billing", &[]).await.expect("fetch offsets");
+    assert!(offsets.iter().any(|o| o.partition == 1 && o.offset == 4), "{offsets:?}");
+    assert!(offsets.iter().any(|o| o.partition == 0 && o.offset == 3), "{offsets:?}");
+}

@@ -1,0 +1,275 @@
+//! Group calls: committed offsets of consumer groups, resets, listing and
+//! describing groups, and share-group (queue) fetches and acknowledgements.
+//!
+//! Any node answers these: a node forwards a request for a group it does not
+//! coordinate to the coordinator. While a coordinator moves (a failover of
+//! its partition of the groups topic), calls answer `NOT_COORDINATOR`; they
+//! are retried here with a short back-off.
+
+use std::future::Future;
+use std::time::Duration;
+
+use strata_proto::v1 as pb;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::{Client, ClientError, GRPC_MESSAGE_LIMIT, Result};
+
+/// The internal topic holding every group's state, and its partition count
+/// (a group lives in the partition its name hashes to).
+const GROUPS_TOPIC: &str = "__strata_groups";
+const GROUPS_PARTITIONS: u32 = 8;
+
+/// Attempts at a group call that finds no coordinator (about 10 s in all).
+const COORDINATOR_ATTEMPTS: u32 = 40;
+const COORDINATOR_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Where a reset moves a group's committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first record at or after this time (ms since the epoch); the log
+    /// end when none is.
+    Timestamp(i64),
+    /// The committed offset moved by this many records (clamped to the log).
+    Shift(i64),
+}
+
+impl ResetTo {
+    fn to_proto(self) -> pb::reset_offsets_request::To {
+        use pb::reset_offsets_request::To;
+        match self {
+            Self::Earliest => To::Earliest(true),
+            Self::Latest => To::Latest(true),
+            Self::Offset(o) => To::Offset(o),
+            Self::Timestamp(t) => To::TimestampMs(t),
+            Self::Shift(n) => To::Shift(n),
+        }
+    }
+}
+
+/// A record as the share-group API carries it, as [`crate::Record`].
+pub fn record_from_proto(r: pb::Record) -> crate::Record {
+    crate::Record {
+        offset: r.offset,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value: r.value,
+        headers: r.headers.into_iter().map(|h| crate::Header { key: h.key, value: h.value }).collect(),
+    }
+}
+
+fn shard_of(group: &str) -> u32 {
+    strata_record::partition_for_key(group.as_bytes(), GROUPS_PARTITIONS)
+}
+
+/// The call found no coordinator: nothing was done, or what was done is safe
+/// to do again.
+pub(crate) fn no_coordinator(err: &ClientError) -> bool {
+    err.reason() == Some("NOT_COORDINATOR")
+        || err.is_not_leader()
+        || matches!(err, ClientError::Connect { .. })
+        || matches!(err.code(), Some(Code::Unavailable | Code::DeadlineExceeded))
+}
+
+impl Client {
+    pub(crate) fn groups_rpc(&self) -> pb::groups_client::GroupsClient<Channel> {
+        pb::groups_client::GroupsClient::new(self.channel.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
+            .max_encoding_message_size(GRPC_MESSAGE_LIMIT)
+    }
+
+    /// The node that coordinates `group`, as far as it is known (before the
+    /// groups topic exists, this node: any node creates it).
+    pub(crate) async fn coordinator_node(&self, group: &str) -> Client {
+        self.partition_leader(GROUPS_TOPIC, shard_of(group)).await.unwrap_or_else(|_| self.clone())
+    }
+
+    /// Forgets where `group`'s coordinator is (it did not answer as one).
+    pub(crate) fn forget_coordinator(&self, group: &str) {
+        if let Ok(mut leaders) = self.router.leaders.lock() {
+            leaders.remove(&(GROUPS_TOPIC.to_owned(), shard_of(group)));
+        }
+    }
+
+    /// Runs `call` at the coordinator of `group` (the leader of its
+    /// partition of the groups topic, as far as it is known; any node
+    /// forwards a group request it cannot answer). Retried, backing off, while
+    /// no coordinator answers: `NOT_COORDINATOR`, a node that cannot be
+    /// reached, restarting or not answering in time. Every group call is safe
+    /// to repeat (a repeated commit or reset writes the same offsets again; a
+    /// repeated acknowledgement is answered as not held).
+    async fn with_coordinator<T, F, Fut>(&self, group: &str, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(20);
+        let mut attempt = 1;
+        loop {
+            let err = match call(self.coordinator_node(group).await).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !no_coordinator(&err) || attempt >= COORDINATOR_ATTEMPTS {
+                return Err(err);
+            }
+            self.forget_coordinator(group);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX);
+            attempt += 1;
+        }
+    }
+
+    /// Commits offsets (the next offset to read, per partition) for
+    /// `group`. A member passes its id and epoch (a removed member is
+    /// refused with `FENCED_MEMBER`); a tool passes an empty id and epoch 0,
+    /// which the coordinator accepts only while the group has no members.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        member_epoch: u64,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
+        let req = pb::CommitOffsetsRequest {
+            group: group.to_owned(),
+            member_id: member_id.to_owned(),
+            member_epoch,
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| pb::OffsetCommit {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        self.with_coordinator(group, |node| {
+            let req = node.request(req.clone());
+            async move { Ok(node.groups_rpc().commit_offsets(req).await?) }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets (every partition it committed for when
+    /// `partitions` is empty).
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: &[pb::TopicPartitions],
+    ) -> Result<Vec<pb::CommittedOffset>> {
+        let req = pb::FetchOffsetsRequest { group: group.to_owned(), partitions: partitions.to_vec() };
+        let resp = self
+            .with_coordinator(group, |node| {
+                let req = node.request(req.clone());
+                async move { Ok(node.groups_rpc().fetch_offsets(req).await?) }
+            })
+            .await?;
+        Ok(resp.into_inner().offsets)
+    }
+
+    /// Moves a group's committed offsets for `topic` (all partitions when
+    /// `partitions` is empty). Refused while the group has members unless
+    /// `force`; `dry_run` answers the offsets without committing them.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Vec<pb::CommittedOffset>> {
+        let req = pb::ResetOffsetsRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partitions: partitions.to_vec(),
+            to: Some(to.to_proto()),
+            force,
+            dry_run,
+        };
+        let resp = self
+            .with_coordinator(group, |node| {
+                let req = node.request(req.clone());
+                async move { Ok(node.groups_rpc().reset_offsets(req).await?) }
+            })
+            .await?;
+        Ok(resp.into_inner().offsets)
+    }
+
+    /// Every group of the cluster.
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupSummary>> {
+        let resp = self.groups_rpc().list_groups(self.request(pb::ListGroupsRequest {})).await?;
+        Ok(resp.into_inner().groups)
+    }
+
+    /// A group's members, their partitions, and per partition the committed
+    /// offset, log end offset and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<pb::DescribeGroupResponse> {
+        let req = pb::DescribeGroupRequest { group: group.to_owned() };
+        let resp = self
+            .with_coordinator(group, |node| {
+                let req = node.request(req.clone());
+                async move { Ok(node.groups_rpc().describe_group(req).await?) }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Acknowledges `req.acks`, then acquires up to `req.max_records`
+    /// records of a share group (waiting up to `req.max_wait_ms` for one).
+    /// Retried only when the request surely did nothing (no coordinator, or
+    /// no connection); after an ambiguous failure, records it may have
+    /// acquired come back once their lock times out.
+    pub async fn share_fetch(&self, req: pb::ShareFetchRequest) -> Result<pb::ShareFetchResponse> {
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms));
+        let mut backoff = Duration::from_millis(20);
+        let mut attempt = 1;
+        loop {
+            let node = self.coordinator_node(&req.group).await;
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(self.timeout + wait);
+            let err = match node.groups_rpc().share_fetch(request).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) => ClientError::from(status),
+            };
+            let unsent = err.reason() == Some("NOT_COORDINATOR") || matches!(err, ClientError::Connect { .. });
+            if !unsent || attempt >= COORDINATOR_ATTEMPTS {
+                return Err(err);
+            }
+            self.forget_coordinator(&req.group);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX);
+            attempt += 1;
+        }
+    }
+
+    /// Acknowledges records acquired from a share group; answers those that
+    /// could not be (e.g. their lock had expired).
+    pub async fn share_ack(
+        &self,
+        group: &str,
+        topic: &str,
+        consumer_id: &str,
+        acks: &[pb::Acknowledgement],
+    ) -> Result<Vec<pb::AckFailure>> {
+        let req = pb::ShareAckRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            consumer_id: consumer_id.to_owned(),
+            acks: acks.to_vec(),
+        };
+        let resp = self
+            .with_coordinator(group, |node| {
+                let req = node.request(req.clone());
+                async move { Ok(node.groups_rpc().share_ack(req).await?) }
+            })
+            .await?;
+        Ok(resp.into_inner().failed)
+    }
+}

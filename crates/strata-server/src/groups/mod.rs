@@ -1,0 +1,889 @@
+//! Group coordination: consumer groups (membership, assignment, committed
+//! offsets) and share groups (queues with per-record acknowledgement).
+//!
+//! Every group lives in one partition of the internal topic
+//! `__strata_groups` (chosen by the hash of its name, as Kafka places groups
+//! in `__consumer_offsets`); the leader of that partition is the group's
+//! coordinator. Each change of a group (a member joining, an assignment
+//! moving, an offset commit, a share-group acknowledgement) is a record in
+//! that partition, proposed through its Raft group and applied to the
+//! coordinator's memory only once committed (fsync'd on a majority). A new
+//! coordinator (after a failover) rebuilds its groups by reading the
+//! partition from the start. See docs/ARCHITECTURE.md, "Consumer groups".
+
+pub mod assignor;
+pub mod consumer;
+pub mod queue;
+pub mod service;
+pub mod share;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use strata_proto::v1 as pb;
+use strata_record::{BatchBuilder, Compression};
+use strata_storage::{LogManager, StorageError, TopicOverrides};
+use tokio::sync::{Mutex, MutexGuard, OnceCell, watch};
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use self::assignor::{Strategy, Tp};
+use self::consumer::{ConsumerGroup, GroupError, JoinSpec};
+use self::share::{ShareConfig, SharePartition};
+use crate::replication::{Leadership, Replication};
+use crate::status::{from_storage, invalid, status};
+
+/// The internal topic holding every group's state.
+pub const GROUPS_TOPIC: &str = "__strata_groups";
+/// Topics whose names start with this are the cluster's own.
+pub const RESERVED_PREFIX: &str = "__strata";
+/// Partitions of the groups topic (a group never moves between them).
+pub const GROUPS_PARTITIONS: u32 = 8;
+/// Session timeout of a member that asks for none, and its bounds.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
+pub const MIN_SESSION_TIMEOUT_MS: u32 = 1_000;
+pub const MAX_SESSION_TIMEOUT_MS: u32 = 300_000;
+/// How long a new coordinator waits to have applied its partition.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often sessions are checked for expiry and topics for new partitions.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Largest chunk read while loading a partition.
+const LOAD_READ_BYTES: usize = 4 * 1024 * 1024;
+
+/// The heartbeat interval a member with this session timeout is told.
+pub fn heartbeat_interval_ms(session_timeout_ms: u32) -> u32 {
+    (session_timeout_ms / 5).clamp(100, 3_000)
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub offset: u64,
+    pub metadata: String,
+    pub timestamp_ms: i64,
+}
+
+/// One change of one group: the value of a record in the groups topic
+/// (JSON; the record's key is the group's name).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A consumer group's membership and assignment, in full.
+    Consumer { state: ConsumerGroup },
+    /// Offsets committed by a consumer group.
+    Offsets { offsets: Vec<(String, u32, u64, String)>, timestamp_ms: i64 },
+    /// A share group's settings for a topic (written when first used).
+    ShareConfig { topic: String, config: ShareConfig },
+    /// A share-group partition's state after a change, in full.
+    SharePartition { topic: String, partition: u32, state: SharePartition },
+}
+
+/// The share groups of one group name: per topic, the settings and the
+/// partitions' delivery state.
+#[derive(Debug, Clone, Default)]
+pub struct ShareGroup {
+    pub topics: BTreeMap<String, (ShareConfig, BTreeMap<u32, SharePartition>)>,
+    /// Consumers seen recently (consumer id -> last fetch or ack).
+    pub consumers: BTreeMap<String, Instant>,
+    /// Records acquired now: (topic, partition, offset) -> (consumer, lock
+    /// deadline). In memory only.
+    pub locks: BTreeMap<(String, u32, u64), (String, Instant)>,
+}
+
+/// A member's live session on this coordinator.
+struct Session {
+    token: u64,
+    tx: watch::Sender<pb::GroupSessionResponse>,
+}
+
+/// What the coordinator of one partition of the groups topic holds.
+#[derive(Default)]
+pub struct ShardState {
+    /// The Raft term in which this state was loaded; `None`: not loaded (or
+    /// not trusted any more, after a failed write).
+    term: Option<u64>,
+    pub consumer: BTreeMap<String, ConsumerGroup>,
+    pub offsets: BTreeMap<String, BTreeMap<Tp, Committed>>,
+    pub share: BTreeMap<String, ShareGroup>,
+    sessions: HashMap<(String, String), Session>,
+    /// When each consumer-group member was last heard from.
+    last_seen: HashMap<(String, String), Instant>,
+}
+
+/// Where a group's requests go.
+#[derive(Debug)]
+pub enum Route {
+    /// This node coordinates it.
+    Local,
+    /// Forward to this address (the coordinator, or a replica that knows it).
+    Remote(String),
+}
+
+/// A live session, as the service holds it.
+pub struct SessionHandle {
+    pub group: String,
+    pub member_id: String,
+    token: u64,
+    pub rx: watch::Receiver<pb::GroupSessionResponse>,
+}
+
+/// The group coordinator of a node (for the groups partitions it leads).
+pub struct Coordinator {
+    logs: Arc<LogManager>,
+    replication: Arc<Replication>,
+    shards: Vec<Mutex<ShardState>>,
+    client: OnceCell<strata_client::Client>,
+    tokens: AtomicU64,
+    /// Woken whenever share-group records become available again.
+    share_changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").finish_non_exhaustive()
+    }
+}
+
+/// Maps a group error to its status.
+pub fn group_status(e: GroupError) -> Status {
+    let (code, reason) = match &e {
+        GroupError::UnknownMember { .. } => (Code::NotFound, pb::ErrorReason::UnknownMember),
+        GroupError::Fenced { .. } => (Code::FailedPrecondition, pb::ErrorReason::FencedMember),
+        GroupError::NotEmpty { .. } => (Code::FailedPrecondition, pb::ErrorReason::GroupNotEmpty),
+        GroupError::AssignorMismatch { .. } => (Code::InvalidArgument, pb::ErrorReason::InvalidRequest),
+    };
+    status(code, reason, e.to_string())
+}
+
+pub fn not_coordinator(group: &str, why: &str) -> Status {
+    status(
+        Code::Unavailable,
+        pb::ErrorReason::NotCoordinator,
+        format!("this node does not coordinate group '{group}' ({why}); retry"),
+    )
+}
+
+fn unknown_group(group: &str, kind: &str) -> Status {
+    status(Code::NotFound, pb::ErrorReason::UnknownGroup, format!("no {kind} group '{group}'"))
+}
+
+/// The groups-topic partition of a group.
+pub fn shard_of(group: &str) -> u32 {
+    strata_record::partition_for_key(group.as_bytes(), GROUPS_PARTITIONS)
+}
+
+fn validate_group_name(group: &str) -> Result<(), Status> {
+    if group.is_empty() || group.len() > 249 {
+        return Err(invalid("a group name must have 1 to 249 characters"));
+    }
+    if group.chars().any(char::is_control) {
+        return Err(invalid("a group name must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>) -> Arc<Self> {
+        let shards = (0..GROUPS_PARTITIONS).map(|_| Mutex::new(ShardState::default())).collect();
+        Arc::new(Self {
+            logs,
+            replication,
+            shards,
+            client: OnceCell::new(),
+            tokens: AtomicU64::new(1),
+            share_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A client of the cluster (through this node), for reading other
+    /// partitions' offsets and records and writing dead letters.
+    pub async fn client(&self) -> Result<&strata_client::Client, Status> {
+        self.client
+            .get_or_try_init(|| async {
+                strata_client::Client::connect(&self.replication.advertised())
+                    .await
+                    .map(|c| c.with_timeout(Duration::from_secs(10)))
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the cluster from the coordinator: {e}")))
+    }
+
+    /// Creates the groups topic when it does not exist yet.
+    async fn ensure_topic(&self) -> Result<(), Status> {
+        if self.logs.partition_count(GROUPS_TOPIC).is_ok() {
+            return Ok(());
+        }
+        let overrides =
+            TopicOverrides { retention_ms: Some(-1), retention_bytes: Some(-1), ..TopicOverrides::default() };
+        match self.replication.create_topic(GROUPS_TOPIC, GROUPS_PARTITIONS, None, overrides).await {
+            Ok(()) => {
+                info!(topic = GROUPS_TOPIC, "created the groups topic");
+                Ok(())
+            }
+            Err(s) if s.code() == Code::AlreadyExists => Ok(()),
+            Err(s) => {
+                Err(Status::new(s.code(), format!("cannot create the groups topic {GROUPS_TOPIC}: {}", s.message())))
+            }
+        }
+    }
+
+    /// Where requests for `group` go.
+    pub async fn route(&self, group: &str) -> Result<Route, Status> {
+        validate_group_name(group)?;
+        self.ensure_topic().await?;
+        let p = shard_of(group);
+        let me = self.replication.node_id();
+        let view = self
+            .replication
+            .leadership(GROUPS_TOPIC, p)
+            .ok_or_else(|| not_coordinator(group, "the groups topic is not known here yet"))?;
+        if view.leading {
+            return Ok(Route::Local);
+        }
+        let next = match view.leader {
+            Some(l) if l != me => Some(l),
+            // No leader known here: a replica knows it (the preferred
+            // leader usually is it).
+            _ => view.replicas.iter().copied().find(|r| *r != me),
+        };
+        let addr = next
+            .and_then(|id| self.replication.address(id))
+            .ok_or_else(|| not_coordinator(group, "no leader of its partition is known yet"))?;
+        Ok(Route::Remote(addr))
+    }
+
+    /// Locks the shard of `group`, (re)loading it if this node became its
+    /// leader since it was loaded.
+    pub async fn lock(&self, group: &str) -> Result<(u32, Leadership, MutexGuard<'_, ShardState>), Status> {
+        validate_group_name(group)?;
+        let p = shard_of(group);
+        let view = self
+            .replication
+            .leadership(GROUPS_TOPIC, p)
+            .filter(|v| v.leading)
+            .ok_or_else(|| not_coordinator(group, "it does not lead the group's partition"))?;
+        let mut st = self.shards[p as usize].lock().await;
+        if st.term != Some(view.term) {
+            self.load(p, &view, &mut st).await?;
+        }
+        Ok((p, view, st))
+    }
+
+    /// Rebuilds a shard from its partition of the groups topic.
+    async fn load(&self, p: u32, view: &Leadership, st: &mut ShardState) -> Result<(), Status> {
+        let started = Instant::now();
+        // Everything up to the new term's first entry applied: all that was
+        // committed before this node led is readable here.
+        self.replication.wait_applied(view.topic_id, p, view.last_log_index, LOAD_TIMEOUT).await?;
+        let log = self.logs.partition(GROUPS_TOPIC, p).map_err(from_storage)?;
+        let mut fresh = ShardState::default();
+        let mut offset = log.log_start_offset();
+        let mut records = 0u64;
+        while offset < log.high_watermark() {
+            let read = log.read(offset, LOAD_READ_BYTES).await.map_err(from_storage)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in &read.batches {
+                let decoded = strata_record::decode(batch).map_err(|e| {
+                    Status::data_loss(format!(
+                        "{GROUPS_TOPIC} partition {p} near offset {offset}: a batch that does not decode: {e}"
+                    ))
+                })?;
+                for record in decoded.into_iter().filter(|r| r.offset >= offset) {
+                    let group = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+                    let entry: Entry = serde_json::from_slice(&record.value).map_err(|e| {
+                        Status::data_loss(format!(
+                            "{GROUPS_TOPIC} partition {p}, offset {}: a group record that does not parse: {e}",
+                            record.offset
+                        ))
+                    })?;
+                    fresh.apply(&group, entry);
+                    records += 1;
+                }
+            }
+            offset = read.next_offset;
+        }
+        let now = Instant::now();
+        for (name, g) in &fresh.consumer {
+            for id in g.members.keys() {
+                fresh.last_seen.insert((name.clone(), id.clone()), now);
+            }
+        }
+        fresh.term = Some(view.term);
+        *st = fresh;
+        info!(partition = p, term = view.term, records, groups = st.consumer.len() + st.share.len(), elapsed = ?started.elapsed(), "coordinating the groups of a partition");
+        Ok(())
+    }
+
+    /// Appends group changes to the shard's partition and waits until they
+    /// are committed. A failure leaves the shard untrusted (reloaded on next
+    /// use): the change may or may not have been committed.
+    async fn write(
+        &self,
+        p: u32,
+        view: &Leadership,
+        st: &mut ShardState,
+        group: &str,
+        entries: &[Entry],
+    ) -> Result<(), Status> {
+        let mut builder = BatchBuilder::new(Compression::None);
+        let now = strata_storage::now_ms();
+        for entry in entries {
+            let value = serde_json::to_vec(entry)
+                .map_err(|e| Status::internal(format!("cannot encode a group record: {e}")))?;
+            builder.push_parts(now, Some(group.as_bytes()), &value, &[]);
+        }
+        let result = async {
+            let pending = self.replication.propose(view.topic_id, p, builder.build(), pb::Acks::Quorum).await?;
+            pending.wait().await
+        }
+        .await;
+        if let Err(e) = result {
+            st.term = None;
+            st.sessions.clear();
+            warn!(group, error = %e.message(), "a group change was not committed; the coordinator state will be reloaded");
+            return Err(not_coordinator(group, &format!("the change may not have been committed: {}", e.message())));
+        }
+        for entry in entries {
+            st.apply(group, entry.clone());
+        }
+        Ok(())
+    }
+
+    /// The partition counts of `topics` as this node knows them (topics
+    /// that do not exist are left out).
+    fn partition_counts(&self, topics: &BTreeSet<String>) -> BTreeMap<String, u32> {
+        topics.iter().filter_map(|t| self.logs.partition_count(t).ok().map(|n| (t.clone(), n))).collect()
+    }
+
+    // ---- consumer groups ----------------------------------------------
+
+    /// A member joins (or rejoins) and gets a session.
+    pub async fn join(&self, join: pb::GroupJoin) -> Result<SessionHandle, Status> {
+        if join.topics.is_empty() {
+            return Err(invalid("a member must subscribe to at least one topic"));
+        }
+        let topics: BTreeSet<String> = join.topics.iter().cloned().collect();
+        for t in &topics {
+            if t.starts_with(RESERVED_PREFIX) {
+                return Err(reserved(t));
+            }
+            self.logs.partition_count(t).map_err(from_storage)?;
+        }
+        let session_timeout_ms = match join.session_timeout_ms {
+            0 => DEFAULT_SESSION_TIMEOUT_MS,
+            n if (MIN_SESSION_TIMEOUT_MS..=MAX_SESSION_TIMEOUT_MS).contains(&n) => n,
+            n => {
+                return Err(invalid(format!(
+                    "session_timeout_ms {n} is outside [{MIN_SESSION_TIMEOUT_MS}, {MAX_SESSION_TIMEOUT_MS}]"
+                )));
+            }
+        };
+        let strategy = strategy_from_proto(join.assignor)?;
+        let (p, view, mut st) = self.lock(&join.group).await?;
+        if st.share.contains_key(&join.group) {
+            return Err(invalid(format!("'{}' is a share group; a consumer group needs another name", join.group)));
+        }
+        let mut g = st.consumer.get(&join.group).cloned().unwrap_or_else(|| ConsumerGroup::new(&join.group));
+        let id = if join.member_id.is_empty() {
+            crate::cluster::random_id()
+        } else if g.members.contains_key(&join.member_id) {
+            join.member_id.clone()
+        } else {
+            return Err(group_status(GroupError::UnknownMember { group: join.group.clone(), member: join.member_id }));
+        };
+        let spec = JoinSpec { client_id: join.client_id.clone(), topics, strategy, session_timeout_ms };
+        let mut subscribed = g.subscribed();
+        subscribed.extend(spec.topics.iter().cloned());
+        g.join(&id, spec, self.partition_counts(&subscribed)).map_err(group_status)?;
+        let owned = tps_from_proto(&join.owned);
+        g.heartbeat(&id, &owned).map_err(group_status)?;
+        let changed = st.consumer.get(&join.group) != Some(&g);
+        if changed {
+            self.write(p, &view, &mut st, &join.group, &[Entry::Consumer { state: g }]).await?;
+        }
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let initial = st.response(&join.group, &id);
+        let (tx, rx) = watch::channel(initial);
+        st.sessions.insert((join.group.clone(), id.clone()), Session { token, tx });
+        st.last_seen.insert((join.group.clone(), id.clone()), Instant::now());
+        st.push(&join.group);
+        info!(group = %join.group, member = %id, "member joined");
+        Ok(SessionHandle { group: join.group, member_id: id, token, rx })
+    }
+
+    /// A heartbeat: what the member holds now.
+    pub async fn heartbeat(&self, h: &SessionHandle, owned: &[pb::TopicPartitions]) -> Result<(), Status> {
+        let (p, view, mut st) = self.lock(&h.group).await?;
+        st.check_session(h)?;
+        let mut g = st.consumer.get(&h.group).cloned().ok_or_else(|| unknown_group(&h.group, "consumer"))?;
+        st.last_seen.insert((h.group.clone(), h.member_id.clone()), Instant::now());
+        if g.heartbeat(&h.member_id, &tps_from_proto(owned)).map_err(group_status)? {
+            self.write(p, &view, &mut st, &h.group, &[Entry::Consumer { state: g }]).await?;
+            st.push(&h.group);
+        }
+        Ok(())
+    }
+
+    /// The member leaves (or its session stream ended).
+    pub async fn leave(&self, h: &SessionHandle, why: &str) {
+        let Ok((p, view, mut st)) = self.lock(&h.group).await else { return };
+        if st.check_session(h).is_err() {
+            return;
+        }
+        st.sessions.remove(&(h.group.clone(), h.member_id.clone()));
+        st.last_seen.remove(&(h.group.clone(), h.member_id.clone()));
+        let Some(mut g) = st.consumer.get(&h.group).cloned() else { return };
+        if g.remove(&h.member_id) {
+            if let Err(e) = self.write(p, &view, &mut st, &h.group, &[Entry::Consumer { state: g }]).await {
+                warn!(group = %h.group, member = %h.member_id, error = %e.message(), "could not record a member leaving");
+                return;
+            }
+            info!(group = %h.group, member = %h.member_id, why, "member left");
+            st.push(&h.group);
+        }
+    }
+
+    /// Commits offsets for a member (or a tool, while the group is empty).
+    pub async fn commit(&self, req: pb::CommitOffsetsRequest) -> Result<(), Status> {
+        if req.offsets.is_empty() {
+            return Err(invalid("the commit holds no offsets"));
+        }
+        let mut tps = BTreeSet::new();
+        for o in &req.offsets {
+            let count = self.logs.partition_count(&o.topic).map_err(from_storage)?;
+            if o.partition >= count {
+                return Err(from_storage(StorageError::UnknownPartition {
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                    count,
+                }));
+            }
+            tps.insert((o.topic.clone(), o.partition));
+        }
+        let (p, view, mut st) = self.lock(&req.group).await?;
+        if st.share.contains_key(&req.group) {
+            return Err(invalid(format!(
+                "'{}' is a share group: it acknowledges records, it does not commit offsets",
+                req.group
+            )));
+        }
+        let g = st.consumer.get(&req.group).cloned().unwrap_or_else(|| ConsumerGroup::new(&req.group));
+        g.check_commit(&req.member_id, req.member_epoch, &tps).map_err(group_status)?;
+        if !req.member_id.is_empty() {
+            st.last_seen.insert((req.group.clone(), req.member_id.clone()), Instant::now());
+        }
+        let offsets = req.offsets.into_iter().map(|o| (o.topic, o.partition, o.offset, o.metadata)).collect();
+        let entry = Entry::Offsets { offsets, timestamp_ms: strata_storage::now_ms() };
+        self.write(p, &view, &mut st, &req.group, &[entry]).await
+    }
+
+    /// Committed offsets of a group.
+    pub async fn fetch_offsets(&self, req: &pb::FetchOffsetsRequest) -> Result<Vec<pb::CommittedOffset>, Status> {
+        let (_, _, st) = self.lock(&req.group).await?;
+        let wanted = tps_from_proto(&req.partitions);
+        let Some(offsets) = st.offsets.get(&req.group) else { return Ok(Vec::new()) };
+        Ok(offsets
+            .iter()
+            .filter(|(tp, _)| wanted.is_empty() || wanted.contains(*tp))
+            .map(|(tp, c)| committed_to_proto(tp, c))
+            .collect())
+    }
+
+    /// Offsets of one partition, at its leader: (log start, log end).
+    async fn bounds(&self, topic: &str, partition: u32) -> Result<(u64, u64), Status> {
+        let client = self.client().await?;
+        let leader = client.partition_leader(topic, partition).await.map_err(client_status)?;
+        let earliest =
+            leader.list_offsets(topic, &[partition], pb::OffsetSpec::Earliest, 0).await.map_err(client_status)?;
+        let latest =
+            leader.list_offsets(topic, &[partition], pb::OffsetSpec::Latest, 0).await.map_err(client_status)?;
+        let first = |v: Vec<pb::PartitionOffset>| v.first().map(|o| o.offset).unwrap_or(0);
+        Ok((first(earliest), first(latest)))
+    }
+
+    /// Resets a group's committed offsets.
+    pub async fn reset(&self, req: pb::ResetOffsetsRequest) -> Result<Vec<pb::CommittedOffset>, Status> {
+        use pb::reset_offsets_request::To;
+        let count = self.logs.partition_count(&req.topic).map_err(from_storage)?;
+        let partitions: Vec<u32> =
+            if req.partitions.is_empty() { (0..count).collect() } else { req.partitions.clone() };
+        if let Some(bad) = partitions.iter().find(|p| **p >= count) {
+            return Err(from_storage(StorageError::UnknownPartition {
+                topic: req.topic.clone(),
+                partition: *bad,
+                count,
+            }));
+        }
+        let to = req
+            .to
+            .ok_or_else(|| invalid("say where to reset to: earliest, latest, an offset, a timestamp or a shift"))?;
+        // Check first (cheap), compute the offsets without the lock, then
+        // check again and commit under it.
+        self.check_resettable(&req.group, req.force).await?;
+        let committed: BTreeMap<Tp, Committed> = {
+            let (_, _, st) = self.lock(&req.group).await?;
+            st.offsets.get(&req.group).cloned().unwrap_or_default()
+        };
+        let client = self.client().await?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let (start, end) = self.bounds(&req.topic, p).await?;
+            let offset = match to {
+                To::Earliest(_) => start,
+                To::Latest(_) => end,
+                To::Offset(o) => {
+                    if o < start || o > end {
+                        return Err(from_storage(StorageError::OffsetOutOfRange {
+                            topic: req.topic.clone(),
+                            partition: p,
+                            offset: o,
+                            start,
+                            end,
+                        }));
+                    }
+                    o
+                }
+                To::TimestampMs(ts) => {
+                    let leader = client.partition_leader(&req.topic, p).await.map_err(client_status)?;
+                    let found = leader
+                        .list_offsets(&req.topic, &[p], pb::OffsetSpec::Timestamp, ts)
+                        .await
+                        .map_err(client_status)?;
+                    found.first().map_or(end, |o| if o.found { o.offset } else { end })
+                }
+                To::Shift(n) => {
+                    let from = committed.get(&(req.topic.clone(), p)).map_or(start, |c| c.offset);
+                    let moved =
+                        if n >= 0 { from.saturating_add(n as u64) } else { from.saturating_sub(n.unsigned_abs()) };
+                    moved.clamp(start, end)
+                }
+            };
+            out.push(pb::CommittedOffset {
+                topic: req.topic.clone(),
+                partition: p,
+                offset,
+                metadata: String::new(),
+                commit_timestamp_ms: strata_storage::now_ms(),
+            });
+        }
+        if req.dry_run {
+            return Ok(out);
+        }
+        let (shard, view, mut st) = self.lock(&req.group).await?;
+        let members = st.consumer.get(&req.group).map_or(0, |g| g.members.len());
+        if members > 0 && !req.force {
+            return Err(not_empty(&req.group, members));
+        }
+        let offsets = out.iter().map(|o| (o.topic.clone(), o.partition, o.offset, String::new())).collect();
+        let entry = Entry::Offsets { offsets, timestamp_ms: strata_storage::now_ms() };
+        self.write(shard, &view, &mut st, &req.group, &[entry]).await?;
+        info!(group = %req.group, topic = %req.topic, partitions = out.len(), "offsets reset");
+        Ok(out)
+    }
+
+    async fn check_resettable(&self, group: &str, force: bool) -> Result<(), Status> {
+        let (_, _, st) = self.lock(group).await?;
+        if st.share.contains_key(group) {
+            return Err(invalid(format!("'{group}' is a share group: its offsets cannot be reset")));
+        }
+        let members = st.consumer.get(group).map_or(0, |g| g.members.len());
+        if members > 0 && !force {
+            return Err(not_empty(group, members));
+        }
+        Ok(())
+    }
+
+    /// Groups coordinated here (this node's shards it leads).
+    pub async fn list_local(&self) -> Vec<pb::GroupSummary> {
+        let mut out = Vec::new();
+        for p in 0..GROUPS_PARTITIONS {
+            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p).filter(|v| v.leading) else { continue };
+            let mut st = self.shards[p as usize].lock().await;
+            if st.term != Some(view.term) && self.load(p, &view, &mut st).await.is_err() {
+                continue;
+            }
+            let mut names: BTreeSet<&String> = st.consumer.keys().collect();
+            names.extend(st.offsets.keys());
+            for name in names {
+                let (members, state) =
+                    st.consumer.get(name).map_or((0, "empty"), |g| (g.members.len() as u32, g.state()));
+                out.push(pb::GroupSummary {
+                    group: name.clone(),
+                    kind: "consumer".into(),
+                    members,
+                    state: state.into(),
+                });
+            }
+            for (name, g) in &st.share {
+                let members = g.consumers.len() as u32;
+                let state = if members == 0 { "empty" } else { "stable" };
+                out.push(pb::GroupSummary { group: name.clone(), kind: "share".into(), members, state: state.into() });
+            }
+        }
+        out
+    }
+
+    /// A group's members, partitions, offsets and lag.
+    pub async fn describe(&self, group: &str) -> Result<pb::DescribeGroupResponse, Status> {
+        let (snapshot, offsets, share) = {
+            let (_, _, st) = self.lock(group).await?;
+            (st.consumer.get(group).cloned(), st.offsets.get(group).cloned(), st.share.get(group).cloned())
+        };
+        let me = self.replication.node_id();
+        if let Some(share) = share {
+            return self.describe_share(group, &share).await;
+        }
+        if snapshot.is_none() && offsets.is_none() {
+            return Err(unknown_group(group, "consumer"));
+        }
+        let g = snapshot.unwrap_or_else(|| ConsumerGroup::new(group));
+        let offsets = offsets.unwrap_or_default();
+        let owners = g.owners();
+        let mut topics: BTreeSet<String> = g.subscribed();
+        topics.extend(offsets.keys().map(|tp| tp.0.clone()));
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let Ok(count) = self.logs.partition_count(&topic) else { continue };
+            for p in 0..count {
+                let tp = (topic.clone(), p);
+                let (start, end) = self.bounds(&topic, p).await?;
+                let committed = offsets.get(&tp).map(|c| c.offset);
+                partitions.push(pb::PartitionLag {
+                    topic: topic.clone(),
+                    partition: p,
+                    committed,
+                    log_end_offset: end,
+                    lag: end.saturating_sub(committed.unwrap_or(start)),
+                    member_id: owners.get(&tp).cloned().unwrap_or_default(),
+                    in_flight: 0,
+                });
+            }
+        }
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| pb::GroupMember {
+                member_id: id.clone(),
+                client_id: m.client_id.clone(),
+                member_epoch: m.epoch,
+                topics: m.topics.iter().cloned().collect(),
+                assignment: tps_to_proto(&m.assigned),
+            })
+            .collect();
+        Ok(pb::DescribeGroupResponse {
+            group: group.to_owned(),
+            kind: "consumer".into(),
+            state: g.state().into(),
+            group_epoch: g.epoch,
+            assignor: strategy_to_proto(g.strategy) as i32,
+            members,
+            partitions,
+            coordinator: me,
+        })
+    }
+
+    /// One pass of the coordinator's timer: members past their session
+    /// timeout are removed, groups whose topics changed partition counts
+    /// are rebalanced, share-group locks that expired are released.
+    pub async fn tick(&self) {
+        for p in 0..GROUPS_PARTITIONS {
+            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p) else { continue };
+            let mut st = self.shards[p as usize].lock().await;
+            if !view.leading || st.term != Some(view.term) {
+                if st.term.is_some() {
+                    // Not (or no longer) the coordinator: let sessions go.
+                    *st = ShardState::default();
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let names: Vec<String> = st.consumer.keys().cloned().collect();
+            for name in names {
+                let Some(g) = st.consumer.get(&name) else { continue };
+                let mut next = g.clone();
+                let mut expired = Vec::new();
+                for (id, m) in &g.members {
+                    let seen = st.last_seen.get(&(name.clone(), id.clone())).copied().unwrap_or(now);
+                    if now.duration_since(seen) > Duration::from_millis(u64::from(m.session_timeout_ms)) {
+                        expired.push(id.clone());
+                    }
+                }
+                for id in &expired {
+                    next.remove(id);
+                }
+                let counts = self.partition_counts(&next.subscribed());
+                next.set_partitions(counts);
+                if next != *g {
+                    if let Err(e) = self.write(p, &view, &mut st, &name, &[Entry::Consumer { state: next }]).await {
+                        warn!(group = %name, error = %e.message(), "could not record a rebalance");
+                        break;
+                    }
+                    for id in expired {
+                        info!(group = %name, member = %id, "member removed: its session timed out");
+                        st.sessions.remove(&(name.clone(), id.clone()));
+                        st.last_seen.remove(&(name.clone(), id));
+                    }
+                    st.push(&name);
+                }
+            }
+            if st.term.is_some() {
+                self.tick_share(p, &view, &mut st).await;
+            }
+        }
+    }
+}
+
+impl ShardState {
+    /// Applies one committed entry.
+    fn apply(&mut self, group: &str, entry: Entry) {
+        match entry {
+            Entry::Consumer { state } => {
+                self.consumer.insert(group.to_owned(), state);
+            }
+            Entry::Offsets { offsets, timestamp_ms } => {
+                let map = self.offsets.entry(group.to_owned()).or_default();
+                for (topic, partition, offset, metadata) in offsets {
+                    map.insert((topic, partition), Committed { offset, metadata, timestamp_ms });
+                }
+            }
+            Entry::ShareConfig { topic, config } => {
+                let g = self.share.entry(group.to_owned()).or_default();
+                match g.topics.get_mut(&topic) {
+                    Some(entry) => entry.0 = config,
+                    None => {
+                        g.topics.insert(topic, (config, BTreeMap::new()));
+                    }
+                }
+            }
+            Entry::SharePartition { topic, partition, state } => {
+                let g = self.share.entry(group.to_owned()).or_default();
+                if let Some((_, parts)) = g.topics.get_mut(&topic) {
+                    parts.insert(partition, state);
+                }
+            }
+        }
+    }
+
+    /// The session answer for a member, as the group stands.
+    fn response(&self, group: &str, member: &str) -> pb::GroupSessionResponse {
+        let g = self.consumer.get(group);
+        let m = g.and_then(|g| g.members.get(member));
+        pb::GroupSessionResponse {
+            member_id: member.to_owned(),
+            member_epoch: m.map_or(0, |m| m.epoch),
+            assignment: m.map(|m| tps_to_proto(&m.assigned)).unwrap_or_default(),
+            heartbeat_interval_ms: heartbeat_interval_ms(
+                m.map_or(DEFAULT_SESSION_TIMEOUT_MS, |m| m.session_timeout_ms),
+            ),
+            group_epoch: g.map_or(0, |g| g.epoch),
+            reconciled: g.is_some_and(|g| g.reconciled(member)),
+        }
+    }
+
+    /// Tells every live session of `group` where it stands now.
+    fn push(&self, group: &str) {
+        for ((g, member), session) in &self.sessions {
+            if g == group {
+                let now = self.response(group, member);
+                session.tx.send_if_modified(|current| {
+                    let changed = *current != now;
+                    *current = now;
+                    changed
+                });
+            }
+        }
+    }
+
+    fn check_session(&self, h: &SessionHandle) -> Result<(), Status> {
+        match self.sessions.get(&(h.group.clone(), h.member_id.clone())) {
+            Some(s) if s.token == h.token => Ok(()),
+            _ => Err(group_status(GroupError::UnknownMember { group: h.group.clone(), member: h.member_id.clone() })),
+        }
+    }
+}
+
+fn not_empty(group: &str, members: usize) -> Status {
+    group_status(GroupError::NotEmpty {
+        group: group.to_owned(),
+        members,
+        what: "stop its consumers first, or force the reset (they may commit over it)".to_owned(),
+    })
+}
+
+pub fn reserved(topic: &str) -> Status {
+    status(
+        Code::PermissionDenied,
+        pb::ErrorReason::ReservedTopic,
+        format!("topic '{topic}' is internal to the cluster (names starting with '{RESERVED_PREFIX}' are reserved)"),
+    )
+}
+
+/// A client error as a status (the client already carries the server's).
+pub(crate) fn client_status(e: strata_client::ClientError) -> Status {
+    match e {
+        strata_client::ClientError::Server { code, reason, message, .. } => {
+            match pb::ErrorReason::from_str_name(&reason) {
+                Some(r) => status(code, r, message),
+                None => Status::new(code, message),
+            }
+        }
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+pub fn strategy_from_proto(value: i32) -> Result<Strategy, Status> {
+    match pb::Assignor::try_from(value) {
+        Ok(pb::Assignor::Range) => Ok(Strategy::Range),
+        Ok(pb::Assignor::RoundRobin) => Ok(Strategy::RoundRobin),
+        Ok(pb::Assignor::Sticky | pb::Assignor::Unspecified) => Ok(Strategy::Sticky),
+        Err(_) => Err(invalid(format!("unknown assignor {value} (RANGE = 1, ROUND_ROBIN = 2, STICKY = 3)"))),
+    }
+}
+
+fn strategy_to_proto(s: Strategy) -> pb::Assignor {
+    match s {
+        Strategy::Range => pb::Assignor::Range,
+        Strategy::RoundRobin => pb::Assignor::RoundRobin,
+        Strategy::Sticky => pb::Assignor::Sticky,
+    }
+}
+
+pub fn tps_from_proto(list: &[pb::TopicPartitions]) -> BTreeSet<Tp> {
+    list.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect()
+}
+
+pub fn tps_to_proto(set: &BTreeSet<Tp>) -> Vec<pb::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (t, p) in set {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| pb::TopicPartitions { topic: topic.to_owned(), partitions })
+        .collect()
+}
+
+fn committed_to_proto(tp: &Tp, c: &Committed) -> pb::CommittedOffset {
+    pb::CommittedOffset {
+        topic: tp.0.clone(),
+        partition: tp.1,
+        offset: c.offset,
+        metadata: c.metadata.clone(),
+        commit_timestamp_ms: c.timestamp_ms,
+    }
+}
+
+/// Keeps the groups' timers running until the node stops.
+pub async fn run_timer(coordinator: Arc<Coordinator>) {
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        coordinator.tick().await;
+    }
+}

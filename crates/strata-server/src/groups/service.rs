@@ -1,0 +1,281 @@
+//! The `strata.v1.Groups` gRPC service. Any node answers: a request for a
+//! group another node coordinates is forwarded there (at most twice: a node
+//! without a replica of the group's partition forwards to a replica, which
+//! knows the leader), so thin clients need no routing of their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use strata_proto::v1 as pb;
+use strata_proto::v1::groups_client::GroupsClient;
+use strata_proto::v1::groups_server::GroupsServer;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Coordinator, Route, SessionHandle, not_coordinator};
+use crate::service::{shutting_down, until_shutdown};
+use crate::status::invalid;
+
+/// Metadata header counting how often a request was forwarded.
+pub const FORWARDED_HEADER: &str = "x-strata-forwarded";
+const MAX_HOPS: u32 = 2;
+/// Deadline of a forwarded unary request (a share fetch may long-poll 30 s).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(45);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+pub struct GroupService {
+    coordinator: Arc<Coordinator>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn hops<T>(req: &Request<T>) -> u32 {
+    req.metadata().get(FORWARDED_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn forwarded<T>(message: T, hops: u32) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut().insert(FORWARDED_HEADER, (hops + 1).into());
+    req.set_timeout(FORWARD_TIMEOUT);
+    req
+}
+
+impl GroupService {
+    pub fn new(coordinator: Arc<Coordinator>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { coordinator, channels: Arc::default(), shutdown }
+    }
+
+    pub fn into_server(self) -> GroupsServer<Self> {
+        GroupsServer::new(self)
+            .max_decoding_message_size(crate::GRPC_MESSAGE_LIMIT)
+            .max_encoding_message_size(crate::GRPC_MESSAGE_LIMIT)
+    }
+
+    fn remote(&self, addr: &str) -> Result<GroupsClient<Channel>, Status> {
+        let mut channels = self.channels.lock().map_err(|_| Status::internal("the channel cache lock was poisoned"))?;
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Status::internal(format!("bad node address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true);
+                let c = endpoint.connect_lazy();
+                channels.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(GroupsClient::new(channel)
+            .max_decoding_message_size(crate::GRPC_MESSAGE_LIMIT)
+            .max_encoding_message_size(crate::GRPC_MESSAGE_LIMIT))
+    }
+
+    /// `None`: this node coordinates `group`; else the node to forward to.
+    async fn forward_to(&self, group: &str, hops: u32) -> Result<Option<GroupsClient<Channel>>, Status> {
+        match self.coordinator.route(group).await? {
+            Route::Local => Ok(None),
+            Route::Remote(_) if hops >= MAX_HOPS => Err(not_coordinator(group, "it was forwarded here already")),
+            Route::Remote(addr) => self.remote(&addr).map(Some),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::groups_server::Groups for GroupService {
+    type SessionStream = BoxStream<pb::GroupSessionResponse>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::GroupSessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let hops = hops(&request);
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| invalid("the session ended before its GroupJoin"))?;
+        let Some(pb::group_session_request::Kind::Join(join)) = first.kind.clone() else {
+            return Err(invalid("the first message of a session must be a GroupJoin"));
+        };
+        if let Some(mut remote) = self.forward_to(&join.group, hops).await? {
+            let rest = inbound
+                .take_while(|m| futures::future::ready(m.is_ok()))
+                .filter_map(|m| futures::future::ready(m.ok()));
+            let outbound = futures::stream::once(async move { first }).chain(rest);
+            let mut req = Request::new(outbound);
+            req.metadata_mut().insert(FORWARDED_HEADER, (hops + 1).into());
+            let answers = remote.session(req).await?.into_inner();
+            return Ok(Response::new(Box::pin(answers)));
+        }
+        let handle = self.coordinator.join(join).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(session_loop(Arc::clone(&self.coordinator), handle, inbound, tx, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
+            return remote.commit_offsets(forwarded(req, hops)).await;
+        }
+        self.coordinator.commit(req).await?;
+        Ok(Response::new(pb::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<pb::FetchOffsetsRequest>,
+    ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
+            return remote.fetch_offsets(forwarded(req, hops)).await;
+        }
+        Ok(Response::new(pb::FetchOffsetsResponse { offsets: self.coordinator.fetch_offsets(&req).await? }))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<pb::ResetOffsetsRequest>,
+    ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
+            return remote.reset_offsets(forwarded(req, hops)).await;
+        }
+        Ok(Response::new(pb::ResetOffsetsResponse { offsets: self.coordinator.reset(req).await? }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let mut all: BTreeMap<String, pb::GroupSummary> = BTreeMap::new();
+        for g in self.coordinator.list_local().await {
+            all.insert(g.group.clone(), g);
+        }
+        // Asked by a user: every node lists the groups it coordinates.
+        if hops(&request) == 0 {
+            let me = self.coordinator.replication.node_id();
+            for (id, addr) in self.coordinator.replication.brokers() {
+                if id == me {
+                    continue;
+                }
+                let mut remote = self.remote(&addr)?;
+                let mut req = forwarded(pb::ListGroupsRequest {}, MAX_HOPS);
+                req.set_timeout(Duration::from_secs(5));
+                match remote.list_groups(req).await {
+                    Ok(resp) => {
+                        for g in resp.into_inner().groups {
+                            all.insert(g.group.clone(), g);
+                        }
+                    }
+                    Err(e) => tracing::warn!(node = id, error = %e.message(), "a node did not list its groups"),
+                }
+            }
+        }
+        Ok(Response::new(pb::ListGroupsResponse { groups: all.into_values().collect() }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
+            return remote.describe_group(forwarded(req, hops)).await;
+        }
+        Ok(Response::new(self.coordinator.describe(&req.group).await?))
+    }
+
+    async fn share_fetch(
+        &self,
+        request: Request<pb::ShareFetchRequest>,
+    ) -> Result<Response<pb::ShareFetchResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
+            return remote.share_fetch(forwarded(req, hops)).await;
+        }
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            r = self.coordinator.share_fetch(req) => Ok(Response::new(r?)),
+            () = until_shutdown(shutdown) => Err(shutting_down()),
+        }
+    }
+
+    async fn share_ack(&self, request: Request<pb::ShareAckRequest>) -> Result<Response<pb::ShareAckResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
+            return remote.share_ack(forwarded(req, hops)).await;
+        }
+        let failed = self.coordinator.share_ack(&req.group, &req.topic, &req.consumer_id, &req.acks).await?;
+        Ok(Response::new(pb::ShareAckResponse { failed }))
+    }
+}
+
+/// A member's session at its coordinator: heartbeats in, assignments out;
+/// the stream ending removes the member.
+async fn session_loop(
+    coordinator: Arc<Coordinator>,
+    mut handle: SessionHandle,
+    mut inbound: Streaming<pb::GroupSessionRequest>,
+    tx: mpsc::Sender<Result<pb::GroupSessionResponse, Status>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    use pb::group_session_request::Kind;
+    let first = handle.rx.borrow_and_update().clone();
+    if tx.send(Ok(first)).await.is_err() {
+        return coordinator.leave(&handle, "it went away").await;
+    }
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(m)) => match m.kind {
+                    Some(Kind::Heartbeat(h)) => {
+                        if let Err(e) = coordinator.heartbeat(&handle, &h.owned).await {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        let now = handle.rx.borrow_and_update().clone();
+                        if tx.send(Ok(now)).await.is_err() {
+                            return coordinator.leave(&handle, "it went away").await;
+                        }
+                    }
+                    Some(Kind::Leave(_)) => return coordinator.leave(&handle, "it asked to").await,
+                    Some(Kind::Join(_)) | None => {
+                        let _ = tx.send(Err(invalid("a session takes one GroupJoin, as its first message"))).await;
+                        return coordinator.leave(&handle, "it sent a second join").await;
+                    }
+                },
+                Ok(None) => return coordinator.leave(&handle, "its session stream closed").await,
+                Err(_) => return coordinator.leave(&handle, "its session stream broke").await,
+            },
+            changed = handle.rx.changed() => {
+                if changed.is_err() {
+                    let _ = tx.send(Err(not_coordinator(&handle.group, "the coordinator moved; rejoin with the member id"))).await;
+                    return;
+                }
+                let now = handle.rx.borrow_and_update().clone();
+                if tx.send(Ok(now)).await.is_err() {
+                    return coordinator.leave(&handle, "it went away").await;
+                }
+            }
+            () = tx.closed() => return coordinator.leave(&handle, "it went away").await,
+            () = until_shutdown(shutdown.clone()) => {
+                let _ = tx.send(Err(shutting_down())).await;
+                return;
+            }
+        }
+    }
+}
