@@ -54,9 +54,6 @@ async fn committed_offsets_are_fetched_reset_and_described() {
     produce(&client, "orders", 0, &["d", "e"]).await;
 
     client.commit_offsets("billing", "", 0, &[("orders".into(), 0, 2), ("orders".into(), 1, 0)]).await.expect("commit");
-    node.shutdown().await.expect("shutdown");
-
-    let (node, client) = start(dir.path()).await;
     let got = committed(&client.fetch_offsets("billing", &[]).await.expect("fetch offsets"));
     assert_eq!(got, BTreeMap::from([(("orders".into(), 0), 2), (("orders".into(), 1), 0)]));
 

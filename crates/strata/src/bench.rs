@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// Starts a local cluster and measures leader failover: kill -9 of a
     /// partition's leader to the first acknowledged write, per round.
     Failover(crate::failover::FailoverBench),
+    /// Consumer groups: consume throughput of a 3-member group, rebalance
+    /// time (a member joins, a member dies), share-group ack throughput.
+    Groups(crate::group_bench::GroupsBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -113,6 +116,7 @@ pub async fn run(opts: &ClientOpts, command: BenchCommand) -> anyhow::Result<()>
         BenchCommand::Produce(args) => produce(opts, args).await,
         BenchCommand::Consume(args) => consume(opts, args).await,
         BenchCommand::Failover(args) => crate::failover::run(args).await,
+        BenchCommand::Groups(args) => crate::group_bench::run(opts, args).await,
     }
 }
 

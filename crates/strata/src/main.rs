@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod failover;
 mod group;
+mod group_bench;
 
 use std::path::PathBuf;
 use std::time::Duration;
