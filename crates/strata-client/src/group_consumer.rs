@@ -108,6 +108,9 @@ pub struct GroupConsumer {
     positions: BTreeMap<TopicPartition, u64>,
     /// Offset after the last record returned, per partition read.
     returned: BTreeMap<TopicPartition, u64>,
+    /// The member id under which the partitions read now were assigned
+    /// (a member that was removed and joined again owns none of them).
+    owner: String,
     last_commit: Instant,
 }
 
@@ -156,6 +159,7 @@ impl Client {
             leave,
             positions: BTreeMap::new(),
             returned: BTreeMap::new(),
+            owner: String::new(),
             last_commit: Instant::now(),
         };
         consumer.wait_answer(0, consumer.client.timeout).await?;
@@ -318,12 +322,21 @@ impl GroupConsumer {
 
     /// Takes up what the coordinator assigned, gives up what it took away.
     async fn reconcile(&mut self) -> Result<()> {
-        let (assigned, owned, failed) = {
+        let (assigned, mut owned, failed, member) = {
             let m = lock(&self.shared);
-            (m.assigned.clone(), m.owned.clone(), m.failed.clone())
+            (m.assigned.clone(), m.owned.clone(), m.failed.clone(), m.member_id.clone())
         };
         if let Some(e) = failed {
             return Err(e);
+        }
+        if member != self.owner {
+            // Removed and joined again (or not yet a member): what was read
+            // before belongs to others now; nothing of it may be committed.
+            self.positions.clear();
+            self.returned.clear();
+            owned.clear();
+            lock(&self.shared).owned.clear();
+            self.owner = member;
         }
         let revoked: Vec<TopicPartition> = owned.difference(&assigned).cloned().collect();
         if !revoked.is_empty() {
@@ -362,12 +375,12 @@ impl GroupConsumer {
     /// `max_wait` when there are none. Empty when nothing came (or the
     /// member holds no partition yet).
     pub async fn poll(&mut self) -> Result<Vec<GroupRecord>> {
+        self.reconcile().await?;
         if let Some(every) = self.config.auto_commit
             && self.last_commit.elapsed() >= every
         {
             self.commit().await?;
         }
-        self.reconcile().await?;
         if self.positions.is_empty() {
             let seen = lock(&self.shared).answers;
             let _ = self.wait_answer(seen, self.config.max_wait).await;
@@ -436,15 +449,21 @@ impl GroupConsumer {
     }
 
     /// Commits the offsets right after `records` (per partition, the
-    /// highest), whatever else was returned: for a consumer that processed
-    /// only part of a poll.
+    /// highest), for a consumer that processed only part of a poll; what
+    /// else was returned is not committed later (it is read again by the
+    /// partition's next reader).
     pub async fn commit_through(&mut self, records: &[GroupRecord]) -> Result<()> {
         let mut upto: BTreeMap<TopicPartition, u64> = BTreeMap::new();
         for r in records {
             let next = upto.entry((r.topic.clone(), r.partition)).or_default();
             *next = (*next).max(r.record.offset + 1);
         }
-        self.send_commit(upto.into_iter().map(|((t, p), o)| (t, p, o)).collect()).await
+        let offsets: Vec<(String, u32, u64)> = upto.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        self.send_commit(offsets).await?;
+        // What was returned after these records is not committed later
+        // either (e.g. by auto-commit on close): it is read again.
+        self.returned = upto;
+        Ok(())
     }
 
     async fn commit_partitions(&self, tps: &[TopicPartition]) -> Result<()> {
@@ -461,6 +480,17 @@ impl GroupConsumer {
             let m = lock(&self.shared);
             (m.member_id.clone(), m.epoch)
         };
+        if member.is_empty() || member != self.owner {
+            return Err(ClientError::Server {
+                code: tonic::Code::FailedPrecondition,
+                reason: "FENCED_MEMBER".to_owned(),
+                message: format!(
+                    "group {}: this consumer is no longer the member that read these records (it was removed and is joining again); they will be read again by their new owner",
+                    self.config.group
+                ),
+                leader_addr: None,
+            });
+        }
         self.client.commit_offsets(&self.config.group, &member, epoch, &offsets).await
     }
 

@@ -260,16 +260,22 @@ impl Coordinator {
     pub async fn lock(&self, group: &str) -> Result<(u32, Leadership, MutexGuard<'_, ShardState>), Status> {
         validate_group_name(group)?;
         let p = shard_of(group);
-        let view = self
-            .replication
-            .leadership(GROUPS_TOPIC, p)
-            .filter(|v| v.leading)
-            .ok_or_else(|| not_coordinator(group, "it does not lead the group's partition"))?;
         let mut st = self.shards[p as usize].lock().await;
+        // Read under the lock: the leadership seen while waiting for it may
+        // have been lost (and won again, in a later term) meanwhile.
+        let view = self.leading(group, p)?;
         if st.term != Some(view.term) {
             self.load(p, &view, &mut st).await?;
         }
         Ok((p, view, st))
+    }
+
+    /// This node's view of the group's partition, if it leads it.
+    fn leading(&self, group: &str, p: u32) -> Result<Leadership, Status> {
+        self.replication
+            .leadership(GROUPS_TOPIC, p)
+            .filter(|v| v.leading)
+            .ok_or_else(|| not_coordinator(group, "it does not lead the group's partition"))
     }
 
     /// Rebuilds a shard from its partition of the groups topic.
@@ -313,6 +319,19 @@ impl Coordinator {
                 fresh.last_seen.insert((name.clone(), id.clone()), now);
             }
         }
+        // Which consumer holds a share-group record is not persisted: every
+        // record not done may still be in a consumer's hands, so it is held
+        // (by nobody) for a whole lock timeout before it is delivered again.
+        for g in fresh.share.values_mut() {
+            for (topic, (config, parts)) in &g.topics {
+                let until = now + Duration::from_millis(u64::from(config.lock_timeout_ms));
+                for (partition, state) in parts {
+                    for offset in state.pending.keys() {
+                        g.locks.insert((topic.clone(), *partition, *offset), (String::new(), until));
+                    }
+                }
+            }
+        }
         fresh.term = Some(view.term);
         *st = fresh;
         info!(partition = p, term = view.term, records, groups = st.consumer.len() + st.share.len(), elapsed = ?started.elapsed(), "coordinating the groups of a partition");
@@ -338,6 +357,16 @@ impl Coordinator {
             builder.push_parts(now, Some(group.as_bytes()), &value, &[]);
         }
         let result = async {
+            // The state written was built in `view`'s term: a node that lost
+            // the lead meanwhile (and may hold it again) must not write it
+            // over what another coordinator wrote since.
+            let now = self.replication.leadership(GROUPS_TOPIC, p);
+            if !now.as_ref().is_some_and(|v| v.leading && v.term == view.term) {
+                return Err(Status::unavailable(format!(
+                    "the lead of the group's partition changed since term {}",
+                    view.term
+                )));
+            }
             let pending = self.replication.propose(view.topic_id, p, builder.build(), pb::Acks::Quorum).await?;
             pending.wait().await
         }
@@ -692,8 +721,8 @@ impl Coordinator {
     /// are rebalanced, share-group locks that expired are released.
     pub async fn tick(&self) {
         for p in 0..GROUPS_PARTITIONS {
-            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p) else { continue };
             let mut st = self.shards[p as usize].lock().await;
+            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p) else { continue };
             if !view.leading || st.term != Some(view.term) {
                 if st.term.is_some() {
                     // Not (or no longer) the coordinator: let sessions go.

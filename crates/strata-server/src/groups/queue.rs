@@ -84,7 +84,10 @@ impl Coordinator {
             let polls = ends.into_iter().map(|(p, end)| {
                 let topic = req.topic.clone();
                 Box::pin(async move {
-                    let _ = client.fetch(&topic, p, end, 1, left).await;
+                    if client.fetch(&topic, p, end, 1, left).await.is_err() {
+                        // Not a wake-up: wait a little before looking again.
+                        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+                    }
                 }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
             });
             let mut waits: Vec<_> = polls.collect();
@@ -128,6 +131,9 @@ impl Coordinator {
                     return Err(invalid("the dead-letter topic must not be the topic itself"));
                 }
                 strata_storage::validate_topic_name(&config.dead_letter_topic).map_err(from_storage)?;
+                if config.dead_letter_topic.starts_with(RESERVED_PREFIX) {
+                    return Err(reserved(&config.dead_letter_topic));
+                }
                 g.topics.insert(req.topic.clone(), (config.clone(), BTreeMap::new()));
                 entries.push(Entry::ShareConfig { topic: req.topic.clone(), config: config.clone() });
                 config
@@ -208,7 +214,13 @@ impl Coordinator {
             }
         }
         let parts = &g.topics[&req.topic].1;
-        let ends: Vec<(u32, u64)> = (0..count).map(|p| (p, parts.get(&p).map_or(0, |s| s.end))).collect();
+        // A consumer holding all it may hold waits for a release or an
+        // acknowledgement, not for new records.
+        let ends: Vec<(u32, u64)> = if budget == 0 {
+            Vec::new()
+        } else {
+            (0..count).map(|p| (p, parts.get(&p).map_or(0, |s| s.end))).collect()
+        };
         for p in changed {
             entries.push(Entry::SharePartition { topic: req.topic.clone(), partition: p, state: parts[&p].clone() });
         }
@@ -302,7 +314,8 @@ impl Coordinator {
             self.write(shard, &view, &mut st, group, &entries).await?;
         }
         keep_runtime(&mut st, group, g);
-        if released {
+        if released || !done.is_empty() {
+            // Records to deliver again, or room in a consumer's prefetch.
             self.share_changed.notify_waiters();
         }
         Ok(failed)
