@@ -2,7 +2,7 @@
 # Several runs of the suite in a row (seeds FIRST..FIRST+RUNS-1), then one line
 # per run from its results.json: the figures docs/reliability.md records.
 #
-#   jepsen-like-tests/runs.sh [RUNS=10] [SECONDS=300] [FIRST_SEED=1] [NEMESIS=partition,kill,pause]
+#   jepsen-like-tests/runs.sh [RUNS=10] [SECONDS=300] [FIRST_SEED=1] [NEMESIS=partition,kill,pause] [WORKLOAD=log]
 #
 # Needs root and a release build: cargo build --release -p strata -p jepsen-like-tests
 set -uo pipefail
@@ -11,6 +11,7 @@ runs="${1:-10}"
 seconds="${2:-300}"
 first="${3:-1}"
 nemesis="${4:-partition,kill,pause}"
+workload="${5:-log}"
 bin="${CARGO_TARGET_DIR:-target}/release"
 store="${STORE:-jepsen-like-tests/store}"
 [ -x "$bin/jepsen-like-tests" ] && [ -x "$bin/strata" ] ||
@@ -18,9 +19,9 @@ store="${STORE:-jepsen-like-tests/store}"
 
 failed=0
 for seed in $(seq "$first" $((first + runs - 1))); do
-  echo "== run seed $seed: $seconds s, nemesis $nemesis" >&2
+  echo "== run seed $seed: $seconds s, nemesis $nemesis, workload $workload" >&2
   timeout $((seconds + 900)) "$bin/jepsen-like-tests" --nodes 5 --time-limit "$seconds" --nemesis "$nemesis" \
-    --workload log --seed "$seed" --store "$store" --strata "$bin/strata" >"$store.seed$seed.out" 2>&1
+    --workload "$workload" --seed "$seed" --store "$store" --strata "$bin/strata" >"$store.seed$seed.out" 2>&1
   rc=$?
   echo "seed $seed: exit $rc" >&2
   [ "$rc" = 0 ] || failed=$((failed + 1))

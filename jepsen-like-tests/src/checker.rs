@@ -46,7 +46,9 @@ pub enum AnomalyKind {
     /// An aborted read: a value from a failed (or never invoked) send.
     #[serde(rename = "G1a")]
     G1a,
-    /// A consumer group's committed offset going backwards.
+    /// A consumer group's committed offset going backwards: a commit, or a
+    /// read of the committed offsets, below a commit that had been
+    /// acknowledged before it was invoked.
     CommittedOffsetRegression,
     /// Replicas whose digests of the same log range differ.
     ReplicaDivergence,
@@ -185,8 +187,12 @@ struct Checker {
     first_reads: BTreeMap<u64, BTreeMap<u32, Read>>,
     /// The highest offset read in each partition.
     max_read: HashMap<u32, u64>,
-    /// The last `ok` commit of each (group, partition): (offset, index).
-    last_commit: HashMap<(String, u32), (u64, u64)>,
+    /// The highest `ok` commit of each (group, partition) so far, with the
+    /// index of its `ok`.
+    commit_floor: HashMap<(String, u32), (u64, u64)>,
+    /// Each outstanding commit or committed-offsets read: the floors of its
+    /// group when it was invoked (what it must not go below).
+    floors_at_invoke: HashMap<i64, Vec<(u32, u64, u64)>>,
     /// Digests by (partition, upto, first_index).
     digests: BTreeMap<(u32, u64, u64), Vec<Digest>>,
 }
@@ -209,12 +215,8 @@ impl Checker {
                     });
                 }
             }
-            Op::Commit { group, partition, offset } => {
-                if event.kind == Kind::Ok {
-                    self.commit(group, *partition, *offset, event.index);
-                }
-            }
-            Op::Send { .. } | Op::Poll { .. } => match event.kind {
+            Op::Member { .. } => {}
+            Op::Send { .. } | Op::Poll { .. } | Op::Commit { .. } | Op::ReadCommitted { .. } => match event.kind {
                 Kind::Invoke => self.invoke(event),
                 Kind::Ok | Kind::Fail | Kind::Info => self.complete(event),
             },
@@ -224,6 +226,9 @@ impl Checker {
     fn invoke(&mut self, event: &Event) {
         if let Op::Send { partition, value, .. } = event.op {
             self.sends.entry(value).or_insert(Send { partition, invoke_index: event.index, outcome: None });
+        }
+        if let Op::Commit { group, .. } | Op::ReadCommitted { group, .. } = &event.op {
+            self.floors_at_invoke.insert(event.process, self.floors(group));
         }
         // A process has one operation outstanding; an invoke that replaces
         // another means the earlier one never completed (it stays uncertain).
@@ -243,8 +248,20 @@ impl Checker {
         let invoke = self.pending.remove(&event.process);
         let invoked = match (&invoke, &event.op) {
             (Some(matched @ Event { op: Op::Send { .. }, .. }), Op::Send { .. })
-            | (Some(matched @ Event { op: Op::Poll { .. }, .. }), Op::Poll { .. }) => matched,
+            | (Some(matched @ Event { op: Op::Poll { .. }, .. }), Op::Poll { .. })
+            | (Some(matched @ Event { op: Op::Commit { .. }, .. }), Op::Commit { .. })
+            | (Some(matched @ Event { op: Op::ReadCommitted { .. }, .. }), Op::ReadCommitted { .. }) => matched,
             _ => event,
+        };
+        // Without its invoke, a completion is held to what was known when
+        // it completed.
+        let floors = match &event.op {
+            Op::Commit { group, .. } | Op::ReadCommitted { group, .. } => {
+                let at_invoke =
+                    if std::ptr::eq(invoked, event) { None } else { self.floors_at_invoke.remove(&event.process) };
+                at_invoke.unwrap_or_else(|| self.floors(group))
+            }
+            _ => Vec::new(),
         };
         match (&invoked.op, &event.op) {
             (Op::Send { partition, value, .. }, Op::Send { offset, .. }) => {
@@ -252,6 +269,12 @@ impl Checker {
             }
             (Op::Poll { partition, from, .. }, Op::Poll { records, .. }) if event.kind == Kind::Ok => {
                 self.poll_ok(event, *partition, *from, records);
+            }
+            (Op::Commit { group, offsets }, Op::Commit { .. }) if event.kind == Kind::Ok => {
+                self.commit_ok(event, group, offsets, &floors);
+            }
+            (Op::ReadCommitted { group, .. }, Op::ReadCommitted { offsets, .. }) if event.kind == Kind::Ok => {
+                self.read_committed_ok(event, group, offsets, &floors);
             }
             _ => {}
         }
@@ -325,18 +348,54 @@ impl Checker {
         self.values_at.entry((partition, offset)).or_default().entry(value).or_insert(index);
     }
 
-    fn commit(&mut self, group: &str, partition: u32, offset: u64, index: u64) {
-        let key = (group.to_owned(), partition);
-        if let Some(&(last, last_index)) = self.last_commit.get(&key)
-            && offset < last
-        {
-            self.found.add(AnomalyKind::CommittedOffsetRegression, Some(partition), 1, || {
-                format!(
-                    "group {group:?} committed offset {offset} (event {index}) after offset {last} (event {last_index})"
-                )
-            });
+    /// The commit floors of `group`: (partition, offset, index of its `ok`).
+    fn floors(&self, group: &str) -> Vec<(u32, u64, u64)> {
+        self.commit_floor
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|((_, partition), (offset, index))| (*partition, *offset, *index))
+            .collect()
+    }
+
+    /// An acknowledged commit: none of its offsets may be below a commit
+    /// acknowledged before it was invoked (commits that overlap in time may
+    /// land in either order).
+    fn commit_ok(&mut self, event: &Event, group: &str, offsets: &[(u32, u64)], floors: &[(u32, u64, u64)]) {
+        for &(partition, offset) in offsets {
+            if let Some(&(_, floor, floor_index)) = floors.iter().find(|(p, _, _)| *p == partition)
+                && offset < floor
+            {
+                self.found.add(AnomalyKind::CommittedOffsetRegression, Some(partition), 1, || {
+                    format!(
+                        "group {group:?} committed offset {offset} (event {}) after a commit of offset {floor} \
+                         was acknowledged (event {floor_index})",
+                        event.index
+                    )
+                });
+            }
+            let entry = self.commit_floor.entry((group.to_owned(), partition)).or_insert((offset, event.index));
+            if offset > entry.0 {
+                *entry = (offset, event.index);
+            }
         }
-        self.last_commit.insert(key, (offset, index));
+    }
+
+    /// A read of committed offsets: it must see at least every commit
+    /// acknowledged before it was invoked.
+    fn read_committed_ok(&mut self, event: &Event, group: &str, offsets: &[(u32, u64)], floors: &[(u32, u64, u64)]) {
+        for &(partition, floor, floor_index) in floors {
+            let read = offsets.iter().find(|(p, _)| *p == partition).map(|(_, o)| *o);
+            if read.is_none_or(|o| o < floor) {
+                self.found.add(AnomalyKind::CommittedOffsetRegression, Some(partition), 1, || {
+                    let read = read.map_or("no committed offset".to_owned(), |o| format!("committed offset {o}"));
+                    format!(
+                        "a read of group {group:?}'s offsets (event {}) returned {read} after a commit of \
+                         offset {floor} was acknowledged (event {floor_index})",
+                        event.index
+                    )
+                });
+            }
+        }
     }
 
     fn finish(mut self) -> Report {
@@ -591,8 +650,20 @@ mod tests {
             self.push(CHECKER, Kind::Ok, Op::Digest { partition, node, upto, first_index: 1, entries, crc32c })
         }
 
-        fn commit(self, group: &str, partition: u32, offset: u64) -> Self {
-            self.push(7, Kind::Ok, Op::Commit { group: group.to_owned(), partition, offset })
+        /// A commit of `offset` to `partition` by `process`, invoked and
+        /// acknowledged at once.
+        fn commit(self, process: i64, group: &str, partition: u32, offset: u64) -> Self {
+            let op = Op::Commit { group: group.to_owned(), offsets: vec![(partition, offset)] };
+            self.push(process, Kind::Invoke, op.clone()).push(process, Kind::Ok, op)
+        }
+
+        /// A read of `group`'s committed offsets that returned `offsets`.
+        fn read_committed(self, process: i64, group: &str, offsets: &[(u32, u64)]) -> Self {
+            self.push(process, Kind::Invoke, Op::ReadCommitted { group: group.to_owned(), offsets: Vec::new() }).push(
+                process,
+                Kind::Ok,
+                Op::ReadCommitted { group: group.to_owned(), offsets: offsets.to_vec() },
+            )
         }
 
         fn check(&self) -> Report {
@@ -638,9 +709,10 @@ mod tests {
             .poll(3, 0, 0, &[(0, 20), (1, 10)])
             .poll(3, 0, 2, &[])
             .nemesis(Kind::Info, "kill", &[2])
-            .commit("g", 0, 1)
-            .commit("g", 0, 1)
-            .commit("g", 0, 4)
+            .commit(7, "g", 0, 1)
+            .commit(7, "g", 0, 1)
+            .commit(7, "g", 0, 4)
+            .read_committed(8, "g", &[(0, 4)])
             .drain(0, 0, &[(0, 20), (1, 10), (2, 11), (3, 12)])
             .drain(1, 0, &[(0, 23)])
             .drain(1, 1, &[])
@@ -651,7 +723,8 @@ mod tests {
         assert_valid(&report);
         assert_eq!(report.sends_acked, 4);
         assert_eq!(report.faults, 2);
-        assert_eq!(report.ops_ok, 4 + 5);
+        // Sends, polls and drains, commits and the read of the commits.
+        assert_eq!(report.ops_ok, 4 + 5 + 3 + 1);
         assert_eq!(report.ops_fail, 1);
         assert_eq!(report.ops_info, 2);
     }
@@ -876,17 +949,50 @@ mod tests {
     #[test]
     fn committed_offset_regression() {
         let report = History::new()
-            .commit("g", 0, 5)
-            .commit("g", 0, 5)
-            .commit("g", 1, 2) // another partition
-            .commit("h", 0, 1) // another group
-            .commit("g", 0, 3)
+            .commit(7, "g", 0, 5)
+            .commit(7, "g", 0, 5)
+            .commit(7, "g", 1, 2) // another partition
+            .commit(7, "h", 0, 1) // another group
+            .commit(7, "g", 0, 3)
             // Only ok commits count.
-            .push(7, Kind::Fail, Op::Commit { group: "g".to_owned(), partition: 0, offset: 0 })
+            .push(7, Kind::Invoke, Op::Commit { group: "g".to_owned(), offsets: vec![(0, 0)] })
+            .push(7, Kind::Fail, Op::Commit { group: "g".to_owned(), offsets: vec![(0, 0)] })
             .check();
         assert_only(&report, AnomalyKind::CommittedOffsetRegression);
         assert_eq!(report.count(AnomalyKind::CommittedOffsetRegression), 1);
         assert!(report.anomalies[0].detail.contains("offset 3"), "{}", report.anomalies[0].detail);
+    }
+
+    #[test]
+    fn commits_that_overlap_in_time_may_land_in_either_order() {
+        let commit = |offset| Op::Commit { group: "g".to_owned(), offsets: vec![(0, offset)] };
+        let report = History::new()
+            .push(1, Kind::Invoke, commit(4))
+            .push(2, Kind::Invoke, commit(6))
+            .push(2, Kind::Ok, commit(6))
+            // Invoked before 6 was acknowledged: not a regression.
+            .push(1, Kind::Ok, commit(4))
+            .check();
+        assert!(report.valid(), "{:?}", report.anomalies);
+        // Invoked after: a regression.
+        let report = History::new().commit(2, "g", 0, 6).commit(1, "g", 0, 4).check();
+        assert_only(&report, AnomalyKind::CommittedOffsetRegression);
+    }
+
+    #[test]
+    fn a_read_of_committed_offsets_must_see_every_acknowledged_commit() {
+        let report = History::new()
+            .commit(1, "g", 0, 5)
+            .commit(1, "g", 1, 2)
+            .read_committed(9, "g", &[(0, 5), (1, 3)]) // at or above: fine
+            .read_committed(9, "g", &[(0, 4), (1, 2)]) // 4 < 5
+            .read_committed(9, "g", &[(0, 5)]) // partition 1 missing: lost
+            .read_committed(9, "h", &[]) // another group
+            .check();
+        assert_only(&report, AnomalyKind::CommittedOffsetRegression);
+        assert_eq!(report.count(AnomalyKind::CommittedOffsetRegression), 2);
+        assert!(report.anomalies[0].detail.contains("committed offset 4"), "{}", report.anomalies[0].detail);
+        assert!(report.anomalies[1].detail.contains("no committed offset"), "{}", report.anomalies[1].detail);
     }
 
     #[test]
@@ -917,7 +1023,7 @@ mod tests {
     fn examples_are_capped_but_all_are_counted() {
         let mut history = History::new();
         for offset in (0..30).rev() {
-            history = history.commit("g", 0, offset);
+            history = history.commit(7, "g", 0, offset);
         }
         let report = history.check();
         assert_eq!(report.count(AnomalyKind::CommittedOffsetRegression), 29);

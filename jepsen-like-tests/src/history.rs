@@ -50,9 +50,19 @@ pub enum Op {
     /// A replica's digest of `partition` up to Raft index `upto`, taken
     /// after the cluster healed and drained (`process` is [`CHECKER`]).
     Digest { partition: u32, node: u32, upto: u64, first_index: u64, entries: u64, crc32c: u32 },
-    /// A consumer group's committed offset for `partition` (groups are not
-    /// exercised yet; the checker already checks that they never go back).
-    Commit { group: String, partition: u32, offset: u64 },
+    /// A consumer group member commits `offsets` as (partition, offset):
+    /// the next offset to read in each partition (the `group` workload).
+    Commit { group: String, offsets: Vec<(u32, u64)> },
+    /// A read of a group's committed offsets; on `ok`, `offsets` holds what
+    /// it returned as (partition, offset).
+    ReadCommitted {
+        group: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offsets: Vec<(u32, u64)>,
+    },
+    /// A group member joined, left or crashed (for the reader of the
+    /// history; not checked).
+    Member { group: String, member: String, action: String },
 }
 
 /// The process number of the fault injector.

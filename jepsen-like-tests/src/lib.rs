@@ -6,6 +6,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod group;
 pub mod history;
 pub mod image;
 pub mod nemesis;

@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use jepsen_like_tests::checker::{self, Report};
 use jepsen_like_tests::cluster::Cluster;
+use jepsen_like_tests::group::GroupWorkload;
 use jepsen_like_tests::history::{self, Event, Kind, NEMESIS, Op, Recorder};
 use jepsen_like_tests::nemesis::{Family, Nemesis, Schedule};
 use jepsen_like_tests::net::Network;
@@ -41,9 +42,13 @@ struct Args {
     /// Fault families, comma separated: partition, kill, pause; or none.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
-    /// Workload: log (producers and offset readers).
+    /// Workload: log (producers and offset readers), or group (the same,
+    /// plus members of a consumer group that join, commit, leave and crash).
     #[arg(long, default_value = "log")]
     workload: String,
+    /// Consumer-group members (the group workload).
+    #[arg(long, default_value_t = 4)]
+    members: u32,
     /// Seed of every random choice (default: from the clock; always printed).
     #[arg(long)]
     seed: Option<u64>,
@@ -125,8 +130,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         print_summary(&report, None, &heal_to_first_write(&events));
         return Ok(report.valid());
     }
-    if args.workload != "log" {
-        bail!("unknown workload '{}' (known: log)", args.workload);
+    if args.workload != "log" && args.workload != "group" {
+        bail!("unknown workload '{}' (known: log, group)", args.workload);
     }
     if args.nodes < args.replication_factor || args.nodes == 0 {
         bail!("--nodes {} is fewer than --replication-factor {}", args.nodes, args.replication_factor);
@@ -216,6 +221,12 @@ async fn drive(
             readers: args.readers,
             seed,
         };
+        let group = (args.workload == "group").then(|| GroupWorkload {
+            topic: topic.clone(),
+            group: "jepsen-group".to_owned(),
+            members: args.members,
+            seed,
+        });
         let minority_fault = Arc::new(AtomicBool::new(false));
         let liveness = Arc::new(Liveness::default());
         let until = Instant::now() + Duration::from_secs(args.time_limit);
@@ -252,7 +263,15 @@ async fn drive(
                 }
             })
         };
-        let load = workload.run(&client, &recorder, until, &minority_fault, &liveness).await;
+        let log_load = workload.run(&client, &recorder, until, &minority_fault, &liveness);
+        let group_load = async {
+            match &group {
+                Some(g) => g.run(&client, &recorder, until).await,
+                None => Ok(()),
+            }
+        };
+        let (log_load, group_load) = tokio::join!(log_load, group_load);
+        let load = log_load.and(group_load);
         if load.is_err()
             && let Some(n) = &nemesis
         {
@@ -278,6 +297,9 @@ async fn drive(
         cluster.lock().await.wait_ready(Duration::from_secs(120)).await?;
         let acked = recorder.finish()?;
         workload.drain(&client, &recorder, &acked, Duration::from_secs(120)).await?;
+        if let Some(g) = &group {
+            g.final_read(&client, &recorder, Duration::from_secs(60)).await?;
+        }
         workload.digests(&client, &node_addrs, &recorder, Duration::from_secs(60)).await?;
         cluster.lock().await.check_alive()?;
 

@@ -44,7 +44,7 @@ fn encode(value: u64) -> Bytes {
 
 /// A value as written by [`encode`]; anything else reads as `u64::MAX`,
 /// which no producer sends (the checker reports it as G1a).
-fn decode(value: &[u8]) -> u64 {
+pub(crate) fn decode(value: &[u8]) -> u64 {
     <[u8; 8]>::try_from(value).map(u64::from_be_bytes).unwrap_or(u64::MAX)
 }
 

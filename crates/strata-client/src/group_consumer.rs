@@ -400,7 +400,7 @@ impl GroupConsumer {
     }
 
     /// One fetch of every partition read, without waiting.
-    async fn fetch_all(&self, wait: Duration) -> Result<Vec<GroupRecord>> {
+    async fn fetch_all(&mut self, wait: Duration) -> Result<Vec<GroupRecord>> {
         let fetches = self.positions.iter().map(|((topic, partition), offset)| {
             let client = self.client.clone();
             let topic = topic.clone();
@@ -412,15 +412,15 @@ impl GroupConsumer {
         });
         let mut out = Vec::new();
         for (topic, partition, r) in futures::future::join_all(fetches).await {
-            for record in r?.records {
-                out.push(GroupRecord { topic: topic.clone(), partition, record });
+            if let Some(r) = self.out_of_range((topic.clone(), partition), r).await? {
+                out.extend(r.records.into_iter().map(|record| GroupRecord { topic: topic.clone(), partition, record }));
             }
         }
         Ok(out)
     }
 
     /// Waits up to `wait` for the first partition that has records.
-    async fn fetch_any(&self, wait: Duration) -> Result<Vec<GroupRecord>> {
+    async fn fetch_any(&mut self, wait: Duration) -> Result<Vec<GroupRecord>> {
         let assignment_changed = self.changed.notified();
         let fetches = self.positions.iter().map(|((topic, partition), offset)| {
             let client = self.client.clone();
@@ -431,11 +431,37 @@ impl GroupConsumer {
                 (topic, partition, r)
             })
         });
-        tokio::select! {
-            ((topic, partition, r), _, _) = select_all(fetches) => {
-                Ok(r?.records.into_iter().map(|record| GroupRecord { topic: topic.clone(), partition, record }).collect())
+        let (topic, partition, r) = tokio::select! {
+            ((topic, partition, r), _, _) = select_all(fetches) => (topic, partition, r),
+            () = assignment_changed => return Ok(Vec::new()),
+        };
+        let records = self.out_of_range((topic.clone(), partition), r).await?.map(|r| r.records).unwrap_or_default();
+        Ok(records.into_iter().map(|record| GroupRecord { topic: topic.clone(), partition, record }).collect())
+    }
+
+    /// A fetch at an offset the partition no longer (or does not yet) hold:
+    /// below its log start (retention deleted the records) the member goes
+    /// on from the log start, above its end from the end, as Kafka's
+    /// `auto.offset.reset` does (`Ok(None)`: read again from there).
+    async fn out_of_range(
+        &mut self,
+        tp: TopicPartition,
+        r: Result<crate::FetchResult>,
+    ) -> Result<Option<crate::FetchResult>> {
+        match r {
+            Err(e) if e.reason() == Some("OFFSET_OUT_OF_RANGE") => {
+                let at = self.positions.get(&tp).copied().unwrap_or(0);
+                let start = self.client.resolve_offset(&tp.0, tp.1, StartOffset::Earliest).await?;
+                let to = if at < start {
+                    start
+                } else {
+                    self.client.resolve_offset(&tp.0, tp.1, StartOffset::Latest).await?
+                };
+                tracing::warn!(group = %self.config.group, topic = %tp.0, partition = tp.1, from = at, to, "the group's position is outside the partition's log; reading on from its nearest end");
+                self.positions.insert(tp, to);
+                Ok(None)
             }
-            () = assignment_changed => Ok(Vec::new()),
+            other => other.map(Some),
         }
     }
 

@@ -596,6 +596,36 @@ impl Replication {
             .map_err(|e| Status::unavailable(format!("{group} did not apply entry {index} in {timeout:?}: {e}")))
     }
 
+    /// Confirms, with a round of heartbeats answered by a majority, that
+    /// this node still leads a partition in `term` (a read index): state it
+    /// built from its own commits in that term is then no staler than the
+    /// cluster's (a node cut off from the others may not know it was
+    /// replaced). `NOT_LEADER` when it does not.
+    pub async fn confirm_leading(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        let group = GroupId { topic_id, partition };
+        let raft = self.groups.get(group).ok_or_else(|| self.not_leader(group, None, "this node holds no replica"))?;
+        let confirmed = tokio::time::timeout(timeout, raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)).await;
+        let leader = || raft.metrics().borrow_watched().current_leader;
+        match confirmed {
+            Err(_) => Err(self.not_leader(group, leader(), &format!("no majority confirmed its lead in {timeout:?}"))),
+            Ok(Err(e)) => Err(self.not_leader(group, leader(), &format!("its lead was not confirmed: {e}"))),
+            Ok(Ok(_)) => {
+                let m = raft.metrics().borrow_watched().clone();
+                if m.state == ServerState::Leader && m.current_term == term {
+                    Ok(())
+                } else {
+                    Err(self.not_leader(group, m.current_leader, &format!("the term moved on from {term}")))
+                }
+            }
+        }
+    }
+
     /// The address clients reach a node at.
     pub fn address(&self, id: NodeId) -> Option<String> {
         self.brokers().into_iter().find(|(n, _)| *n == id).map(|(_, a)| a)

@@ -17,11 +17,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 async fn start(dir: &Path) -> (Node, Client) {
+    start_with_retention_every(dir, Duration::from_secs(3600)).await
+}
+
+async fn start_with_retention_every(dir: &Path, retention_check_interval: Duration) -> (Node, Client) {
     let node = Node::start(NodeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.to_owned(),
         defaults: LogConfig::default(),
-        retention_check_interval: Duration::from_secs(3600),
+        retention_check_interval,
         cluster: None,
     })
     .await
@@ -366,5 +370,127 @@ async fn a_members_partitions_move_when_it_dies_and_uncommitted_records_are_read
     second.close().await.expect("close");
     let got = committed(&client.fetch_offsets("g", &[]).await.expect("fetch offsets"));
     assert_eq!(got, BTreeMap::from([(("feed".into(), 0), 3), (("feed".into(), 1), 3)]));
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_read_every_record_and_auto_commit_records_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start(dir.path()).await;
+    client.create_topic("news", 2, TopicConfig::default()).await.expect("create");
+    for p in 0..2 {
+        produce(&client, "news", p, &["x", "y"]).await;
+    }
+    async fn read_all(client: &Client, group: &str, auto: bool) -> Vec<(u32, u64)> {
+        let mut config = GroupConsumerConfig::new(group, &["news"]);
+        if auto {
+            config.auto_commit = Some(Duration::ZERO);
+        }
+        let mut c = client.group_consumer(config).await.expect("join");
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while got.len() < 4 {
+            got.extend(c.poll().await.expect("poll").into_iter().map(|r| (r.partition, r.record.offset)));
+            assert!(std::time::Instant::now() < deadline, "{group} read {got:?}");
+        }
+        if !auto {
+            c.commit().await.expect("commit");
+        }
+        c.close().await.expect("close"); // auto-commit commits on close
+        got.sort_unstable();
+        got
+    }
+    // Publish/subscribe: each group gets every record.
+    let all = vec![(0, 0), (0, 1), (1, 0), (1, 1)];
+    assert_eq!(read_all(&client, "alpha", false).await, all);
+    assert_eq!(read_all(&client, "beta", true).await, all);
+    for g in ["alpha", "beta"] {
+        let got = committed(&client.fetch_offsets(g, &[]).await.expect("fetch offsets"));
+        assert_eq!(got, BTreeMap::from([(("news".into(), 0), 2), (("news".into(), 1), 2)]), "{g}");
+    }
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_goes_to_the_dead_letter_topic_with_why_and_from_where() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start(dir.path()).await;
+    client.create_topic("mail", 1, TopicConfig::default()).await.expect("create");
+    produce(&client, "mail", 0, &["bad"]).await;
+    let req = pb::ShareFetchRequest {
+        group: "senders".into(),
+        topic: "mail".into(),
+        consumer_id: "s1".into(),
+        max_records: 1,
+        max_wait_ms: 2_000,
+        dead_letter_topic: "mail-dead".into(),
+        ..Default::default()
+    };
+    let got = client.share_fetch(req.clone()).await.expect("fetch");
+    assert_eq!(got.records.len(), 1);
+    let failed =
+        client.share_ack("senders", "mail", "s1", &[ack(&got.records[0], pb::AckKind::Reject)]).await.expect("ack");
+    assert!(failed.is_empty(), "{failed:?}");
+    let dead = client.fetch("mail-dead", 0, 0, 1 << 20, Duration::from_secs(5)).await.expect("fetch dead letters");
+    assert_eq!(dead.records.len(), 1);
+    let headers: BTreeMap<String, String> = dead.records[0]
+        .headers
+        .iter()
+        .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.value).into_owned()))
+        .collect();
+    assert_eq!(headers["strata.dlq.reason"], "rejected");
+    assert_eq!(headers["strata.dlq.topic"], "mail");
+    assert_eq!(headers["strata.dlq.partition"], "0");
+    assert_eq!(headers["strata.dlq.offset"], "0");
+    assert_eq!(headers["strata.dlq.deliveries"], "1");
+    // Rejected means never delivered again.
+    let again = client.share_fetch(pb::ShareFetchRequest { max_wait_ms: 0, ..req }).await.expect("fetch");
+    assert!(again.records.is_empty(), "{again:?}");
+    // A reserved name cannot be a dead-letter topic.
+    let reserved = client
+        .share_fetch(pb::ShareFetchRequest {
+            group: "other".into(),
+            topic: "mail".into(),
+            consumer_id: "s2".into(),
+            dead_letter_topic: "__strata_dlq".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(reserved.reason(), Some("RESERVED_TOPIC"), "{reserved}");
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_committed_offset_retention_deleted_reads_on_from_the_log_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start_with_retention_every(dir.path(), Duration::from_millis(100)).await;
+    let config = TopicConfig { segment_bytes: Some(4096), retention_bytes: Some(8192), ..TopicConfig::default() };
+    client.create_topic("old", 1, config).await.expect("create");
+    produce(&client, "old", 0, &["first"]).await;
+    client.reset_offsets("late", "old", &[], ResetTo::Earliest, false, false).await.expect("commit offset 0");
+    // Enough batches of 1 KiB to roll segments and pass the size limit.
+    let big = "v".repeat(1024);
+    for _ in 0..40 {
+        produce(&client, "old", 0, &[big.as_str()]).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let start = loop {
+        let start = client.resolve_offset("old", 0, strata_client::StartOffset::Earliest).await.expect("earliest");
+        if start > 0 {
+            break start;
+        }
+        assert!(std::time::Instant::now() < deadline, "retention deleted nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut c = client.group_consumer(GroupConsumerConfig::new("late", &["old"])).await.expect("join");
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.is_empty() {
+        got = c.poll().await.expect("a position below the log start is not an error");
+        assert!(std::time::Instant::now() < deadline, "nothing read");
+    }
+    assert!(got[0].record.offset >= start, "read {} below the log start {start}", got[0].record.offset);
+    c.close().await.expect("close");
     node.shutdown().await.expect("shutdown");
 }

@@ -104,3 +104,42 @@ fn server_flags_and_env_are_validated() {
     let out = std::process::Command::new(common::BIN).args(["server", "--print-default-config"]).output().expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("[topic_defaults]"));
 }
+
+#[test]
+fn group_consume_commits_describe_shows_lag_and_reset_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path());
+    let s = server.addr.as_str();
+    ok(s, &["topic", "create", "jobs", "--partitions", "1"], "");
+    ok(s, &["produce", "jobs", "--partition", "0"], "one\ntwo\nthree\nfour\n");
+
+    // A group member reads and commits what it printed.
+    assert_eq!(ok(s, &["consume", "jobs", "--group", "g", "-n", "3"], ""), "one\ntwo\nthree\n");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(s, &["group", "describe", "g", "--format", "json"], "")).expect("json");
+    assert_eq!(d["kind"], "consumer");
+    assert_eq!(d["partitions"][0]["committed"], 3);
+    assert_eq!(d["partitions"][0]["lag"], 1);
+    // The next member goes on from the commit.
+    assert_eq!(ok(s, &["consume", "jobs", "--group", "g", "-n", "1"], ""), "four\n");
+    assert!(ok(s, &["group", "list"], "").contains('g'));
+
+    // Reset: a dry run commits nothing; then replay from offset 1.
+    let dry = ok(s, &["group", "reset", "g", "--topic", "jobs", "--to", "1", "--dry-run"], "");
+    assert!(dry.contains("dry run"), "{dry}");
+    ok(s, &["group", "reset", "g", "--topic", "jobs", "--to", "1"], "");
+    assert_eq!(ok(s, &["consume", "jobs", "--group", "g", "-n", "3"], ""), "two\nthree\nfour\n");
+    let bad = strata(s, &["group", "reset", "g", "--topic", "jobs", "--to", "yesterday"], "");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("earliest, latest"), "{bad:?}");
+
+    // A share group: each record once, acknowledged after printing.
+    let mut got: Vec<String> =
+        ok(s, &["consume", "jobs", "--share-group", "q", "-n", "4"], "").lines().map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, ["four", "one", "three", "two"]);
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(s, &["group", "describe", "q", "--format", "json"], "")).expect("json");
+    assert_eq!(d["kind"], "share");
+    assert_eq!((d["partitions"][0]["lag"].as_u64(), d["partitions"][0]["in_flight"].as_u64()), (Some(0), Some(0)));
+}

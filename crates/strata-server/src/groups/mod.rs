@@ -50,6 +50,8 @@ pub const MAX_SESSION_TIMEOUT_MS: u32 = 300_000;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often sessions are checked for expiry and topics for new partitions.
 pub const TICK: Duration = Duration::from_millis(200);
+/// How long a read waits for a majority to confirm the coordinator.
+const READ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest chunk read while loading a partition.
 const LOAD_READ_BYTES: usize = 4 * 1024 * 1024;
 
@@ -139,6 +141,10 @@ pub struct Coordinator {
     tokens: AtomicU64,
     /// Woken whenever share-group records become available again.
     share_changed: tokio::sync::Notify,
+    /// When each member's last heartbeat arrived, noted before it waits for
+    /// its shard's lock (a long operation holding the lock must not make a
+    /// live member look expired).
+    heard: std::sync::Mutex<HashMap<(String, String), Instant>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -195,6 +201,7 @@ impl Coordinator {
             client: OnceCell::new(),
             tokens: AtomicU64::new(1),
             share_changed: tokio::sync::Notify::new(),
+            heard: std::sync::Mutex::default(),
         })
     }
 
@@ -267,6 +274,19 @@ impl Coordinator {
         if st.term != Some(view.term) {
             self.load(p, &view, &mut st).await?;
         }
+        Ok((p, view, st))
+    }
+
+    /// As [`Self::lock`], for a read: a majority confirms first that this
+    /// node still coordinates the group (a coordinator cut off from the
+    /// others may have been replaced, and would answer with offsets older
+    /// than those committed since).
+    async fn lock_for_read(&self, group: &str) -> Result<(u32, Leadership, MutexGuard<'_, ShardState>), Status> {
+        let (p, view, st) = self.lock(group).await?;
+        self.replication
+            .confirm_leading(view.topic_id, p, view.term, READ_CONFIRM_TIMEOUT)
+            .await
+            .map_err(|e| not_coordinator(group, e.message()))?;
         Ok((p, view, st))
     }
 
@@ -356,31 +376,59 @@ impl Coordinator {
                 .map_err(|e| Status::internal(format!("cannot encode a group record: {e}")))?;
             builder.push_parts(now, Some(group.as_bytes()), &value, &[]);
         }
+        // The state written was built in `view`'s term: a node that lost the
+        // lead meanwhile (and may hold it again) must not write it over what
+        // another coordinator wrote since.
+        let now = self.replication.leadership(GROUPS_TOPIC, p);
+        if !now.as_ref().is_some_and(|v| v.leading && v.term == view.term) {
+            Self::untrust(st);
+            return Err(not_coordinator(group, &format!("the lead of its partition changed since term {}", view.term)));
+        }
+        // Untrusted while the write is in flight: if this call is cancelled
+        // (the client went away), the change may commit without being
+        // applied here, so the shard is reloaded on its next use.
+        let term = st.term.take();
         let result = async {
-            // The state written was built in `view`'s term: a node that lost
-            // the lead meanwhile (and may hold it again) must not write it
-            // over what another coordinator wrote since.
-            let now = self.replication.leadership(GROUPS_TOPIC, p);
-            if !now.as_ref().is_some_and(|v| v.leading && v.term == view.term) {
-                return Err(Status::unavailable(format!(
-                    "the lead of the group's partition changed since term {}",
-                    view.term
-                )));
-            }
             let pending = self.replication.propose(view.topic_id, p, builder.build(), pb::Acks::Quorum).await?;
             pending.wait().await
         }
         .await;
         if let Err(e) = result {
-            st.term = None;
-            st.sessions.clear();
-            warn!(group, error = %e.message(), "a group change was not committed; the coordinator state will be reloaded");
-            return Err(not_coordinator(group, &format!("the change may not have been committed: {}", e.message())));
+            Self::untrust(st);
+            let not_leader = tonic_types::StatusExt::get_details_error_info(&e)
+                .is_some_and(|i| i.reason == pb::ErrorReason::NotLeader.as_str_name());
+            if not_leader {
+                // Refused before anything was written.
+                return Err(not_coordinator(group, e.message()));
+            }
+            warn!(group, error = %e.message(), "a group change may not have been committed; the coordinator state will be reloaded");
+            return Err(status(
+                Code::Unavailable,
+                pb::ErrorReason::OutcomeUnknown,
+                format!(
+                    "group '{group}': the change may or may not have been committed ({}); check, then retry",
+                    e.message()
+                ),
+            ));
         }
+        st.term = term;
         for entry in entries {
             st.apply(group, entry.clone());
         }
         Ok(())
+    }
+
+    fn forget_heard(&self, group: &str, member: &str) {
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.remove(&(group.to_owned(), member.to_owned()));
+        }
+    }
+
+    /// The shard is reloaded from its partition on next use; its sessions
+    /// end (their members rejoin).
+    fn untrust(st: &mut ShardState) {
+        st.term = None;
+        st.sessions.clear();
     }
 
     /// The partition counts of `topics` as this node knows them (topics
@@ -447,6 +495,9 @@ impl Coordinator {
 
     /// A heartbeat: what the member holds now.
     pub async fn heartbeat(&self, h: &SessionHandle, owned: &[pb::TopicPartitions]) -> Result<(), Status> {
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.insert((h.group.clone(), h.member_id.clone()), Instant::now());
+        }
         let (p, view, mut st) = self.lock(&h.group).await?;
         st.check_session(h)?;
         let mut g = st.consumer.get(&h.group).cloned().ok_or_else(|| unknown_group(&h.group, "consumer"))?;
@@ -466,6 +517,7 @@ impl Coordinator {
         }
         st.sessions.remove(&(h.group.clone(), h.member_id.clone()));
         st.last_seen.remove(&(h.group.clone(), h.member_id.clone()));
+        self.forget_heard(&h.group, &h.member_id);
         let Some(mut g) = st.consumer.get(&h.group).cloned() else { return };
         if g.remove(&h.member_id) {
             if let Err(e) = self.write(p, &view, &mut st, &h.group, &[Entry::Consumer { state: g }]).await {
@@ -513,7 +565,7 @@ impl Coordinator {
 
     /// Committed offsets of a group.
     pub async fn fetch_offsets(&self, req: &pb::FetchOffsetsRequest) -> Result<Vec<pb::CommittedOffset>, Status> {
-        let (_, _, st) = self.lock(&req.group).await?;
+        let (_, _, st) = self.lock_for_read(&req.group).await?;
         let wanted = tps_from_proto(&req.partitions);
         let Some(offsets) = st.offsets.get(&req.group) else { return Ok(Vec::new()) };
         Ok(offsets
@@ -660,7 +712,7 @@ impl Coordinator {
     /// A group's members, partitions, offsets and lag.
     pub async fn describe(&self, group: &str) -> Result<pb::DescribeGroupResponse, Status> {
         let (snapshot, offsets, share) = {
-            let (_, _, st) = self.lock(group).await?;
+            let (_, _, st) = self.lock_for_read(group).await?;
             (st.consumer.get(group).cloned(), st.offsets.get(group).cloned(), st.share.get(group).cloned())
         };
         let me = self.replication.node_id();
@@ -737,7 +789,9 @@ impl Coordinator {
                 let mut next = g.clone();
                 let mut expired = Vec::new();
                 for (id, m) in &g.members {
-                    let seen = st.last_seen.get(&(name.clone(), id.clone())).copied().unwrap_or(now);
+                    let key = (name.clone(), id.clone());
+                    let heard = self.heard.lock().ok().and_then(|h| h.get(&key).copied());
+                    let seen = st.last_seen.get(&key).copied().max(heard).unwrap_or(now);
                     if now.duration_since(seen) > Duration::from_millis(u64::from(m.session_timeout_ms)) {
                         expired.push(id.clone());
                     }
@@ -755,6 +809,7 @@ impl Coordinator {
                     for id in expired {
                         info!(group = %name, member = %id, "member removed: its session timed out");
                         st.sessions.remove(&(name.clone(), id.clone()));
+                        self.forget_heard(&name, &id);
                         st.last_seen.remove(&(name.clone(), id));
                     }
                     st.push(&name);

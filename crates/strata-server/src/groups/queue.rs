@@ -169,6 +169,13 @@ impl Coordinator {
                 .take(budget as usize)
                 .collect();
             for offset in again {
+                if state.deliveries(offset).unwrap_or(0) >= config.max_deliveries {
+                    // Delivered as often as it may be (e.g. counted by a
+                    // coordinator that failed before giving it back): not
+                    // again. Held as expired, the timer dead-letters it.
+                    g.locks.insert((req.topic.clone(), p, offset), (String::new(), now));
+                    continue;
+                }
                 match client.fetch(&req.topic, p, offset, 1, Duration::ZERO).await {
                     Ok(r) => {
                         let Some(record) = r.records.into_iter().find(|rec| rec.offset == offset) else { continue };
@@ -307,7 +314,26 @@ impl Coordinator {
             }
             g.locks.remove(&key);
         }
-        self.dead_letter(group, topic, &config, &dead).await?;
+        if let Err(e) = self.dead_letter(group, topic, &config, &dead).await {
+            // The others apply; these stay with the consumer (to send again,
+            // or to let their locks expire).
+            warn!(group, topic, error = %e.message(), "could not write to the dead-letter topic");
+            let until = Instant::now() + Duration::from_millis(u64::from(config.lock_timeout_ms));
+            for d in dead.drain(..) {
+                g.locks.insert((topic.to_owned(), d.partition, d.offset), (consumer.to_owned(), until));
+                failed.push(pb::AckFailure {
+                    partition: d.partition,
+                    offset: d.offset,
+                    code: e.code() as i32,
+                    reason: pb::ErrorReason::Unspecified.as_str_name().to_owned(),
+                    message: format!(
+                        "the record could not be written to the dead-letter topic '{}': {}; it is still held by this consumer",
+                        config.dead_letter_topic,
+                        e.message()
+                    ),
+                });
+            }
+        }
         done.extend(dead.iter().map(|d| (d.partition, d.offset)));
         let entries = finish(&mut g, topic, &done);
         if !entries.is_empty() {

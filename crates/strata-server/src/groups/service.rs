@@ -263,7 +263,10 @@ async fn session_loop(
             },
             changed = handle.rx.changed() => {
                 if changed.is_err() {
-                    let _ = tx.send(Err(not_coordinator(&handle.group, "the coordinator moved; rejoin with the member id"))).await;
+                    let _ = tx.send(Err(not_coordinator(
+                        &handle.group,
+                        "the session ended here: the member was removed after its session timeout, or the coordinator moved; join again with the member id",
+                    ))).await;
                     return;
                 }
                 let now = handle.rx.borrow_and_update().clone();
