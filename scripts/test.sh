@@ -23,7 +23,9 @@ examples/python/run-test.sh "${CARGO_TARGET_DIR:-target}/debug/strata"
 # The fault-injection suite, short: 5 nodes on hosts of their own (Docker
 # containers from the project's own image, built on the first run, or network
 # namespaces without Docker; needs root), partitions, kill -9 and pauses for
-# 60 s, then the history is checked (docs/reliability.md has the long runs).
+# 60 s under the group workload (the log workload's producers and readers plus
+# consumer-group members that commit, leave and crash), then the history is
+# checked (docs/reliability.md has the long runs).
 echo "== jepsen-like (short run)" >&2
 netns_ok=false
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null 2>&1 && ip netns add "sjprobe$$" 2>/dev/null; then
@@ -36,7 +38,7 @@ if $netns_ok; then
   seed="${JEPSEN_SEED:-$(date +%s)}"
   store="$(mktemp -d /tmp/strata-jepsen.XXXXXX)"
   if ! timeout 600 "$target_dir/debug/jepsen-like-tests" --nodes 5 --time-limit 60 --quiet 3-6 --hold 3-6 \
-      --nemesis partition,kill,pause --seed "$seed" --store "$store" --strata "$target_dir/debug/strata"; then
+      --nemesis partition,kill,pause --workload group --seed "$seed" --store "$store" --strata "$target_dir/debug/strata"; then
     echo "jepsen-like run failed (seed $seed); its history and node logs are in $store" >&2
     exit 1
   fi
