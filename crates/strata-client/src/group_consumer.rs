@@ -12,6 +12,11 @@
 //!   processed when the process dies may be lost to the group: for
 //!   loss-tolerant uses.
 //!
+//! A partition the group never committed starts at
+//! [`GroupConsumerConfig::start`]; a position the partition's log no longer
+//! holds (retention deleted the records) moves to the log start, as Kafka's
+//! `auto.offset.reset`, with a warning in the log.
+//!
 //! Rebalances are incremental: when the coordinator moves a partition away
 //! from this member, the member stops reading it, commits it (auto-commit)
 //! and reports it given up on its next heartbeat; the partitions it keeps

@@ -494,3 +494,45 @@ async fn a_group_whose_committed_offset_retention_deleted_reads_on_from_the_log_
     c.close().await.expect("close");
     node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_to_a_time_replays_exactly_the_records_at_or_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start(dir.path()).await;
+    client.create_topic("ticks", 2, TopicConfig::default()).await.expect("create");
+    // Records stamped by their producer: partition p holds times p*100 + 1000*i.
+    for p in 0..2u32 {
+        for i in 1..=5i64 {
+            let ts = 1000 * i + i64::from(p) * 100;
+            let record = pb::Record { value: Bytes::from(ts.to_string()), timestamp_ms: ts, ..Default::default() };
+            client.produce_records("ticks", Some(p), vec![record]).await.expect("produce");
+        }
+    }
+    let mut c = client.group_consumer(GroupConsumerConfig::new("replay", &["ticks"])).await.expect("join");
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen < 10 {
+        seen += c.poll().await.expect("poll").len();
+        assert!(std::time::Instant::now() < deadline, "read {seen} of 10");
+    }
+    c.commit().await.expect("commit");
+    c.close().await.expect("close");
+
+    let at = 3050; // after partition 0's 3000, before partition 1's 3100
+    let reset =
+        client.reset_offsets("replay", "ticks", &[], ResetTo::Timestamp(at), false, false).await.expect("reset");
+    assert_eq!(committed(&reset), BTreeMap::from([(("ticks".into(), 0), 3), (("ticks".into(), 1), 2)]));
+    let mut c = client.group_consumer(GroupConsumerConfig::new("replay", &["ticks"])).await.expect("join again");
+    let mut got: Vec<i64> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 5 {
+        got.extend(c.poll().await.expect("poll").iter().map(|r| r.record.timestamp_ms));
+        assert!(std::time::Instant::now() < deadline, "replayed {got:?}");
+    }
+    got.sort_unstable();
+    // Exactly the records at or after the time, every one of them.
+    assert_eq!(got, vec![3100, 4000, 4100, 5000, 5100]);
+    assert!(c.poll().await.expect("poll").is_empty(), "nothing else is replayed");
+    c.close().await.expect("close");
+    node.shutdown().await.expect("shutdown");
+}
