@@ -536,3 +536,37 @@ async fn a_reset_to_a_time_replays_exactly_the_records_at_or_after_it() {
     c.close().await.expect("close");
     node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_cancelled_by_their_deadline_do_not_end_the_groups_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start(dir.path()).await;
+    client.create_topic("beats", 1, TopicConfig::default()).await.expect("create");
+    let (_tx, mut answers, first) = join(&client, "steady", "beats").await;
+    let mut rpc = pb::groups_client::GroupsClient::connect(format!("http://{}", client.addr())).await.expect("connect");
+    // Deadlines of a millisecond: the server drops most of these calls
+    // while their write is on its way through Raft.
+    for offset in 1..=30u64 {
+        let mut req = tonic::Request::new(pb::CommitOffsetsRequest {
+            group: "steady".into(),
+            member_id: first.member_id.clone(),
+            member_epoch: first.member_epoch,
+            offsets: vec![pb::OffsetCommit { topic: "beats".into(), partition: 0, offset, metadata: String::new() }],
+        });
+        req.set_timeout(Duration::from_millis(1));
+        let _ = rpc.commit_offsets(req).await;
+    }
+    // The member's session goes on: no error on its stream ...
+    match tokio::time::timeout(Duration::from_millis(500), answers.message()).await {
+        Err(_) | Ok(Ok(Some(_))) => {}
+        Ok(other) => panic!("the member's session ended: {other:?}"),
+    }
+    // ... and its commits still count.
+    client
+        .commit_offsets("steady", &first.member_id, first.member_epoch, &[("beats".into(), 0, 99)])
+        .await
+        .expect("commit");
+    let got = committed(&client.fetch_offsets("steady", &[]).await.expect("fetch offsets"));
+    assert_eq!(got[&("beats".into(), 0)], 99);
+    node.shutdown().await.expect("shutdown");
+}

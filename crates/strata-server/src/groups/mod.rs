@@ -916,7 +916,16 @@ pub(crate) fn client_status(e: strata_client::ClientError) -> Status {
                 None => Status::new(code, message),
             }
         }
-        other => Status::unavailable(other.to_string()),
+        // Another node could not be reached (retry) ...
+        e @ (strata_client::ClientError::Connect { .. } | strata_client::ClientError::Closed) => {
+            Status::unavailable(e.to_string())
+        }
+        // ... or answered something this node cannot use: not a retry.
+        e @ (strata_client::ClientError::Format(_)
+        | strata_client::ClientError::Protocol(_)
+        | strata_client::ClientError::InvalidAddress { .. }) => {
+            Status::internal(format!("talking to another node: {e}"))
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! acknowledgements, lock expiry and dead letters.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_proto::v1 as pb;
@@ -56,7 +57,7 @@ impl Coordinator {
 
     /// Acknowledges records, then acquires up to the consumer's prefetch,
     /// waiting up to `max_wait_ms` for one.
-    pub async fn share_fetch(&self, req: pb::ShareFetchRequest) -> Result<pb::ShareFetchResponse, Status> {
+    pub async fn share_fetch(self: &Arc<Self>, req: pb::ShareFetchRequest) -> Result<pb::ShareFetchResponse, Status> {
         self.check_share_request(&req.group, &req.topic, &req.consumer_id)?;
         let prefetch = match req.max_records {
             0 => DEFAULT_PREFETCH,
@@ -65,15 +66,22 @@ impl Coordinator {
         };
         let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT_LIMIT);
         let deadline = Instant::now() + wait;
+        // Acknowledgements and acquisitions write: they run to their end
+        // even if the consumer gives up waiting; the wait itself does not.
         let failed = if req.acks.is_empty() {
             Vec::new()
         } else {
-            self.share_ack(&req.group, &req.topic, &req.consumer_id, &req.acks).await?
+            let (group, topic, consumer, acks) =
+                (req.group.clone(), req.topic.clone(), req.consumer_id.clone(), req.acks.clone());
+            super::service::detached(self, move |c| async move { c.share_ack(&group, &topic, &consumer, &acks).await })
+                .await?
         };
         loop {
             // Registered before looking, so a release meanwhile is not missed.
             let changed = self.share_changed.notified();
-            let (records, ends) = self.acquire(&req, prefetch).await?;
+            let for_acquire = req.clone();
+            let (records, ends) =
+                super::service::detached(self, move |c| async move { c.acquire(&for_acquire, prefetch).await }).await?;
             let now = Instant::now();
             if !records.is_empty() || now >= deadline {
                 return Ok(pb::ShareFetchResponse { records, failed });

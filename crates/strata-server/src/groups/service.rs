@@ -111,7 +111,7 @@ impl pb::groups_server::Groups for GroupService {
             let answers = remote.session(req).await?.into_inner();
             return Ok(Response::new(Box::pin(answers)));
         }
-        let handle = self.coordinator.join(join).await?;
+        let handle = detached(&self.coordinator, move |c| async move { c.join(join).await }).await?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(session_loop(Arc::clone(&self.coordinator), handle, inbound, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -126,7 +126,7 @@ impl pb::groups_server::Groups for GroupService {
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.commit_offsets(forwarded(req, hops)).await;
         }
-        self.coordinator.commit(req).await?;
+        detached(&self.coordinator, move |c| async move { c.commit(req).await }).await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
 
@@ -151,7 +151,8 @@ impl pb::groups_server::Groups for GroupService {
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.reset_offsets(forwarded(req, hops)).await;
         }
-        Ok(Response::new(pb::ResetOffsetsResponse { offsets: self.coordinator.reset(req).await? }))
+        let offsets = detached(&self.coordinator, move |c| async move { c.reset(req).await }).await?;
+        Ok(Response::new(pb::ResetOffsetsResponse { offsets }))
     }
 
     async fn list_groups(
@@ -219,9 +220,27 @@ impl pb::groups_server::Groups for GroupService {
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.share_ack(forwarded(req, hops)).await;
         }
-        let failed = self.coordinator.share_ack(&req.group, &req.topic, &req.consumer_id, &req.acks).await?;
+        let failed = detached(&self.coordinator, move |c| async move {
+            c.share_ack(&req.group, &req.topic, &req.consumer_id, &req.acks).await
+        })
+        .await?;
         Ok(Response::new(pb::ShareAckResponse { failed }))
     }
+}
+
+/// Runs a coordinator operation that writes to its end even when the caller
+/// goes away (a client's deadline, a dropped connection): a group write
+/// cancelled between its proposal and its commit would leave the shard to be
+/// reloaded, which ends every session of the shard's groups.
+pub(super) async fn detached<T, F, Fut>(coordinator: &Arc<Coordinator>, op: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Coordinator>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+{
+    tokio::spawn(op(Arc::clone(coordinator)))
+        .await
+        .map_err(|e| Status::internal(format!("a group operation did not finish: {e}")))?
 }
 
 /// A member's session at its coordinator: heartbeats in, assignments out;
