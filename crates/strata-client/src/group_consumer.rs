@@ -14,8 +14,9 @@
 //!
 //! A partition the group never committed starts at
 //! [`GroupConsumerConfig::start`]; a position the partition's log no longer
-//! holds (retention deleted the records) moves to the log start, as Kafka's
-//! `auto.offset.reset`, with a warning in the log.
+//! holds because retention deleted the records moves to the log start, as
+//! Kafka's `auto.offset.reset`, with a warning in the log; a position beyond
+//! the end of the node that answered (a stale leader) is kept.
 //!
 //! Rebalances are incremental: when the coordinator moves a partition away
 //! from this member, the member stops reading it, commits it (auto-commit)
@@ -444,10 +445,14 @@ impl GroupConsumer {
         Ok(records.into_iter().map(|record| GroupRecord { topic: topic.clone(), partition, record }).collect())
     }
 
-    /// A fetch at an offset the partition no longer (or does not yet) hold:
-    /// below its log start (retention deleted the records) the member goes
-    /// on from the log start, above its end from the end, as Kafka's
-    /// `auto.offset.reset` does (`Ok(None)`: read again from there).
+    /// A fetch at an offset the partition does not hold. Below its log
+    /// start (retention deleted the records) the member goes on from the
+    /// log start, as Kafka's `auto.offset.reset=earliest`. Beyond its end,
+    /// the node that answered is behind (a leader that was cut off and does
+    /// not know it was replaced): the position stays, the leader is looked
+    /// up again, and nothing is read this time. Moving the position back to
+    /// that node's end would read, and commit, offsets below what the group
+    /// already committed. `Ok(None)`: nothing read.
     async fn out_of_range(
         &mut self,
         tp: TopicPartition,
@@ -457,13 +462,12 @@ impl GroupConsumer {
             Err(e) if e.reason() == Some("OFFSET_OUT_OF_RANGE") => {
                 let at = self.positions.get(&tp).copied().unwrap_or(0);
                 let start = self.client.resolve_offset(&tp.0, tp.1, StartOffset::Earliest).await?;
-                let to = if at < start {
-                    start
+                if at < start {
+                    tracing::warn!(group = %self.config.group, topic = %tp.0, partition = tp.1, from = at, to = start, "the group's position is below the partition's log start (retention deleted those records); reading on from the log start");
+                    self.positions.insert(tp, start);
                 } else {
-                    self.client.resolve_offset(&tp.0, tp.1, StartOffset::Latest).await?
-                };
-                tracing::warn!(group = %self.config.group, topic = %tp.0, partition = tp.1, from = at, to, "the group's position is outside the partition's log; reading on from its nearest end");
-                self.positions.insert(tp, to);
+                    self.client.forget_leader(&tp.0, tp.1);
+                }
                 Ok(None)
             }
             other => other.map(Some),

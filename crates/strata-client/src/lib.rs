@@ -239,6 +239,14 @@ impl Client {
         self.to(&addr).await
     }
 
+    /// Forgets where a partition's leader is (the next request asks the
+    /// cluster again).
+    pub(crate) fn forget_leader(&self, topic: &str, partition: u32) {
+        if let Ok(mut leaders) = self.router.leaders.lock() {
+            leaders.remove(&(topic.to_owned(), partition));
+        }
+    }
+
     /// Runs a partition request at the partition's leader; on `NOT_LEADER`
     /// (nothing was written) or a node that cannot be reached, learns where
     /// the leader is and tries again, backing off, up to
@@ -354,6 +362,14 @@ impl Client {
         let req = pb::AlterTopicConfigRequest { name: name.to_owned(), config: Some(config) };
         let resp = self.admin_rpc().alter_topic_config(self.request(req)).await?.into_inner();
         resp.topic.ok_or(ClientError::Protocol("AlterTopicConfig response without a topic"))
+    }
+
+    /// Grows `topic` to `count` partitions (the new total; partitions are
+    /// never removed).
+    pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<pb::TopicDescription> {
+        let req = pb::CreatePartitionsRequest { topic: topic.to_owned(), count };
+        let resp = self.admin_rpc().create_partitions(self.request(req)).await?.into_inner();
+        resp.topic.ok_or(ClientError::Protocol("CreatePartitions response without a topic"))
     }
 
     /// Offsets per partition (all partitions when `partitions` is empty).

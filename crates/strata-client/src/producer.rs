@@ -26,6 +26,11 @@ use tokio::time::Instant;
 
 use crate::{Client, ClientError, Result};
 
+/// How long a producer uses a topic's partition count before reading it
+/// again (as Kafka's `metadata.max.age.ms`, 5 minutes there): partitions
+/// added to a topic get records from producers within this time.
+const PARTITION_COUNT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -104,6 +109,7 @@ impl Producer {
             config,
             queues: HashMap::new(),
             partition_counts: HashMap::new(),
+            counts_read: HashMap::new(),
             sticky: HashMap::new(),
             done_tx,
             flush_waiters: Vec::new(),
@@ -162,6 +168,9 @@ struct Accumulator {
     config: ProducerConfig,
     queues: HashMap<Key, PartitionQueue>,
     partition_counts: HashMap<Arc<str>, u32>,
+    /// When each topic's partition count was read (it is read again after
+    /// [`PARTITION_COUNT_MAX_AGE`]: topics may grow).
+    counts_read: HashMap<Arc<str>, std::time::Instant>,
     sticky: HashMap<Arc<str>, u32>,
     /// One message per finished request; bounded by the requests in flight.
     done_tx: mpsc::UnboundedSender<Key>,
@@ -209,11 +218,19 @@ impl Accumulator {
     }
 
     async fn partition_count(&mut self, topic: &Arc<str>) -> Result<u32> {
-        if let Some(n) = self.partition_counts.get(topic) {
+        let fresh = self.counts_read.get(topic).is_some_and(|t| t.elapsed() < PARTITION_COUNT_MAX_AGE);
+        if let Some(n) = self.partition_counts.get(topic)
+            && fresh
+        {
             return Ok(*n);
         }
-        let n = self.client.describe_topic(topic).await?.partition_count.max(1);
+        let n = match self.client.describe_topic(topic).await {
+            Ok(d) => d.partition_count.max(1),
+            // Keep using the count known while the topic cannot be described.
+            Err(e) => return self.partition_counts.get(topic).copied().ok_or(e),
+        };
         self.partition_counts.insert(Arc::clone(topic), n);
+        self.counts_read.insert(Arc::clone(topic), std::time::Instant::now());
         Ok(n)
     }
 

@@ -55,11 +55,30 @@ pub struct Metadata {
 /// A change to the metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Bootstrap { cluster_id: String },
+    Bootstrap {
+        cluster_id: String,
+    },
     RegisterNode(NodeRecord),
-    CreateTopic { name: String, replicas: Vec<Vec<NodeId>>, overrides: TopicOverrides },
-    DeleteTopic { name: String },
-    AlterTopic { name: String, overrides: TopicOverrides },
+    CreateTopic {
+        name: String,
+        replicas: Vec<Vec<NodeId>>,
+        overrides: TopicOverrides,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    AlterTopic {
+        name: String,
+        overrides: TopicOverrides,
+    },
+    /// New partitions for a topic that has `from` partitions: `replicas`
+    /// are theirs, in order (refused if the topic has another count by
+    /// then: a concurrent change won).
+    AddPartitions {
+        name: String,
+        from: u32,
+        replicas: Vec<Vec<NodeId>>,
+    },
 }
 
 /// Why a command cannot be applied (the metadata is left unchanged).
@@ -73,6 +92,8 @@ pub enum Rejected {
     TopicExists(String),
     #[error("unknown topic '{0}'")]
     UnknownTopic(String),
+    #[error("topic '{topic}' has {current} partitions, not {expected} (changed meanwhile)")]
+    PartitionCountChanged { topic: String, expected: u32, current: u32 },
     #[error("partition {partition} of '{topic}' names node {node}, which is not a member of the cluster")]
     UnknownNode { topic: String, partition: usize, node: NodeId },
 }
@@ -116,6 +137,22 @@ impl Metadata {
             Command::AlterTopic { name, overrides } => {
                 let topic = self.topics.get_mut(name).ok_or_else(|| Rejected::UnknownTopic(name.clone()))?;
                 topic.overrides = topic.overrides.merge(overrides);
+            }
+            Command::AddPartitions { name, from, replicas } => {
+                let topic = self.topics.get(name).ok_or_else(|| Rejected::UnknownTopic(name.clone()))?;
+                let current = topic.replicas.len() as u32;
+                if current != *from {
+                    return Err(Rejected::PartitionCountChanged { topic: name.clone(), expected: *from, current });
+                }
+                for (i, set) in replicas.iter().enumerate() {
+                    if let Some(node) = set.iter().find(|n| !self.nodes.contains_key(n)) {
+                        let partition = *from as usize + i;
+                        return Err(Rejected::UnknownNode { topic: name.clone(), partition, node: *node });
+                    }
+                }
+                if let Some(topic) = self.topics.get_mut(name) {
+                    topic.replicas.extend(replicas.iter().cloned());
+                }
             }
         }
         Ok(())
@@ -252,6 +289,26 @@ mod tests {
         let bad =
             Command::CreateTopic { name: "b".into(), replicas: vec![vec![1, 9]], overrides: TopicOverrides::default() };
         assert!(matches!(m.apply(&bad), Err(Rejected::UnknownNode { node: 9, .. })));
+    }
+
+    #[test]
+    fn partitions_are_added_only_to_the_count_they_were_planned_for() {
+        let mut m = three_nodes();
+        let create =
+            Command::CreateTopic { name: "t".into(), replicas: vec![vec![1, 2]], overrides: TopicOverrides::default() };
+        m.apply(&create).expect("create");
+        let add = |from: u32, replicas: Vec<Vec<NodeId>>| Command::AddPartitions { name: "t".into(), from, replicas };
+        m.apply(&add(1, vec![vec![2, 3], vec![3, 1]])).expect("add");
+        assert_eq!(m.topics["t"].replicas, vec![vec![1, 2], vec![2, 3], vec![3, 1]]);
+        let before = m.clone();
+        // Planned for 1 partition, but the topic has 3 now: a concurrent add won.
+        assert!(matches!(m.apply(&add(1, vec![vec![1, 2]])), Err(Rejected::PartitionCountChanged { current: 3, .. })));
+        assert!(matches!(m.apply(&add(3, vec![vec![1, 9]])), Err(Rejected::UnknownNode { partition: 3, node: 9, .. })));
+        assert!(matches!(
+            m.apply(&Command::AddPartitions { name: "x".into(), from: 0, replicas: vec![] }),
+            Err(Rejected::UnknownTopic(_))
+        ));
+        assert_eq!(m, before, "rejected commands change nothing");
     }
 
     #[test]

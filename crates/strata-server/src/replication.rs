@@ -331,6 +331,9 @@ impl Replication {
                     if self.logs.topic_overrides(&topic.name).map_err(from_storage)? != topic.overrides {
                         self.logs.set_topic_overrides(&topic.name, topic.overrides).await.map_err(from_storage)?;
                     }
+                    if (local.partitions.len() as u32) < partitions {
+                        self.logs.add_partitions(&topic.name, partitions).await.map_err(from_storage)?;
+                    }
                 }
                 Ok(old) => {
                     // Deleted and created again while this node was away.
@@ -478,17 +481,73 @@ impl Replication {
         }
         self.reconcile().await?;
         let topic_id = metadata.topics[name].id;
-        for p in 0..partitions {
+        self.wait_leaders(topic_id, 0..partitions).await;
+        info!(topic = name, partitions, replication_factor = rf, "topic created");
+        Ok(())
+    }
+
+    /// Waits (up to a timeout each) until this node's replicas of
+    /// `partitions` have a leader and applied their first entry: they take
+    /// records once this returns.
+    async fn wait_leaders(&self, topic_id: u64, partitions: std::ops::Range<u32>) {
+        for p in partitions {
             if let Some(raft) = self.groups.get(GroupId { topic_id, partition: p }) {
-                // A leader, and its first entry applied here: the topic
-                // takes records once this returns.
                 let ready = |m: &openraft::RaftMetrics<TypeConfig>| {
                     m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
                 };
                 let _ = raft.wait(Some(LEADER_TIMEOUT)).metrics(ready, "a leader").await;
             }
         }
-        info!(topic = name, partitions, replication_factor = rf, "topic created");
+    }
+
+    /// Grows a topic to `count` partitions across the cluster: the new
+    /// partitions' replicas are placed on live nodes (as many as the
+    /// topic's first partition has), recorded by the controller, and
+    /// started. Consumer groups reading the topic are rebalanced onto them.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<(), Status> {
+        let (current, rf) = {
+            let metadata = self.metadata.borrow();
+            let topic =
+                metadata.topics.get(name).ok_or_else(|| from_storage(StorageError::UnknownTopic(name.to_owned())))?;
+            (topic.replicas.len() as u32, topic.replicas.first().map_or(1, Vec::len) as u32)
+        };
+        if count <= current {
+            return Err(from_storage(StorageError::PartitionCountNotIncreasing {
+                topic: name.to_owned(),
+                current,
+                requested: count,
+            }));
+        }
+        if count > strata_storage::MAX_PARTITIONS {
+            return Err(from_storage(StorageError::InvalidPartitionCount {
+                count,
+                max: strata_storage::MAX_PARTITIONS,
+            }));
+        }
+        let registered = self.metadata.borrow().nodes.keys().copied().collect::<Vec<_>>();
+        let live: Vec<_> = self.live_nodes().await.into_iter().filter(|id| registered.contains(id)).collect();
+        let replicas = self.metadata.borrow().assign(count - current, rf, &live).map_err(|e| {
+            status(
+                tonic::Code::Unavailable,
+                pb::ErrorReason::InvalidReplicationFactor,
+                format!("cannot place the new partitions' {rf} replicas: {e}"),
+            )
+        })?;
+        let command = Command::AddPartitions { name: name.to_owned(), from: current, replicas: replicas.clone() };
+        self.check_command(&command)?;
+        let metadata = self.propose_controller(&command).await?;
+        let topic =
+            metadata.topics.get(name).ok_or_else(|| from_storage(StorageError::UnknownTopic(name.to_owned())))?;
+        if topic.replicas.get(current as usize..) != Some(&replicas[..]) {
+            return Err(Status::aborted(format!(
+                "topic '{name}' changed while its partitions were being added (it has {} now); check, then retry",
+                topic.replicas.len()
+            )));
+        }
+        let topic_id = topic.id;
+        self.reconcile().await?;
+        self.wait_leaders(topic_id, current..count).await;
+        info!(topic = name, from = current, to = count, "partitions added");
         Ok(())
     }
 
@@ -499,6 +558,9 @@ impl Replication {
         metadata.apply(command).map_err(|rejected| match rejected {
             Rejected::TopicExists(name) => from_storage(StorageError::TopicExists(name)),
             Rejected::UnknownTopic(name) => from_storage(StorageError::UnknownTopic(name)),
+            changed @ Rejected::PartitionCountChanged { .. } => {
+                Status::aborted(format!("{changed}; check, then retry"))
+            }
             other => controller_unavailable(other.to_string()),
         })
     }

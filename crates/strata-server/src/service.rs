@@ -410,6 +410,18 @@ impl pb::admin_server::Admin for Services {
         Ok(Response::new(pb::AlterTopicConfigResponse { topic: Some(self.describe(&req.name)?) }))
     }
 
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        let req = request.into_inner();
+        if req.topic.starts_with(crate::groups::RESERVED_PREFIX) {
+            return Err(crate::groups::reserved(&req.topic));
+        }
+        self.replication.add_partitions(&req.topic, req.count).await?;
+        Ok(Response::new(pb::CreatePartitionsResponse { topic: Some(self.describe(&req.topic)?) }))
+    }
+
     async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Result<Response<pb::MetadataResponse>, Status> {
         let req = request.into_inner();
         let topics = if req.topics.is_empty() {

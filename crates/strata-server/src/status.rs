@@ -47,7 +47,9 @@ pub fn from_storage(e: StorageError) -> Status {
         E::UnknownPartition { .. } => (Code::NotFound, ErrorReason::UnknownPartition),
         E::TopicExists(_) => (Code::AlreadyExists, ErrorReason::TopicAlreadyExists),
         E::InvalidTopicName { .. } => (Code::InvalidArgument, ErrorReason::InvalidTopicName),
-        E::InvalidPartitionCount { .. } => (Code::InvalidArgument, ErrorReason::InvalidPartitionCount),
+        E::InvalidPartitionCount { .. } | E::PartitionCountNotIncreasing { .. } => {
+            (Code::InvalidArgument, ErrorReason::InvalidPartitionCount)
+        }
         E::InvalidConfig(_) => (Code::InvalidArgument, ErrorReason::InvalidConfig),
         E::DataDirLocked(_) => (Code::FailedPrecondition, ErrorReason::StorageError),
         E::ShuttingDown => (Code::Unavailable, ErrorReason::ShuttingDown),

@@ -570,3 +570,70 @@ async fn commits_cancelled_by_their_deadline_do_not_end_the_groups_sessions() {
     assert_eq!(got[&("beats".into(), 0)], 99);
     node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_a_topic_are_assigned_to_its_groups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start(dir.path()).await;
+    client.create_topic("grow", 2, TopicConfig::default()).await.expect("create");
+    let mut c = client.group_consumer(GroupConsumerConfig::new("growers", &["grow"])).await.expect("join");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.assignment().len() < 2 {
+        c.poll().await.expect("poll");
+        assert!(std::time::Instant::now() < deadline, "holds {:?}", c.assignment());
+    }
+
+    // Not more partitions, or the cluster's own topic: refused, nothing changes.
+    let same = client.create_partitions("grow", 2).await.expect_err("must fail");
+    assert_eq!((same.code(), same.reason()), (Some(Code::InvalidArgument), Some("INVALID_PARTITION_COUNT")), "{same}");
+    let reserved = client.create_partitions("__strata_groups", 9).await.expect_err("must fail");
+    assert_eq!(reserved.code(), Some(Code::PermissionDenied), "{reserved}");
+    let unknown = client.create_partitions("nope", 3).await.expect_err("must fail");
+    assert_eq!(unknown.code(), Some(Code::NotFound), "{unknown}");
+
+    let grown = client.create_partitions("grow", 4).await.expect("add partitions");
+    assert_eq!(grown.partition_count, 4);
+    produce(&client, "grow", 3, &["on a new partition"]).await;
+    // The member is given the new partitions and reads them.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.is_empty() {
+        got = c.poll().await.expect("poll");
+        assert!(std::time::Instant::now() < deadline, "holds {:?}", c.assignment());
+    }
+    assert_eq!((got[0].partition, got[0].record.value.as_ref()), (3, b"on a new partition".as_ref()));
+    assert_eq!(c.assignment().len(), 4);
+    c.close().await.expect("close");
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Regression (found by the jepsen-like group workload): a leader cut off by
+/// a partition answered a fetch at the group's position with
+/// OFFSET_OUT_OF_RANGE (its log ended before it), and the member moved back
+/// to that node's end, then read and committed offsets below the group's.
+/// A position beyond the end the member hears of stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_beyond_the_log_end_is_never_moved_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, client) = start(dir.path()).await;
+    client.create_topic("ahead", 1, TopicConfig::default()).await.expect("create");
+    produce(&client, "ahead", 0, &["a", "b", "c"]).await;
+    // Committed beyond the end (as a group that read further on the real
+    // leader sees it from a node that is behind).
+    client.commit_offsets("later", "", 0, &[("ahead".into(), 0, 5)]).await.expect("commit");
+    let mut c = client.group_consumer(GroupConsumerConfig::new("later", &["ahead"])).await.expect("join");
+    for _ in 0..3 {
+        let got = c.poll().await.expect("poll");
+        assert!(got.is_empty(), "read {got:?} from below the committed offset");
+    }
+    produce(&client, "ahead", 0, &["d", "e", "f"]).await;
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.is_empty() {
+        got = c.poll().await.expect("poll");
+        assert!(std::time::Instant::now() < deadline, "nothing read");
+    }
+    assert_eq!(got.iter().map(|r| r.record.offset).collect::<Vec<_>>(), vec![5], "reading goes on at the position");
+    c.close().await.expect("close");
+    node.shutdown().await.expect("shutdown");
+}

@@ -41,6 +41,10 @@ pub enum StorageError {
     InvalidTopicName { name: String, reason: &'static str },
     #[error("invalid partition count {count}: must be between 1 and {max}")]
     InvalidPartitionCount { count: u32, max: u32 },
+    #[error(
+        "topic '{topic}' has {current} partitions: the new count {requested} must be larger (partitions are never removed)"
+    )]
+    PartitionCountNotIncreasing { topic: String, current: u32, requested: u32 },
     #[error("invalid topic config: {0}")]
     InvalidConfig(String),
     #[error("data directory {0} is in use by another strata process")]

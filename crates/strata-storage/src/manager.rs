@@ -341,6 +341,44 @@ impl LogManager {
         Ok(())
     }
 
+    /// Grows a topic to `count` partitions (the new ones empty). Existing
+    /// partitions are untouched; records with a key may map to another
+    /// partition from now on, as in Kafka.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicInfo> {
+        let _guard = self.catalog_lock.lock().await;
+        let topic = self.topic(name)?;
+        let current = topic.partitions.len() as u32;
+        if count <= current {
+            return Err(StorageError::PartitionCountNotIncreasing {
+                topic: name.to_owned(),
+                current,
+                requested: count,
+            });
+        }
+        if count > MAX_PARTITIONS {
+            return Err(StorageError::InvalidPartitionCount { count, max: MAX_PARTITIONS });
+        }
+        let mut record = topic.record.read().map_err(|_| lock_poisoned())?.clone();
+        let config = record.overrides.apply(&self.defaults);
+        let mut partitions = topic.partitions.clone();
+        // Directories first, then the catalog: a crash in between leaves
+        // empty directories that the next attempt opens again.
+        for p in current..count {
+            let index = Arc::new(self.db.partition(record.id, p));
+            let dir = topic.dir.join(p.to_string());
+            partitions.push(PartitionLog::open_with(&record.name, p, &dir, index, config, self.visibility)?);
+        }
+        crate::segment::sync_dir(&topic.dir)?;
+        record.partitions = count;
+        let mut batch = WriteBatch::default();
+        self.put_record(&mut batch, &record)?;
+        self.db.write(batch, true)?;
+        let grown = Arc::new(Topic { record: RwLock::new(record), dir: topic.dir.clone(), partitions });
+        self.topics.write().map_err(|_| lock_poisoned())?.insert(name.to_owned(), Arc::clone(&grown));
+        info!(topic = name, from = current, to = count, "partitions added");
+        self.info(&grown)
+    }
+
     /// A topic's overrides.
     pub fn topic_overrides(&self, name: &str) -> Result<TopicOverrides> {
         Ok(self.topic(name)?.record.read().map_err(|_| lock_poisoned())?.overrides)

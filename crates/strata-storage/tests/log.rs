@@ -327,6 +327,18 @@ async fn manager_validates_and_persists_topics() {
             .await
             .expect("alter");
         assert_eq!(altered.config.retention_ms, 5000);
+        // Partitions are added, never removed; the new ones start empty.
+        for bad in [2, 3] {
+            assert!(matches!(
+                m.add_partitions("orders", bad).await,
+                Err(StorageError::PartitionCountNotIncreasing { current: 3, .. })
+            ));
+        }
+        let grown = m.add_partitions("orders", 5).await.expect("add partitions");
+        assert_eq!(grown.partitions.len(), 5);
+        assert_eq!(grown.partitions[4].high_watermark, 0);
+        m.partition("orders", 4).expect("p4").append(batch(1, 1, "n")).await.expect("append");
+        assert!(matches!(m.add_partitions("nope", 2).await, Err(StorageError::UnknownTopic(_))));
         m.close().await;
         drop(m);
     }
@@ -334,6 +346,8 @@ async fn manager_validates_and_persists_topics() {
     let info = m.describe_topic("orders").expect("persisted");
     assert_eq!(info.config.retention_ms, 5000);
     assert_eq!(info.partitions[2].high_watermark, 1);
+    assert_eq!(info.partitions.len(), 5, "added partitions are persisted");
+    assert_eq!(info.partitions[4].high_watermark, 1);
     m.delete_topic("orders").await.expect("delete");
     assert!(matches!(m.describe_topic("orders"), Err(StorageError::UnknownTopic(_))));
     let again = m.create_topic("orders", 1, TopicOverrides::default()).await.expect("recreate");

@@ -56,6 +56,15 @@ pub enum TopicCommand {
         #[arg(long = "set", value_name = "KEY=VALUE", required = true)]
         set: Vec<String>,
     },
+    /// Grow a topic to more partitions (never fewer). Records with a key may
+    /// go to another partition afterwards; consumer groups reading the topic
+    /// are rebalanced onto the new partitions.
+    AddPartitions {
+        name: String,
+        /// The new total number of partitions.
+        #[arg(long, short = 'p')]
+        partitions: u32,
+    },
     /// Delete a topic and all its records.
     Delete { name: String },
 }
@@ -201,6 +210,10 @@ pub async fn topic(opts: &ClientOpts, command: TopicCommand) -> anyhow::Result<(
             let config = parse_topic_config(&set)?;
             let t = client.alter_topic_config(&name, config).await?;
             println!("updated config of topic {}", t.name);
+        }
+        TopicCommand::AddPartitions { name, partitions } => {
+            let t = client.create_partitions(&name, partitions).await?;
+            println!("topic {} has {} partitions now", t.name, t.partition_count);
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
