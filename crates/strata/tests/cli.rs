@@ -49,6 +49,13 @@ fn topic_produce_consume_roundtrip() {
         serde_json::from_str(&ok(s, &["topic", "describe", "orders", "--format", "json"], "")).expect("json");
     assert_eq!(described["config"]["retention.bytes"], "1048576");
 
+    let out = ok(s, &["topic", "add-partitions", "orders", "--partitions", "4"], "");
+    assert_eq!(out.trim(), "topic orders has 4 partitions now");
+    let fewer = strata(s, &["topic", "add-partitions", "orders", "--partitions", "3"], "");
+    assert!(!fewer.status.success());
+    let stderr = String::from_utf8_lossy(&fewer.stderr);
+    assert!(stderr.contains("has 4 partitions: the new count 3 must be larger"), "{stderr}");
+
     ok(s, &["topic", "delete", "orders"], "");
     assert!(!ok(s, &["topic", "list"], "").contains("orders"));
 }

@@ -431,6 +431,28 @@ fn first_exit(mut children: Vec<(std::process::Child, std::path::PathBuf)>) -> S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_a_topic_are_replicated_on_every_node_and_take_records() {
+    let cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    client.create_topic_replicated("grown", 1, Some(3), TopicConfig::default()).await.expect("create");
+    let grown = client.create_partitions("grown", 3).await.expect("add partitions");
+    assert_eq!(grown.partition_count, 3);
+    for id in 1..=3 {
+        let node = client.node(&cluster.addr(id)).await.expect("node");
+        eventually(&format!("node {id} holds the new partitions"), || async {
+            node.describe_topic("grown").await.is_ok_and(|t| t.partition_count == 3)
+        })
+        .await;
+    }
+    // The new partitions have leaders and take records with acks=quorum.
+    for p in 1..3 {
+        let offset = client.produce_batch("grown", p, one_record("new")).await.expect("produce to a new partition");
+        assert_eq!(offset, 0);
+        replicas_agree(&client, &cluster, "grown", p).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cluster_input_gets_clear_errors() {
     let mut a = Cluster::start(3);
     let client = Client::connect(&a.bootstrap()).await.expect("connect");
