@@ -104,6 +104,7 @@ impl GroupWorkload {
                 if Instant::now() >= until || errors >= MAX_POLL_ERRORS {
                     break;
                 }
+                let before = consumer.positions();
                 let records = match consumer.poll().await {
                     Ok(r) => {
                         errors = 0;
@@ -118,7 +119,7 @@ impl GroupWorkload {
                 if records.is_empty() {
                     continue;
                 }
-                self.record_reads(recorder, process, &records);
+                self.record_reads(recorder, process, &records, &before);
                 // Processed: commit the offsets after them.
                 let op = Op::Commit { group: self.group.clone(), offsets: next_offsets(&records) };
                 recorder.record(process, Kind::Invoke, op.clone(), None);
@@ -153,14 +154,23 @@ impl GroupWorkload {
     }
 
     /// What a member read, as one poll per partition (the records of a
-    /// partition come in offset order within a poll).
-    fn record_reads(&self, recorder: &Recorder, process: i64, records: &[GroupRecord]) {
+    /// partition come in offset order within a poll), from the member's
+    /// position before the poll (so a read that skips ahead of it is a
+    /// `poll-skip`); a partition assigned during the poll has no earlier
+    /// position: its first record stands for it.
+    fn record_reads(
+        &self,
+        recorder: &Recorder,
+        process: i64,
+        records: &[GroupRecord],
+        before: &BTreeMap<(String, u32), u64>,
+    ) {
         let mut by_partition: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
         for r in records {
             by_partition.entry(r.partition).or_default().push((r.record.offset, decode(&r.record.value)));
         }
         for (partition, read) in by_partition {
-            let from = read[0].0;
+            let from = before.get(&(self.topic.clone(), partition)).copied().unwrap_or(read[0].0);
             recorder.record(
                 process,
                 Kind::Invoke,

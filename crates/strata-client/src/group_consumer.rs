@@ -38,6 +38,10 @@ use crate::{Client, ClientError, Record, Result, StartOffset};
 /// A topic and partition.
 pub type TopicPartition = (String, u32);
 
+/// How long a position beyond the end of a partition's log is taken for a
+/// stale answer (a cut-off leader) before the error reaches the application.
+const BEYOND_END_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How a member joins and reads.
 #[derive(Debug, Clone)]
 pub struct GroupConsumerConfig {
@@ -114,6 +118,9 @@ pub struct GroupConsumer {
     positions: BTreeMap<TopicPartition, u64>,
     /// Offset after the last record returned, per partition read.
     returned: BTreeMap<TopicPartition, u64>,
+    /// Partitions whose position is beyond the end of the node that
+    /// answered, since when.
+    beyond_end: BTreeMap<TopicPartition, Instant>,
     /// The member id under which the partitions read now were assigned
     /// (a member that was removed and joined again owns none of them).
     owner: String,
@@ -165,6 +172,7 @@ impl Client {
             leave,
             positions: BTreeMap::new(),
             returned: BTreeMap::new(),
+            beyond_end: BTreeMap::new(),
             owner: String::new(),
             last_commit: Instant::now(),
         };
@@ -299,6 +307,12 @@ impl GroupConsumer {
     /// The partitions this member reads now.
     pub fn assignment(&self) -> BTreeSet<TopicPartition> {
         lock(&self.shared).owned.clone()
+    }
+
+    /// The offset of the next record to read, per partition read now (as
+    /// Kafka's `position`).
+    pub fn positions(&self) -> BTreeMap<TopicPartition, u64> {
+        self.positions.clone()
     }
 
     /// Waits until the coordinator answered more than `seen` times.
@@ -450,7 +464,8 @@ impl GroupConsumer {
     /// log start, as Kafka's `auto.offset.reset=earliest`. Beyond its end,
     /// the node that answered is behind (a leader that was cut off and does
     /// not know it was replaced): the position stays, the leader is looked
-    /// up again, and nothing is read this time. Moving the position back to
+    /// up again, and nothing is read this time (for up to
+    /// [`BEYOND_END_PATIENCE`]; then the error is returned). Moving the position back to
     /// that node's end would read, and commit, offsets below what the group
     /// already committed. `Ok(None)`: nothing read.
     async fn out_of_range(
@@ -465,12 +480,25 @@ impl GroupConsumer {
                 if at < start {
                     tracing::warn!(group = %self.config.group, topic = %tp.0, partition = tp.1, from = at, to = start, "the group's position is below the partition's log start (retention deleted those records); reading on from the log start");
                     self.positions.insert(tp, start);
-                } else {
-                    self.client.forget_leader(&tp.0, tp.1);
+                    return Ok(None);
                 }
+                // A stale leader learns it was replaced within an election;
+                // past that, the position really is beyond the log (the
+                // topic was deleted and created again, or a tool committed
+                // past its end): the application decides.
+                let since = *self.beyond_end.entry(tp.clone()).or_insert_with(Instant::now);
+                if since.elapsed() > BEYOND_END_PATIENCE {
+                    self.beyond_end.remove(&tp);
+                    return Err(e);
+                }
+                self.client.forget_leader(&tp.0, tp.1);
+                tokio::time::sleep(self.config.max_wait.min(Duration::from_millis(200))).await;
                 Ok(None)
             }
-            other => other.map(Some),
+            other => {
+                self.beyond_end.remove(&tp);
+                other.map(Some)
+            }
         }
     }
 

@@ -226,8 +226,13 @@ impl Accumulator {
         }
         let n = match self.client.describe_topic(topic).await {
             Ok(d) => d.partition_count.max(1),
-            // Keep using the count known while the topic cannot be described.
-            Err(e) => return self.partition_counts.get(topic).copied().ok_or(e),
+            // Keep using the count known while the topic cannot be
+            // described; ask again after another max age, not on every send.
+            Err(e) => {
+                let known = self.partition_counts.get(topic).copied().ok_or(e)?;
+                self.counts_read.insert(Arc::clone(topic), std::time::Instant::now());
+                return Ok(known);
+            }
         };
         self.partition_counts.insert(Arc::clone(topic), n);
         self.counts_read.insert(Arc::clone(topic), std::time::Instant::now());

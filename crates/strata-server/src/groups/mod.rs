@@ -93,6 +93,9 @@ pub struct ShareGroup {
     /// Records acquired now: (topic, partition, offset) -> (consumer, lock
     /// deadline). In memory only.
     pub locks: BTreeMap<(String, u32, u64), (String, Instant)>,
+    /// Records rejected whose dead-letter write failed: the timer writes
+    /// them again (in memory only; after a reload they are redelivered).
+    pub rejected: BTreeSet<(String, u32, u64)>,
 }
 
 /// A member's live session on this coordinator.
@@ -282,11 +285,21 @@ impl Coordinator {
     /// others may have been replaced, and would answer with offsets older
     /// than those committed since).
     async fn lock_for_read(&self, group: &str) -> Result<(u32, Leadership, MutexGuard<'_, ShardState>), Status> {
-        let (p, view, st) = self.lock(group).await?;
+        validate_group_name(group)?;
+        let p = shard_of(group);
+        // Confirmed before the lock is taken (a majority round must not
+        // hold up the shard's heartbeats and commits); the state read under
+        // the lock must then be of the term confirmed: a commit in a later
+        // term would have made the confirmation fail.
+        let confirmed = self.leading(group, p)?;
         self.replication
-            .confirm_leading(view.topic_id, p, view.term, READ_CONFIRM_TIMEOUT)
+            .confirm_leading(confirmed.topic_id, p, confirmed.term, READ_CONFIRM_TIMEOUT)
             .await
             .map_err(|e| not_coordinator(group, e.message()))?;
+        let (p, view, st) = self.lock(group).await?;
+        if view.term != confirmed.term {
+            return Err(not_coordinator(group, &format!("its lead moved on from term {}", confirmed.term)));
+        }
         Ok((p, view, st))
     }
 
@@ -354,6 +367,7 @@ impl Coordinator {
         }
         fresh.term = Some(view.term);
         *st = fresh;
+        self.forget_heard_shard(p);
         info!(partition = p, term = view.term, records, groups = st.consumer.len() + st.share.len(), elapsed = ?started.elapsed(), "coordinating the groups of a partition");
         Ok(())
     }
@@ -416,6 +430,13 @@ impl Coordinator {
             st.apply(group, entry.clone());
         }
         Ok(())
+    }
+
+    /// Forgets the heartbeats of every group of a shard (its sessions ended).
+    fn forget_heard_shard(&self, p: u32) {
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.retain(|(group, _), _| shard_of(group) != p);
+        }
     }
 
     fn forget_heard(&self, group: &str, member: &str) {
@@ -772,6 +793,12 @@ impl Coordinator {
     /// timeout are removed, groups whose topics changed partition counts
     /// are rebalanced, share-group locks that expired are released.
     pub async fn tick(&self) {
+        // Heartbeats of sessions that ended meanwhile are noted too: forget
+        // what no session could still need.
+        if let Ok(mut heard) = self.heard.lock() {
+            let longest = Duration::from_millis(u64::from(MAX_SESSION_TIMEOUT_MS));
+            heard.retain(|_, at| at.elapsed() <= longest);
+        }
         for p in 0..GROUPS_PARTITIONS {
             let mut st = self.shards[p as usize].lock().await;
             let Some(view) = self.replication.leadership(GROUPS_TOPIC, p) else { continue };
@@ -779,6 +806,7 @@ impl Coordinator {
                 if st.term.is_some() {
                     // Not (or no longer) the coordinator: let sessions go.
                     *st = ShardState::default();
+                    self.forget_heard_shard(p);
                 }
                 continue;
             }

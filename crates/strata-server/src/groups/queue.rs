@@ -323,19 +323,24 @@ impl Coordinator {
             g.locks.remove(&key);
         }
         if let Err(e) = self.dead_letter(group, topic, &config, &dead).await {
-            // The others apply; these stay with the consumer (to send again,
-            // or to let their locks expire).
-            warn!(group, topic, error = %e.message(), "could not write to the dead-letter topic");
-            let until = Instant::now() + Duration::from_millis(u64::from(config.lock_timeout_ms));
+            // The other acknowledgements apply; these records are held by
+            // nobody, expired, so the timer writes them to the dead-letter
+            // topic again (never delivered meanwhile).
+            warn!(group, topic, error = %e.message(), "could not write to the dead-letter topic; the timer retries");
+            let now = Instant::now();
             for d in dead.drain(..) {
-                g.locks.insert((topic.to_owned(), d.partition, d.offset), (consumer.to_owned(), until));
+                let key = (topic.to_owned(), d.partition, d.offset);
+                if d.reason == "rejected" {
+                    g.rejected.insert(key.clone());
+                }
+                g.locks.insert(key, (String::new(), now));
                 failed.push(pb::AckFailure {
                     partition: d.partition,
                     offset: d.offset,
                     code: e.code() as i32,
                     reason: pb::ErrorReason::Unspecified.as_str_name().to_owned(),
                     message: format!(
-                        "the record could not be written to the dead-letter topic '{}': {}; it is still held by this consumer",
+                        "the record could not be written to the dead-letter topic '{}' yet ({}); it is retried, the record is not delivered again",
                         config.dead_letter_topic,
                         e.message()
                     ),
@@ -435,7 +440,12 @@ impl Coordinator {
                 let (topic, p, offset) = key;
                 let Some((config, parts)) = g.topics.get(topic) else { continue };
                 let deliveries = parts.get(p).and_then(|s| s.deliveries(*offset)).unwrap_or(1);
-                if let Outcome::DeadLetter(reason) = SharePartition::outcome(deliveries, config.max_deliveries) {
+                let outcome = if g.rejected.remove(key) {
+                    Outcome::DeadLetter("rejected")
+                } else {
+                    SharePartition::outcome(deliveries, config.max_deliveries)
+                };
+                if let Outcome::DeadLetter(reason) = outcome {
                     by_topic.entry(topic.clone()).or_default().push(DeadLetter {
                         partition: *p,
                         offset: *offset,
@@ -451,7 +461,11 @@ impl Coordinator {
                     warn!(group = %name, topic, error = %e.message(), "could not dead-letter records; retrying later");
                     // Put the locks back as expired: retried on the next tick.
                     for d in &dead {
-                        g.locks.insert((topic.clone(), d.partition, d.offset), (String::new(), now));
+                        let key = (topic.clone(), d.partition, d.offset);
+                        if d.reason == "rejected" {
+                            g.rejected.insert(key.clone());
+                        }
+                        g.locks.insert(key, (String::new(), now));
                     }
                     continue;
                 }
@@ -545,4 +559,5 @@ fn keep_runtime(st: &mut ShardState, group: &str, g: ShareGroup) {
     let entry = st.share.entry(group.to_owned()).or_default();
     entry.locks = g.locks;
     entry.consumers = g.consumers;
+    entry.rejected = g.rejected;
 }

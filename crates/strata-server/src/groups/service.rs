@@ -111,9 +111,19 @@ impl pb::groups_server::Groups for GroupService {
             let answers = remote.session(req).await?.into_inner();
             return Ok(Response::new(Box::pin(answers)));
         }
-        let handle = detached(&self.coordinator, move |c| async move { c.join(join).await }).await?;
+        // The join and the session run in one task: a join that completes
+        // after the member went away is left again at once (the session
+        // sees its stream closed), not kept until its session timeout.
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(session_loop(Arc::clone(&self.coordinator), handle, inbound, tx, self.shutdown.clone()));
+        let (coordinator, shutdown) = (Arc::clone(&self.coordinator), self.shutdown.clone());
+        tokio::spawn(async move {
+            match coordinator.join(join).await {
+                Ok(handle) => session_loop(coordinator, handle, inbound, tx, shutdown).await,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
