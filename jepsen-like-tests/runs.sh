@@ -27,8 +27,8 @@ for seed in $(seq "$first" $((first + runs - 1))); do
   [ "$rc" = 0 ] || failed=$((failed + 1))
 done
 
-echo "| seed | valid | acknowledged sends | ops ok / fail / info | faults | anomalies (sum) | minority-fault produce success | heal to first write, median / max ms |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| seed | valid | acknowledged sends | ops ok / fail / info | faults | anomalies (sum) | minority-fault produce success | heal to first write, median / max ms | group: commits ok / reads of commits ok / joins / leaves / crashes |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for seed in $(seq "$first" $((first + runs - 1))); do
   results="$(ls -d "$store"/*-seed"$seed" 2>/dev/null | tail -1)/results.json"
   if [ ! -f "$results" ]; then
@@ -40,8 +40,18 @@ import json, sys
 r = json.load(open(sys.argv[1])); rep = r["report"]
 h = sorted(r["heal_to_first_write_ms"]) or [0]
 m = r["minority_fault_send_success"]
+group = "-"
+if r["workload"] == "group":
+    c = {"commit": 0, "read-committed": 0, "join": 0, "leave": 0, "crash": 0}
+    for line in open(sys.argv[1].replace("results.json", "history.jsonl")):
+        e = json.loads(line)
+        if e["type"] == "ok" and e["f"] in ("commit", "read-committed"):
+            c[e["f"]] += 1
+        elif e["f"] == "member":
+            c[e["action"]] = c.get(e["action"], 0) + 1
+    group = f"{c['commit']} / {c['read-committed']} / {c['join']} / {c['leave']} / {c['crash']}"
 print(f"| {sys.argv[2]} | {r['valid']} | {rep['sends_acked']} | {rep['ops_ok']} / {rep['ops_fail']} / {rep['ops_info']} | "
-      f"{rep['faults']} | {sum(rep['counts'].values())} | {'-' if m is None else f'{m*100:.2f}%'} | {h[len(h)//2]} / {h[-1]} |")
+      f"{rep['faults']} | {sum(rep['counts'].values())} | {'-' if m is None else f'{m*100:.2f}%'} | {h[len(h)//2]} / {h[-1]} | {group} |")
 EOF
 done
 exit $((failed > 0))
