@@ -10,7 +10,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use strata_proto::v1 as pb;
-use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::{Client, ClientError, GRPC_MESSAGE_LIMIT, Result};
@@ -65,13 +64,11 @@ fn shard_of(group: &str) -> u32 {
     strata_record::partition_for_key(group.as_bytes(), GROUPS_PARTITIONS)
 }
 
-/// The call found no coordinator: nothing was done, or what was done is safe
-/// to do again.
+/// The call found no coordinator, or lost it on the way (a connection that
+/// broke mid-call answers `UNKNOWN` "transport error"): nothing was done, or
+/// what was done is safe to do again.
 pub(crate) fn no_coordinator(err: &ClientError) -> bool {
-    err.reason() == Some("NOT_COORDINATOR")
-        || err.is_not_leader()
-        || matches!(err, ClientError::Connect { .. })
-        || matches!(err.code(), Some(Code::Unavailable | Code::DeadlineExceeded))
+    err.reason() == Some("NOT_COORDINATOR") || err.is_not_leader() || err.is_retriable()
 }
 
 impl Client {
