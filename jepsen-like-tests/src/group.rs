@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use strata_client::{Client, GroupConsumerConfig, GroupRecord};
+use strata_client::{Client, GroupConsumerConfig, GroupRecord, next_offsets};
 
 use crate::history::{CHECKER, Kind, Op, Recorder};
 use crate::workload::{OP_TIMEOUT, classify, decode};
@@ -36,16 +36,6 @@ pub struct GroupWorkload {
     pub group: String,
     pub members: u32,
     pub seed: u64,
-}
-
-/// `(partition, next offset)` after the records of a poll, per partition.
-fn next_offsets(records: &[GroupRecord]) -> Vec<(u32, u64)> {
-    let mut upto: BTreeMap<u32, u64> = BTreeMap::new();
-    for r in records {
-        let next = upto.entry(r.partition).or_default();
-        *next = (*next).max(r.record.offset + 1);
-    }
-    upto.into_iter().collect()
 }
 
 impl GroupWorkload {
@@ -121,7 +111,10 @@ impl GroupWorkload {
                 }
                 self.record_reads(recorder, process, &records, &before);
                 // Processed: commit the offsets after them.
-                let op = Op::Commit { group: self.group.clone(), offsets: next_offsets(&records) };
+                let op = Op::Commit {
+                    group: self.group.clone(),
+                    offsets: next_offsets(&records).into_iter().map(|((_, p), o)| (p, o)).collect(),
+                };
                 recorder.record(process, Kind::Invoke, op.clone(), None);
                 match consumer.commit_through(&records).await {
                     Ok(()) => {

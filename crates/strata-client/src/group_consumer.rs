@@ -131,7 +131,19 @@ fn lock(shared: &Mutex<Membership>) -> std::sync::MutexGuard<'_, Membership> {
     shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn to_proto(set: &BTreeSet<TopicPartition>) -> Vec<pb::TopicPartitions> {
+/// Per partition, the offset after the last of `records`: what
+/// [`GroupConsumer::commit_through`] commits for them.
+pub fn next_offsets(records: &[GroupRecord]) -> BTreeMap<TopicPartition, u64> {
+    let mut upto: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+    for r in records {
+        let next = upto.entry((r.topic.clone(), r.partition)).or_default();
+        *next = (*next).max(r.record.offset + 1);
+    }
+    upto
+}
+
+/// Topic-partitions as the API lists them (one entry per topic).
+pub fn topic_partitions_to_proto(set: &BTreeSet<TopicPartition>) -> Vec<pb::TopicPartitions> {
     let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     for (t, p) in set {
         by_topic.entry(t).or_default().push(*p);
@@ -142,7 +154,8 @@ fn to_proto(set: &BTreeSet<TopicPartition>) -> Vec<pb::TopicPartitions> {
         .collect()
 }
 
-fn from_proto(list: &[pb::TopicPartitions]) -> BTreeSet<TopicPartition> {
+/// Topic-partitions from the API's per-topic lists.
+pub fn topic_partitions_from_proto(list: &[pb::TopicPartitions]) -> BTreeSet<TopicPartition> {
     list.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect()
 }
 
@@ -203,7 +216,7 @@ async fn session_task(
             topics: config.topics.clone(),
             assignor: config.assignor as i32,
             session_timeout_ms: config.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
-            owned: to_proto(&owned),
+            owned: topic_partitions_to_proto(&owned),
             client_id: config.client_id.clone(),
         };
         let (tx, rx) = mpsc::channel(4);
@@ -239,7 +252,7 @@ async fn session_task(
                         let mut m = lock(&shared);
                         m.member_id = a.member_id.clone();
                         m.epoch = a.member_epoch;
-                        m.assigned = from_proto(&a.assignment);
+                        m.assigned = topic_partitions_from_proto(&a.assignment);
                         m.answers += 1;
                         drop(m);
                         changed.notify_waiters();
@@ -291,7 +304,7 @@ fn retry_session(shared: &Mutex<Membership>, e: &ClientError) -> bool {
 }
 
 async fn heartbeat(tx: &mpsc::Sender<pb::GroupSessionRequest>, shared: &Mutex<Membership>) -> bool {
-    let owned = to_proto(&lock(shared).owned);
+    let owned = topic_partitions_to_proto(&lock(shared).owned);
     let beat = pb::GroupSessionRequest {
         kind: Some(pb::group_session_request::Kind::Heartbeat(pb::GroupHeartbeat { owned })),
     };
@@ -372,7 +385,7 @@ impl GroupConsumer {
         }
         let added: Vec<TopicPartition> = assigned.difference(&owned).cloned().collect();
         if !added.is_empty() {
-            let wanted = to_proto(&added.iter().cloned().collect());
+            let wanted = topic_partitions_to_proto(&added.iter().cloned().collect());
             let committed = self.client.fetch_offsets(&self.config.group, &wanted).await?;
             for tp in &added {
                 let offset = match committed.iter().find(|c| c.topic == tp.0 && c.partition == tp.1) {
@@ -516,11 +529,7 @@ impl GroupConsumer {
     /// else was returned is not committed later (it is read again by the
     /// partition's next reader).
     pub async fn commit_through(&mut self, records: &[GroupRecord]) -> Result<()> {
-        let mut upto: BTreeMap<TopicPartition, u64> = BTreeMap::new();
-        for r in records {
-            let next = upto.entry((r.topic.clone(), r.partition)).or_default();
-            *next = (*next).max(r.record.offset + 1);
-        }
+        let upto = next_offsets(records);
         let offsets: Vec<(String, u32, u64)> = upto.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
         self.send_commit(offsets).await?;
         // What was returned after these records is not committed later

@@ -28,7 +28,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
 pub use error::ClientError;
-pub use group_consumer::{GroupConsumer, GroupConsumerConfig, GroupRecord, TopicPartition};
+pub use group_consumer::{
+    GroupConsumer, GroupConsumerConfig, GroupRecord, TopicPartition, next_offsets, topic_partitions_from_proto,
+    topic_partitions_to_proto,
+};
 pub use groups::{ResetTo, record_from_proto};
 pub use pb::{Acks, TopicConfig, TopicDescription};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use strata_client::{topic_partitions_from_proto, topic_partitions_to_proto};
 use strata_proto::v1 as pb;
 use strata_record::{BatchBuilder, Compression};
 use strata_storage::{LogManager, StorageError, TopicOverrides};
@@ -498,7 +499,7 @@ impl Coordinator {
         let mut subscribed = g.subscribed();
         subscribed.extend(spec.topics.iter().cloned());
         g.join(&id, spec, self.partition_counts(&subscribed)).map_err(group_status)?;
-        let owned = tps_from_proto(&join.owned);
+        let owned = topic_partitions_from_proto(&join.owned);
         g.heartbeat(&id, &owned).map_err(group_status)?;
         let changed = st.consumer.get(&join.group) != Some(&g);
         if changed {
@@ -523,7 +524,7 @@ impl Coordinator {
         st.check_session(h)?;
         let mut g = st.consumer.get(&h.group).cloned().ok_or_else(|| unknown_group(&h.group, "consumer"))?;
         st.last_seen.insert((h.group.clone(), h.member_id.clone()), Instant::now());
-        if g.heartbeat(&h.member_id, &tps_from_proto(owned)).map_err(group_status)? {
+        if g.heartbeat(&h.member_id, &topic_partitions_from_proto(owned)).map_err(group_status)? {
             self.write(p, &view, &mut st, &h.group, &[Entry::Consumer { state: g }]).await?;
             st.push(&h.group);
         }
@@ -587,7 +588,7 @@ impl Coordinator {
     /// Committed offsets of a group.
     pub async fn fetch_offsets(&self, req: &pb::FetchOffsetsRequest) -> Result<Vec<pb::CommittedOffset>, Status> {
         let (_, _, st) = self.lock_for_read(&req.group).await?;
-        let wanted = tps_from_proto(&req.partitions);
+        let wanted = topic_partitions_from_proto(&req.partitions);
         let Some(offsets) = st.offsets.get(&req.group) else { return Ok(Vec::new()) };
         Ok(offsets
             .iter()
@@ -774,7 +775,7 @@ impl Coordinator {
                 client_id: m.client_id.clone(),
                 member_epoch: m.epoch,
                 topics: m.topics.iter().cloned().collect(),
-                assignment: tps_to_proto(&m.assigned),
+                assignment: topic_partitions_to_proto(&m.assigned),
             })
             .collect();
         Ok(pb::DescribeGroupResponse {
@@ -888,7 +889,7 @@ impl ShardState {
         pb::GroupSessionResponse {
             member_id: member.to_owned(),
             member_epoch: m.map_or(0, |m| m.epoch),
-            assignment: m.map(|m| tps_to_proto(&m.assigned)).unwrap_or_default(),
+            assignment: m.map(|m| topic_partitions_to_proto(&m.assigned)).unwrap_or_default(),
             heartbeat_interval_ms: heartbeat_interval_ms(
                 m.map_or(DEFAULT_SESSION_TIMEOUT_MS, |m| m.session_timeout_ms),
             ),
@@ -972,21 +973,6 @@ fn strategy_to_proto(s: Strategy) -> pb::Assignor {
         Strategy::RoundRobin => pb::Assignor::RoundRobin,
         Strategy::Sticky => pb::Assignor::Sticky,
     }
-}
-
-pub fn tps_from_proto(list: &[pb::TopicPartitions]) -> BTreeSet<Tp> {
-    list.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect()
-}
-
-pub fn tps_to_proto(set: &BTreeSet<Tp>) -> Vec<pb::TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (t, p) in set {
-        by_topic.entry(t).or_default().push(*p);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| pb::TopicPartitions { topic: topic.to_owned(), partitions })
-        .collect()
 }
 
 fn committed_to_proto(tp: &Tp, c: &Committed) -> pb::CommittedOffset {

@@ -498,7 +498,9 @@ impl Coordinator {
                 client_id: String::new(),
                 member_epoch: 0,
                 topics: g.topics.keys().cloned().collect(),
-                assignment: super::tps_to_proto(&holding.get(c.as_str()).cloned().unwrap_or_default()),
+                assignment: strata_client::topic_partitions_to_proto(
+                    &holding.get(c.as_str()).cloned().unwrap_or_default(),
+                ),
             })
             .collect();
         let mut partitions = Vec::new();
