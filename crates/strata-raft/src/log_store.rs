@@ -27,11 +27,43 @@ const COMMITTED: &str = "raft.committed";
 /// data consumers read).
 const PURGED: &str = "raft.purged";
 
+/// Hints for a restart (the commit point, the applied entry) are written to
+/// RocksDB at most this often: each write is a RocksDB write with its WAL
+/// append, and a stale hint only means openraft learns or applies a few
+/// entries again after a restart.
+pub(crate) const HINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Says when a restart hint is due again (at most every `interval`,
+/// [`HINT_INTERVAL`] by default).
+#[derive(Clone, Debug)]
+pub(crate) struct HintClock {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Default for HintClock {
+    fn default() -> Self {
+        Self { interval: HINT_INTERVAL, last: None }
+    }
+}
+
+impl HintClock {
+    pub(crate) fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < self.interval) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// One partition's Raft log; cheap to clone (openraft's log reader is one).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     log: PartitionLog,
     purged: std::sync::Arc<std::sync::Mutex<Option<LogId>>>,
+    committed_hint: HintClock,
 }
 
 impl LogStore {
@@ -41,7 +73,17 @@ impl LogStore {
             Some(b) => serde_json::from_slice(&b).map_err(io_err)?,
             None => None,
         };
-        Ok(Self { log, purged: std::sync::Arc::new(std::sync::Mutex::new(purged)) })
+        Ok(Self {
+            log,
+            purged: std::sync::Arc::new(std::sync::Mutex::new(purged)),
+            committed_hint: HintClock::default(),
+        })
+    }
+
+    /// Writes the commit point at most every `interval` (every time: zero).
+    pub fn with_hint_interval(mut self, interval: std::time::Duration) -> Self {
+        self.committed_hint.interval = interval;
+        self
     }
 
     /// The last entry openraft no longer reads: its own purge point, or the
@@ -124,6 +166,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // A hint (openraft learns the commit point again from the leader):
+        // an older one is as safe, so it is written at most every 100 ms.
+        if !self.committed_hint.due() {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
         self.log.stash_state(COMMITTED, &bytes).map_err(io_err)
     }

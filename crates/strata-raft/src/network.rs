@@ -9,14 +9,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError, StreamAppendResult, VoteRequest,
+    VoteResponse,
+};
 use strata_proto::internal as pb;
 use strata_storage::PartitionLog;
 use tonic::transport::{Channel, Endpoint};
@@ -135,6 +141,20 @@ fn vote_response_to_pb(resp: &VoteResponse<TypeConfig>) -> pb::VoteResponse {
     }
 }
 
+fn append_request_from_pb(req: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
+    let mut entries = Vec::with_capacity(req.entries.len());
+    for e in req.entries {
+        let id = entry_id(&log_id_from_pb(e.id.ok_or_else(|| Status::invalid_argument("an entry has no id"))?));
+        entries.push(batch_to_entry(id, e.batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
+    }
+    Ok(AppendEntriesRequest {
+        vote: vote_from_pb(req.vote)?,
+        prev_log_id: req.prev_log_id.map(log_id_from_pb),
+        entries,
+        leader_commit: req.leader_commit.map(log_id_from_pb),
+    })
+}
+
 // ----- identity ----------------------------------------------------------------
 
 /// Who this node is, shared by its Raft service and its connections: its
@@ -247,17 +267,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let req = request.into_inner();
         let raft = self.route(req.group, req.target, &req.cluster_id)?;
-        let mut entries = Vec::with_capacity(req.entries.len());
-        for e in req.entries {
-            let id = entry_id(&log_id_from_pb(e.id.ok_or_else(|| Status::invalid_argument("an entry has no id"))?));
-            entries.push(batch_to_entry(id, e.batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
-        }
-        let rpc = AppendEntriesRequest::<TypeConfig> {
-            vote: vote_from_pb(req.vote)?,
-            prev_log_id: req.prev_log_id.map(log_id_from_pb),
-            entries,
-            leader_commit: req.leader_commit.map(log_id_from_pb),
-        };
+        let rpc = append_request_from_pb(req)?;
         use pb::append_entries_response::Outcome;
         let response = match raft.append_entries(rpc).await.map_err(raft_failed)? {
             AppendEntriesResponse::Success => {
@@ -278,6 +288,70 @@ impl pb::raft_server::Raft for RaftService {
             },
         };
         Ok(Response::new(response))
+    }
+
+    type AppendStreamStream = BoxStream<'static, Result<pb::AppendStreamResponse, Status>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("an empty append stream"))?;
+        let group_pb = first.group;
+        let raft = self.route(group_pb, first.target, &first.cluster_id)?;
+        let group = group_pb.map(GroupId::from);
+        let first = append_request_from_pb(first)?;
+        // Later requests go to the same group. The stream ends at the first
+        // one that is malformed, names another group or does not arrive, or
+        // once this node no longer runs the group (the sender sees its answers
+        // stop, and opens a new stream, which is routed afresh).
+        let groups = self.groups.clone();
+        let rest = inbound.scan((), move |(), next| {
+            let next = match next {
+                Ok(_) if group.is_none_or(|g| groups.get(g).is_none()) => {
+                    tracing::debug!(?group, "append stream for a group this node no longer runs");
+                    None
+                }
+                Ok(req) if req.group.map(GroupId::from) == group => match append_request_from_pb(req) {
+                    Ok(rpc) => Some(rpc),
+                    Err(e) => {
+                        tracing::warn!(?group, error = %e.message(), "append stream refused a request");
+                        None
+                    }
+                },
+                Ok(req) => {
+                    tracing::warn!(?group, other = ?req.group, "append stream request for another group");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(?group, error = %e, "append stream broke");
+                    None
+                }
+            };
+            futures::future::ready(next)
+        });
+        let requests = futures::stream::once(futures::future::ready(first)).chain(rest);
+        use pb::append_stream_response::Outcome;
+        let responses = raft.stream_append(requests).map(|answer| match answer {
+            Ok(Ok(matching)) => Ok(pb::AppendStreamResponse {
+                outcome: Outcome::Matched as i32,
+                log_id: matching.as_ref().map(log_id_to_pb),
+                higher_vote: None,
+            }),
+            Ok(Err(StreamAppendError::Conflict(prev))) => Ok(pb::AppendStreamResponse {
+                outcome: Outcome::Conflict as i32,
+                log_id: Some(log_id_to_pb(&prev)),
+                higher_vote: None,
+            }),
+            Ok(Err(StreamAppendError::HigherVote(vote))) => Ok(pb::AppendStreamResponse {
+                outcome: Outcome::HigherVote as i32,
+                log_id: None,
+                higher_vote: Some(vote_to_pb(&vote)),
+            }),
+            Err(fatal) => Err(raft_failed(fatal)),
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
@@ -517,13 +591,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
         let client = self.peers.raft_client(target, &node.addr);
-        Connection {
-            client,
-            group: self.group,
-            target,
-            identity: Arc::clone(&self.peers.identity),
-            log: self.log.clone(),
-        }
+        let identity = Arc::clone(&self.peers.identity);
+        Connection { client, log: self.log.clone(), stamp: Addressing { group: self.group, target, identity } }
     }
 }
 
@@ -531,10 +600,37 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct Connection {
     client: Result<pb::raft_client::RaftClient<Channel>, String>,
+    log: Option<PartitionLog>,
+    stamp: Addressing,
+}
+
+/// What every request of a group to one peer carries: the group, the node
+/// meant, and the sender's cluster.
+#[derive(Debug, Clone)]
+struct Addressing {
     group: GroupId,
     target: NodeId,
     identity: Arc<Identity>,
-    log: Option<PartitionLog>,
+}
+
+impl Addressing {
+    fn append_request(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Result<pb::AppendEntriesRequest, Failure> {
+        let mut entries = Vec::with_capacity(rpc.entries.len());
+        for e in &rpc.entries {
+            let batch = entry_to_batch(e)
+                .map_err(|e| Failure::Network(TransportError { target: self.target, message: e.to_string() }))?;
+            entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch });
+        }
+        Ok(pb::AppendEntriesRequest {
+            group: Some(self.group.into()),
+            target: self.target,
+            cluster_id: self.identity.cluster_id(),
+            vote: Some(vote_to_pb(&rpc.vote)),
+            prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_pb),
+            entries,
+            leader_commit: rpc.leader_commit.as_ref().map(log_id_to_pb),
+        })
+    }
 }
 
 /// Why a call did not reach the peer's Raft.
@@ -553,6 +649,19 @@ enum Failure {
 }
 
 impl Failure {
+    fn of_status(target: NodeId, status: &Status) -> Self {
+        let e = TransportError { target, message: format!("{}: {}", status.code(), status.message()) };
+        match status.code() {
+            // Down, not listening, or not running this group yet: retry later.
+            tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => Self::Unreachable(e),
+            _ => Self::Network(e),
+        }
+    }
+
+    fn malformed(target: NodeId, what: &str) -> Self {
+        Self::Network(TransportError { target, message: format!("malformed response: {what}") })
+    }
+
     fn rpc(self) -> RPCError<TypeConfig> {
         match self {
             Self::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
@@ -570,7 +679,9 @@ impl Failure {
 
 impl Connection {
     fn client(&self) -> Result<pb::raft_client::RaftClient<Channel>, Failure> {
-        self.client.clone().map_err(|message| Failure::Unreachable(TransportError { target: self.target, message }))
+        self.client
+            .clone()
+            .map_err(|message| Failure::Unreachable(TransportError { target: self.stamp.target, message }))
     }
 
     fn request<T>(&self, message: T, option: &RPCOption) -> Request<T> {
@@ -580,25 +691,59 @@ impl Connection {
     }
 
     fn failed(&self, status: Status) -> Failure {
-        let e = TransportError { target: self.target, message: format!("{}: {}", status.code(), status.message()) };
-        match status.code() {
-            // Down, not listening, or not running this group yet: retry later.
-            tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
-                Failure::Unreachable(e)
-            }
-            _ => Failure::Network(e),
-        }
+        Failure::of_status(self.stamp.target, &status)
     }
 
     fn malformed(&self, what: &str) -> Failure {
-        Failure::Network(TransportError { target: self.target, message: format!("malformed response: {what}") })
+        Failure::malformed(self.stamp.target, what)
+    }
+
+    /// Opens the group's append stream to the peer with `requests`.
+    async fn open_stream(
+        &mut self,
+        requests: impl futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static,
+    ) -> Result<AppendAnswers, Failure> {
+        let stamp = self.stamp.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&sent);
+        // A request that cannot be encoded ends the stream (and is logged):
+        // openraft sees the answers stop and starts a new session.
+        let outbound = requests.scan((), move |(), rpc| {
+            let message = match stamp.append_request(&rpc) {
+                Ok(m) => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    Some(m)
+                }
+                Err(e) => {
+                    let e = match e {
+                        Failure::Unreachable(e) | Failure::Network(e) => e,
+                    };
+                    tracing::error!(group = %stamp.group, error = %e, "an entry could not be encoded for replication");
+                    None
+                }
+            };
+            futures::future::ready(message)
+        });
+        // No deadline on the call: it lives as long as the session. Opening it
+        // and each answer owed have their own below.
+        let mut client = self.client()?;
+        let opened = tokio::time::timeout(APPEND_TIMEOUT, client.append_stream(Request::new(outbound))).await;
+        let answers = match opened {
+            Err(_) => return Err(Failure::Network(self.transport_error("opening the append stream timed out"))),
+            Ok(r) => r.map_err(|s| self.failed(s))?.into_inner(),
+        };
+        Ok(AppendAnswers { target: self.stamp.target, answers, sent, received: 0 })
+    }
+
+    fn transport_error(&self, message: &str) -> TransportError {
+        TransportError { target: self.stamp.target, message: message.to_owned() }
     }
 
     fn vote_request(&self, rpc: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
         pb::VoteRequest {
-            group: Some(self.group.into()),
-            target: self.target,
-            cluster_id: self.identity.cluster_id(),
+            group: Some(self.stamp.group.into()),
+            target: self.stamp.target,
+            cluster_id: self.stamp.identity.cluster_id(),
             vote: Some(vote_to_pb(&rpc.vote)),
             last_log_id: rpc.last_log_id.as_ref().map(log_id_to_pb),
             leadership_transfer: rpc.leadership_transfer,
@@ -615,21 +760,7 @@ impl Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, Failure> {
-        let mut entries = Vec::with_capacity(rpc.entries.len());
-        for e in &rpc.entries {
-            let batch = entry_to_batch(e)
-                .map_err(|e| Failure::Network(TransportError { target: self.target, message: e.to_string() }))?;
-            entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch });
-        }
-        let message = pb::AppendEntriesRequest {
-            group: Some(self.group.into()),
-            target: self.target,
-            cluster_id: self.identity.cluster_id(),
-            vote: Some(vote_to_pb(&rpc.vote)),
-            prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_pb),
-            entries,
-            leader_commit: rpc.leader_commit.as_ref().map(log_id_to_pb),
-        };
+        let message = self.stamp.append_request(&rpc)?;
         let mut request = self.request(message, &option);
         if !rpc.entries.is_empty() {
             // The follower answers once the entries are fsync'd there; on a
@@ -656,12 +787,13 @@ impl Connection {
         snapshot: Snapshot,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, Failure> {
-        let encode =
-            |e: serde_json::Error| Failure::Network(TransportError { target: self.target, message: e.to_string() });
+        let encode = |e: serde_json::Error| {
+            Failure::Network(TransportError { target: self.stamp.target, message: e.to_string() })
+        };
         let message = pb::InstallSnapshotRequest {
-            group: Some(self.group.into()),
-            target: self.target,
-            cluster_id: self.identity.cluster_id(),
+            group: Some(self.stamp.group.into()),
+            target: self.stamp.target,
+            cluster_id: self.stamp.identity.cluster_id(),
             vote: Some(vote_to_pb(&vote)),
             meta_json: serde_json::to_vec(&snapshot.meta).map_err(encode)?.into(),
             data_json: serde_json::to_vec(&snapshot.snapshot).map_err(encode)?.into(),
@@ -683,7 +815,7 @@ impl Connection {
             start_offset,
             batches: Vec::new(),
         };
-        let (group, target) = (self.group, self.target);
+        let (group, target) = (self.stamp.group, self.stamp.target);
         let entries = entries.filter_map(move |chunk| async move {
             match chunk {
                 Ok(c) => Some(c),
@@ -701,8 +833,102 @@ impl Connection {
     }
 }
 
+/// The answers of an open append stream, in the order of its requests.
+struct AppendAnswers {
+    target: NodeId,
+    answers: tonic::Streaming<pb::AppendStreamResponse>,
+    /// Requests handed to the stream, and answers read: while some are owed,
+    /// each must come within [`APPEND_TIMEOUT`] of the one before.
+    sent: Arc<AtomicU64>,
+    received: u64,
+}
+
+type AppendResults<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+impl AppendAnswers {
+    /// The next answer; `None` once the stream ends or after an error.
+    async fn next(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, Failure>> {
+        let message = loop {
+            match tokio::time::timeout(APPEND_TIMEOUT, self.answers.message()).await {
+                Ok(m) => break m,
+                Err(_) if self.sent.load(Ordering::Relaxed) > self.received => {
+                    let message = format!("no answer to an append within {APPEND_TIMEOUT:?}");
+                    return Some(Err(Failure::Network(TransportError { target: self.target, message })));
+                }
+                // Nothing owed: an idle stream.
+                Err(_) => {}
+            }
+        };
+        let answer = match message {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return None,
+            Err(status) => return Some(Err(Failure::of_status(self.target, &status))),
+        };
+        self.received += 1;
+        use pb::append_stream_response::Outcome;
+        let malformed = |what| Some(Err(Failure::malformed(self.target, what)));
+        Some(Ok(match Outcome::try_from(answer.outcome) {
+            Ok(Outcome::Matched) => Ok(answer.log_id.map(log_id_from_pb)),
+            Ok(Outcome::Conflict) => match answer.log_id {
+                Some(prev) => Err(StreamAppendError::Conflict(log_id_from_pb(prev))),
+                None => return malformed("a conflict without its entry"),
+            },
+            Ok(Outcome::HigherVote) => match vote_from_pb(answer.higher_vote) {
+                Ok(v) => Err(StreamAppendError::HigherVote(v)),
+                Err(_) => return malformed("no higher vote"),
+            },
+            Err(_) => return malformed("unknown outcome"),
+        }))
+    }
+
+    /// As openraft reads them: ends after the first error or refusal.
+    fn into_stream(self) -> AppendResults<'static> {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut answers = state?;
+            match answers.next().await? {
+                Ok(Ok(matching)) => Some((Ok(Ok(matching)), Some(answers))),
+                Ok(Err(refused)) => Some((Ok(Err(refused)), None)),
+                Err(failure) => Some((Err(failure.rpc()), None)),
+            }
+        })
+        .boxed()
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Connection {
     type SnapshotData = PartitionSnapshot;
+
+    /// Replication to the peer: a gRPC stream whose requests go out as
+    /// openraft makes them, without waiting for earlier answers (the peer
+    /// answers each once fsync'd, in order). A stream of one request (a
+    /// heartbeat) is one unary call instead.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<AppendResults<'s>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            // Polled once without waiting: the unfolding stream keeps its
+            // place, so nothing is lost if it has no request ready.
+            match input.next().now_or_never() {
+                Some(None) => {
+                    openraft::network::stream_append_sequential(self, futures::stream::iter([first]), option).await
+                }
+                second => {
+                    let ready: Vec<_> = std::iter::once(first).chain(second.flatten()).collect();
+                    let requests = futures::stream::iter(ready).chain(input);
+                    Ok(self.open_stream(requests).await.map_err(Failure::rpc)?.into_stream())
+                }
+            }
+        })
+    }
 
     async fn append_entries(
         &mut self,

@@ -1,17 +1,20 @@
 //! openraft's state machine for a partition.
 //!
 //! A partition's state at entry N *is* its log up to N, so applying an entry
-//! changes no data: it waits until the entry is durable on this replica,
-//! then moves the high watermark, which makes the records visible to
-//! consumers. The applied entry and membership are kept in RocksDB (not
-//! synced: they never lead the segment log, because apply waits for the
-//! fsync, and a lost update only means openraft applies a few entries again).
+//! changes no data: it answers the producer (a committed entry is fsync'd on
+//! a majority of the replicas, which need not include this one) and moves
+//! the high watermark, which makes the records visible to consumers here once
+//! they are durable here too. The applied entry and membership are kept in
+//! RocksDB (not synced, and only once the entry is durable here: the saved
+//! entry never leads the segment log, and a lost update only means openraft
+//! applies a few entries again).
 //!
 //! Snapshots hold the applied entry, the membership and the offset after the
 //! last applied entry; a partition's snapshot is sent with the leader's
 //! retained entries up to it ([`crate::transfer`]), and installing it on a
 //! replica that does not hold that entry replaces its log with them.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +27,7 @@ use strata_storage::PartitionLog;
 use tokio::sync::watch;
 
 use crate::controller::{self, Metadata};
-use crate::log_store::io_err;
+use crate::log_store::{HintClock, io_err};
 use crate::transfer::{self, StagedEntries};
 use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig, entry_id};
 
@@ -105,6 +108,10 @@ pub struct StateMachine {
     state: AppliedState,
     snapshots: Snapshots,
     kind: Kind,
+    /// Applied entries not yet durable here, oldest first (see
+    /// [`StateMachine::save_durable_applied`]).
+    unsaved: VecDeque<LogId>,
+    applied_hint: HintClock,
 }
 
 fn poisoned() -> io::Error {
@@ -149,7 +156,7 @@ impl StateMachine {
             None => None,
         };
         let snapshots = Snapshots { log: log.clone(), slot: Arc::new(Mutex::new(snapshot)) };
-        Ok(Self { log, state, snapshots, kind })
+        Ok(Self { log, state, snapshots, kind, unsaved: VecDeque::new(), applied_hint: HintClock::default() })
     }
 
     /// Rebuilds the controller's metadata up to the applied entry: the
@@ -177,8 +184,27 @@ impl StateMachine {
         Ok(())
     }
 
-    fn save_applied(&self) -> Result<(), io::Error> {
+    fn save_applied(&mut self) -> Result<(), io::Error> {
+        self.unsaved.clear();
         let bytes = serde_json::to_vec(&self.state).map_err(io_err)?;
+        self.log.stash_state(APPLIED, &bytes).map_err(io_err)
+    }
+
+    /// Saves the last applied entry that is durable here: the saved entry
+    /// never leads the log (after a crash openraft re-applies from it, and a
+    /// lost or late update only means it applies a few entries again, so
+    /// apply calls this at most every [`crate::log_store::HINT_INTERVAL`]). Applied entries not
+    /// yet durable wait in `unsaved` for a later call.
+    fn save_durable_applied(&mut self) -> Result<(), io::Error> {
+        let durable = self.log.progress().durable.map_or(0, |d| d.index);
+        let mut newest = None;
+        while let Some(id) = self.unsaved.front().filter(|id| id.index <= durable) {
+            newest = Some(*id);
+            self.unsaved.pop_front();
+        }
+        let Some(applied) = newest else { return Ok(()) };
+        let state = AppliedState { applied: Some(applied), membership: self.state.membership.clone() };
+        let bytes = serde_json::to_vec(&state).map_err(io_err)?;
         self.log.stash_state(APPLIED, &bytes).map_err(io_err)
     }
 }
@@ -231,6 +257,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut answers = Vec::new();
         let mut last = None;
+        let mut membership_changed = false;
         let mut metadata = match &self.kind {
             Kind::Controller(tx) => Some(Metadata::clone(&tx.borrow())),
             Kind::Partition => None,
@@ -246,6 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Membership(m) => {
                     self.state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership_changed = true;
                     Response::default()
                 }
                 EntryPayload::Blank => Response::default(),
@@ -256,12 +284,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         if let Some(last) = last {
-            // Visible (and answered) only once durable here: what is applied
-            // never leads the log.
-            self.log.wait_durable(last.index).await.map_err(io_err)?;
+            // A partition's entries are answered at once: committed means
+            // fsync'd on a majority, which need not include this replica
+            // (readers here still see them only once durable here, and the
+            // applied entry is saved only once it is). The controller's
+            // metadata, and a membership, wait for this replica's fsync.
+            let wait = membership_changed || matches!(self.kind, Kind::Controller(_));
+            if wait {
+                self.log.wait_durable(last.index).await.map_err(io_err)?;
+            }
             self.state.applied = Some(last);
             self.log.set_applied(last.index).map_err(io_err)?;
-            self.save_applied()?;
+            self.unsaved.push_back(last);
+            if wait || self.applied_hint.due() {
+                self.save_durable_applied()?;
+            }
         }
         if let (Kind::Controller(tx), Some(m)) = (&self.kind, metadata) {
             tx.send_replace(Arc::new(m));
@@ -277,8 +314,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Kind::Controller(tx) => Some(Metadata::clone(&tx.borrow())),
             Kind::Partition => None,
         };
-        // The offset after the applied entry, taken now: entries applied
-        // while openraft builds the snapshot elsewhere must not move it.
+        // The offset after the applied entry, taken now (once it is durable
+        // here, so it is visible): entries applied while openraft builds the
+        // snapshot elsewhere must not move it.
+        if let Some(applied) = self.state.applied
+            && let Err(e) = self.log.wait_durable(applied.index).await
+        {
+            tracing::warn!(log = ?self.log, error = %e, "the applied entry did not become durable before a snapshot");
+        }
         let next_offset = self.log.high_watermark();
         SnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone(), metadata, next_offset }
     }

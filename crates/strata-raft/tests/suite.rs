@@ -2,6 +2,7 @@
 //! runs on a fresh data directory with a real RocksDB and real segment files.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -58,7 +59,8 @@ async fn a_saved_commit_point_is_trusted_only_when_the_log_holds_that_entry() {
         Visibility::Applied,
     )
     .expect("open log");
-    let mut store = LogStore::open(log.clone()).await.expect("open log store");
+    // Every save is written (not one per 100 ms as in a running group).
+    let mut store = LogStore::open(log.clone()).await.expect("open log store").with_hint_interval(Duration::ZERO);
     let entries = (0..3).map(|i| blank_ent::<TypeConfig>(1, 1, i)).collect::<Vec<_>>();
     store.append(entries, IOFlushed::noop()).await.expect("append");
     log.wait_durable(2).await.expect("durable");

@@ -132,8 +132,9 @@ impl Inner {
                 let Ok(applied) = self.applied.lock() else { return };
                 match *applied {
                     None => return,
-                    // Applied entries are durable here (apply waits for the
-                    // fsync); the minimum is a second line of defence.
+                    // Visible: applied (committed) and durable here. A
+                    // partition's entries are applied once committed, which
+                    // can be before this replica's own fsync.
                     Some((index, next_offset)) => match progress.durable {
                         Some(d) if d.index <= index => progress.durable_next_offset,
                         Some(_) => next_offset,
@@ -149,6 +150,12 @@ impl Inner {
             }
             moved
         });
+    }
+
+    /// The offset after the last applied entry (0 before any, or without
+    /// consensus).
+    pub(super) fn applied_next_offset(&self) -> u64 {
+        self.applied.lock().ok().and_then(|a| a.map(|(_, next)| next)).unwrap_or(0)
     }
 
     /// Records that the consensus layer applied entries up to `index`;

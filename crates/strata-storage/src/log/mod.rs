@@ -1230,11 +1230,16 @@ impl Inner {
         self.check_failed()?;
         let hw = *self.hw.borrow();
         let log_start = self.log_start.load(Ordering::Acquire);
+        let mut result =
+            ReadResult { batches: Vec::new(), next_offset: offset, high_watermark: hw, log_start_offset: log_start };
+        if offset > hw && offset <= self.applied_next_offset() {
+            // Committed (a producer may have been answered with it) but not
+            // yet durable here: nothing to read yet, not out of range.
+            return Ok(result);
+        }
         if offset < log_start || offset > hw {
             return Err(self.out_of_range(offset));
         }
-        let mut result =
-            ReadResult { batches: Vec::new(), next_offset: offset, high_watermark: hw, log_start_offset: log_start };
         // Control batches are skipped: read on until data or the end.
         while result.batches.is_empty() && result.next_offset < hw {
             let from = result.next_offset;
