@@ -89,6 +89,11 @@ impl Groups {
         }
     }
 
+    /// This node runs `group` (without cloning its handle).
+    pub fn contains(&self, group: GroupId) -> bool {
+        self.inner.read().is_ok_and(|g| g.contains_key(&group))
+    }
+
     pub fn get(&self, group: GroupId) -> Option<PartitionRaft> {
         self.inner.read().ok().and_then(|g| g.get(&group).cloned())
     }
@@ -298,9 +303,8 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("an empty append stream"))?;
-        let group_pb = first.group;
-        let raft = self.route(group_pb, first.target, &first.cluster_id)?;
-        let group = group_pb.map(GroupId::from);
+        let raft = self.route(first.group, first.target, &first.cluster_id)?;
+        let group = first.group.map(GroupId::from);
         let first = append_request_from_pb(first)?;
         // Later requests go to the same group. The stream ends at the first
         // one that is malformed, names another group or does not arrive, or
@@ -309,7 +313,7 @@ impl pb::raft_server::Raft for RaftService {
         let groups = self.groups.clone();
         let rest = inbound.scan((), move |(), next| {
             let next = match next {
-                Ok(_) if group.is_none_or(|g| groups.get(g).is_none()) => {
+                Ok(_) if group.is_none_or(|g| !groups.contains(g)) => {
                     tracing::debug!(?group, "append stream for a group this node no longer runs");
                     None
                 }
@@ -614,11 +618,14 @@ struct Addressing {
 }
 
 impl Addressing {
-    fn append_request(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Result<pb::AppendEntriesRequest, Failure> {
+    fn append_request(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<pb::AppendEntriesRequest, TransportError> {
         let mut entries = Vec::with_capacity(rpc.entries.len());
         for e in &rpc.entries {
-            let batch = entry_to_batch(e)
-                .map_err(|e| Failure::Network(TransportError { target: self.target, message: e.to_string() }))?;
+            let batch =
+                entry_to_batch(e).map_err(|e| TransportError { target: self.target, message: e.to_string() })?;
             entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch });
         }
         Ok(pb::AppendEntriesRequest {
@@ -715,9 +722,6 @@ impl Connection {
                     Some(m)
                 }
                 Err(e) => {
-                    let e = match e {
-                        Failure::Unreachable(e) | Failure::Network(e) => e,
-                    };
                     tracing::error!(group = %stamp.group, error = %e, "an entry could not be encoded for replication");
                     None
                 }
@@ -760,7 +764,7 @@ impl Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, Failure> {
-        let message = self.stamp.append_request(&rpc)?;
+        let message = self.stamp.append_request(&rpc).map_err(Failure::Network)?;
         let mut request = self.request(message, &option);
         if !rpc.entries.is_empty() {
             // The follower answers once the entries are fsync'd there; on a
