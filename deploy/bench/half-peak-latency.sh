@@ -6,11 +6,12 @@
 #   deploy/bench/half-peak-latency.sh [ROUNDS]
 #
 # Steps (every step bounded in time):
-#  1. fio alone: 3 writers (one per node), 64 KiB writes, fdatasync after each,
-#     at the byte rate a node writes at half peak; prints the sync percentiles.
-#  2. `strata dev --nodes 3`, then `strata bench produce` unpaced (the peak),
-#     then ROUNDS paced runs at half of that peak (1 KiB records, 64 per
-#     request, 16 producers, 8 partitions, RF 3, acks=quorum).
+#  1. `strata dev --nodes 3`, then `strata bench produce` unpaced (the peak).
+#  2. ROUNDS times: fio alone on the same disk with the cluster idle, as the
+#     cluster writes at half peak (24 files, 64 KiB writes, fdatasync after
+#     each; see disk_alone), then a paced run at half of the peak (1 KiB
+#     records, 64 per request, 16 producers, 8 partitions, RF 3,
+#     acks=quorum), so that each Strata figure has the disk's own beside it.
 # Needs a release build (cargo build --release -p strata) and fio
 # (apt-get install fio).
 set -euo pipefail
@@ -61,18 +62,34 @@ peak_line="$(bench peak)"
 echo "peak: $peak_line"
 peak="$(sed -E 's/.*s: ([0-9]+) records\/s.*/\1/' <<<"$peak_line")"
 half=$((peak / 2))
-# Each node holds a replica of every partition, so each writes the whole load.
-mb_per_node=$(( (half * 1024 + 999999) / 1000000 ))
+# Each node holds a replica of every partition, so each writes the whole
+# load: the disk sees 3 x 8 files appended at once, each with an fdatasync
+# per write.
+kb_per_file=$(( (half * 1024 / 8 + 1023) / 1024 ))
 
-echo "== fio: 3 writers x ${mb_per_node} MB/s, 64 KiB + fdatasync each (the disk alone)" >&2
+# fio alone, while the cluster idles: 24 files (3 nodes x 8 partitions)
+# appended 64 KiB at a time with an fdatasync after each write, at the rate
+# each partition replica writes at half peak, for 10 s. Prints the
+# fdatasync percentiles in ms. The disk of a VM changes from minute to
+# minute, so it is measured again right before each round.
+disk_alone() {
+  local dir="$work/fio$1"
+  mkdir -p "$dir"
+  (cd "$dir" && timeout 60 fio --name=sync --rw=write --bs=64k --size=256m --fdatasync=1 --fallocate=none \
+    --numjobs=24 --rate="${kb_per_file}k" --time_based --runtime=10 --group_reporting --output-format=json) \
+    >"$work/fio$1.json" 2>/dev/null
+  python3 - "$work/fio$1.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))["jobs"][0]["sync"]["lat_ns"]["percentile"]
+ms = lambda q: p[q] / 1e6
+print(f"fdatasync p50 {ms('50.000000'):.2f} ms, p99 {ms('99.000000'):.2f} ms, p99.9 {ms('99.900000'):.2f} ms")
+PY
+}
+
+echo "== half of peak: $half records/s, $rounds rounds on a fresh cluster, each after the disk alone (24 files x ${kb_per_file} KiB/s)" >&2
 kill -INT "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=""
-(cd "$work" && timeout 60 fio --name=sync --rw=write --bs=64k --size=256m --fdatasync=1 --numjobs=3 \
-  --rate="${mb_per_node}m" --time_based --runtime=20 --group_reporting) >"$work/fio.txt" 2>&1
-echo "fio fdatasync latency (usec):"
-grep -A6 "sync percentiles" "$work/fio.txt" | tail -5
-
-echo "== half of peak: $half records/s, $rounds rounds" >&2
 start_cluster
 for r in $(seq "$rounds"); do
+  echo "disk $r: $(disk_alone "$r")"
   echo "half $r: $(bench "half$r" --rate "$half")"
 done

@@ -5,8 +5,9 @@
 //! operation (for a producer: send `batch` records and wait for their
 //! acknowledgement) and the harness records the operation's latency in an HDR
 //! histogram. The run stops after a record count or a duration, whichever is
-//! given (a count-bounded run is also capped by `max_duration`). Progress goes
-//! to stderr once a second; the report to stdout.
+//! given (a count-bounded run is also capped by `max_duration`). Progress
+//! (records and that second's latency percentiles) goes to stderr once a
+//! second; the report to stdout.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -113,12 +114,18 @@ struct Shared {
     records: AtomicU64,
     bytes: AtomicU64,
     stop: AtomicBool,
+    /// Latencies of the current progress interval (reset once a second).
+    window: std::sync::Mutex<Histogram<u64>>,
 }
 
 /// Runs `workers` to the limits and reports.
 pub async fn run<W: Worker>(label: &str, workers: Vec<W>, limits: Limits) -> anyhow::Result<Report> {
-    let shared =
-        Arc::new(Shared { records: AtomicU64::new(0), bytes: AtomicU64::new(0), stop: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        records: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        window: std::sync::Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+    });
     let start = Instant::now();
     let measure_from = start + limits.warmup;
     let deadline = start + limits.duration.unwrap_or(limits.max_duration).min(limits.max_duration) + limits.warmup;
@@ -153,7 +160,11 @@ pub async fn run<W: Worker>(label: &str, workers: Vec<W>, limits: Limits) -> any
                 if t0 < measure_from {
                     continue;
                 }
-                hist.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                let micros = t0.elapsed().as_micros().max(1) as u64;
+                hist.saturating_record(micros);
+                if let Ok(mut window) = shared.window.lock() {
+                    window.saturating_record(micros);
+                }
                 ops += 1;
                 let total = shared.records.fetch_add(op.records, Ordering::Relaxed) + op.records;
                 shared.bytes.fetch_add(op.bytes, Ordering::Relaxed);
@@ -174,8 +185,22 @@ pub async fn run<W: Worker>(label: &str, workers: Vec<W>, limits: Limits) -> any
             loop {
                 ticker.tick().await;
                 let now = shared.records.load(Ordering::Relaxed);
+                let latency = match shared.window.lock() {
+                    Ok(mut w) if !w.is_empty() => {
+                        let ms = |v: u64| v as f64 / 1000.0;
+                        let line = format!(
+                            "  latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                            ms(w.value_at_quantile(0.5)),
+                            ms(w.value_at_quantile(0.99)),
+                            ms(w.max())
+                        );
+                        w.reset();
+                        line
+                    }
+                    _ => String::new(),
+                };
                 eprintln!(
-                    "[{label}] {:>5.0}s  {:>10} records  {:>10} records/s",
+                    "[{label}] {:>5.0}s  {:>10} records  {:>10} records/s{latency}",
                     start.elapsed().as_secs_f64(),
                     now,
                     now - last

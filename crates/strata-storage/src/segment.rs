@@ -13,6 +13,10 @@ use crate::error::{IoContext, Result};
 
 pub(crate) const SUFFIX: &str = ".log";
 
+/// Durable bytes at the end of a segment left in the page cache for tail
+/// readers; the kernel is told it may drop what lies before them.
+pub const CACHED_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
 pub(crate) fn file_name(base: u64) -> String {
     format!("{base:020}{SUFFIX}")
 }
@@ -52,6 +56,9 @@ pub(crate) struct Segment {
     /// Set once the segment is sealed durably: all its batches fsync'd and
     /// indexed, its metadata recorded. Only such segments may be deleted.
     pub sealed: std::sync::atomic::AtomicBool,
+    /// Where the page-cache range not yet given back starts (see
+    /// [`Segment::release_cache`]).
+    cached_from: AtomicU64,
 }
 
 impl Segment {
@@ -67,7 +74,27 @@ impl Segment {
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             created_ms: crate::now_ms(),
             sealed: std::sync::atomic::AtomicBool::new(false),
+            cached_from: AtomicU64::new(0),
         })
+    }
+
+    /// Tells the kernel that the durable bytes before the last
+    /// [`CACHED_TAIL_BYTES`] need not stay in the page cache. Written pages
+    /// otherwise pile up in memory until reclaim has to find them, and every
+    /// new write then waits on fresh pages; this way the memory of data
+    /// already durable is reused. Readers further behind read from the disk.
+    /// Only advice: an error is ignored.
+    pub fn release_cache(&self) {
+        let keep_from = self.len().saturating_sub(CACHED_TAIL_BYTES) & !4095;
+        let from = self.cached_from.load(Ordering::Acquire);
+        if keep_from <= from {
+            return;
+        }
+        self.cached_from.store(keep_from, Ordering::Release);
+        let len = std::num::NonZeroU64::new(keep_from - from);
+        if let Err(error) = rustix::fs::fadvise(&self.file, from, len, rustix::fs::Advice::DontNeed) {
+            tracing::debug!(file = %self.path.display(), %error, "posix_fadvise(DONTNEED) failed");
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -175,4 +202,45 @@ fn valid_batch_after(file: &File, file_len: u64, pos: u64, head: &[u8]) -> bool 
     }
     let mut whole = vec![0u8; next_header.size];
     file.read_exact_at(&mut whole, next).is_ok() && strata_record::verify(&whole).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(seg: &Segment, len: u64) {
+        let mut at = 0;
+        while at < len {
+            let chunk: Vec<u8> = (0..65536u64).map(|i| ((at + i) % 251) as u8).collect();
+            seg.file.write_all_at(&chunk, at).unwrap();
+            at += chunk.len() as u64;
+        }
+        seg.file.sync_data().unwrap();
+        seg.durable_len.store(len, Ordering::Release);
+    }
+
+    #[test]
+    fn release_cache_keeps_the_tail_and_data_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::open(dir.path(), 0, true).unwrap();
+        // Less than the cached tail: nothing is given back.
+        fill(&seg, CACHED_TAIL_BYTES / 2);
+        seg.release_cache();
+        assert_eq!(seg.cached_from.load(Ordering::Acquire), 0);
+        // Past it: everything before the last CACHED_TAIL_BYTES (page-aligned).
+        let len = CACHED_TAIL_BYTES + 3 * 65536 + 100;
+        fill(&seg, len);
+        seg.release_cache();
+        let from = seg.cached_from.load(Ordering::Acquire);
+        assert_eq!(from, (len - CACHED_TAIL_BYTES) & !4095);
+        // A second call with nothing new durable does nothing.
+        seg.release_cache();
+        assert_eq!(seg.cached_from.load(Ordering::Acquire), from);
+        // Bytes given back to the kernel read back from the disk unchanged.
+        for at in [0u64, 65536, from - 10] {
+            let got = seg.read_at(at, 10).unwrap();
+            let want: Vec<u8> = (at..at + 10).map(|i| (i % 251) as u8).collect();
+            assert_eq!(got, want, "bytes at {at}");
+        }
+    }
 }

@@ -1171,14 +1171,14 @@ impl Inner {
     /// watermark. Blocking.
     fn sync_written(&self, written: &[Written]) -> Result<()> {
         self.check_failed()?;
-        let mut synced: Vec<u64> = Vec::new();
+        let mut synced: Vec<&Arc<Segment>> = Vec::new();
         let mut entries = Vec::with_capacity(written.len());
         let mut points = Vec::new();
         for item in written {
             if let Written::Batch(b) = item {
-                if !synced.contains(&b.segment.base) {
+                if !synced.iter().any(|s| s.base == b.segment.base) {
                     b.segment.file.sync_data().at(&b.segment.path)?;
-                    synced.push(b.segment.base);
+                    synced.push(&b.segment);
                 }
                 entries.push(b.entry);
                 points.extend(b.point);
@@ -1210,6 +1210,9 @@ impl Inner {
             });
             self.recent.lock().map_err(|_| self.poisoned())?.trim(Some(id), self.recent_budget());
             self.publish();
+        }
+        for segment in synced {
+            segment.release_cache();
         }
         Ok(())
     }
