@@ -97,6 +97,11 @@ impl Segment {
         }
     }
 
+    /// The file was cut to `len`: bytes written there again are cached anew.
+    pub fn cut_cache_mark(&self, len: u64) {
+        self.cached_from.fetch_min(len & !4095, Ordering::AcqRel);
+    }
+
     pub fn len(&self) -> u64 {
         self.durable_len.load(Ordering::Acquire)
     }
@@ -208,12 +213,16 @@ fn valid_batch_after(file: &File, file_len: u64, pos: u64, head: &[u8]) -> bool 
 mod tests {
     use super::*;
 
+    /// Appends a byte pattern (byte `i` of the file is `i % 251`) up to
+    /// `len` bytes, fsyncs, and marks it durable.
     fn fill(seg: &Segment, len: u64) {
-        let mut at = 0;
+        use std::io::Write;
+        let mut at = seg.file.metadata().unwrap().len();
         while at < len {
-            let chunk: Vec<u8> = (0..65536u64).map(|i| ((at + i) % 251) as u8).collect();
-            seg.file.write_all_at(&chunk, at).unwrap();
-            at += chunk.len() as u64;
+            let n = 65536.min(len - at);
+            let chunk: Vec<u8> = (at..at + n).map(|i| (i % 251) as u8).collect();
+            (&seg.file).write_all(&chunk).unwrap();
+            at += n;
         }
         seg.file.sync_data().unwrap();
         seg.durable_len.store(len, Ordering::Release);
@@ -237,7 +246,8 @@ mod tests {
         seg.release_cache();
         assert_eq!(seg.cached_from.load(Ordering::Acquire), from);
         // Bytes given back to the kernel read back from the disk unchanged.
-        for at in [0u64, 65536, from - 10] {
+        assert_eq!(seg.file.metadata().unwrap().len(), len);
+        for at in [0u64, 65536, from - 10, len - 10] {
             let got = seg.read_at(at, 10).unwrap();
             let want: Vec<u8> = (at..at + 10).map(|i| (i % 251) as u8).collect();
             assert_eq!(got, want, "bytes at {at}");

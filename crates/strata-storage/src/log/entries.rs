@@ -232,6 +232,7 @@ impl Inner {
         segment::sync_dir(&self.dir)?;
         let seg: Arc<Segment> = Arc::clone(&segments[keep]);
         seg.file.set_len(first.position).at(&seg.path)?;
+        seg.cut_cache_mark(first.position);
         seg.file.sync_all().at(&seg.path)?;
         self.index.truncate_from(first.base_offset, from)?;
         if seg.sealed.swap(false, Ordering::AcqRel) {
