@@ -217,21 +217,21 @@ mod tests {
     /// `len` bytes, fsyncs, and marks it durable.
     fn fill(seg: &Segment, len: u64) {
         use std::io::Write;
-        let mut at = seg.file.metadata().unwrap().len();
+        let mut at = seg.file.metadata().expect("metadata").len();
         while at < len {
             let n = 65536.min(len - at);
             let chunk: Vec<u8> = (at..at + n).map(|i| (i % 251) as u8).collect();
-            (&seg.file).write_all(&chunk).unwrap();
+            (&seg.file).write_all(&chunk).expect("write");
             at += n;
         }
-        seg.file.sync_data().unwrap();
+        seg.file.sync_data().expect("sync");
         seg.durable_len.store(len, Ordering::Release);
     }
 
     #[test]
     fn release_cache_keeps_the_tail_and_data_stays_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let seg = Segment::open(dir.path(), 0, true).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = Segment::open(dir.path(), 0, true).expect("open");
         // Less than the cached tail: nothing is given back.
         fill(&seg, CACHED_TAIL_BYTES / 2);
         seg.release_cache();
@@ -246,9 +246,9 @@ mod tests {
         seg.release_cache();
         assert_eq!(seg.cached_from.load(Ordering::Acquire), from);
         // Bytes given back to the kernel read back from the disk unchanged.
-        assert_eq!(seg.file.metadata().unwrap().len(), len);
+        assert_eq!(seg.file.metadata().expect("metadata").len(), len);
         for at in [0u64, 65536, from - 10, len - 10] {
-            let got = seg.read_at(at, 10).unwrap();
+            let got = seg.read_at(at, 10).expect("read");
             let want: Vec<u8> = (at..at + 10).map(|i| (i % 251) as u8).collect();
             assert_eq!(got, want, "bytes at {at}");
         }
