@@ -19,39 +19,12 @@ cd "$(dirname "$0")/../.."
 rounds="${1:-3}"
 strata="${STRATA:-target/release/strata}"
 work="$(mktemp -d /tmp/strata-half-peak.XXXXXX)"
-servers=127.0.0.1:7701,127.0.0.1:7702,127.0.0.1:7703
-dev_pid=""
-cleanup() {
-  if [ -n "$dev_pid" ]; then kill -INT "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-[ -x "$strata" ] || { echo "build first: cargo build --release -p strata" >&2; exit 1; }
+. deploy/bench/dev-cluster.sh
 command -v fio >/dev/null || { echo "fio is missing: apt-get install fio" >&2; exit 1; }
 
 bench() {
   timeout 120 "$strata" bench produce --server "$servers" --topic "$1" --partitions 8 --replication-factor 3 \
     --concurrency 16 --batch 64 --record-size 1024 --duration 10s --warmup 2s "${@:2}" 2>/dev/null | tail -1
-}
-
-# A fresh `strata dev` cluster in a directory of its own, answering within
-# 20 s. Nothing is deleted until the script exits: on a filesystem mounted
-# with online `discard` (this VM's root is), deleting the previous cluster's
-# gigabytes makes the kernel discard them during the next step, and the
-# discards stall every fsync for tens to hundreds of milliseconds.
-clusters=0
-start_cluster() {
-  clusters=$((clusters + 1))
-  sync
-  "$strata" dev --nodes 3 --base-port 7701 --data-dir "$work/cluster$clusters" >"$work/dev.log" 2>&1 &
-  dev_pid=$!
-  for _ in $(seq 100); do
-    "$strata" cluster status --server "$servers" >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "the cluster did not answer within 20 s; see $work/dev.log" >&2
-  exit 1
 }
 
 echo "== strata dev --nodes 3 (data in $work)" >&2
@@ -87,7 +60,7 @@ PY
 }
 
 echo "== half of peak: $half records/s, $rounds rounds on a fresh cluster, each after the disk alone (24 files x ${kb_per_file} KiB/s)" >&2
-kill -INT "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=""
+stop_cluster
 start_cluster
 for r in $(seq "$rounds"); do
   echo "disk $r: $(disk_alone "$r")"

@@ -791,9 +791,7 @@ impl Connection {
         snapshot: Snapshot,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, Failure> {
-        let encode = |e: serde_json::Error| {
-            Failure::Network(TransportError { target: self.stamp.target, message: e.to_string() })
-        };
+        let encode = |e: serde_json::Error| Failure::Network(self.transport_error(&e.to_string()));
         let message = pb::InstallSnapshotRequest {
             group: Some(self.stamp.group.into()),
             target: self.stamp.target,
