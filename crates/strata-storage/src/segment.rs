@@ -14,8 +14,16 @@ use crate::error::{IoContext, Result};
 pub(crate) const SUFFIX: &str = ".log";
 
 /// Durable bytes at the end of a segment left in the page cache for tail
-/// readers; the kernel is told it may drop what lies before them.
+/// readers (at least these, less than one [`RELEASE_STEP`] more); the kernel
+/// is told it may drop what lies before them.
 pub const CACHED_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The page cache is given back in whole steps of this size, aligned to it:
+/// the largest folio the kernel caches a file in (2 MiB, a PMD on x86-64)
+/// is aligned to its own size, so no folio straddles a boundary of the
+/// range. A range cut inside a large folio leaves that folio cached, and
+/// the next call, starting where this one ended, would skip it again.
+const RELEASE_STEP: u64 = 2 * 1024 * 1024;
 
 pub(crate) fn file_name(base: u64) -> String {
     format!("{base:020}{SUFFIX}")
@@ -85,7 +93,7 @@ impl Segment {
     /// already durable is reused. Readers further behind read from the disk.
     /// Only advice: an error is ignored.
     pub fn release_cache(&self) {
-        let keep_from = self.len().saturating_sub(CACHED_TAIL_BYTES) & !4095;
+        let keep_from = self.len().saturating_sub(CACHED_TAIL_BYTES) & !(RELEASE_STEP - 1);
         let from = self.cached_from.load(Ordering::Acquire);
         if keep_from <= from {
             return;
@@ -99,7 +107,7 @@ impl Segment {
 
     /// The file was cut to `len`: bytes written there again are cached anew.
     pub fn cut_cache_mark(&self, len: u64) {
-        self.cached_from.fetch_min(len & !4095, Ordering::AcqRel);
+        self.cached_from.fetch_min(len & !(RELEASE_STEP - 1), Ordering::AcqRel);
     }
 
     pub fn len(&self) -> u64 {
@@ -236,12 +244,16 @@ mod tests {
         fill(&seg, CACHED_TAIL_BYTES / 2);
         seg.release_cache();
         assert_eq!(seg.cached_from.load(Ordering::Acquire), 0);
-        // Past it: everything before the last CACHED_TAIL_BYTES (page-aligned).
-        let len = CACHED_TAIL_BYTES + 3 * 65536 + 100;
+        // Past it by less than a step: still nothing.
+        fill(&seg, CACHED_TAIL_BYTES + RELEASE_STEP - 1);
+        seg.release_cache();
+        assert_eq!(seg.cached_from.load(Ordering::Acquire), 0);
+        // Past it: everything before the last CACHED_TAIL_BYTES, in whole steps.
+        let len = CACHED_TAIL_BYTES + 2 * RELEASE_STEP + 3 * 65536 + 100;
         fill(&seg, len);
         seg.release_cache();
         let from = seg.cached_from.load(Ordering::Acquire);
-        assert_eq!(from, (len - CACHED_TAIL_BYTES) & !4095);
+        assert_eq!(from, 2 * RELEASE_STEP);
         // A second call with nothing new durable does nothing.
         seg.release_cache();
         assert_eq!(seg.cached_from.load(Ordering::Acquire), from);
@@ -252,5 +264,46 @@ mod tests {
             let want: Vec<u8> = (at..at + 10).map(|i| (i % 251) as u8).collect();
             assert_eq!(got, want, "bytes at {at}");
         }
+    }
+
+    /// Bytes of `path` in the page cache, from util-linux's `fincore`
+    /// (essential on Debian).
+    fn resident_bytes(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("run fincore (util-linux)");
+        assert!(out.status.success(), "fincore failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("fincore prints a byte count")
+    }
+
+    /// Appended as the syncer does (writes of a 64-record batch of 1 KiB
+    /// records, which do not fall on page boundaries, each fsync'd and then
+    /// released), a segment keeps only about its tail in the page cache,
+    /// however the kernel sized the folios it cached the file in.
+    #[test]
+    fn released_pages_leave_the_page_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let fs = rustix::fs::statfs(dir.path()).expect("statfs");
+        if fs.f_type as i64 == TMPFS_MAGIC {
+            eprintln!("skipped: {} is on tmpfs, whose pages are the file itself", dir.path().display());
+            return;
+        }
+        let seg = Segment::open(dir.path(), 0, true).expect("open");
+        let total = CACHED_TAIL_BYTES + 24 * 1024 * 1024;
+        let mut len = 0;
+        while len < total {
+            len += 64 * 1100;
+            fill(&seg, len);
+            seg.release_cache();
+        }
+        let resident = resident_bytes(&seg.path);
+        assert!(
+            // The tail, plus at most a 2 MiB step not yet given back.
+            resident <= CACHED_TAIL_BYTES + 2 * 1024 * 1024,
+            "{resident} bytes of a {total}-byte segment are still cached"
+        );
     }
 }
