@@ -38,6 +38,15 @@ pub const GRPC_MESSAGE_LIMIT: usize = strata_storage::MAX_MESSAGE_BYTES_LIMIT as
 pub const H2_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
+/// Largest HTTP/2 frame peers may send this server. With the 16 KiB default
+/// a 64 KiB batch (a produce request, a replicated entry) crosses the socket
+/// as five frames, each its own `writev` and `recvfrom`s on the other side;
+/// measured at half of peak on three nodes, that was most of the system
+/// calls per request. A larger frame holds the connection a little longer
+/// (1 MiB is under a millisecond on loopback or a 10 Gb/s link) before a
+/// frame of another stream, a heartbeat say, can go.
+pub const H2_MAX_FRAME: u32 = 1024 * 1024;
+
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -127,6 +136,7 @@ impl Node {
             // Large windows: a produce request carries up to a whole batch.
             .initial_stream_window_size(Some(H2_STREAM_WINDOW))
             .initial_connection_window_size(Some(H2_CONNECTION_WINDOW))
+            .max_frame_size(Some(H2_MAX_FRAME))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -303,7 +303,7 @@ mod tests {
         assert!(
             // The tail, plus at most a 2 MiB step not yet given back.
             resident <= CACHED_TAIL_BYTES + 2 * 1024 * 1024,
-            "{resident} bytes of a {total}-byte segment are still cached"
+            "{resident} bytes of a {len}-byte segment are still cached"
         );
     }
 }
