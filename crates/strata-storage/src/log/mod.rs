@@ -682,7 +682,8 @@ impl PartitionLog {
 /// Writes groups of queued appends to the active segment (page cache only)
 /// and hands them to the syncer. While the syncer fsyncs one group, the next
 /// is being written: the disk is never idle waiting for the CPU, and
-/// concurrent producers share each fsync.
+/// concurrent producers share each fsync. A group that finds nothing queued
+/// behind it and the syncer idle is synced by the writer itself.
 async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
     let syncer = tokio::spawn(syncer_loop(Arc::clone(&inner)));
     let mut held = None;
