@@ -748,24 +748,17 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
             })
             .await
             .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
-            let result = result.map(|written| {
-                written.into_iter().filter_map(|w| match w {
-                    Written::Batch(b) => Some(b.info),
-                    Written::Seal(_) => None,
-                })
-            });
             match result {
-                Ok(infos) => {
+                Ok(written) => {
+                    let infos = written.iter().filter_map(|w| match w {
+                        Written::Batch(b) => Some(b.info),
+                        Written::Seal(_) => None,
+                    });
                     for (req, info) in group.into_iter().zip(infos) {
                         let _ = req.reply.send(Ok(info));
                     }
                 }
-                Err(e) => {
-                    inner.write_failed(&e);
-                    for req in group {
-                        let _ = req.reply.send(Err(e.clone()));
-                    }
-                }
+                Err(e) => fail_group(&inner, group, &e),
             }
             inner.unsynced_bytes.add_permits(bytes);
             continue;
@@ -789,10 +782,7 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
             }
             Err(e) => {
                 inner.unsynced_bytes.add_permits(bytes);
-                inner.write_failed(&e);
-                for req in group {
-                    let _ = req.reply.send(Err(e.clone()));
-                }
+                fail_group(&inner, group, &e);
             }
         }
     }
@@ -807,6 +797,15 @@ async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
     inner.writer_done.store(true, Ordering::Release);
     inner.sync_wakeup.notify_one();
     let _ = syncer.await;
+}
+
+/// A group could not be written or synced: the partition stops taking
+/// writes, and every append of the group hears why.
+fn fail_group(inner: &Inner, group: Vec<AppendRequest>, error: &StorageError) {
+    inner.write_failed(error);
+    for req in group {
+        let _ = req.reply.send(Err(error.clone()));
+    }
 }
 
 /// Makes written groups durable: fdatasync of every segment they touched,
@@ -1229,6 +1228,19 @@ impl Inner {
     /// watermark. Blocking.
     fn sync_written(&self, written: &[Written]) -> Result<()> {
         self.check_failed()?;
+        // Groups become durable in the order they were written (the writer
+        // syncs a group itself only when the syncer holds none): publishing
+        // one out of order would acknowledge batches whose fsync is pending.
+        let first = written.iter().find_map(|w| match w {
+            Written::Batch(b) => Some(b.entry.base_offset),
+            Written::Seal(_) => None,
+        });
+        let durable_next = self.progress.borrow().durable_next_offset;
+        if let Some(first) = first.filter(|first| *first != durable_next) {
+            return Err(self.internal(&format!(
+                "a group starting at offset {first} was synced while the log is durable only up to offset {durable_next}"
+            )));
+        }
         let mut synced: Vec<&Arc<Segment>> = Vec::new();
         let mut entries = Vec::with_capacity(written.len());
         let mut points = Vec::new();
