@@ -8,7 +8,8 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` over the segment log (votes
 //!   and the committed entry live in RocksDB beside the indices).
 //! - [`network`]: Raft messages between nodes over gRPC, every group of a
-//!   node pair on one connection.
+//!   node pair on one connection; [`coalesce`] holds back commit-only
+//!   requests that a following request makes redundant.
 //! - [`state_machine`]: openraft's `RaftStateMachine`. Applying an entry
 //!   makes it visible to consumers once it is durable on this replica; the
 //!   partition's state at entry N is its log up to N.
@@ -16,6 +17,7 @@
 //! The design and its reasons are in docs/ARCHITECTURE.md ("Replication
 //! with Raft").
 
+pub mod coalesce;
 pub mod controller;
 pub mod group;
 pub mod log_store;
