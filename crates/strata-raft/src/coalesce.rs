@@ -3,20 +3,21 @@
 //!
 //! openraft sends a follower an AppendEntries request without entries
 //! whenever the commit index moves and no new entry is ready to carry it.
-//! Below peak that is nearly every commit: a produce then costs two round
-//! trips per follower (the entries, then the commit), and the second one is
-//! pure overhead for the producer, which is acknowledged at commit on the
-//! leader. [`Coalesce`] holds such a request for a short window; if a later
+//! Below peak that is nearly every commit: a produce then costs two requests
+//! and two answers per follower (the entries, then the commit), and the
+//! second pair is pure overhead for the producer, which is acknowledged at
+//! commit on the leader. [`Coalesce`] holds such a request for a short window; if a later
 //! request of the same stream comes within it, the held one is dropped (the
 //! later one carries the same or a newer commit, and starts where the held
 //! one ends), otherwise it goes out when the window closes.
 //!
-//! Dropping it is sound: openraft matches each answer to every request up to
-//! the log id it names (`drain_acked`), so the later request's answer
-//! acknowledges the dropped one too, with a later sending time (a stronger
-//! proof of leadership, not a weaker one). The only cost is that a follower
-//! learns a commit up to one window later when no entry follows; the
-//! leader's commit, and so every acknowledgement, is not delayed.
+//! Dropping it is sound and makes up no answer: openraft counts an answer
+//! for every request of the stream up to the log id it names
+//! (`drain_acked`), and an entry-less request names its prev, so any later
+//! answer at or past that entry clears it, exactly as if it had been sent.
+//! The only cost is that a follower learns a commit up to one window later
+//! when no entry follows (heartbeats carry it too); the leader's commit, and
+//! so every acknowledgement, is not delayed.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -861,13 +861,17 @@ impl AppendAnswers {
     /// The next answer; `None` once the stream ends or after an error.
     async fn next(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, Failure>> {
         let message = loop {
+            // Only an answer owed since before this wait began has waited
+            // the whole deadline; requests sent during it (after an idle
+            // spell) get a wait of their own.
+            let owed_before = self.sent.load(Ordering::Relaxed) > self.received;
             match tokio::time::timeout(APPEND_TIMEOUT, self.answers.message()).await {
                 Ok(m) => break m,
-                Err(_) if self.sent.load(Ordering::Relaxed) > self.received => {
+                Err(_) if owed_before => {
                     let message = format!("no answer to an append within {APPEND_TIMEOUT:?}");
                     return Some(Err(Failure::Network(TransportError { target: self.target, message })));
                 }
-                // Nothing owed: an idle stream.
+                // Nothing owed when the wait began: an idle stream.
                 Err(_) => {}
             }
         };
