@@ -6,10 +6,11 @@
 //! Below peak that is nearly every commit: a produce then costs two requests
 //! and two answers per follower (the entries, then the commit), and the
 //! second pair is pure overhead for the producer, which is acknowledged at
-//! commit on the leader. [`Coalesce`] holds such a request for a short window; if a later
-//! request of the same stream comes within it, the held one is dropped (the
-//! later one carries the same or a newer commit, and starts where the held
-//! one ends), otherwise it goes out when the window closes.
+//! commit on the leader. [`Coalesce`] holds such a request for a short
+//! window; if a later request of the same stream comes within it, the held
+//! one is dropped (the later one carries the same or a newer commit, and
+//! starts where the held one ends), otherwise it goes out when the window
+//! closes.
 //!
 //! Dropping it is sound and makes up no answer: openraft counts an answer
 //! for every request of the stream up to the log id it names
