@@ -1,12 +1,15 @@
 //! Reading partitions: a polling consumer and a server-streaming subscription.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use strata_proto::v1 as pb;
 use strata_record::Record;
+use tokio::time::Instant;
 
+use crate::retry::{Backoff, Retry};
 use crate::{Client, ClientError, FetchResult, Result};
 
 /// Where to start reading.
@@ -34,7 +37,8 @@ pub(crate) fn decode_response(resp: pb::FetchResponse, offset: u64) -> Result<Fe
 }
 
 impl Client {
-    /// Resolves a start position to an offset of one partition.
+    /// Resolves a start position to an offset of one partition (asked of
+    /// its leader, riding through a failover until the client's timeout).
     pub async fn resolve_offset(&self, topic: &str, partition: u32, start: StartOffset) -> Result<u64> {
         let (spec, ts) = match start {
             StartOffset::Offset(o) => return Ok(o),
@@ -42,35 +46,157 @@ impl Client {
             StartOffset::Latest => (pb::OffsetSpec::Latest, 0),
             StartOffset::Timestamp(ts) => (pb::OffsetSpec::Timestamp, ts),
         };
-        let leader = self.partition_leader(topic, partition).await?;
-        let offsets = leader.list_offsets(topic, &[partition], spec, ts).await?;
+        let offsets = self.partition_offsets(topic, partition, spec, ts).await?;
         offsets.first().map(|o| o.offset).ok_or(ClientError::Protocol("ListOffsets response without the partition"))
     }
 
     /// Tails a partition from `start`: a stream of records that never ends
     /// on its own (the server pushes new records as they become durable).
+    ///
+    /// The subscription rides through a failover: when its stream breaks
+    /// (the node died, lost its connection or shut down), it is opened
+    /// again at the partition's leader, looked up again, from the offset
+    /// after the last record delivered (no record twice, none skipped),
+    /// backing off while no leader answers. After the client's timeout
+    /// without one, the stream yields [`ClientError::Unreachable`] and ends;
+    /// other errors end it at once.
     pub async fn subscribe(&self, topic: &str, partition: u32, start: StartOffset) -> Result<RecordStream> {
         let offset = self.resolve_offset(topic, partition, start).await?;
+        let deadline = Instant::now() + self.timeout;
+        let inbound = self.open_subscription(topic, partition, offset, Retry::Idempotent, deadline).await?;
+        let sub = Subscription {
+            client: self.clone(),
+            topic: topic.to_owned(),
+            partition,
+            next: offset,
+            inbound: Some(inbound),
+            buffered: VecDeque::new(),
+            broken: None,
+            backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(250)),
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(sub, |mut sub| async move {
+            let item = sub.next_record().await?;
+            Some((item, sub))
+        })))
+    }
+
+    async fn open_subscription(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        retry: Retry,
+        deadline: Instant,
+    ) -> Result<tonic::Streaming<pb::FetchResponse>> {
         let req = pb::SubscribeRequest { topic: topic.to_owned(), partition, offset, max_bytes: 0, decode: false };
-        let leader = self.partition_leader(topic, partition).await?;
-        let inbound = leader.consumer_rpc().subscribe(req).await?.into_inner();
-        let stream = inbound
-            .scan(offset, |next, item| {
-                let out = item.map_err(ClientError::from).and_then(|resp| {
-                    let chunk = decode_response(resp, *next)?;
-                    *next = chunk.next_offset;
-                    Ok(chunk.records)
-                });
-                futures::future::ready(Some(out))
-            })
-            .flat_map(|chunk| {
-                let items: Vec<Result<Record>> = match chunk {
-                    Ok(records) => records.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures::stream::iter(items)
+        self.routed(topic, partition, retry, deadline, |node| {
+            let req = req.clone();
+            async move { Ok(node.consumer_rpc().subscribe(req).await?.into_inner()) }
+        })
+        .await
+    }
+}
+
+/// A subscription's state: the stream open now, and where to resume.
+struct Subscription {
+    client: Client,
+    topic: String,
+    partition: u32,
+    /// Offset after the last record received (those buffered included).
+    next: u64,
+    inbound: Option<tonic::Streaming<pb::FetchResponse>>,
+    /// Records received, not yet delivered.
+    buffered: VecDeque<Record>,
+    /// Set while the subscription has no working stream.
+    broken: Option<Broken>,
+    backoff: Backoff,
+    done: bool,
+}
+
+/// A subscription without a working stream: since when (the client's
+/// timeout counts from there), how often it broke since its last record,
+/// and how.
+struct Broken {
+    since: Instant,
+    times: u32,
+    last: ClientError,
+}
+
+impl Subscription {
+    async fn next_record(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(r) = self.buffered.pop_front() {
+                return Some(Ok(r));
+            }
+            if self.done {
+                return None;
+            }
+            let inbound = match &mut self.inbound {
+                Some(s) => s,
+                None => match self.reopen().await {
+                    Ok(s) => self.inbound.insert(s),
+                    Err(e) => return Some(self.fail(e)),
+                },
+            };
+            let broke = match inbound.message().await {
+                Ok(Some(resp)) => match decode_response(resp, self.next) {
+                    Ok(chunk) => {
+                        self.next = chunk.next_offset;
+                        self.buffered.extend(chunk.records);
+                        self.broken = None;
+                        self.backoff.reset();
+                        continue;
+                    }
+                    Err(e) => return Some(self.fail(e)),
+                },
+                // The server never ends a subscription on its own: its node
+                // is going away.
+                Ok(None) => ClientError::Protocol("the subscription's stream ended"),
+                // A lost connection, a node shutting down or no longer
+                // leading: resumed. Anything else (the topic was deleted,
+                // a partition failed) ends the subscription.
+                Err(status) => {
+                    let e = ClientError::from(status);
+                    if !Retry::Resume.retries(&e) {
+                        return Some(self.fail(e));
+                    }
+                    e
+                }
+            };
+            tracing::debug!(topic = %self.topic, partition = self.partition, next = self.next, error = %broke, "subscription broke; resuming at the partition's leader");
+            self.inbound = None;
+            self.client.forget_leader(&self.topic, self.partition);
+            let broken = self.broken.get_or_insert(Broken { since: Instant::now(), times: 0, last: broke.clone() });
+            broken.times += 1;
+            broken.last = broke;
+        }
+    }
+
+    /// Opens the stream again at the partition's leader, from the offset
+    /// after the last record received; gives up at the client's timeout
+    /// counted from when the stream broke.
+    async fn reopen(&mut self) -> Result<tonic::Streaming<pb::FetchResponse>> {
+        let (since, times, last) = match &self.broken {
+            Some(b) => (b.since, b.times, b.last.clone()),
+            None => (Instant::now(), 0, ClientError::Protocol("the subscription has no stream")),
+        };
+        let deadline = since + self.client.timeout;
+        // A stream that broke again before delivering anything: back off.
+        if times > 1 && !self.backoff.wait(deadline).await {
+            return Err(ClientError::Unreachable {
+                what: format!("the leader of {}/{}", self.topic, self.partition),
+                waited: since.elapsed(),
+                attempts: times,
+                last: Box::new(last),
             });
-        Ok(Box::pin(stream))
+        }
+        self.client.open_subscription(&self.topic, self.partition, self.next, Retry::Resume, deadline).await
+    }
+
+    fn fail(&mut self, e: ClientError) -> Result<Record> {
+        self.done = true;
+        Err(e)
     }
 }
 

@@ -23,6 +23,11 @@ pub enum ClientError {
     Protocol(&'static str),
     #[error("the producer is closed")]
     Closed,
+    /// No node answered for `what` (a partition's leader, a group's
+    /// coordinator) before the caller's deadline: its nodes are down, or an
+    /// election did not end in time. `last` is the last failure seen.
+    #[error("{what} could not be reached within {waited:.1?} ({attempts} attempts); last error: {last}")]
+    Unreachable { what: String, waited: std::time::Duration, attempts: u32, last: Box<ClientError> },
 }
 
 impl ClientError {
@@ -30,7 +35,7 @@ impl ClientError {
     /// unreachable, restarting, or the call timed out.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::Unreachable { .. } => true,
             Self::Server { code, .. } => matches!(
                 code,
                 Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown | Code::Cancelled

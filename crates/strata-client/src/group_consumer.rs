@@ -33,6 +33,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::retry::Backoff;
 use crate::{Client, ClientError, Record, Result, StartOffset};
 
 /// A topic and partition.
@@ -204,7 +205,9 @@ async fn session_task(
     changed: Arc<Notify>,
     mut left: mpsc::Receiver<()>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    // Jittered, so that the members of a group that lost its coordinator
+    // do not all come back at once.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let (member_id, owned) = {
             let m = lock(&shared);
@@ -236,8 +239,7 @@ async fn session_task(
                     changed.notify_waiters();
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.next_pause()).await;
                 continue;
             }
         };
@@ -247,7 +249,7 @@ async fn session_task(
             tokio::select! {
                 answer = answers.message() => match answer {
                     Ok(Some(a)) => {
-                        backoff = Duration::from_millis(50);
+                        backoff.reset();
                         interval = Duration::from_millis(u64::from(a.heartbeat_interval_ms.max(50)));
                         let mut m = lock(&shared);
                         m.member_id = a.member_id.clone();
@@ -284,8 +286,7 @@ async fn session_task(
             changed.notify_waiters();
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(backoff.next_pause()).await;
     }
 }
 

@@ -3,15 +3,18 @@
 //!
 //! Any node answers these: a node forwards a request for a group it does not
 //! coordinate to the coordinator. While a coordinator moves (a failover of
-//! its partition of the groups topic), calls answer `NOT_COORDINATOR`; they
-//! are retried here with a short back-off.
+//! its partition of the groups topic), calls answer `NOT_COORDINATOR`, or
+//! find its node gone; they are retried here, backing off (jittered), until
+//! the client's timeout.
 
 use std::future::Future;
 use std::time::Duration;
 
 use strata_proto::v1 as pb;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::retry::Backoff;
 use crate::{Client, ClientError, GRPC_MESSAGE_LIMIT, Result};
 
 /// The internal topic holding every group's state, and its partition count
@@ -19,8 +22,8 @@ use crate::{Client, ClientError, GRPC_MESSAGE_LIMIT, Result};
 const GROUPS_TOPIC: &str = "__strata_groups";
 const GROUPS_PARTITIONS: u32 = 8;
 
-/// Attempts at a group call that finds no coordinator (about 10 s in all).
-const COORDINATOR_ATTEMPTS: u32 = 40;
+/// Back-off between attempts at a group call that finds no coordinator.
+const COORDINATOR_BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const COORDINATOR_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Where a reset moves a group's committed offsets.
@@ -95,28 +98,48 @@ impl Client {
     /// partition of the groups topic, as far as it is known; any node
     /// forwards a group request it cannot answer). Retried, backing off, while
     /// no coordinator answers: `NOT_COORDINATOR`, a node that cannot be
-    /// reached, restarting or not answering in time. Every group call is safe
-    /// to repeat (a repeated commit or reset writes the same offsets again; a
-    /// repeated acknowledgement is answered as not held).
+    /// reached, lost mid-call, restarting or not answering in time, until the
+    /// client's timeout ([`ClientError::Unreachable`] then). Every group call
+    /// is safe to repeat (a repeated commit or reset writes the same offsets
+    /// again; a repeated acknowledgement is answered as not held).
     async fn with_coordinator<T, F, Fut>(&self, group: &str, call: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut backoff = Duration::from_millis(20);
-        let mut attempt = 1;
+        self.retry_coordinator(group, no_coordinator, || async { call(self.coordinator_node(group).await).await }).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails in a way `again` does not
+    /// allow, or the client's timeout has passed; forgets the coordinator
+    /// and backs off between attempts.
+    async fn retry_coordinator<T, F, Fut>(&self, group: &str, again: fn(&ClientError) -> bool, attempt: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut backoff = Backoff::new(COORDINATOR_BACKOFF_FIRST, COORDINATOR_BACKOFF_MAX);
+        let mut attempts = 0;
         loop {
-            let err = match call(self.coordinator_node(group).await).await {
+            attempts += 1;
+            let err = match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            if !no_coordinator(&err) || attempt >= COORDINATOR_ATTEMPTS {
+            if !again(&err) {
                 return Err(err);
             }
             self.forget_coordinator(group);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX);
-            attempt += 1;
+            if !backoff.wait(deadline).await {
+                return Err(ClientError::Unreachable {
+                    what: format!("the coordinator of group {group}"),
+                    waited: started.elapsed(),
+                    attempts,
+                    last: Box::new(err),
+                });
+            }
         }
     }
 
@@ -220,30 +243,20 @@ impl Client {
 
     /// Acknowledges `req.acks`, then acquires up to `req.max_records`
     /// records of a share group (waiting up to `req.max_wait_ms` for one).
-    /// Retried only when the request surely did nothing (no coordinator, or
-    /// no connection); after an ambiguous failure, records it may have
-    /// acquired come back once their lock times out.
+    /// Retried while no coordinator answers, as the other group calls, the
+    /// connection lost mid-call included: records the lost call may have
+    /// acquired come back once their lock times out (they are delivered
+    /// again, as after any consumer failure), and its acknowledgements, if
+    /// they were recorded, are answered as not held the second time.
     pub async fn share_fetch(&self, req: pb::ShareFetchRequest) -> Result<pb::ShareFetchResponse> {
         let wait = Duration::from_millis(u64::from(req.max_wait_ms));
-        let mut backoff = Duration::from_millis(20);
-        let mut attempt = 1;
-        loop {
+        self.retry_coordinator(&req.group, no_coordinator, || async {
             let node = self.coordinator_node(&req.group).await;
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(self.timeout + wait);
-            let err = match node.groups_rpc().share_fetch(request).await {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) => ClientError::from(status),
-            };
-            let unsent = err.reason() == Some("NOT_COORDINATOR") || matches!(err, ClientError::Connect { .. });
-            if !unsent || attempt >= COORDINATOR_ATTEMPTS {
-                return Err(err);
-            }
-            self.forget_coordinator(&req.group);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX);
-            attempt += 1;
-        }
+            Ok(node.groups_rpc().share_fetch(request).await?.into_inner())
+        })
+        .await
     }
 
     /// Acknowledges records acquired from a share group; answers those that

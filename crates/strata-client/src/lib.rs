@@ -2,7 +2,9 @@
 //!
 //! - [`Client`]: connections to a cluster's nodes, with admin calls, offset
 //!   lookups and raw produce/fetch. Partition requests go to the partition's
-//!   leader (learnt from the cluster's metadata, refreshed on `NOT_LEADER`).
+//!   leader (learnt from the cluster's metadata, refreshed on `NOT_LEADER`
+//!   or when the leader cannot be reached); reads ride through a failover,
+//!   retrying until the client's timeout.
 //! - [`Producer`]: batches records per partition (linger, max batch bytes),
 //!   compresses (lz4, zstd), retries transient failures, and resolves each
 //!   record's future with its offset once the server has fsync'd it.
@@ -17,6 +19,7 @@ mod error;
 mod group_consumer;
 mod groups;
 mod producer;
+mod retry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +27,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::v1 as pb;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+
+use retry::{Backoff, Retry};
 
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
 pub use error::ClientError;
@@ -76,15 +82,37 @@ struct Router {
     channels: Mutex<HashMap<String, Channel>>,
     /// The leader's address per (topic, partition), as last learnt.
     leaders: Mutex<HashMap<(String, u32), String>>,
+    /// Nodes that refused a connection, and when: asked for metadata only
+    /// after the others, until one answers again.
+    down: Mutex<HashMap<String, Instant>>,
 }
 
-/// Attempts at a partition request that finds no leader (or a stale one)
-/// before the error is returned; backing off from 20 ms to
-/// [`ROUTING_BACKOFF_MAX`] between attempts, about 10 s in all: longer than
-/// an election (0.5-1 s), and often enough to find the new leader soon
-/// after one.
-const ROUTING_ATTEMPTS: u32 = 48;
+impl Router {
+    fn mark_down(&self, addr: &str) {
+        if let Ok(mut down) = self.down.lock() {
+            down.insert(addr.to_owned(), Instant::now());
+        }
+    }
+
+    fn mark_up(&self, addr: &str) {
+        if let Ok(mut down) = self.down.lock()
+            && !down.is_empty()
+        {
+            down.remove(addr);
+        }
+    }
+}
+
+/// Back-off between attempts at a partition request that finds no leader
+/// (or a stale one): from 20 ms, doubling up to [`ROUTING_BACKOFF_MAX`],
+/// jittered; short enough to find a new leader soon after an election
+/// (0.5-2 s).
+const ROUTING_BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const ROUTING_BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// How long a write looks for its partition's leader before the error is
+/// returned (the producer then retries it on its own schedule); reads look
+/// until the client's timeout.
+const WRITE_ROUTING_PATIENCE: Duration = Duration::from_secs(10);
 /// How long one node may take to answer a metadata request before the
 /// next known node is asked.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
@@ -147,7 +175,7 @@ impl Client {
         let channel = match cached {
             Some(c) => c,
             None => {
-                let c = open_channel(addr).await?;
+                let c = open_channel(addr).await.inspect_err(|_| self.router.mark_down(addr))?;
                 self.router.channels.lock().map_err(|_| poisoned())?.insert(addr.to_owned(), c.clone());
                 c
             }
@@ -155,11 +183,22 @@ impl Client {
         Ok(Self { channel, addr: addr.to_owned(), timeout: self.timeout, router: Arc::clone(&self.router) })
     }
 
-    /// The cluster's metadata, from the first known node that answers.
+    /// The cluster's metadata, from the first known node that answers
+    /// (nodes that refused a connection lately are asked last).
     pub async fn metadata(&self, topics: &[&str]) -> Result<pb::MetadataResponse> {
         let req = pb::MetadataRequest { topics: topics.iter().map(|t| (*t).to_owned()).collect() };
         let mut candidates = vec![self.addr.clone()];
-        candidates.extend(self.router.known.lock().map_err(|_| poisoned())?.iter().cloned());
+        for a in self.router.known.lock().map_err(|_| poisoned())?.iter() {
+            if !candidates.contains(a) {
+                candidates.push(a.clone());
+            }
+        }
+        {
+            let down = self.router.down.lock().map_err(|_| poisoned())?;
+            // Stable: in the bootstrap order otherwise; of those that
+            // refused, the one that did so longest ago first.
+            candidates.sort_by_key(|a| down.get(a).copied());
+        }
         let mut last = None;
         for addr in candidates {
             // A node that does not answer soon is skipped for the next.
@@ -173,6 +212,7 @@ impl Client {
             };
             match answer {
                 Ok(resp) => {
+                    self.router.mark_up(&addr);
                     let resp = resp.into_inner();
                     let mut known = self.router.known.lock().map_err(|_| poisoned())?;
                     for b in &resp.brokers {
@@ -184,7 +224,12 @@ impl Client {
                 }
                 // The topic is unknown everywhere alike: no use asking on.
                 Err(e) if !e.is_retriable() => return Err(e),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    if matches!(e, ClientError::Connect { .. }) {
+                        self.router.mark_down(&addr);
+                    }
+                    last = Some(e);
+                }
             }
         }
         Err(last.unwrap_or(ClientError::Protocol("no node to ask for metadata")))
@@ -250,46 +295,70 @@ impl Client {
         }
     }
 
-    /// Runs a partition request at the partition's leader; on `NOT_LEADER`
-    /// (nothing was written) or a node that cannot be reached, learns where
-    /// the leader is and tries again, backing off, up to
-    /// [`ROUTING_ATTEMPTS`] times. Other errors, and an ambiguous failure
-    /// of a request that may have reached the node, are returned.
-    async fn routed<T, F, Fut>(&self, topic: &str, partition: u32, op: F) -> Result<T>
+    /// Runs a partition request at the partition's leader; on a failure
+    /// that `retry` allows (`NOT_LEADER`, a node that cannot be reached,
+    /// and for reads a connection lost mid-call), learns where the leader
+    /// is, from the other nodes, and tries again, backing off (jittered),
+    /// until `deadline`. Other errors are returned at once. Past the
+    /// deadline, reads answer [`ClientError::Unreachable`]; writes the last
+    /// error (the producer tells unsent requests from ambiguous ones by it).
+    async fn routed<T, F, Fut>(&self, topic: &str, partition: u32, retry: Retry, deadline: Instant, op: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let key = (topic.to_owned(), partition);
-        let mut backoff = Duration::from_millis(20);
-        let mut attempt = 0;
+        let started = Instant::now();
+        let mut backoff = Backoff::new(ROUTING_BACKOFF_FIRST, ROUTING_BACKOFF_MAX);
+        let mut attempts = 0;
         loop {
-            attempt += 1;
-            let result = match self.partition_leader(topic, partition).await {
-                Ok(node) => op(node).await,
-                Err(e) => Err(e),
+            attempts += 1;
+            let (node_addr, result) = match self.partition_leader(topic, partition).await {
+                Ok(node) => (Some(node.addr.clone()), op(node).await),
+                Err(e) => (None, Err(e)),
             };
-            let err = match result {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
+            let err = match (result, node_addr) {
+                (Ok(v), node_addr) => {
+                    if let Some(a) = node_addr {
+                        self.router.mark_up(&a);
+                    }
+                    return Ok(v);
+                }
+                // A cached channel's refused reconnection does not say
+                // where; this does.
+                (Err(ClientError::Connect { addr, reason }), Some(node_addr)) if addr.is_empty() => {
+                    ClientError::Connect { addr: node_addr, reason }
+                }
+                (Err(e), _) => e,
             };
-            // Nothing was written: safe to send again (at the leader).
-            let retry = err.is_not_leader() || matches!(err, ClientError::Connect { .. });
+            if let ClientError::Connect { addr, .. } = &err {
+                self.router.mark_down(addr);
+            }
+            let again = retry.retries(&err);
             // A node that is unreachable, restarting or not answering in
             // time may no longer lead: ask again next time.
             let stale = matches!(err.code(), Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded));
-            if retry || stale {
+            if again || stale {
                 let mut leaders = self.router.leaders.lock().map_err(|_| poisoned())?;
                 match err.leader_addr() {
                     Some(addr) => leaders.insert(key.clone(), addr.to_owned()),
                     None => leaders.remove(&key),
                 };
             }
-            if !retry || attempt >= ROUTING_ATTEMPTS {
+            if !again {
                 return Err(err);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(ROUTING_BACKOFF_MAX);
+            if !backoff.wait(deadline).await {
+                if retry == Retry::Unsent {
+                    return Err(err);
+                }
+                return Err(ClientError::Unreachable {
+                    what: format!("the leader of {topic}/{partition}"),
+                    waited: started.elapsed(),
+                    attempts,
+                    last: Box::new(err),
+                });
+            }
         }
     }
 
@@ -392,6 +461,22 @@ impl Client {
         Ok(self.consumer_rpc().list_offsets(self.request(req)).await?.into_inner().offsets)
     }
 
+    /// Offsets of one partition, asked of its leader (riding through a
+    /// failover until the client's timeout).
+    pub(crate) async fn partition_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: pb::OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<Vec<pb::PartitionOffset>> {
+        let deadline = Instant::now() + self.timeout;
+        self.routed(topic, partition, Retry::Idempotent, deadline, |node| async move {
+            node.list_offsets(topic, &[partition], spec, timestamp_ms).await
+        })
+        .await
+    }
+
     /// Produces plain records; the server picks partitions by key when
     /// `partition` is `None`. Returns the appends per partition.
     pub async fn produce_records(
@@ -420,7 +505,8 @@ impl Client {
             acks: acks as i32,
             ..Default::default()
         };
-        self.routed(topic, partition, |node| {
+        let deadline = Instant::now() + WRITE_ROUTING_PATIENCE.min(self.timeout);
+        self.routed(topic, partition, Retry::Unsent, deadline, |node| {
             let req = req.clone();
             async move {
                 let resp = node.producer_rpc().produce(node.request(req)).await?.into_inner();
@@ -447,7 +533,8 @@ impl Client {
     }
 
     /// One fetch: records at or after `offset`, waiting up to `max_wait` for
-    /// data when there is none yet.
+    /// data when there is none yet. While the partition's leader cannot be
+    /// reached (a failover), tries again until the client's timeout.
     pub async fn fetch(
         &self,
         topic: &str,
@@ -464,7 +551,8 @@ impl Client {
             max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             decode: false,
         };
-        self.routed(topic, partition, |node| {
+        let deadline = Instant::now() + self.timeout;
+        self.routed(topic, partition, Retry::Idempotent, deadline, |node| {
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(node.timeout + max_wait);
             async move {

@@ -946,9 +946,9 @@ pub(crate) fn client_status(e: strata_client::ClientError) -> Status {
             }
         }
         // Another node could not be reached (retry) ...
-        e @ (strata_client::ClientError::Connect { .. } | strata_client::ClientError::Closed) => {
-            Status::unavailable(e.to_string())
-        }
+        e @ (strata_client::ClientError::Connect { .. }
+        | strata_client::ClientError::Unreachable { .. }
+        | strata_client::ClientError::Closed) => Status::unavailable(e.to_string()),
         // ... or answered something this node cannot use: not a retry.
         e @ (strata_client::ClientError::Format(_)
         | strata_client::ClientError::Protocol(_)
