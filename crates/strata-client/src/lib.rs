@@ -18,6 +18,7 @@ mod consumer;
 mod error;
 mod group_consumer;
 mod groups;
+mod partitioner;
 mod producer;
 mod retry;
 

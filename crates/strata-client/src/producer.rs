@@ -24,6 +24,7 @@ use strata_record::{BatchBuilder, Compression, Record};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::partitioner::StickyPartitioner;
 use crate::{Client, ClientError, Result};
 
 /// How long a producer uses a topic's partition count before reading it
@@ -110,7 +111,7 @@ impl Producer {
             queues: HashMap::new(),
             partition_counts: HashMap::new(),
             counts_read: HashMap::new(),
-            sticky: HashMap::new(),
+            sticky: StickyPartitioner::new(rand::random()),
             done_tx,
             flush_waiters: Vec::new(),
         };
@@ -119,7 +120,9 @@ impl Producer {
     }
 
     /// Queues a record for `topic`. `partition: None` picks one by key hash
-    /// (murmur2, as Kafka), or a sticky partition for records without a key.
+    /// (murmur2, as Kafka), or a sticky partition for records without a key
+    /// (random at first, moving on to another when a batch is sealed; see
+    /// `partitioner.rs`).
     /// Returns once queued; await the future for the acknowledgement.
     pub async fn send(&self, topic: &str, partition: Option<u32>, record: Record) -> Result<DeliveryFuture> {
         let (reply, rx) = oneshot::channel();
@@ -171,7 +174,8 @@ struct Accumulator {
     /// When each topic's partition count was read (it is read again after
     /// [`PARTITION_COUNT_MAX_AGE`]: topics may grow).
     counts_read: HashMap<Arc<str>, std::time::Instant>,
-    sticky: HashMap<Arc<str>, u32>,
+    /// Where records without a key go.
+    sticky: StickyPartitioner,
     /// One message per finished request; bounded by the requests in flight.
     done_tx: mpsc::UnboundedSender<Key>,
     flush_waiters: Vec<oneshot::Sender<()>>,
@@ -246,7 +250,7 @@ impl Accumulator {
         let count = self.partition_count(topic).await?;
         Ok(match &record.key {
             Some(key) => strata_record::partition_for_key(key, count),
-            None => *self.sticky.entry(Arc::clone(topic)).or_insert(0) % count,
+            None => self.sticky.partition(topic, count),
         })
     }
 
@@ -267,6 +271,7 @@ impl Accumulator {
         if record.timestamp_ms == 0 {
             record.timestamp_ms = strata_record::now_ms();
         }
+        self.sticky.added(&topic, partition, record.encoded_len_hint());
         let key = (topic, partition);
         let max = self.config.max_batch_bytes;
         let q = self.queues.entry(key.clone()).or_default();
@@ -293,13 +298,9 @@ impl Accumulator {
         let Some(q) = self.queues.get_mut(key) else { return };
         let Some(open) = q.open.take() else { return };
         q.ready.push_back(Ready { batch: open.builder.build(), pending: open.pending });
-        // Sticky partitioning: records without a key move on to the next
-        // partition once a batch is complete.
-        if let Some(sticky) = self.sticky.get_mut(&key.0)
-            && *sticky % self.partition_counts.get(&key.0).copied().unwrap_or(1) == key.1
-        {
-            *sticky = sticky.wrapping_add(1);
-        }
+        // Records without a key move on to another partition once a batch
+        // of theirs is on its way.
+        self.sticky.sealed(&key.0, key.1);
         self.dispatch(key);
     }
 
