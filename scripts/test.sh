@@ -18,7 +18,7 @@ cargo test --workspace --locked
 # virtualenv under ~/.cache/strata.
 echo "== python example" >&2
 cargo build --locked -p strata
-examples/python/run-test.sh "${CARGO_TARGET_DIR:-target}/debug/strata"
+examples/python/run-test.sh "$(realpath "${CARGO_TARGET_DIR:-target}")/debug/strata"
 
 # The fault-injection suite, short: 5 nodes on hosts of their own (Docker
 # containers from the project's own image, built on the first run, or network

@@ -7,8 +7,10 @@
 #
 # Installs the pinned requirements into a virtualenv under ~/.cache/strata.
 set -euo pipefail
-cd "$(dirname "$0")"
+# Resolved before the cd below: a relative path is relative to the caller's
+# directory.
 strata="$(realpath "${1:?usage: run-test.sh PATH/TO/strata}")"
+cd "$(dirname "$0")"
 venv="${STRATA_PYVENV:-$HOME/.cache/strata/pyvenv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || { echo "python3 -m venv failed: apt-get install python3-venv" >&2; exit 1; }

@@ -229,7 +229,8 @@ pub struct ProduceArgs {
     /// Key of every record (records without a key spread over partitions).
     #[arg(long, short = 'k')]
     pub key: Option<String>,
-    /// Partition to write to (default: by key hash, or sticky round-robin).
+    /// Partition to write to (default: by key hash; records without a key
+    /// stick to a random partition and move on to another after each batch).
     #[arg(long, short = 'p')]
     pub partition: Option<u32>,
     /// Header KEY=VALUE added to every record; repeatable.
@@ -338,7 +339,8 @@ pub struct ConsumeArgs {
     pub partition: Option<u32>,
     /// Where to start: earliest, latest, an offset, an RFC 3339 time
     /// (2026-11-24T10:00:00Z), or a duration ago (-15m).
-    #[arg(long, default_value = "earliest")]
+    // A duration ago starts with '-': a value, not a flag.
+    #[arg(long, default_value = "earliest", allow_hyphen_values = true)]
     pub from: String,
     /// Exit after this many records (default: keep tailing).
     #[arg(long, short = 'n')]
@@ -462,7 +464,15 @@ pub async fn consume(opts: &ClientOpts, args: ConsumeArgs) -> anyhow::Result<()>
     if args.max_messages == Some(0) {
         return Ok(());
     }
-    while let Some(item) = merged.next().await {
+    // Tails until Ctrl-C (or -n), which ends it quietly.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let item = tokio::select! {
+            item = merged.next() => item,
+            _ = &mut interrupted => break,
+        };
+        let Some(item) = item else { break };
         let (partition, record) = item?;
         print_record(&mut out, args.format, partition, &record)?;
         out.flush()?;

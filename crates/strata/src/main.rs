@@ -216,3 +216,24 @@ pub(crate) async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_ago_is_the_value_of_from_not_a_flag() {
+        let cli = Cli::try_parse_from(["strata", "consume", "orders", "--format", "json", "--from", "-15m"])
+            .expect("--from -15m parses");
+        match cli.command {
+            Command::Consume { args, .. } => assert_eq!(args.from, "-15m"),
+            other => panic!("parsed as {other:?}"),
+        }
+        // Flags after it are still flags.
+        let cli = Cli::try_parse_from(["strata", "consume", "orders", "--from", "-1h", "-n", "3"]).expect("parses");
+        match cli.command {
+            Command::Consume { args, .. } => assert_eq!((args.from.as_str(), args.max_messages), ("-1h", Some(3))),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

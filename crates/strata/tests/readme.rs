@@ -1,0 +1,184 @@
+//! The README's quick start, as written: every `strata ...` line of the code
+//! block after "Then, in another shell" runs, in order, through `sh`, against
+//! a real single-node server on an ephemeral port, and must exit with status
+//! 0. The README is read when the test runs, so an edited README is tested
+//! as it is. Only the server address is supplied (`STRATA_SERVER`), and a
+//! `strata bench ... --duration D` is shortened to 2 s (the README's 30 s
+//! would only make the test slow). A `strata consume` without `-n` tails, as
+//! it would in a newcomer's shell: it must print a record, and then end with
+//! status 0 on Ctrl-C (SIGINT to its process group, as a terminal sends it).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{BIN, ServerProcess};
+
+/// Every wait is bounded by this.
+const WAIT: Duration = Duration::from_secs(120);
+/// What a bench line's `--duration` becomes.
+const BENCH_DURATION: &str = "2s";
+
+/// The `strata` command lines of the quick start's second code block.
+fn quick_start_lines(readme: &str) -> Vec<String> {
+    let (_, after) =
+        readme.split_once("Then, in another shell").expect("the README has a quick start 'Then, in another shell'");
+    let (_, fence) = after.split_once("```").expect("a code block after 'Then, in another shell'");
+    // The rest of the fence's line is its language (`sh`).
+    let (_, body) = fence.split_once('\n').expect("a code block with lines");
+    let (block, _) = body.split_once("```").expect("the code block ends");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("strata ") || l.contains("| strata "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--duration X` of a bench line becomes [`BENCH_DURATION`].
+fn shortened(line: &str) -> String {
+    if !line.starts_with("strata bench ") {
+        return line.to_owned();
+    }
+    let mut words: Vec<&str> = line.split(' ').collect();
+    if let Some(i) = words.iter().position(|w| *w == "--duration")
+        && i + 1 < words.len()
+    {
+        words[i + 1] = BENCH_DURATION;
+    }
+    words.join(" ")
+}
+
+/// A consume that reads until interrupted.
+fn tails(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().take_while(|w| !w.starts_with('#')).collect();
+    words.get(1) == Some(&"consume")
+        && !words.iter().any(|w| *w == "-n" || w.starts_with("-n=") || w.starts_with("--max-messages"))
+}
+
+/// Sends `signal` to the process group `pgid`.
+fn signal_group(pgid: u32, signal: &str) {
+    let status =
+        Command::new("kill").args([&format!("-{signal}"), "--", &format!("-{pgid}")]).status().expect("run kill");
+    assert!(status.success(), "kill -{signal} -- -{pgid}");
+}
+
+/// Waits up to [`WAIT`] for `child` to exit; kills its group past that.
+fn wait_exit(child: Child, what: &str) -> ExitStatus {
+    let pgid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(status) => status.expect("wait"),
+        Err(_) => {
+            signal_group(pgid, "KILL");
+            panic!("`{what}` still running after {WAIT:?}");
+        }
+    }
+}
+
+/// Runs one README line; panics, with its output, unless it exits 0.
+fn run(line: &str, server: &str, bin_dir: &Path, work: &Path) {
+    let line = shortened(line);
+    let tailing = tails(&line);
+    // `exec`: a command of its own gets SIGINT itself, not through `sh`.
+    let script = if line.contains('|') { line.clone() } else { format!("exec {line}") };
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(work)
+        .env("PATH", path)
+        .env("STRATA_SERVER", server)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn sh");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (line_tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(l);
+        }
+    });
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let pgid = child.id();
+    let mut printed = Vec::new();
+    if tailing {
+        match lines.recv_timeout(WAIT) {
+            Ok(first) => {
+                printed.push(first);
+                signal_group(pgid, "INT");
+            }
+            // Ended (or never printed): its status and stderr tell why.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => signal_group(pgid, "KILL"),
+        }
+    }
+    let status = wait_exit(child, &line);
+    reader.join().expect("stdout reader");
+    printed.extend(lines.try_iter());
+    let stderr = errors.join().expect("stderr reader");
+    eprintln!("$ {line}\n{}\n{stderr}", printed.join("\n"));
+    assert!(
+        status.success(),
+        "README line `{line}` failed ({status}):\nstdout:\n{}\nstderr:\n{stderr}",
+        printed.join("\n")
+    );
+    if tailing {
+        assert!(!printed.is_empty(), "`{line}` printed nothing before Ctrl-C");
+    }
+}
+
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+    let lines = quick_start_lines(&readme);
+    assert!(lines.len() >= 3, "found only {lines:?} in the README's quick start");
+    eprintln!("README quick start: {lines:#?}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    for line in &lines {
+        run(line, &server.addr, bin_dir, &work);
+    }
+}
+
+#[test]
+fn quick_start_lines_are_found_and_adapted() {
+    let readme = "x\nThen, in another shell (`b`):\n\n```sh\nstrata topic create t   # a comment\n\
+                  printf 'a\\n' | strata produce t\nls\nstrata consume t --from -15m        # tails\n\
+                  strata consume t -n 3\nstrata bench produce --duration 30s --batch 4\n```\nstrata not-this\n";
+    let lines = quick_start_lines(readme);
+    assert_eq!(
+        lines,
+        [
+            "strata topic create t   # a comment",
+            "printf 'a\\n' | strata produce t",
+            "strata consume t --from -15m        # tails",
+            "strata consume t -n 3",
+            "strata bench produce --duration 30s --batch 4",
+        ]
+    );
+    assert_eq!(shortened(&lines[4]), "strata bench produce --duration 2s --batch 4");
+    assert_eq!(lines.iter().map(|l| tails(l)).collect::<Vec<_>>(), [false, false, true, false, false]);
+}
