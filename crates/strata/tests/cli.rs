@@ -150,3 +150,48 @@ fn group_consume_commits_describe_shows_lag_and_reset_replays() {
     assert_eq!(d["kind"], "share");
     assert_eq!((d["partitions"][0]["lag"].as_u64(), d["partitions"][0]["in_flight"].as_u64()), (Some(0), Some(0)));
 }
+
+/// Records per partition of `topic`, from `topic describe`.
+fn records_per_partition(s: &str, topic: &str) -> Vec<u64> {
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(s, &["topic", "describe", topic, "--format", "json"], "")).expect("json");
+    d["partition_states"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["high_watermark"].as_u64().expect("high watermark"))
+        .collect()
+}
+
+#[test]
+fn lines_without_a_key_spread_over_every_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path());
+    let s = server.addr.as_str();
+    ok(s, &["topic", "create", "spread", "--partitions", "3"], "");
+    // A linger longer than the run: the whole input fits in one batch, as
+    // it does with the default 5 ms when the machine reads it fast enough.
+    // The sticky partition used to move on only when a batch was sealed:
+    // all 6,000 went to partition 0.
+    let lines: String = (0..6_000).map(|i| format!("line-{i}\n")).collect();
+    ok(s, &["produce", "spread", "--linger", "10s"], &lines);
+    let per_partition = records_per_partition(s, "spread");
+    eprintln!("records per partition: {per_partition:?}");
+    assert_eq!(per_partition.iter().sum::<u64>(), 6_000, "{per_partition:?}");
+    assert!(per_partition.iter().all(|n| *n > 0), "records per partition: {per_partition:?}");
+
+    // Short-lived producers start at a random partition (each at partition
+    // 0 before). 20 single records on one partition: odds of 3 in 3^20
+    // with random starts.
+    ok(s, &["topic", "create", "starts", "--partitions", "3"], "");
+    for i in 0..20 {
+        ok(s, &["produce", "starts"], &format!("record-{i}\n"));
+    }
+    let per_partition = records_per_partition(s, "starts");
+    eprintln!("single records per partition: {per_partition:?}");
+    assert_eq!(per_partition.iter().sum::<u64>(), 20, "{per_partition:?}");
+    assert!(
+        per_partition.iter().filter(|n| **n > 0).count() > 1,
+        "every producer started at one partition: {per_partition:?}"
+    );
+}
