@@ -10,6 +10,9 @@
 //!   leader killed) resumes at the new leader from the next offset: every
 //!   record of the log printed once, none skipped, and Ctrl-C ends it with
 //!   status 0.
+//! - A consumer-group member started at once after a partition leader's
+//!   kill reads on from the group's commits: the two members together
+//!   print every acknowledged record exactly once.
 //!
 //! (A file of its own: cluster.rs is at its size limit.) Seeded: set
 //! STRATA_TEST_SEED to reproduce a run.
@@ -304,4 +307,40 @@ async fn a_tailing_consume_resumes_after_its_stream_breaks() {
     let distinct: Acked = printed.iter().cloned().collect();
     assert_eq!(printed.len(), distinct.len(), "a record printed twice");
     assert_eq!(distinct, log, "the records printed are not those of the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_member_rides_through_the_kill_of_a_partition_leader() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let topic = "grouped";
+    client.create_topic_replicated(topic, PARTITIONS, Some(3), TopicConfig::default()).await.expect("create");
+    let n = 300 + rng.random_range(0..300);
+    let acked = produce(&client, topic, "g", n).await;
+
+    // A first member reads a third and commits what it printed.
+    let first = (n / 3).to_string();
+    let args = ["consume", topic, "--group", "readers", "-n", &first, "--format", "json"];
+    let (ok, out, err) = run_cli(&cluster.bootstrap(), &args);
+    assert!(ok, "the first member failed: {err}");
+    let mut printed: Vec<(u32, u64, String)> = out.lines().map(parse).collect();
+
+    // A partition's leader goes; at once the next member reads the rest
+    // from the survivors (the group's coordinator may have been there too).
+    let p = rng.random_range(0..PARTITIONS);
+    let victim = leader_of(&client, topic, p).await;
+    eprintln!("kill -9 node {victim}, leader of {topic}/{p}; the next member reads at once from the others");
+    cluster.kill(victim);
+    let started = Instant::now();
+    let rest = (n - n / 3).to_string();
+    let args = ["consume", topic, "--group", "readers", "-n", &rest, "--format", "json"];
+    let (ok, out, err) = run_cli(&cluster.others(victim), &args);
+    assert!(ok, "the next member failed after {:?}: {err}", started.elapsed());
+    eprintln!("the next member read the rest in {:?}", started.elapsed());
+    printed.extend(out.lines().map(parse));
+    let distinct: Acked = printed.iter().cloned().collect();
+    assert_eq!(printed.len(), distinct.len(), "a record printed twice");
+    assert_eq!(distinct, acked, "the records printed are not the acknowledged ones");
 }
