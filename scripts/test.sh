@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Strata's test command (README quick start; .ci/run calls it too):
 # formatting, clippy with warnings as errors, then every test of the
-# workspace (unit, integration with real servers on loopback, kill -9 recovery).
+# workspace (unit, integration with real servers on loopback, kill -9 recovery,
+# the README quick start run as written: crates/strata/tests/readme.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
