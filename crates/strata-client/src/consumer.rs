@@ -40,13 +40,23 @@ impl Client {
     /// Resolves a start position to an offset of one partition (asked of
     /// its leader, riding through a failover until the client's timeout).
     pub async fn resolve_offset(&self, topic: &str, partition: u32, start: StartOffset) -> Result<u64> {
+        self.resolve_offset_by(topic, partition, start, Instant::now() + self.timeout).await
+    }
+
+    async fn resolve_offset_by(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartOffset,
+        deadline: Instant,
+    ) -> Result<u64> {
         let (spec, ts) = match start {
             StartOffset::Offset(o) => return Ok(o),
             StartOffset::Earliest => (pb::OffsetSpec::Earliest, 0),
             StartOffset::Latest => (pb::OffsetSpec::Latest, 0),
             StartOffset::Timestamp(ts) => (pb::OffsetSpec::Timestamp, ts),
         };
-        let offsets = self.partition_offsets(topic, partition, spec, ts).await?;
+        let offsets = self.partition_offsets(topic, partition, spec, ts, deadline).await?;
         offsets.first().map(|o| o.offset).ok_or(ClientError::Protocol("ListOffsets response without the partition"))
     }
 
@@ -61,8 +71,8 @@ impl Client {
     /// without one, the stream yields [`ClientError::Unreachable`] and ends;
     /// other errors end it at once.
     pub async fn subscribe(&self, topic: &str, partition: u32, start: StartOffset) -> Result<RecordStream> {
-        let offset = self.resolve_offset(topic, partition, start).await?;
         let deadline = Instant::now() + self.timeout;
+        let offset = self.resolve_offset_by(topic, partition, start, deadline).await?;
         let inbound = self.open_subscription(topic, partition, offset, Retry::Idempotent, deadline).await?;
         let sub = Subscription {
             client: self.clone(),
@@ -70,6 +80,7 @@ impl Client {
             partition,
             next: offset,
             inbound: Some(inbound),
+            opened: Instant::now(),
             buffered: VecDeque::new(),
             broken: None,
             backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(250)),
@@ -98,6 +109,9 @@ impl Client {
     }
 }
 
+/// A stream open this long before it broke counts as having worked.
+const STREAM_WORKED: Duration = Duration::from_secs(1);
+
 /// A subscription's state: the stream open now, and where to resume.
 struct Subscription {
     client: Client,
@@ -106,6 +120,8 @@ struct Subscription {
     /// Offset after the last record received (those buffered included).
     next: u64,
     inbound: Option<tonic::Streaming<pb::FetchResponse>>,
+    /// When `inbound` was opened.
+    opened: Instant,
     /// Records received, not yet delivered.
     buffered: VecDeque<Record>,
     /// Set while the subscription has no working stream.
@@ -115,8 +131,7 @@ struct Subscription {
 }
 
 /// A subscription without a working stream: since when (the client's
-/// timeout counts from there), how often it broke since its last record,
-/// and how.
+/// timeout counts from there), how often it broke since then, and how.
 struct Broken {
     since: Instant,
     times: u32,
@@ -135,7 +150,10 @@ impl Subscription {
             let inbound = match &mut self.inbound {
                 Some(s) => s,
                 None => match self.reopen().await {
-                    Ok(s) => self.inbound.insert(s),
+                    Ok(s) => {
+                        self.opened = Instant::now();
+                        self.inbound.insert(s)
+                    }
                     Err(e) => return Some(self.fail(e)),
                 },
             };
@@ -155,10 +173,11 @@ impl Subscription {
                 Ok(None) => ClientError::Protocol("the subscription's stream ended"),
                 // A lost connection, a node shutting down or no longer
                 // leading: resumed. Anything else (the topic was deleted,
-                // a partition failed) ends the subscription.
+                // a partition failed, retention deleted the records the
+                // stream was at) ends the subscription.
                 Err(status) => {
                     let e = ClientError::from(status);
-                    if !Retry::Resume.retries(&e) {
+                    if !Retry::Idempotent.retries(&e) {
                         return Some(self.fail(e));
                     }
                     e
@@ -167,6 +186,12 @@ impl Subscription {
             tracing::debug!(topic = %self.topic, partition = self.partition, next = self.next, error = %broke, "subscription broke; resuming at the partition's leader");
             self.inbound = None;
             self.client.forget_leader(&self.topic, self.partition);
+            // A stream that worked a while (an idle tail delivers nothing)
+            // starts a new episode; one that broke at once goes on with the
+            // last, and its deadline.
+            if self.opened.elapsed() >= STREAM_WORKED {
+                self.broken = None;
+            }
             let broken = self.broken.get_or_insert(Broken { since: Instant::now(), times: 0, last: broke.clone() });
             broken.times += 1;
             broken.last = broke;
@@ -182,7 +207,7 @@ impl Subscription {
             None => (Instant::now(), 0, ClientError::Protocol("the subscription has no stream")),
         };
         let deadline = since + self.client.timeout;
-        // A stream that broke again before delivering anything: back off.
+        // A stream that broke again soon after it was opened: back off.
         if times > 1 && !self.backoff.wait(deadline).await {
             return Err(ClientError::Unreachable {
                 what: format!("the leader of {}/{}", self.topic, self.partition),
@@ -210,6 +235,9 @@ pub struct PartitionConsumer {
     topic: String,
     partition: u32,
     next: u64,
+    /// `next` was answered by a node (not given by the caller): a node that
+    /// says it is out of range is behind (a failover), not the position.
+    resuming: bool,
     max_bytes: u32,
     max_wait: Duration,
 }
@@ -222,6 +250,7 @@ impl PartitionConsumer {
             topic: topic.to_owned(),
             partition,
             next,
+            resuming: false,
             max_bytes: 1024 * 1024,
             max_wait: Duration::from_millis(500),
         })
@@ -241,12 +270,19 @@ impl PartitionConsumer {
     /// Moves the position.
     pub fn seek(&mut self, offset: u64) {
         self.next = offset;
+        self.resuming = false;
     }
 
-    /// The next records (possibly none when the wait ran out).
+    /// The next records (possibly none when the wait ran out). Rides
+    /// through a failover of the partition's leader, until the client's
+    /// timeout.
     pub async fn poll(&mut self) -> Result<Vec<Record>> {
-        let chunk = self.client.fetch(&self.topic, self.partition, self.next, self.max_bytes, self.max_wait).await?;
+        let retry = if self.resuming { Retry::Resume } else { Retry::Idempotent };
+        let (topic, partition) = (&self.topic, self.partition);
+        let chunk =
+            self.client.fetch_retrying(topic, partition, self.next, self.max_bytes, self.max_wait, retry).await?;
         self.next = chunk.next_offset;
+        self.resuming = true;
         Ok(chunk.records)
     }
 }

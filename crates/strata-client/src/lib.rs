@@ -463,15 +463,15 @@ impl Client {
     }
 
     /// Offsets of one partition, asked of its leader (riding through a
-    /// failover until the client's timeout).
+    /// failover until `deadline`).
     pub(crate) async fn partition_offsets(
         &self,
         topic: &str,
         partition: u32,
         spec: pb::OffsetSpec,
         timestamp_ms: i64,
+        deadline: Instant,
     ) -> Result<Vec<pb::PartitionOffset>> {
-        let deadline = Instant::now() + self.timeout;
         self.routed(topic, partition, Retry::Idempotent, deadline, |node| async move {
             node.list_offsets(topic, &[partition], spec, timestamp_ms).await
         })
@@ -544,6 +544,19 @@ impl Client {
         max_bytes: u32,
         max_wait: Duration,
     ) -> Result<FetchResult> {
+        self.fetch_retrying(topic, partition, offset, max_bytes, max_wait, Retry::Idempotent).await
+    }
+
+    /// [`Client::fetch`], retrying the failures `retry` allows.
+    pub(crate) async fn fetch_retrying(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+        retry: Retry,
+    ) -> Result<FetchResult> {
         let req = pb::FetchRequest {
             topic: topic.to_owned(),
             partition,
@@ -553,7 +566,7 @@ impl Client {
             decode: false,
         };
         let deadline = Instant::now() + self.timeout;
-        self.routed(topic, partition, Retry::Idempotent, deadline, |node| {
+        self.routed(topic, partition, retry, deadline, |node| {
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(node.timeout + max_wait);
             async move {

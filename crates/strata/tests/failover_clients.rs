@@ -344,3 +344,27 @@ async fn a_group_member_rides_through_the_kill_of_a_partition_leader() {
     assert_eq!(printed.len(), distinct.len(), "a record printed twice");
     assert_eq!(distinct, acked, "the records printed are not the acknowledged ones");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_leader_consume_gives_up_at_its_timeout_with_a_clear_error() {
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let topic = "leaderless";
+    client.create_topic_replicated(topic, PARTITIONS, Some(3), TopicConfig::default()).await.expect("create");
+    produce(&client, topic, "x", 3).await;
+    // Two of three nodes gone: no majority, no leader, whatever the wait.
+    let leader = leader_of(&client, topic, 0).await;
+    let other = cluster.ids().find(|id| *id != leader).expect("another node");
+    cluster.kill(leader);
+    cluster.kill(other);
+    let survivor = cluster.ids().find(|id| *id != leader && *id != other).expect("a survivor");
+    let started = Instant::now();
+    let (ok, _, err) =
+        run_cli(&cluster.addr(survivor), &["consume", topic, "--from", "earliest", "-n", "3", "--timeout", "2s"]);
+    let took = started.elapsed();
+    eprintln!("after {took:?}: {err}");
+    assert!(!ok, "consumed without a leader");
+    assert!(err.contains(&format!("the leader of {topic}/")), "{err}");
+    assert!(err.contains("could not be reached within"), "{err}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "gave up after {took:?}");
+}
