@@ -13,6 +13,8 @@
 //! - A consumer-group member started at once after a partition leader's
 //!   kill reads on from the group's commits: the two members together
 //!   print every acknowledged record exactly once.
+//! - With no leader to be had (two of three nodes down), `strata consume`
+//!   gives up at its `--timeout` with an error naming the partition.
 //!
 //! (A file of its own: cluster.rs is at its size limit.) Seeded: set
 //! STRATA_TEST_SEED to reproduce a run.
