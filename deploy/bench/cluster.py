@@ -221,23 +221,33 @@ def strata_cluster_supported(strata):
     return res.returncode == 0 and "--node-id" in res.stdout and "--peers" in res.stdout
 
 
-def start_strata_cluster(n, workdir, strata, base_port=7979):
-    """Starts N `strata server` processes on 127.0.0.1:base_port.. with node ids 1..N and the same
-    --peers list each, data in workdir/nI; returns (addresses, processes) once every node listens.
-    The caller stops them with stop_all(processes) in a finally block.
-
-    Assumes the cluster CLI being built: `strata server --node-id I --listen ADDR
-    --peers 1=ADDR1,2=ADDR2,... --data-dir DIR`, where a peer's address is its --listen address."""
+def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=False):
+    """Starts N `strata server` processes on 127.0.0.1:base_port.. with node ids 1..N, their
+    cluster listeners on base_port+100.., and the same --peers list each (the cluster listeners),
+    data in workdir/nI; returns (addresses, processes) once every node listens. Nodes talk over
+    mutual TLS with certificates made by `strata certs` in workdir/tls, or, with
+    insecure_cluster, in plaintext (--insecure-cluster). The caller stops them with
+    stop_all(processes) in a finally block."""
     addrs = [f"{HOST}:{base_port + i}" for i in range(n)]
-    require_free([base_port + i for i in range(n)])
-    peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(addrs))
+    cluster_ports = [base_port + 100 + i for i in range(n)]
+    require_free([base_port + i for i in range(n)] + cluster_ports)
+    peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(cluster_ports))
     os.makedirs(workdir, exist_ok=True)
+    tls = os.path.join(workdir, "tls")
+    if insecure_cluster:
+        security = ["--insecure-cluster"]
+    else:
+        subprocess.run([strata, "certs", "ca", "--dir", tls, "--force"], check=True, stdout=subprocess.DEVNULL)
+        for i in range(n):
+            subprocess.run([strata, "certs", "node", "--node-id", str(i + 1), "--dir", tls, "--force"],
+                           check=True, stdout=subprocess.DEVNULL)
+        security = ["--cluster-tls-dir", tls]
     procs = []
     try:
         for i, addr in enumerate(addrs):
             procs.append(subprocess.Popen(
                 [strata, "server", "--node-id", str(i + 1), "--listen", addr, "--peers", peers,
-                 "--data-dir", os.path.join(workdir, f"n{i + 1}")],
+                 "--data-dir", os.path.join(workdir, f"n{i + 1}")] + security,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(workdir, f"n{i + 1}.log"), "w"), env={**os.environ, "RUST_LOG": "warn"}))
         for i in range(n):

@@ -1,5 +1,7 @@
 //! The cluster under test: one `strata server` process per host, the same
-//! binary and flags a user runs (`--node-id --listen --peers --data-dir`),
+//! binary and flags a user runs (`--node-id --listen --peers --data-dir
+//! --cluster-tls-dir`: nodes talk to each other over mutual TLS, with a CA
+//! and node certificates made by `strata certs` for the run),
 //! started in the host's container (the binary mounted read-only, data and
 //! log in the run's folder) or network namespace. The harness kills
 //! (SIGKILL), pauses (SIGSTOP, or the cgroup freezer for a container),
@@ -14,8 +16,10 @@ use tokio::process::{Child, Command};
 
 use crate::net::{Host, Kind, run};
 
-/// Port every node listens on (each host has its own address).
+/// Port every node serves clients on (each host has its own address).
 pub const PORT: u16 = 7878;
+/// Port every node's cluster listener (node-to-node traffic) is on.
+pub const CLUSTER_PORT: u16 = 7879;
 
 #[derive(Debug)]
 struct Node {
@@ -41,10 +45,29 @@ pub struct Cluster {
     dir: PathBuf,
 }
 
+/// A CA and the certificates of nodes 1..=n in `dir`, made with the strata
+/// binary under test (`strata certs`), as an operator would.
+fn make_certs(strata: &Path, dir: &Path, n: u32) -> anyhow::Result<()> {
+    let d = dir.to_str().context("the run's folder is not UTF-8")?;
+    let run_certs = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(strata).arg("certs").args(args).args(["--dir", d, "--force"]).output()?;
+        if !out.status.success() {
+            bail!("strata certs {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run_certs(&["ca"])?;
+    for id in 1..=n {
+        run_certs(&["node", "--node-id", &id.to_string()])?;
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Starts a node on every host; data and logs under `dir`.
     pub async fn start(strata: &Path, hosts: &[Host], network: &str, dir: &Path) -> anyhow::Result<Self> {
-        let peers = hosts.iter().map(|h| format!("{}={}:{PORT}", h.node, h.ip)).collect::<Vec<_>>().join(",");
+        let peers = hosts.iter().map(|h| format!("{}={}:{CLUSTER_PORT}", h.node, h.ip)).collect::<Vec<_>>().join(",");
+        make_certs(strata, &dir.join("tls"), hosts.len() as u32)?;
         let nodes = hosts
             .iter()
             .map(|h| Node {
@@ -100,8 +123,10 @@ impl Cluster {
                 // log land where the namespace hosts put them.
                 let d = dir.to_string_lossy();
                 let command = format!(
-                    "exec /usr/local/bin/strata server --node-id {id} --listen {listen} --peers {peers} --data-dir {} >> {} 2>&1",
+                    "exec /usr/local/bin/strata server --node-id {id} --listen {listen} --peers {peers} --data-dir {} \
+                     --cluster-tls-dir {} >> {} 2>&1",
                     node.data_dir.display(),
+                    dir.join("tls").display(),
                     node.log.display()
                 );
                 run(&[
@@ -142,6 +167,8 @@ impl Cluster {
                     .args(["server", "--node-id", &id.to_string(), "--listen", &listen])
                     .args(["--peers", &peers, "--data-dir"])
                     .arg(&node.data_dir)
+                    .arg("--cluster-tls-dir")
+                    .arg(dir.join("tls"))
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
                     .stderr(log)

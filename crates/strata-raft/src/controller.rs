@@ -96,11 +96,145 @@ pub enum Rejected {
     PartitionCountChanged { topic: String, expected: u32, current: u32 },
     #[error("partition {partition} of '{topic}' names node {node}, which is not a member of the cluster")]
     UnknownNode { topic: String, partition: usize, node: NodeId },
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+}
+
+/// What no command may say, whatever the metadata: checked before a command
+/// is proposed (with the cluster's members), and again, without them, when
+/// it is applied (a command that fails then changes nothing, on every
+/// node). The checks made when applying only ever protect what applying
+/// relies on (names that are safe as paths, bounded counts); they never
+/// become stricter from one version to the next, or a log written by an
+/// older version would replay differently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error("a cluster id is 32 hexadecimal digits, not '{0}'")]
+    ClusterId(String),
+    #[error("node {0} is not a member of the cluster")]
+    NotMember(NodeId),
+    #[error("node {id}'s address '{addr}' is not HOST:PORT of at most {MAX_ADDRESS_LEN} bytes")]
+    Address { id: NodeId, addr: String },
+    #[error("node {id}'s incarnation '{incarnation}' is not 32 hexadecimal digits")]
+    Incarnation { id: NodeId, incarnation: String },
+    #[error(
+        "topic name {name:?} is not 1 to {MAX_APPLIED_TOPIC_NAME_LEN} characters of [A-Za-z0-9._-] (nor '.' or '..')"
+    )]
+    TopicName { name: String },
+    #[error("topic '{topic}' would have {count} partitions; at most {max}")]
+    PartitionCount { topic: String, count: usize, max: u32 },
+    #[error("partition {partition} of '{topic}' has no replica")]
+    NoReplica { topic: String, partition: usize },
+    #[error("partition {partition} of '{topic}' names node {node} twice")]
+    DuplicateReplica { topic: String, partition: usize, node: NodeId },
+    #[error("topic '{topic}' has id {id}, which the metadata never handed out (next is {next})")]
+    TopicId { topic: String, id: u64, next: u64 },
+}
+
+/// Longest node address a command may carry.
+pub const MAX_ADDRESS_LEN: usize = 255;
+/// Longest topic name a command may carry when applied (the most any
+/// version has allowed; new topics are held to `strata_storage`'s limit
+/// before they are proposed).
+pub const MAX_APPLIED_TOPIC_NAME_LEN: usize = 249;
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn check_name(name: &str) -> Result<(), InvalidCommand> {
+    let safe = !name.is_empty()
+        && name.len() <= MAX_APPLIED_TOPIC_NAME_LEN
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if safe { Ok(()) } else { Err(InvalidCommand::TopicName { name: name.to_owned() }) }
+}
+
+fn check_address(id: NodeId, addr: &str) -> Result<(), InvalidCommand> {
+    let port = addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(_)))
+            if !host.is_empty() && addr.len() <= MAX_ADDRESS_LEN && !addr.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(InvalidCommand::Address { id, addr: addr.to_owned() }),
+    }
+}
+
+fn check_replicas(
+    topic: &str,
+    first: usize,
+    replicas: &[Vec<NodeId>],
+    members: Option<&[NodeId]>,
+) -> Result<(), InvalidCommand> {
+    let max = strata_storage::MAX_PARTITIONS;
+    if first + replicas.len() > max as usize {
+        return Err(InvalidCommand::PartitionCount { topic: topic.to_owned(), count: first + replicas.len(), max });
+    }
+    for (i, set) in replicas.iter().enumerate() {
+        let partition = first + i;
+        if set.is_empty() {
+            return Err(InvalidCommand::NoReplica { topic: topic.to_owned(), partition });
+        }
+        for (j, node) in set.iter().enumerate() {
+            if set[..j].contains(node) {
+                return Err(InvalidCommand::DuplicateReplica { topic: topic.to_owned(), partition, node: *node });
+            }
+            if members.is_some_and(|m| !m.contains(node)) {
+                return Err(InvalidCommand::NotMember(*node));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Command {
+    /// The checks of [`InvalidCommand`]. With `members` (the cluster's:
+    /// before proposing), also that node ids are members and that ids and
+    /// addresses have their form; without (when applying), only what
+    /// applying relies on.
+    pub fn check(&self, members: Option<&[NodeId]>) -> Result<(), InvalidCommand> {
+        match self {
+            Command::Bootstrap { cluster_id } => {
+                if members.is_some() && !is_hex_id(cluster_id) {
+                    return Err(InvalidCommand::ClusterId(cluster_id.clone()));
+                }
+            }
+            Command::RegisterNode(node) => {
+                if let Some(members) = members {
+                    if !members.contains(&node.id) {
+                        return Err(InvalidCommand::NotMember(node.id));
+                    }
+                    check_address(node.id, &node.addr)?;
+                    if !is_hex_id(&node.incarnation) {
+                        return Err(InvalidCommand::Incarnation { id: node.id, incarnation: node.incarnation.clone() });
+                    }
+                }
+            }
+            Command::CreateTopic { name, replicas, .. } => {
+                check_name(name)?;
+                if replicas.is_empty() {
+                    let max = strata_storage::MAX_PARTITIONS;
+                    return Err(InvalidCommand::PartitionCount { topic: name.clone(), count: 0, max });
+                }
+                check_replicas(name, 0, replicas, members)?;
+            }
+            Command::DeleteTopic { name } | Command::AlterTopic { name, .. } => check_name(name)?,
+            Command::AddPartitions { name, from, replicas } => {
+                check_name(name)?;
+                check_replicas(name, *from as usize, replicas, members)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Metadata {
     /// Applies `command`, or leaves the metadata as it was.
     pub fn apply(&mut self, command: &Command) -> Result<(), Rejected> {
+        command.check(None)?;
         match command {
             Command::Bootstrap { cluster_id } => match &self.cluster_id {
                 Some(existing) if existing != cluster_id => {
@@ -154,6 +288,33 @@ impl Metadata {
                     topic.replicas.extend(replicas.iter().cloned());
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Whether metadata received from a peer (in a controller snapshot)
+    /// holds only what applying commands could have produced, for a
+    /// cluster of `members`.
+    pub fn check(&self, members: &[NodeId]) -> Result<(), InvalidCommand> {
+        if let Some(id) = &self.cluster_id
+            && !is_hex_id(id)
+        {
+            return Err(InvalidCommand::ClusterId(id.clone()));
+        }
+        for (id, node) in &self.nodes {
+            if node.id != *id {
+                return Err(InvalidCommand::NotMember(node.id));
+            }
+            Command::RegisterNode(node.clone()).check(Some(members))?;
+        }
+        let registered: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for (name, topic) in &self.topics {
+            check_name(name)?;
+            if topic.name != *name || topic.id == 0 || topic.id >= self.next_topic_id || !ids.insert(topic.id) {
+                return Err(InvalidCommand::TopicId { topic: name.clone(), id: topic.id, next: self.next_topic_id });
+            }
+            check_replicas(name, 0, &topic.replicas, Some(&registered))?;
         }
         Ok(())
     }
@@ -222,6 +383,47 @@ pub enum CommandError {
     Format(#[from] FormatError),
     #[error("malformed controller command: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("a control batch is not a controller command")]
+    Control,
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+}
+
+/// A controller batch as it may be proposed: a data batch (a control batch
+/// would be taken for a Raft entry of its own) whose records are commands
+/// that pass their checks for a cluster of `members`.
+pub fn check_batch(batch: &Bytes, members: &[NodeId]) -> Result<Vec<Command>, CommandError> {
+    if strata_record::verify(batch)?.control {
+        return Err(CommandError::Control);
+    }
+    let commands = decode_commands(batch)?;
+    for c in &commands {
+        c.check(Some(members))?;
+    }
+    Ok(commands)
+}
+
+/// Applies a committed controller batch to `metadata`: each command in
+/// turn, a rejected one changing nothing. Never fails: a batch that cannot
+/// be read (it could only have been proposed by a faulty or older node) is
+/// applied as a no-op, identically on every node, and the reason returned
+/// for its proposer.
+pub fn apply_batch(metadata: &mut Metadata, batch: &Bytes) -> Option<String> {
+    let commands = match decode_commands(batch) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "a controller entry is not a command; applied as a no-op");
+            return Some(e.to_string());
+        }
+    };
+    let mut rejected = None;
+    for command in &commands {
+        if let Err(why) = metadata.apply(command) {
+            tracing::debug!(%why, ?command, "controller command changed nothing");
+            rejected.get_or_insert_with(|| why.to_string());
+        }
+    }
+    rejected
 }
 
 /// The commands a controller batch holds.
@@ -309,6 +511,66 @@ mod tests {
             Err(Rejected::UnknownTopic(_))
         ));
         assert_eq!(m, before, "rejected commands change nothing");
+    }
+
+    #[test]
+    fn a_batch_that_is_not_a_command_is_refused_before_and_changes_nothing_after() {
+        let members = [1, 2, 3];
+        let garbage = strata_record::encode(
+            &[Record { value: Bytes::from_static(b"not a command"), ..Record::default() }],
+            Compression::None,
+        );
+        assert!(matches!(check_batch(&garbage, &members), Err(CommandError::Json(_))));
+        let control = strata_record::control_batch("raft.membership", b"{}", 0);
+        assert!(matches!(check_batch(&control, &members), Err(CommandError::Control)));
+        let stranger = encode_command(&node(9, &"a".repeat(32))).expect("encode");
+        assert!(matches!(check_batch(&stranger, &members), Err(CommandError::Invalid(InvalidCommand::NotMember(9)))));
+        let ok = encode_command(&node(2, &"b".repeat(32))).expect("encode");
+        check_batch(&ok, &members).expect("a member registering");
+
+        // Applied anyway (a faulty or older proposer): a no-op, with a reason.
+        let mut m = three_nodes();
+        let before = m.clone();
+        assert!(apply_batch(&mut m, &garbage).is_some_and(|why| why.contains("malformed controller command")));
+        let bad_name = Command::CreateTopic {
+            name: "../../etc".into(),
+            replicas: vec![vec![1]],
+            overrides: TopicOverrides::default(),
+        };
+        let why = apply_batch(&mut m, &encode_command(&bad_name).expect("encode")).expect("refused");
+        assert!(why.contains("topic name"), "{why}");
+        let twice =
+            Command::CreateTopic { name: "t".into(), replicas: vec![vec![1, 1]], overrides: TopicOverrides::default() };
+        let why = apply_batch(&mut m, &encode_command(&twice).expect("encode")).expect("refused");
+        assert!(why.contains("twice"), "{why}");
+        assert_eq!(m, before, "nothing changed");
+    }
+
+    #[test]
+    fn metadata_from_a_peer_holds_only_what_commands_produce() {
+        let mut m = three_nodes();
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            replicas: vec![vec![1, 2]],
+            overrides: TopicOverrides::default(),
+        })
+        .expect("create");
+        let ids = |m: &Metadata| -> Vec<NodeId> { m.nodes.keys().copied().collect() };
+        let mut good = m.clone();
+        for node in good.nodes.values_mut() {
+            node.incarnation = "c".repeat(32);
+        }
+        good.check(&ids(&good)).expect("consistent metadata");
+        let mut forged = good.clone();
+        if let Some(t) = forged.topics.get_mut("t") {
+            t.id = 99;
+        }
+        assert!(matches!(forged.check(&ids(&good)), Err(InvalidCommand::TopicId { id: 99, .. })));
+        let mut stranger = good.clone();
+        if let Some(t) = stranger.topics.get_mut("t") {
+            t.replicas = vec![vec![1, 7]];
+        }
+        assert!(matches!(stranger.check(&ids(&good)), Err(InvalidCommand::NotMember(7))));
     }
 
     #[test]

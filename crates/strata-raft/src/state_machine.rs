@@ -175,7 +175,7 @@ impl StateMachine {
                 for (_, batch) in chunk {
                     // Blank and membership entries are control batches.
                     if !strata_record::verify(&batch).map_err(io_err)?.control {
-                        apply_controller_batch(&mut metadata, &batch)?;
+                        controller::apply_batch(&mut metadata, &batch);
                     }
                 }
             }
@@ -209,18 +209,6 @@ impl StateMachine {
     }
 }
 
-/// Applies a controller entry's commands. A command the metadata rejects
-/// (it lost a race checked before proposing) changes nothing, on every node
-/// alike.
-fn apply_controller_batch(metadata: &mut Metadata, batch: &bytes::Bytes) -> Result<(), io::Error> {
-    for command in controller::decode_commands(batch).map_err(io_err)? {
-        if let Err(rejected) = metadata.apply(&command) {
-            tracing::debug!(%rejected, ?command, "controller command changed nothing");
-        }
-    }
-    Ok(())
-}
-
 /// Builds snapshots of one partition (shares the state machine's current
 /// snapshot slot).
 #[derive(Debug)]
@@ -231,12 +219,21 @@ pub struct SnapshotBuilder {
     metadata: Option<Metadata>,
     /// The offset after the applied entry.
     next_offset: u64,
+    /// Why the applied entry did not become durable here, if it did not:
+    /// the snapshot is then refused rather than built on an offset that
+    /// may not hold.
+    not_durable: Option<String>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = PartitionSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        if let Some(why) = &self.not_durable {
+            return Err(io::Error::other(format!(
+                "no snapshot: the applied entry did not become durable on this replica: {why}"
+            )));
+        }
         let data = PartitionSnapshot { next_offset: self.next_offset, metadata: self.metadata.clone(), staged: None };
         let meta = SnapshotMeta { last_log_id: self.state.applied, last_membership: self.state.membership.clone() };
         self.snapshots.store(StoredSnapshot { meta, data }).await
@@ -265,11 +262,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = match &entry.payload {
                 EntryPayload::Normal(req) => {
-                    if let Some(m) = metadata.as_mut() {
-                        apply_controller_batch(m, &req.batch)?;
+                    let rejected = metadata.as_mut().and_then(|m| controller::apply_batch(m, &req.batch));
+                    // The log checked the batch when it took it: a header
+                    // that does not parse here cannot happen, and answers
+                    // zeros rather than stop the group.
+                    let h = strata_record::BatchHeader::parse(&req.batch).ok();
+                    Response {
+                        base_offset: h.as_ref().map_or(0, |h| h.base_offset),
+                        record_count: h.as_ref().map_or(0, |h| h.record_count),
+                        rejected,
                     }
-                    let h = strata_record::BatchHeader::parse(&req.batch).map_err(io_err)?;
-                    Response { base_offset: h.base_offset, record_count: h.record_count }
                 }
                 EntryPayload::Membership(m) => {
                     self.state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -309,6 +311,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// A snapshot that openraft may defer (`force` false) is deferred when
+    /// the applied entry cannot become durable here (the partition failed):
+    /// a snapshot built then would name an offset that may not hold. One it
+    /// needs (`force`) is refused by its builder, which stops this replica's
+    /// group: its log cannot be trusted until a restart runs recovery.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        let builder = self.get_snapshot_builder().await;
+        (force || builder.not_durable.is_none()).then_some(builder)
+    }
+
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let metadata = match &self.kind {
             Kind::Controller(tx) => Some(Metadata::clone(&tx.borrow())),
@@ -317,13 +329,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The offset after the applied entry, taken now (once it is durable
         // here, so it is visible): entries applied while openraft builds the
         // snapshot elsewhere must not move it.
+        let mut not_durable = None;
         if let Some(applied) = self.state.applied
             && let Err(e) = self.log.wait_durable(applied.index).await
         {
             tracing::warn!(log = ?self.log, error = %e, "the applied entry did not become durable before a snapshot");
+            not_durable = Some(e.to_string());
         }
         let next_offset = self.log.high_watermark();
-        SnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone(), metadata, next_offset }
+        SnapshotBuilder {
+            state: self.state.clone(),
+            snapshots: self.snapshots.clone(),
+            metadata,
+            next_offset,
+            not_durable,
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: PartitionSnapshot) -> Result<(), io::Error> {

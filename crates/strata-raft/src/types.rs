@@ -93,10 +93,14 @@ impl std::fmt::Display for Request {
 
 /// What applying an entry answers: where its records landed. Blank and
 /// membership entries answer zeros.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub base_offset: u64,
     pub record_count: u32,
+    /// A controller entry applied as a no-op: why (its command lost a race
+    /// or failed its checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 openraft::declare_raft_types!(

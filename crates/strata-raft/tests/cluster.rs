@@ -74,7 +74,7 @@ async fn start_nodes_configured(
         let dir = tempfile::tempdir().expect("tempdir");
         let db = IndexDb::open(&dir.path().join("index")).expect("index");
         let identity = Identity::new(id, members.keys().copied().collect(), Some("test-cluster".into()));
-        let (groups, peers) = (Groups::default(), Peers::new(Arc::clone(&identity), BTreeMap::new()));
+        let (groups, peers) = (Groups::default(), Peers::new(Arc::clone(&identity), BTreeMap::new(), None));
         let mut started = Vec::new();
         for g in group_ids {
             let index = Arc::new(db.partition(g.topic_id, g.partition));
@@ -404,7 +404,7 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
 
     let (config, peers) = (
         group::config("test").expect("config"),
-        Peers::new(Identity::new(leader_id, Vec::new(), None), BTreeMap::new()),
+        Peers::new(Identity::new(leader_id, Vec::new(), None), BTreeMap::new(), None),
     );
     let restarted =
         group::start(leader_id, GROUP, leader.log().clone(), config, &peers, &leader.registry).await.expect("restart");

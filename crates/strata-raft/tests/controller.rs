@@ -33,7 +33,7 @@ async fn controller_commands_change_the_metadata_and_survive_a_restart() {
     let db = IndexDb::open(&dir.path().join("index")).expect("index");
     let config = group::config("test").expect("config");
     let (tx, mut rx) = watch::channel(Arc::new(Metadata::default()));
-    let peers = Peers::new(Identity::new(1, vec![1], None), BTreeMap::new());
+    let peers = Peers::new(Identity::new(1, vec![1], None), BTreeMap::new(), None);
     let groups = Groups::default();
     let log = open_log(dir.path(), &db);
     let raft = group::start_controller(1, log.clone(), tx, Arc::clone(&config), &peers, &groups).await.expect("start");

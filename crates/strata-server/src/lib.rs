@@ -7,6 +7,7 @@
 pub mod cluster;
 mod convert;
 pub mod groups;
+pub mod incoming;
 mod replication;
 mod service;
 pub mod status;
@@ -47,6 +48,14 @@ pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// frame of another stream, a heartbeat say, can go.
 pub const H2_MAX_FRAME: u32 = 1024 * 1024;
 
+/// Most concurrent requests (HTTP/2 streams) one client connection may have
+/// open; more wait for one to finish (the client's HTTP/2 stack queues them).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// A client connection is pinged (HTTP/2 PING) every this long.
+pub const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ... and closed if a ping is not answered within this.
+pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,13 +65,34 @@ pub const SINGLE_NODE_ID: strata_raft::NodeId = 1;
 /// Settings of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The client listener (the public gRPC API).
     pub listen: SocketAddr,
+    /// The address clients are sent to for this node (in metadata and
+    /// `NOT_LEADER` answers); `None`: the client listener's address.
+    pub advertised: Option<String>,
     pub data_dir: PathBuf,
     pub defaults: LogConfig,
     pub retention_check_interval: Duration,
     /// The static cluster this node belongs to; `None`: a cluster of this
-    /// node alone (id 1, reached at its listen address).
+    /// node alone (id 1), with no cluster listener.
     pub cluster: Option<ClusterConfig>,
+    /// Where the cluster listener binds; `None`: this node's address in
+    /// the cluster's peer list.
+    pub cluster_listen: Option<String>,
+    /// How nodes prove who they are to each other.
+    pub cluster_security: ClusterSecurity,
+}
+
+/// How the cluster listener and this node's connections to its peers are
+/// secured.
+#[derive(Debug, Clone)]
+pub enum ClusterSecurity {
+    /// Mutual TLS with certificates from the cluster's CA, each naming its
+    /// node.
+    Mutual(strata_tls::NodeTls),
+    /// Plaintext, no authentication: anyone who reaches the cluster
+    /// listener can take part in Raft (`--insecure-cluster`).
+    Insecure,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +100,9 @@ pub enum ServerError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Tls(#[from] strata_tls::TlsError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("startup task failed: {0}")]
@@ -83,8 +115,11 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Node {
     addr: SocketAddr,
+    cluster_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), ServerError>>,
+    /// The cluster listener's server and its stop signal.
+    cluster_server: Option<Serving>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
     logs: Arc<LogManager>,
@@ -102,13 +137,36 @@ impl Node {
             .await
             .map_err(|e| ServerError::Startup(e.to_string()))??;
         let logs = Arc::new(logs);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let bind_error = |addr: String| move |source| ServerError::Bind { addr, source };
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error(config.listen.to_string()))?;
+        let addr = listener.local_addr().map_err(bind_error(config.listen.to_string()))?;
+        let advertised = config.advertised.clone().unwrap_or_else(|| addr.to_string());
+        // The cluster listener: Raft between nodes, never on the client
+        // listener. A node alone has none.
+        // A node alone (no peers, whatever its id) has none.
+        let cluster_listener = match &config.cluster {
+            Some(c) if c.peers.len() > 1 || config.cluster_listen.is_some() => {
+                let at = config.cluster_listen.clone().unwrap_or_else(|| c.advertised().to_owned());
+                let l = tokio::net::TcpListener::bind(&at).await.map_err(bind_error(at.clone()))?;
+                Some(l)
+            }
+            _ => None,
+        };
+        let cluster_addr = match &cluster_listener {
+            Some(l) => Some(l.local_addr().map_err(bind_error("the cluster listener".into()))?),
+            None => None,
+        };
         let cluster = config.cluster.clone().unwrap_or_else(|| ClusterConfig::single(SINGLE_NODE_ID, addr.to_string()));
+        let tls = match &config.cluster_security {
+            ClusterSecurity::Mutual(tls) => Some(tls.clone()),
+            ClusterSecurity::Insecure => None,
+        };
         let identity = NodeIdentity::load_or_create(&config.data_dir, &cluster)?;
-        let replication = Replication::start(cluster, identity, config.data_dir.clone(), Arc::clone(&logs)).await?;
+        let members = cluster.members();
+        let replication =
+            Replication::start(cluster, identity, config.data_dir.clone(), Arc::clone(&logs), advertised, tls.clone())
+                .await?;
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop.clone());
@@ -137,6 +195,11 @@ impl Node {
             .initial_stream_window_size(Some(H2_STREAM_WINDOW))
             .initial_connection_window_size(Some(H2_CONNECTION_WINDOW))
             .max_frame_size(Some(H2_MAX_FRAME))
+            // Bounded per connection: concurrent requests (HTTP/2 streams),
+            // and a connection whose peer stops answering pings is closed.
+            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -151,11 +214,8 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
             )
             .add_service(AdminServer::new(services))
-            .add_service(group_service.into_server())
-            .add_service(replication.service());
-        // Accepted sockets get TCP_NODELAY: small responses (acks) must not
-        // wait for delayed ACKs.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            .add_service(group_service.into_server());
+        let incoming = incoming::limited(listener, incoming::MAX_CLIENT_CONNECTIONS);
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -168,12 +228,38 @@ impl Node {
                 .map_err(ServerError::from)
         });
         // Serving first: peers reach this node's groups while it joins.
+        let cluster_server = match cluster_listener {
+            Some(listener) => {
+                let security = match &tls {
+                    Some(t) => strata_tls::Security::Mutual { config: t.server_config(members.clone())?, members },
+                    None => {
+                        tracing::warn!(
+                            "the cluster listener runs WITHOUT TLS (--insecure-cluster): anyone who reaches it \
+                             can take part in Raft and destroy data; use it on a trusted network only"
+                        );
+                        strata_tls::Security::Insecure
+                    }
+                };
+                Some(serve_cluster(listener, security, replication.service()))
+            }
+            None => None,
+        };
         replication.run().await?;
         let retention =
             tokio::spawn(retention_loop(Arc::clone(&logs), Arc::clone(&replication), config.retention_check_interval));
         let group_timer = tokio::spawn(groups::run_timer(coordinator));
-        info!(%addr, data_dir = %config.data_dir.display(), "strata node serving");
-        Ok(Self { addr, shutdown: Some(shutdown_tx), server, retention, group_timer, logs, replication })
+        info!(%addr, cluster = ?cluster_addr, data_dir = %config.data_dir.display(), "strata node serving");
+        Ok(Self {
+            addr,
+            cluster_addr,
+            shutdown: Some(shutdown_tx),
+            server,
+            cluster_server,
+            retention,
+            group_timer,
+            logs,
+            replication,
+        })
     }
 
     /// Resolves with the reason when the node must stop (it found that it
@@ -185,6 +271,11 @@ impl Node {
     /// The address the node listens on (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The cluster listener's address (`None`: a node alone has none).
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_addr
     }
 
     /// Stops accepting requests, lets in-flight ones finish, closes the
@@ -207,9 +298,43 @@ impl Node {
         };
         // The groups hold the partition logs: they stop before the logs close.
         self.replication.shutdown().await;
+        if let Some((stop, server)) = self.cluster_server.take() {
+            let _ = stop.send(());
+            server.abort();
+            let _ = server.await;
+        }
         self.logs.close().await;
         served
     }
+}
+
+/// A server task and the signal that stops it.
+type Serving = (oneshot::Sender<()>, JoinHandle<Result<(), ServerError>>);
+
+/// Serves the Raft service on the cluster listener until told to stop.
+fn serve_cluster(
+    listener: tokio::net::TcpListener,
+    security: strata_tls::Security,
+    service: strata_proto::internal::raft_server::RaftServer<strata_raft::RaftService>,
+) -> Serving {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = strata_tls::incoming(listener, security);
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(H2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(H2_CONNECTION_WINDOW))
+            .max_frame_size(Some(H2_MAX_FRAME))
+            // A peer that vanished (power loss, cut cable) is noticed.
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(ServerError::from)
+    });
+    (stop, server)
 }
 
 /// Every `every`: retention of the logs without consensus, then of every

@@ -45,15 +45,36 @@ const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(15);
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long topic creation waits for enough nodes to have registered.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+/// How often topics that could not be reconciled are tried again.
+const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// A peer that does not answer within this is not live (for placement).
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default replicas per partition (at most the cluster's size).
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 
+/// Where clients reach each node: this node at the address it advertises,
+/// the others at the address they registered with the controller.
+#[derive(Debug, Clone)]
+pub(crate) struct Directory {
+    me: NodeId,
+    advertised: Arc<str>,
+    metadata: watch::Receiver<Arc<Metadata>>,
+}
+
+impl Directory {
+    fn client_address(&self, id: NodeId) -> Option<String> {
+        if id == self.me {
+            return Some(self.advertised.to_string());
+        }
+        self.metadata.borrow().nodes.get(&id).map(|n| n.addr.clone())
+    }
+}
+
 /// The node's Raft groups.
 #[derive(Debug)]
 pub struct Replication {
     cluster: ClusterConfig,
+    directory: Directory,
     identity: Mutex<NodeIdentity>,
     data_dir: PathBuf,
     config: Arc<openraft::Config>,
@@ -85,6 +106,8 @@ impl Replication {
         identity: NodeIdentity,
         data_dir: PathBuf,
         logs: Arc<LogManager>,
+        advertised: String,
+        tls: Option<strata_tls::NodeTls>,
     ) -> Result<Arc<Self>, ServerError> {
         // Snapshot entries staged by a run that stopped mid-transfer: the
         // leader sends them again.
@@ -95,7 +118,7 @@ impl Replication {
             })?;
         }
         let raft_identity = Identity::new(cluster.node_id, cluster.members(), identity.cluster_id.clone());
-        let peers = Peers::new(raft_identity, cluster.peers.clone());
+        let peers = Peers::new(raft_identity, cluster.peers.clone(), tls);
         let groups = Groups::default();
         let config = group::config("strata").map_err(raft_error)?;
         let (tx, metadata) = watch::channel(Arc::new(Metadata::default()));
@@ -107,8 +130,10 @@ impl Replication {
             controller.initialize(Self::members_of(&cluster, &cluster.members())).await.map_err(raft_error)?;
         }
         let (fatal, _) = watch::channel(None);
+        let directory = Directory { me: cluster.node_id, advertised: advertised.into(), metadata: metadata.clone() };
         Ok(Arc::new(Self {
             cluster,
+            directory,
             identity: Mutex::new(identity),
             data_dir,
             config,
@@ -140,7 +165,8 @@ impl Replication {
         self.fatal.send_replace(Some(reason));
     }
 
-    /// The gRPC service through which peers reach this node's groups.
+    /// The gRPC service through which peers reach this node's groups (on
+    /// the cluster listener only).
     pub fn service(&self) -> strata_proto::internal::raft_server::RaftServer<RaftService> {
         RaftService::new(Arc::clone(self.peers.identity()), self.groups.clone())
             .with_staging_dir(self.data_dir.join("snapshots"))
@@ -167,7 +193,11 @@ impl Replication {
                 .await
                 .map_err(|_| raft_error("this node did not register with its own controller"))?
                 .map_err(raft_error)?;
-            self.reconcile().await.map_err(|s| ServerError::Startup(s.message().to_owned()))?;
+            // A topic that cannot be opened holds back no other: it is
+            // logged, and tried again by `follow_metadata`.
+            for (topic, e) in self.reconcile().await {
+                warn!(topic, error = %e.message(), "could not open this topic yet; retrying");
+            }
             for raft in self.groups.all() {
                 raft.wait(Some(READY_TIMEOUT))
                     .metrics(
@@ -241,7 +271,7 @@ impl Replication {
         let me = self.node_id();
         let (incarnation, addr) = {
             let identity = self.identity.lock().map(|i| i.incarnation.clone()).unwrap_or_default();
-            (identity, self.cluster.advertised().to_owned())
+            (identity, self.directory.advertised.to_string())
         };
         let record = NodeRecord { id: me, addr, incarnation };
         let mut delay = Duration::from_millis(100);
@@ -260,7 +290,13 @@ impl Replication {
             if let Some(command) = command
                 && let Err(e) = self.propose_controller(&command).await
             {
-                warn!(error = %e.message(), "cannot reach the controller yet; retrying");
+                // Refused: another node bootstrapped first, or this node's
+                // id is taken (`adopt` stops the node); otherwise retry.
+                if e.code() == tonic::Code::FailedPrecondition {
+                    info!(reason = %e.message(), "the controller did not take this node's change");
+                } else {
+                    warn!(error = %e.message(), "cannot reach the controller yet; retrying");
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -268,7 +304,9 @@ impl Replication {
     }
 
     /// Follows the controller's metadata: learns the cluster id, checks
-    /// this node's registration, and reconciles topics and replicas.
+    /// this node's registration, and reconciles topics and replicas. A
+    /// topic that cannot be reconciled holds back no other, and is tried
+    /// again every [`RECONCILE_RETRY`] until it is.
     async fn follow_metadata(self: Arc<Self>) {
         let mut rx = self.metadata.clone();
         loop {
@@ -276,10 +314,16 @@ impl Replication {
             if let Err(reason) = self.adopt(&metadata) {
                 return self.die(reason);
             }
-            if let Err(e) = self.reconcile().await {
-                warn!(error = %e.message(), "could not apply the cluster metadata yet; retrying on the next change");
+            let failed = self.reconcile().await;
+            for (topic, e) in &failed {
+                warn!(topic, error = %e.message(), "could not apply the cluster metadata to this topic yet; retrying");
             }
-            if rx.changed().await.is_err() {
+            let changed = rx.changed();
+            if failed.is_empty() {
+                if changed.await.is_err() {
+                    return;
+                }
+            } else if let Ok(Err(_)) = tokio::time::timeout(RECONCILE_RETRY, changed).await {
                 return;
             }
         }
@@ -319,54 +363,83 @@ impl Replication {
         Ok(())
     }
 
-    /// Makes the local catalog and the running groups match the metadata.
-    pub async fn reconcile(&self) -> Result<(), Status> {
+    /// Makes the local catalog and the running groups match the metadata,
+    /// topic by topic (idempotent). Returns the topics that could not be
+    /// reconciled, and why: one that fails holds back no other.
+    pub async fn reconcile(&self) -> Vec<(String, Status)> {
         let _guard = self.reconciling.lock().await;
         let metadata = Arc::clone(&self.metadata.borrow());
-        let me = self.node_id();
+        let mut failed = Vec::new();
         for topic in metadata.topics.values() {
-            let partitions = topic.replicas.len() as u32;
-            match self.logs.describe_topic(&topic.name) {
-                Ok(local) if local.id == topic.id => {
-                    if self.logs.topic_overrides(&topic.name).map_err(from_storage)? != topic.overrides {
-                        self.logs.set_topic_overrides(&topic.name, topic.overrides).await.map_err(from_storage)?;
-                    }
-                    if (local.partitions.len() as u32) < partitions {
-                        self.logs.add_partitions(&topic.name, partitions).await.map_err(from_storage)?;
-                    }
-                }
-                Ok(old) => {
-                    // Deleted and created again while this node was away.
-                    self.stop_topic(old.id, old.partitions.len() as u32).await;
-                    self.logs.delete_topic(&topic.name).await.map_err(from_storage)?;
-                    self.logs
-                        .create_topic_with_id(&topic.name, topic.id, partitions, topic.overrides)
-                        .await
-                        .map_err(from_storage)?;
-                }
-                Err(StorageError::UnknownTopic(_)) => {
-                    self.logs
-                        .create_topic_with_id(&topic.name, topic.id, partitions, topic.overrides)
-                        .await
-                        .map_err(from_storage)?;
-                }
-                Err(e) => return Err(from_storage(e)),
-            }
-            for (p, replicas) in topic.replicas.iter().enumerate() {
-                let group = GroupId { topic_id: topic.id, partition: p as u32 };
-                if replicas.contains(&me) && self.groups.get(group).is_none() {
-                    let log = self.logs.partition(&topic.name, p as u32).map_err(from_storage)?;
-                    self.start_partition(group, log, replicas).await?;
-                }
+            if let Err(e) = self.reconcile_topic(topic).await {
+                failed.push((topic.name.clone(), e));
             }
         }
-        for local in self.logs.list_topics().map_err(from_storage)? {
+        let local = match self.logs.list_topics() {
+            Ok(l) => l,
+            Err(e) => {
+                failed.push((String::new(), from_storage(e)));
+                return failed;
+            }
+        };
+        for local in local {
             // Deleted only if the metadata has seen the topic created (ids
             // are handed out in order): metadata that is behind (the
             // controller re-applying after a restart) deletes nothing.
             if !metadata.topics.contains_key(&local.name) && local.id < metadata.next_topic_id {
                 self.stop_topic(local.id, local.partitions.len() as u32).await;
-                self.logs.delete_topic(&local.name).await.map_err(from_storage)?;
+                if let Err(e) = self.logs.delete_topic(&local.name).await {
+                    failed.push((local.name.clone(), from_storage(e)));
+                }
+            }
+        }
+        failed
+    }
+
+    /// [`Replication::reconcile`], then whether `topic` itself is in order.
+    async fn reconcile_for(&self, topic: &str) -> Result<(), Status> {
+        let failed = self.reconcile().await;
+        match failed.into_iter().find(|(t, _)| t == topic || t.is_empty()) {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes one topic's catalog entry and replicas here match `topic`.
+    async fn reconcile_topic(&self, topic: &strata_raft::controller::TopicRecord) -> Result<(), Status> {
+        let me = self.node_id();
+        let partitions = topic.replicas.len() as u32;
+        match self.logs.describe_topic(&topic.name) {
+            Ok(local) if local.id == topic.id => {
+                if self.logs.topic_overrides(&topic.name).map_err(from_storage)? != topic.overrides {
+                    self.logs.set_topic_overrides(&topic.name, topic.overrides).await.map_err(from_storage)?;
+                }
+                if (local.partitions.len() as u32) < partitions {
+                    self.logs.add_partitions(&topic.name, partitions).await.map_err(from_storage)?;
+                }
+            }
+            Ok(old) => {
+                // Deleted and created again while this node was away.
+                self.stop_topic(old.id, old.partitions.len() as u32).await;
+                self.logs.delete_topic(&topic.name).await.map_err(from_storage)?;
+                self.logs
+                    .create_topic_with_id(&topic.name, topic.id, partitions, topic.overrides)
+                    .await
+                    .map_err(from_storage)?;
+            }
+            Err(StorageError::UnknownTopic(_)) => {
+                self.logs
+                    .create_topic_with_id(&topic.name, topic.id, partitions, topic.overrides)
+                    .await
+                    .map_err(from_storage)?;
+            }
+            Err(e) => return Err(from_storage(e)),
+        }
+        for (p, replicas) in topic.replicas.iter().enumerate() {
+            let group = GroupId { topic_id: topic.id, partition: p as u32 };
+            if replicas.contains(&me) && self.groups.get(group).is_none() {
+                let log = self.logs.partition(&topic.name, p as u32).map_err(from_storage)?;
+                self.start_partition(group, log, replicas).await?;
             }
         }
         Ok(())
@@ -415,19 +488,32 @@ impl Replication {
     }
 
     /// Proposes a command to the controller (at its leader, wherever it is)
-    /// and returns once it is applied on this node.
+    /// and returns once it is applied on this node. The command is checked
+    /// first as the controller's leader checks it; one that the controller
+    /// applied as a no-op (it lost a race) is answered with the reason.
     async fn propose_controller(&self, command: &Command) -> Result<Arc<Metadata>, Status> {
         let batch = encode_command(command).map_err(|e| Status::internal(e.to_string()))?;
-        let written =
-            self.peers.propose(&self.controller, GroupId::CONTROLLER, batch).await.map_err(|s| {
+        strata_raft::controller::check_batch(&batch, &self.cluster.members())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let written = self.peers.propose(&self.controller, GroupId::CONTROLLER, batch).await.map_err(|s| {
+            if s.code() == tonic::Code::InvalidArgument {
+                Status::invalid_argument(format!("the controller refused the change: {}", s.message()))
+            } else {
                 controller_unavailable(format!("the controller cannot take the change: {}", s.message()))
-            })?;
+            }
+        })?;
         let applied = self
             .controller
             .wait(Some(CONTROLLER_TIMEOUT))
             .applied_index_at_least(Some(written.log_id.index), "controller change applied")
             .await;
         applied.map_err(|e| controller_unavailable(format!("the controller change was not applied here: {e}")))?;
+        if let Some(reason) = written.rejected {
+            // The typed answer (exists, unknown, changed meanwhile) when the
+            // metadata now says why; otherwise the controller's reason.
+            self.check_command(command)?;
+            return Err(Status::failed_precondition(format!("the controller did not apply the change: {reason}")));
+        }
         Ok(Arc::clone(&self.metadata.borrow()))
     }
 
@@ -479,7 +565,7 @@ impl Replication {
             Some(t) if t.replicas == replicas => {}
             _ => return Err(from_storage(StorageError::TopicExists(name.to_owned()))),
         }
-        self.reconcile().await?;
+        self.reconcile_for(name).await?;
         let topic_id = metadata.topics[name].id;
         self.wait_leaders(topic_id, 0..partitions).await;
         info!(topic = name, partitions, replication_factor = rf, "topic created");
@@ -545,7 +631,7 @@ impl Replication {
             )));
         }
         let topic_id = topic.id;
-        self.reconcile().await?;
+        self.reconcile_for(name).await?;
         self.wait_leaders(topic_id, current..count).await;
         info!(topic = name, from = current, to = count, "partitions added");
         Ok(())
@@ -561,6 +647,10 @@ impl Replication {
             changed @ Rejected::PartitionCountChanged { .. } => {
                 Status::aborted(format!("{changed}; check, then retry"))
             }
+            Rejected::Invalid(e) => Status::invalid_argument(e.to_string()),
+            refused @ (Rejected::AlreadyBootstrapped(_) | Rejected::NodeIdReused { .. }) => {
+                Status::failed_precondition(refused.to_string())
+            }
             other => controller_unavailable(other.to_string()),
         })
     }
@@ -570,7 +660,7 @@ impl Replication {
         let command = Command::DeleteTopic { name: name.to_owned() };
         self.check_command(&command)?;
         self.propose_controller(&command).await?;
-        self.reconcile().await
+        self.reconcile_for(name).await
     }
 
     /// Changes a topic's configuration across the cluster.
@@ -580,7 +670,7 @@ impl Replication {
         let command = Command::AlterTopic { name: name.to_owned(), overrides: changes };
         self.check_command(&command)?;
         self.propose_controller(&command).await?;
-        self.reconcile().await
+        self.reconcile_for(name).await
     }
 
     /// One retention pass over every replica this node holds; returns the
@@ -688,14 +778,15 @@ impl Replication {
         }
     }
 
-    /// The address clients reach a node at.
+    /// The address clients reach a node at (`None`: a node that has not
+    /// registered yet).
     pub fn address(&self, id: NodeId) -> Option<String> {
-        self.brokers().into_iter().find(|(n, _)| *n == id).map(|(_, a)| a)
+        self.directory.client_address(id)
     }
 
-    /// The address this node is reached at.
+    /// The address clients reach this node at.
     pub fn advertised(&self) -> String {
-        self.cluster.advertised().to_owned()
+        self.directory.advertised.to_string()
     }
 
     /// `NOT_LEADER` for a partition, naming its leader when known.
@@ -703,14 +794,13 @@ impl Replication {
         self.not_leader(GroupId { topic_id, partition }, leader, why)
     }
 
-    /// Every registered node and its address (the configured address for
-    /// members not registered yet).
+    /// Every registered node and the address clients reach it at (this
+    /// node's own address even before it registered).
     pub fn brokers(&self) -> Vec<(NodeId, String)> {
         let metadata = self.metadata.borrow();
-        let mut out: BTreeMap<NodeId, String> = self.cluster.peers.clone();
-        for (id, node) in &metadata.nodes {
-            out.insert(*id, node.addr.clone());
-        }
+        let mut out: BTreeMap<NodeId, String> =
+            metadata.nodes.iter().map(|(id, node)| (*id, node.addr.clone())).collect();
+        out.insert(self.node_id(), self.advertised());
         out.into_iter().collect()
     }
 
@@ -758,11 +848,11 @@ impl Replication {
             pb::Acks::Quorum | pb::Acks::Unspecified => None,
         };
         raft.client_write_ff(request, Some(responder)).await.map_err(|e| shutting_down(&e))?;
-        Ok(Pending { group, rx, local, peers: self.peers.clone() })
+        Ok(Pending { group, rx, local, directory: self.directory.clone() })
     }
 
     fn not_leader(&self, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
-        not_leader(&self.peers, group, leader, why)
+        not_leader(&self.directory, group, leader, why)
     }
 }
 
@@ -812,14 +902,14 @@ fn in_sync(metrics: &openraft::RaftMetrics<TypeConfig>, me: NodeId) -> Vec<NodeI
 
 /// `NOT_LEADER`, naming the leader (id and address in the error's metadata
 /// as `leader_id` and `leader_addr`) when it is known.
-fn not_leader(peers: &Peers, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
+fn not_leader(directory: &Directory, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
     let mut meta = BTreeMap::new();
     let named = match leader {
         Some(id) => {
             meta.insert("leader_id".to_owned(), id.to_string());
-            match peers.address(id) {
+            match directory.client_address(id) {
                 Some(addr) => {
-                    meta.insert("leader_addr".to_owned(), addr.to_owned());
+                    meta.insert("leader_addr".to_owned(), addr.clone());
                     format!("node {id} at {addr}")
                 }
                 None => format!("node {id}"),
@@ -847,7 +937,7 @@ pub struct Pending {
     rx: tokio::sync::oneshot::Receiver<ClientWriteResult<TypeConfig>>,
     /// `acks=leader`: the leader's own flush of the entry.
     local: Option<tokio::sync::oneshot::Receiver<LocalFlushResult>>,
-    peers: Peers,
+    directory: Directory,
 }
 
 fn reason(f: &ForwardToLeader<TypeConfig>) -> &'static str {
@@ -863,7 +953,7 @@ impl Pending {
     /// or once fsync'd in the leader's log (`acks=leader`; whichever of
     /// that and a refusal comes first).
     pub async fn wait(self) -> Result<AppendInfo, Status> {
-        let Self { group, mut rx, local, peers } = self;
+        let Self { group, mut rx, local, directory } = self;
         let result = match local {
             None => rx.await,
             Some(local) => tokio::select! {
@@ -891,15 +981,19 @@ impl Pending {
                 },
             },
         };
-        Pending::answer(group, &peers, result.map_err(|e| shutting_down(&e))?)
+        Pending::answer(group, &directory, result.map_err(|e| shutting_down(&e))?)
     }
 
-    fn answer(group: GroupId, peers: &Peers, result: ClientWriteResult<TypeConfig>) -> Result<AppendInfo, Status> {
+    fn answer(
+        group: GroupId,
+        directory: &Directory,
+        result: ClientWriteResult<TypeConfig>,
+    ) -> Result<AppendInfo, Status> {
         match result {
             Ok(resp) => Ok(AppendInfo { base_offset: resp.data.base_offset, record_count: resp.data.record_count }),
-            Err(ClientWriteError::ForwardToLeader(f)) => Err(not_leader(peers, group, f.leader_id, reason(&f))),
+            Err(ClientWriteError::ForwardToLeader(f)) => Err(not_leader(directory, group, f.leader_id, reason(&f))),
             Err(ClientWriteError::LogEntryDiscarded(f)) => {
-                let leader = not_leader(peers, group, f.leader_id, "leadership changed");
+                let leader = not_leader(directory, group, f.leader_id, "leadership changed");
                 Err(status(
                     tonic::Code::Unavailable,
                     pb::ErrorReason::OutcomeUnknown,

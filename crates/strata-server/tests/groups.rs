@@ -27,6 +27,9 @@ async fn start_with_retention_every(dir: &Path, retention_check_interval: Durati
         defaults: LogConfig::default(),
         retention_check_interval,
         cluster: None,
+        advertised: None,
+        cluster_listen: None,
+        cluster_security: strata_server::ClusterSecurity::Insecure,
     })
     .await
     .expect("node starts");

@@ -25,6 +25,9 @@ async fn start() -> TestNode {
         defaults: LogConfig::default(),
         retention_check_interval: Duration::from_secs(3600),
         cluster: None,
+        advertised: None,
+        cluster_listen: None,
+        cluster_security: strata_server::ClusterSecurity::Insecure,
     })
     .await
     .expect("node starts");

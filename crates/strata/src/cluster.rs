@@ -149,9 +149,13 @@ pub struct DevArgs {
     /// Nodes to run.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// Port of node 1; node N listens on this + N - 1.
+    /// Client port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 7101)]
     base_port: u16,
+    /// Cluster (node-to-node) port of node 1; node N's is this + N - 1.
+    /// Default: --base-port + 100.
+    #[arg(long)]
+    cluster_base_port: Option<u16>,
     /// Folder holding each node's data directory (node-1, node-2, ...).
     #[arg(long, default_value = "strata-dev")]
     data_dir: PathBuf,
@@ -160,11 +164,20 @@ pub struct DevArgs {
 /// Runs a local cluster: one `strata server` process per node, on loopback;
 /// Ctrl-C stops them all (each finishes its in-flight requests).
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let nodes = LocalCluster::start(args.nodes, args.base_port, &args.data_dir).await?;
+    let cluster_base = match args.cluster_base_port {
+        Some(p) => p,
+        None => args.base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?,
+    };
+    let nodes = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir).await?;
     let bootstrap = nodes.bootstrap();
-    println!("strata dev: {} nodes running, data and logs under {}", args.nodes, args.data_dir.display());
+    println!(
+        "strata dev: {} nodes running, data and logs under {}, node-to-node mutual TLS with certificates in {}",
+        args.nodes,
+        args.data_dir.display(),
+        nodes.tls_dir().display()
+    );
     for i in 1..=args.nodes {
-        println!("  node {i}: {}", nodes.addr(i));
+        println!("  node {i}: {} (cluster listener {})", nodes.addr(i), nodes.cluster_addr(i));
     }
     println!("try:\n  strata topic create demo --partitions 3 --replication-factor 3 --server {bootstrap}");
     println!("  strata cluster status --server {bootstrap}\nCtrl-C stops the cluster.");
@@ -178,6 +191,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 pub struct LocalCluster {
     exe: PathBuf,
     base_port: u16,
+    cluster_base_port: u16,
     data_dir: PathBuf,
     peers: String,
     /// Node i at index i - 1; `None` while killed.
@@ -185,21 +199,36 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts `n` nodes (node i on `base_port + i - 1`, data in
-    /// `data_dir/node-i`, its log in `data_dir/node-i.log`) and returns once
-    /// every node accepts connections.
-    pub async fn start(n: u16, base_port: u16, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+    /// Starts `n` nodes (node i's client listener on `base_port + i - 1`,
+    /// its cluster listener on `cluster_base_port + i - 1`, data in
+    /// `data_dir/node-i`, its log in `data_dir/node-i.log`, certificates in
+    /// `data_dir/tls`, made on the first start) and returns once every node
+    /// accepts connections.
+    pub async fn start(
+        n: u16,
+        base_port: u16,
+        cluster_base_port: u16,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         if n == 0 {
             bail!("a cluster needs at least 1 node");
         }
-        if u32::from(base_port) + u32::from(n) - 1 > u32::from(u16::MAX) {
-            bail!("port {base_port} leaves no room for {n} nodes");
+        for base in [base_port, cluster_base_port] {
+            if u32::from(base) + u32::from(n) - 1 > u32::from(u16::MAX) {
+                bail!("port {base} leaves no room for {n} nodes");
+            }
+        }
+        let (clients, cluster) = (base_port..base_port + n, cluster_base_port..cluster_base_port + n);
+        if clients.start < cluster.end && cluster.start < clients.end {
+            bail!("the client ports {clients:?} and the cluster ports {cluster:?} overlap");
         }
         let exe = std::env::current_exe().context("cannot find the strata binary")?;
-        let peers: Vec<String> = (1..=n).map(|i| format!("{i}=127.0.0.1:{}", base_port + i - 1)).collect();
+        crate::certs::ensure_dev_certs(&data_dir.join("tls"), n)?;
+        let peers: Vec<String> = (1..=n).map(|i| format!("{i}=127.0.0.1:{}", cluster_base_port + i - 1)).collect();
         let mut cluster = Self {
             exe,
             base_port,
+            cluster_base_port,
             data_dir: data_dir.to_owned(),
             peers: peers.join(","),
             children: (0..n).map(|_| None).collect(),
@@ -215,6 +244,15 @@ impl LocalCluster {
 
     pub fn addr(&self, node: u16) -> String {
         format!("127.0.0.1:{}", self.base_port + node - 1)
+    }
+
+    pub fn cluster_addr(&self, node: u16) -> String {
+        format!("127.0.0.1:{}", self.cluster_base_port + node - 1)
+    }
+
+    /// Where the nodes' certificates are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
     }
 
     pub fn bootstrap(&self) -> String {
@@ -234,6 +272,8 @@ impl LocalCluster {
             .args(["server", "--node-id", &node.to_string(), "--listen", &self.addr(node), "--peers", &self.peers])
             .arg("--data-dir")
             .arg(&dir)
+            .arg("--cluster-tls-dir")
+            .arg(self.tls_dir())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)

@@ -14,13 +14,53 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    pub advertised_listen: String,
     pub node_id: u64,
     pub peers: String,
+    pub cluster_listen: String,
+    pub insecure_cluster: bool,
+    pub cluster_tls: ClusterTls,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
     pub log_format: String,
     pub log_level: String,
     pub topic_defaults: strata_server::LogConfig,
+}
+
+/// `[cluster_tls]`: where a node's certificate, key and CA are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub dir: PathBuf,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl ClusterTls {
+    fn is_set(&self) -> bool {
+        [&self.dir, &self.ca_file, &self.cert_file, &self.key_file].iter().any(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The CA, certificate and key files of node `id` (each file key wins
+    /// over `dir`).
+    fn files(&self, id: u64) -> anyhow::Result<[PathBuf; 3]> {
+        let pick = |file: &PathBuf, name: String, key: &str| -> anyhow::Result<PathBuf> {
+            if !file.as_os_str().is_empty() {
+                Ok(file.clone())
+            } else if !self.dir.as_os_str().is_empty() {
+                Ok(self.dir.join(name))
+            } else {
+                bail!("cluster_tls.{key} is not set (nor cluster_tls.dir, --cluster-tls-dir)")
+            }
+        };
+        let stem = strata_tls::issue::node_stem(id);
+        Ok([
+            pick(&self.ca_file, "ca.crt".into(), "ca_file")?,
+            pick(&self.cert_file, format!("{stem}.crt"), "cert_file")?,
+            pick(&self.key_file, format!("{stem}.key"), "key_file")?,
+        ])
+    }
 }
 
 impl ServerConfig {
@@ -40,7 +80,7 @@ impl ServerConfig {
     }
 
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
-        let listen = self
+        let listen: std::net::SocketAddr = self
             .listen
             .parse()
             .with_context(|| format!("listen address '{}' is not HOST:PORT (e.g. 127.0.0.1:7878)", self.listen))?;
@@ -52,19 +92,53 @@ impl ServerConfig {
                 .then(|| strata_server::ClusterConfig::single(self.node_id, self.listen.clone()))
         } else {
             let cluster = strata_server::ClusterConfig::parse(self.node_id, &self.peers)?;
-            let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_owned());
-            if port(cluster.advertised()) != port(&self.listen) {
+            if cluster.advertised() == self.listen {
                 bail!(
-                    "--peers gives node {} the address {}, but it listens on {}: the ports must match",
+                    "--peers gives node {} the address {}, which is its client listener (--listen): peers are \
+                     the nodes' cluster listeners, a port of their own (e.g. 7879)",
                     self.node_id,
-                    cluster.advertised(),
                     self.listen
                 );
             }
             Some(cluster)
         };
+        // Peers given: a cluster listener, which needs node certificates.
+        let has_peers = !self.peers.trim().is_empty();
+        let cluster_security = match (has_peers, self.insecure_cluster, self.cluster_tls.is_set()) {
+            (_, true, true) => bail!("--insecure-cluster and node certificates (cluster_tls) exclude each other"),
+            (_, true, false) | (false, false, false) => strata_server::ClusterSecurity::Insecure,
+            (_, false, true) => {
+                let [ca, cert, key] = self.cluster_tls.files(self.node_id)?;
+                strata_server::ClusterSecurity::Mutual(strata_tls::NodeTls::load(self.node_id, &ca, &cert, &key)?)
+            }
+            (true, false, false) => bail!(
+                "a cluster needs node certificates: give --cluster-tls-dir DIR holding ca.crt, node-{id}.crt and \
+                 node-{id}.key (made with `strata certs ca --dir DIR` and `strata certs node --node-id {id} --dir DIR`), \
+                 or --insecure-cluster to run nodes without TLS on a trusted network",
+                id = self.node_id
+            ),
+        };
+        let advertised = if !self.advertised_listen.trim().is_empty() {
+            Some(self.advertised_listen.trim().to_owned())
+        } else if listen.ip().is_unspecified() {
+            // Bound to every interface: clients are sent to this node's
+            // host as its peers know it.
+            cluster
+                .as_ref()
+                .filter(|_| !self.peers.trim().is_empty())
+                .and_then(|c| c.advertised().rsplit_once(':').map(|(host, _)| format!("{host}:{}", listen.port())))
+        } else {
+            None
+        };
+        let cluster_listen = (!self.cluster_listen.trim().is_empty()).then(|| self.cluster_listen.trim().to_owned());
+        if cluster_listen.is_some() && !has_peers {
+            bail!("--cluster-listen needs --peers: a node alone has no cluster listener");
+        }
         Ok(NodeConfig {
             cluster,
+            cluster_listen,
+            cluster_security,
+            advertised,
             listen,
             data_dir: self.data_dir.clone(),
             defaults: self.topic_defaults,

@@ -2,6 +2,7 @@
 //! `produce`, `consume`) and the load generator (`bench`).
 
 mod bench;
+mod certs;
 mod cli;
 mod cluster;
 mod config;
@@ -73,6 +74,11 @@ enum Command {
     },
     /// Run a local cluster of several nodes (for trying replication).
     Dev(cluster::DevArgs),
+    /// Make a cluster CA and node or client certificates.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Measure produce or consume throughput and latency.
     Bench {
         #[command(flatten)]
@@ -87,19 +93,35 @@ struct ServerArgs {
     /// TOML config file (see `strata server --print-default-config`).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Listen address, HOST:PORT (overrides the config).
+    /// Client listen address, HOST:PORT (overrides the config).
     #[arg(long)]
     listen: Option<String>,
+    /// The address clients are sent to for this node (overrides the config).
+    #[arg(long)]
+    advertised_listen: Option<String>,
     /// Data directory (overrides the config).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// This node's id in its cluster, from 1 (overrides the config).
     #[arg(long)]
     node_id: Option<u64>,
-    /// Every cluster member as ID=HOST:PORT,... this node included, e.g.
-    /// 1=10.0.0.1:7878,2=10.0.0.2:7878,3=10.0.0.3:7878 (overrides the config).
+    /// Every cluster member's CLUSTER listener as ID=HOST:PORT,... this node
+    /// included, e.g. 1=10.0.0.1:7879,2=10.0.0.2:7879,3=10.0.0.3:7879
+    /// (overrides the config).
     #[arg(long)]
     peers: Option<String>,
+    /// Where this node's cluster listener binds (default: its entry in --peers).
+    #[arg(long)]
+    cluster_listen: Option<String>,
+    /// Folder with the cluster's CA and this node's certificate and key
+    /// (ca.crt, node-ID.crt, node-ID.key, as `strata certs` writes them).
+    #[arg(long)]
+    cluster_tls_dir: Option<PathBuf>,
+    /// Run node-to-node traffic without TLS or authentication. Anyone who
+    /// reaches a cluster listener can then destroy data: a trusted,
+    /// isolated network only.
+    #[arg(long)]
+    insecure_cluster: bool,
     /// Log format: text or json (overrides the config).
     #[arg(long)]
     log_format: Option<String>,
@@ -141,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster { client, command } => cluster::run(&client, command).await,
         Command::Group { client, command } => group::run(&client, command).await,
         Command::Dev(args) => cluster::dev(args).await,
+        Command::Certs { command } => certs::run(command),
     }
 }
 
@@ -176,14 +199,32 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(peers) = args.peers {
         config.peers = peers;
     }
+    if let Some(addr) = args.advertised_listen {
+        config.advertised_listen = addr;
+    }
+    if let Some(addr) = args.cluster_listen {
+        config.cluster_listen = addr;
+    }
+    if let Some(dir) = args.cluster_tls_dir {
+        config.cluster_tls.dir = dir;
+    }
+    if args.insecure_cluster {
+        config.insecure_cluster = true;
+    }
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
     let node_config = config.node_config()?;
     init_logging(&config.log_format, &config.log_level);
+    let insecure = config.insecure_cluster && node_config.cluster.is_some();
     let node = strata_server::Node::start(node_config).await?;
+    let cluster = match node.cluster_addr() {
+        Some(a) if insecure => format!("; cluster listener on {a} WITHOUT TLS (--insecure-cluster)"),
+        Some(a) => format!("; cluster listener on {a} with mutual TLS"),
+        None => String::new(),
+    };
     eprintln!(
-        "strata {} listening on {} (data in {})",
+        "strata {} listening on {} (data in {}){cluster}",
         env!("CARGO_PKG_VERSION"),
         node.addr(),
         config.data_dir.display()

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, ServerProcess, free_ports};
+use common::{BIN, ClusterPorts, ServerProcess, free_ports};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Acks, Client, Compression, Record, TopicConfig};
 use tokio::sync::watch;
@@ -38,7 +38,7 @@ fn seed() -> u64 {
 }
 
 struct Cluster {
-    ports: Vec<u16>,
+    ports: ClusterPorts,
     nodes: Vec<Option<ServerProcess>>,
     /// Environment every node starts with.
     env: Vec<(String, String)>,
@@ -52,7 +52,7 @@ impl Cluster {
 
     fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(n);
+        let ports = ClusterPorts::new(n);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let nodes = (1..=n as u64)
             .map(|id| Some(ServerProcess::start_node_with(&Self::dir_of(&dir, id), id, &ports, &env)))
@@ -65,11 +65,11 @@ impl Cluster {
     }
 
     fn addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+        self.ports.addr(id)
     }
 
     fn bootstrap(&self) -> String {
-        (1..=self.ports.len() as u64).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
+        self.ports.bootstrap()
     }
 
     fn kill(&mut self, id: u64) {
@@ -394,11 +394,10 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_resumes() {
 }
 
 /// A server whose standard error goes to `DATA_DIR.stderr`.
-fn server(node_id: u64, ports: &[u16], data_dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
-    let listen = format!("127.0.0.1:{}", ports[node_id as usize - 1]);
+fn server(node_id: u64, ports: &ClusterPorts, data_dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
     let log = data_dir.with_extension("stderr");
     let child = std::process::Command::new(BIN)
-        .args(["server", "--node-id", &node_id.to_string(), "--listen", &listen, "--peers", &common::peers_arg(ports)])
+        .args(ports.server_args(node_id))
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")
@@ -472,12 +471,12 @@ async fn bad_cluster_input_gets_clear_errors() {
 
     // Peers that leave this node out.
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(3);
+    let ports = ClusterPorts::new(3);
     // (A node 1 that ran once on `x`: its identity is written by then.)
     ServerProcess::start_node(&dir.path().join("x"), 1, &ports).kill();
     let err = {
         let out = std::process::Command::new(BIN)
-            .args(["server", "--node-id", "4", "--listen", "127.0.0.1:1", "--peers", &common::peers_arg(&ports)])
+            .args(["server", "--node-id", "4", "--listen", "127.0.0.1:1", "--peers", &ports.peers_arg()])
             .arg("--data-dir")
             .arg(dir.path().join("y"))
             .output()
@@ -552,8 +551,13 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let base = free_port_run(3);
+    let mut cluster_base = free_port_run(3);
+    while cluster_base.abs_diff(base) < 3 {
+        cluster_base = free_port_run(3);
+    }
     let dev = std::process::Command::new(BIN)
         .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
+        .args(["--cluster-base-port", &cluster_base.to_string()])
         .arg("--data-dir")
         .arg(dir.path().join("dev"))
         .env("RUST_LOG", "warn")

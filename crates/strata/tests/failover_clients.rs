@@ -28,7 +28,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, ServerProcess, free_ports};
+use common::{BIN, ClusterPorts, ServerProcess};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Client, ProducerConfig, Record, TopicConfig};
@@ -47,7 +47,7 @@ fn seed() -> u64 {
 }
 
 struct Cluster {
-    ports: Vec<u16>,
+    ports: ClusterPorts,
     nodes: Vec<Option<ServerProcess>>,
     dir: tempfile::TempDir,
 }
@@ -55,7 +55,7 @@ struct Cluster {
 impl Cluster {
     fn start(n: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(n);
+        let ports = ClusterPorts::new(n);
         let nodes = (1..=n as u64)
             .map(|id| Some(ServerProcess::start_node(&dir.path().join(format!("node-{id}")), id, &ports)))
             .collect();
@@ -63,7 +63,7 @@ impl Cluster {
     }
 
     fn addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+        self.ports.addr(id)
     }
 
     fn ids(&self) -> impl Iterator<Item = u64> + use<> {

@@ -25,10 +25,72 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
-/// The `--peers` list of a loopback cluster on `ports` (node i+1 on
-/// `ports[i]`).
-pub fn peers_arg(ports: &[u16]) -> String {
-    ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",")
+/// A loopback cluster's ports and certificates: node i+1 serves clients on
+/// `client[i]` and its peers on `cluster[i]`, with mutual TLS from the
+/// certificates in `tls` (made with `strata certs`, as an operator would).
+#[derive(Clone)]
+pub struct ClusterPorts {
+    pub client: Vec<u16>,
+    pub cluster: Vec<u16>,
+    pub tls: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl ClusterPorts {
+    pub fn new(n: usize) -> Self {
+        let ports = free_ports(2 * n);
+        let tls = tempfile::tempdir().expect("tempdir");
+        let dir = tls.path().to_str().expect("utf-8 path").to_owned();
+        run_ok(&["certs", "ca", "--dir", &dir]);
+        for id in 1..=n {
+            run_ok(&["certs", "node", "--node-id", &id.to_string(), "--dir", &dir]);
+        }
+        Self { client: ports[..n].to_vec(), cluster: ports[n..].to_vec(), tls: std::sync::Arc::new(tls) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.client.len()
+    }
+
+    /// Node `id`'s client address.
+    pub fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.client[id as usize - 1])
+    }
+
+    /// Node `id`'s cluster listener address.
+    pub fn cluster_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.cluster[id as usize - 1])
+    }
+
+    /// Every node's client address, comma-separated (a `--server` list).
+    pub fn bootstrap(&self) -> String {
+        (1..=self.len() as u64).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The `--peers` list: every node's cluster listener.
+    pub fn peers_arg(&self) -> String {
+        (1..=self.len() as u64).map(|id| format!("{id}={}", self.cluster_addr(id))).collect::<Vec<_>>().join(",")
+    }
+
+    /// The certificate folder (ca.crt, node-ID.crt, node-ID.key).
+    pub fn tls_dir(&self) -> &Path {
+        self.tls.path()
+    }
+
+    /// `strata server` arguments of node `id` (without `--data-dir`).
+    pub fn server_args(&self, id: u64) -> Vec<String> {
+        let tls = self.tls_dir().to_str().expect("utf-8 path").to_owned();
+        ["server", "--node-id", &id.to_string(), "--listen", &self.addr(id), "--peers", &self.peers_arg()]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--cluster-tls-dir".to_owned(), tls])
+            .collect()
+    }
+}
+
+/// Runs `strata ARGS`, which must succeed.
+pub fn run_ok(args: &[&str]) {
+    let out = Command::new(BIN).args(args).output().expect("run strata");
+    assert!(out.status.success(), "strata {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl ServerProcess {
@@ -38,18 +100,17 @@ impl ServerProcess {
         Self::spawn(&["server", "--listen", "127.0.0.1:0"], data_dir)
     }
 
-    /// Starts node `node_id` of the loopback cluster on `ports`.
-    pub fn start_node(data_dir: &Path, node_id: u64, ports: &[u16]) -> Self {
+    /// Starts node `node_id` of the loopback cluster `ports`.
+    pub fn start_node(data_dir: &Path, node_id: u64, ports: &ClusterPorts) -> Self {
         Self::start_node_with(data_dir, node_id, ports, &[])
     }
 
     /// Like [`ServerProcess::start_node`], with extra environment variables
     /// (e.g. `STRATA_RETENTION_CHECK_INTERVAL_MS`).
-    pub fn start_node_with(data_dir: &Path, node_id: u64, ports: &[u16], env: &[(String, String)]) -> Self {
-        let listen = format!("127.0.0.1:{}", ports[node_id as usize - 1]);
-        let id = node_id.to_string();
-        let peers = peers_arg(ports);
-        Self::spawn_with(&["server", "--node-id", &id, "--listen", &listen, "--peers", &peers], data_dir, env)
+    pub fn start_node_with(data_dir: &Path, node_id: u64, ports: &ClusterPorts, env: &[(String, String)]) -> Self {
+        let args = ports.server_args(node_id);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::spawn_with(&args, data_dir, env)
     }
 
     fn spawn(args: &[&str], data_dir: &Path) -> Self {

@@ -1,16 +1,11 @@
-//! Raft messages between nodes over gRPC (`strata.internal.v1.Raft`).
-//!
-//! Every group of a node pair shares one tonic channel (one HTTP/2
-//! connection; its streams carry the concurrency); each message names its
-//! group, and the receiving node routes it through its [`Groups`]. Calls
-//! carry openraft's deadline; an unreachable peer or a group the peer does
-//! not host (yet) is reported as unreachable, and openraft backs off
-//! ([`Connection::backoff`]).
+//! This node's connections to its peers ([`Peers`]: one channel per peer,
+//! shared by every group, over mutual TLS unless the cluster is insecure)
+//! and openraft's network over them ([`Network`], [`Connection`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -25,465 +20,25 @@ use openraft::raft::{
 };
 use strata_proto::internal as pb;
 use strata_storage::PartitionLog;
+use strata_tls::NodeTls;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
+use super::codec::{log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
+use super::server::propose_local;
+use super::{APPEND_TIMEOUT, GroupId, Identity, MAX_MESSAGE_BYTES, Written};
 use crate::coalesce::Coalesce;
 use crate::group::PartitionRaft;
 use crate::state_machine::{PartitionSnapshot, Snapshot};
 use crate::transfer;
-use crate::types::{
-    LogId, NodeId, NodeInfo, Request as Proposal, TypeConfig, Vote, batch_to_entry, entry_id, entry_to_batch,
-};
+use crate::types::{NodeId, NodeInfo, TypeConfig, Vote, entry_to_batch};
 
-/// Which Raft group a message is for: a partition, or (topic id 0) the
-/// cluster controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupId {
-    pub topic_id: u64,
-    pub partition: u32,
-}
-
-impl GroupId {
-    pub const CONTROLLER: Self = Self { topic_id: 0, partition: 0 };
-}
-
-impl std::fmt::Display for GroupId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if *self == Self::CONTROLLER {
-            f.write_str("controller")
-        } else {
-            write!(f, "topic {} partition {}", self.topic_id, self.partition)
-        }
-    }
-}
-
-impl From<GroupId> for pb::GroupId {
-    fn from(g: GroupId) -> Self {
-        Self { topic_id: g.topic_id, partition: g.partition }
-    }
-}
-
-impl From<pb::GroupId> for GroupId {
-    fn from(g: pb::GroupId) -> Self {
-        Self { topic_id: g.topic_id, partition: g.partition }
-    }
-}
-
-/// The Raft groups this node runs, by group: where incoming messages go.
-#[derive(Clone, Default)]
-pub struct Groups {
-    inner: Arc<RwLock<HashMap<GroupId, PartitionRaft>>>,
-}
-
-impl std::fmt::Debug for Groups {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.inner.read().map(|g| g.len()).unwrap_or(0);
-        f.debug_struct("Groups").field("groups", &n).finish()
-    }
-}
-
-impl Groups {
-    pub fn insert(&self, group: GroupId, raft: PartitionRaft) {
-        if let Ok(mut g) = self.inner.write() {
-            g.insert(group, raft);
-        }
-    }
-
-    /// This node runs `group` (without cloning its handle).
-    pub fn contains(&self, group: GroupId) -> bool {
-        self.inner.read().is_ok_and(|g| g.contains_key(&group))
-    }
-
-    pub fn get(&self, group: GroupId) -> Option<PartitionRaft> {
-        self.inner.read().ok().and_then(|g| g.get(&group).cloned())
-    }
-
-    pub fn remove(&self, group: GroupId) -> Option<PartitionRaft> {
-        self.inner.write().ok().and_then(|mut g| g.remove(&group))
-    }
-
-    /// Every group.
-    pub fn all(&self) -> Vec<PartitionRaft> {
-        self.inner.read().map(|g| g.values().cloned().collect()).unwrap_or_default()
-    }
-
-    /// Removes and returns every group.
-    pub fn drain(&self) -> Vec<PartitionRaft> {
-        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r).collect()).unwrap_or_default()
-    }
-}
-
-// ----- conversions ---------------------------------------------------------
-
-fn log_id_to_pb(id: &LogId) -> pb::LogId {
-    pb::LogId { term: id.leader_id.term, index: id.index }
-}
-
-fn log_id_from_pb(id: pb::LogId) -> LogId {
-    LogId::new_term_index(id.term, id.index)
-}
-
-fn vote_to_pb(v: &Vote) -> pb::Vote {
-    pb::Vote { term: v.leader_id.term, voted_for: v.leader_id.voted_for, committed: v.committed }
-}
-
-fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote, Status> {
-    let v = v.ok_or_else(|| Status::invalid_argument("the message has no vote"))?;
-    Ok(if v.committed { Vote::new_committed(v.term, v.voted_for) } else { Vote::new(v.term, v.voted_for) })
-}
-
-fn vote_request_from_pb(req: pb::VoteRequest) -> Result<VoteRequest<TypeConfig>, Status> {
-    let mut rpc = VoteRequest::new(vote_from_pb(req.vote)?, req.last_log_id.map(log_id_from_pb));
-    rpc.leadership_transfer = req.leadership_transfer;
-    Ok(rpc)
-}
-
-fn vote_response_to_pb(resp: &VoteResponse<TypeConfig>) -> pb::VoteResponse {
-    pb::VoteResponse {
-        vote: Some(vote_to_pb(&resp.vote)),
-        vote_granted: resp.vote_granted,
-        last_log_id: resp.last_log_id.as_ref().map(log_id_to_pb),
-    }
-}
-
-fn append_request_from_pb(req: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
-    let mut entries = Vec::with_capacity(req.entries.len());
-    for e in req.entries {
-        let id = entry_id(&log_id_from_pb(e.id.ok_or_else(|| Status::invalid_argument("an entry has no id"))?));
-        entries.push(batch_to_entry(id, e.batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
-    }
-    Ok(AppendEntriesRequest {
-        vote: vote_from_pb(req.vote)?,
-        prev_log_id: req.prev_log_id.map(log_id_from_pb),
-        entries,
-        leader_commit: req.leader_commit.map(log_id_from_pb),
-    })
-}
-
-// ----- identity ----------------------------------------------------------------
-
-/// Who this node is, shared by its Raft service and its connections: its
-/// id, the members it was configured with, and its cluster's id once known.
-#[derive(Debug)]
-pub struct Identity {
-    pub node_id: NodeId,
-    pub members: Vec<NodeId>,
-    cluster_id: RwLock<String>,
-}
-
-impl Identity {
-    pub fn new(node_id: NodeId, members: Vec<NodeId>, cluster_id: Option<String>) -> Arc<Self> {
-        Arc::new(Self { node_id, members, cluster_id: RwLock::new(cluster_id.unwrap_or_default()) })
-    }
-
-    /// Empty while this node does not know its cluster.
-    pub fn cluster_id(&self) -> String {
-        self.cluster_id.read().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    pub fn set_cluster_id(&self, id: &str) {
-        if let Ok(mut c) = self.cluster_id.write() {
-            id.clone_into(&mut c);
-        }
-    }
-
-    /// Refuses a message from a node of another cluster. A side that does
-    /// not know its cluster yet (a new node, or one that has not applied
-    /// the cluster's first entry) is let through: Raft itself keeps it
-    /// consistent, and refusing it could stall an election.
-    fn check_cluster(&self, sender: &str) -> Result<(), Status> {
-        let mine = self.cluster_id();
-        if !mine.is_empty() && !sender.is_empty() && mine != sender {
-            return Err(Status::failed_precondition(format!(
-                "node {} belongs to cluster {mine}, the sender to cluster {sender}: \
-                 a node was started with another cluster's data directory or peer list",
-                self.node_id
-            )));
-        }
-        Ok(())
-    }
-}
-
-// ----- server side -----------------------------------------------------------
-
-/// The gRPC service that hands incoming Raft messages to this node's groups.
-#[derive(Debug, Clone)]
-pub struct RaftService {
-    identity: Arc<Identity>,
-    groups: Groups,
-    /// Where received snapshot entries are staged before they are installed.
-    staging: std::path::PathBuf,
-}
-
-/// Metadata key of a "not the leader" status naming the leader's node id.
-pub const LEADER_HEADER: &str = "x-strata-leader";
-
-impl RaftService {
-    /// Received snapshots are staged under the system's temporary directory
-    /// unless [`RaftService::with_staging_dir`] says otherwise.
-    pub fn new(identity: Arc<Identity>, groups: Groups) -> Self {
-        Self { identity, groups, staging: std::env::temp_dir().join("strata-snapshots") }
-    }
-
-    /// Stages received snapshot entries under `dir` (a node's data
-    /// directory: they can be as large as a partition).
-    pub fn with_staging_dir(mut self, dir: std::path::PathBuf) -> Self {
-        self.staging = dir;
-        self
-    }
-
-    pub fn into_server(self) -> pb::raft_server::RaftServer<Self> {
-        // Appends carry up to a few MiB of batches.
-        pb::raft_server::RaftServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
-    }
-
-    fn route(&self, group: Option<pb::GroupId>, target: NodeId, cluster: &str) -> Result<PartitionRaft, Status> {
-        let me = self.identity.node_id;
-        if target != me {
-            return Err(Status::failed_precondition(format!(
-                "this is node {me}, not node {target}: check the cluster's peer addresses"
-            )));
-        }
-        self.identity.check_cluster(cluster)?;
-        let group: GroupId = group.ok_or_else(|| Status::invalid_argument("the message names no group"))?.into();
-        self.groups.get(group).ok_or_else(|| Status::not_found(format!("node {me} does not run {group}")))
-    }
-}
-
-/// Largest Raft message accepted or sent.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-/// Deadline of an AppendEntries call that carries entries (the follower
-/// fsyncs them before it answers). A follower that is down fails at once
-/// (connection refused) or through the keep-alive; one that is slow only
-/// slows its own replication stream.
-const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an entry-less request that only moves the follower's commit
 /// index is held back in case a request with entries follows and carries the
 /// commit instead (below peak this spares nearly a round trip per follower
 /// and produce). Followers learn a commit at most this much later; producers
 /// are acknowledged at the leader's commit, which this does not delay.
 const COMMIT_UPDATE_WINDOW: Duration = Duration::from_millis(20);
-/// A snapshot stream that sends nothing for this long is given up.
-const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(60);
-
-fn raft_failed(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("raft: {e}"))
-}
-
-#[tonic::async_trait]
-impl pb::raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<pb::AppendEntriesRequest>,
-    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let req = request.into_inner();
-        let raft = self.route(req.group, req.target, &req.cluster_id)?;
-        let rpc = append_request_from_pb(req)?;
-        use pb::append_entries_response::Outcome;
-        let response = match raft.append_entries(rpc).await.map_err(raft_failed)? {
-            AppendEntriesResponse::Success => {
-                pb::AppendEntriesResponse { outcome: Outcome::Success as i32, ..Default::default() }
-            }
-            AppendEntriesResponse::PartialSuccess(matching) => pb::AppendEntriesResponse {
-                outcome: Outcome::PartialSuccess as i32,
-                matching: matching.as_ref().map(log_id_to_pb),
-                ..Default::default()
-            },
-            AppendEntriesResponse::Conflict => {
-                pb::AppendEntriesResponse { outcome: Outcome::Conflict as i32, ..Default::default() }
-            }
-            AppendEntriesResponse::HigherVote(v) => pb::AppendEntriesResponse {
-                outcome: Outcome::HigherVote as i32,
-                higher_vote: Some(vote_to_pb(&v)),
-                ..Default::default()
-            },
-        };
-        Ok(Response::new(response))
-    }
-
-    type AppendStreamStream = BoxStream<'static, Result<pb::AppendStreamResponse, Status>>;
-
-    async fn append_stream(
-        &self,
-        request: Request<tonic::Streaming<pb::AppendEntriesRequest>>,
-    ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("an empty append stream"))?;
-        let raft = self.route(first.group, first.target, &first.cluster_id)?;
-        let group = first.group.map(GroupId::from);
-        let first = append_request_from_pb(first)?;
-        // Later requests go to the same group. The stream ends at the first
-        // one that is malformed, names another group or does not arrive, or
-        // once this node no longer runs the group (the sender sees its answers
-        // stop, and opens a new stream, which is routed afresh).
-        let groups = self.groups.clone();
-        let rest = inbound.scan((), move |(), next| {
-            let next = match next {
-                Ok(_) if group.is_none_or(|g| !groups.contains(g)) => {
-                    tracing::debug!(?group, "append stream for a group this node no longer runs");
-                    None
-                }
-                Ok(req) if req.group.map(GroupId::from) == group => match append_request_from_pb(req) {
-                    Ok(rpc) => Some(rpc),
-                    Err(e) => {
-                        tracing::warn!(?group, error = %e.message(), "append stream refused a request");
-                        None
-                    }
-                },
-                Ok(req) => {
-                    tracing::warn!(?group, other = ?req.group, "append stream request for another group");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(?group, error = %e, "append stream broke");
-                    None
-                }
-            };
-            futures::future::ready(next)
-        });
-        let requests = futures::stream::once(futures::future::ready(first)).chain(rest);
-        use pb::append_stream_response::Outcome;
-        let responses = raft.stream_append(requests).map(|answer| match answer {
-            Ok(Ok(matching)) => Ok(pb::AppendStreamResponse {
-                outcome: Outcome::Matched as i32,
-                log_id: matching.as_ref().map(log_id_to_pb),
-                higher_vote: None,
-            }),
-            Ok(Err(StreamAppendError::Conflict(prev))) => Ok(pb::AppendStreamResponse {
-                outcome: Outcome::Conflict as i32,
-                log_id: Some(log_id_to_pb(&prev)),
-                higher_vote: None,
-            }),
-            Ok(Err(StreamAppendError::HigherVote(vote))) => Ok(pb::AppendStreamResponse {
-                outcome: Outcome::HigherVote as i32,
-                log_id: None,
-                higher_vote: Some(vote_to_pb(&vote)),
-            }),
-            Err(fatal) => Err(raft_failed(fatal)),
-        });
-        Ok(Response::new(Box::pin(responses)))
-    }
-
-    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
-        let req = request.into_inner();
-        let raft = self.route(req.group, req.target, &req.cluster_id)?;
-        let resp = raft.vote(vote_request_from_pb(req)?).await.map_err(raft_failed)?;
-        Ok(Response::new(vote_response_to_pb(&resp)))
-    }
-
-    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
-        let req = request.into_inner();
-        let raft = self.route(req.group, req.target, &req.cluster_id)?;
-        let resp = raft.pre_vote(vote_request_from_pb(req)?).await.map_err(raft_failed)?;
-        Ok(Response::new(vote_response_to_pb(&resp)))
-    }
-
-    async fn install_snapshot(
-        &self,
-        request: Request<pb::InstallSnapshotRequest>,
-    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
-        let req = request.into_inner();
-        let raft = self.route(req.group, req.target, &req.cluster_id)?;
-        let meta = serde_json::from_slice(&req.meta_json)
-            .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
-        let data: PartitionSnapshot = serde_json::from_slice(&req.data_json)
-            .map_err(|e| Status::invalid_argument(format!("malformed snapshot data: {e}")))?;
-        let resp = raft
-            .install_full_snapshot(vote_from_pb(req.vote)?, Snapshot { meta, snapshot: data })
-            .await
-            .map_err(raft_failed)?;
-        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
-    }
-
-    async fn install_snapshot_stream(
-        &self,
-        request: Request<tonic::Streaming<pb::SnapshotChunk>>,
-    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
-        let mut chunks = request.into_inner();
-        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
-        let header = first.header.ok_or_else(|| Status::invalid_argument("the first chunk has no header"))?;
-        let group = header.group.map(GroupId::from).ok_or_else(|| Status::invalid_argument("no group"))?;
-        let raft = self.route(header.group, header.target, &header.cluster_id)?;
-        let meta: crate::types::SnapshotMeta = serde_json::from_slice(&header.meta_json)
-            .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
-        let mut data: PartitionSnapshot = serde_json::from_slice(&header.data_json)
-            .map_err(|e| Status::invalid_argument(format!("malformed snapshot data: {e}")))?;
-        let vote = vote_from_pb(header.vote)?;
-        let prev = first.prev.map(|p| entry_id(&log_id_from_pb(p)));
-        let refused = |e: transfer::TransferError| Status::invalid_argument(format!("{group}: {e}"));
-        let name = format!("{}-{}", group.topic_id, group.partition);
-        // Dropped on any early return (or if the sender goes away): the
-        // staged file goes with it.
-        let mut stager = transfer::Stager::create(&self.staging, &name, prev, first.start_offset).map_err(refused)?;
-        stager.push(&first.batches).map_err(refused)?;
-        loop {
-            let next = tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, chunks.message()).await.map_err(|_| {
-                Status::deadline_exceeded(format!("{group}: no snapshot chunk for {SNAPSHOT_CHUNK_WAIT:?}"))
-            })??;
-            let Some(chunk) = next else { break };
-            stager.push(&chunk.batches).map_err(refused)?;
-        }
-        let staged = stager.finish(meta.last_log_id.as_ref().map(entry_id)).await.map_err(refused)?;
-        // The staging file goes with the snapshot's last handle (installed,
-        // refused as stale, or this call cancelled).
-        data.staged = Some(staged);
-        let installed = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
-        let resp = installed.map_err(raft_failed)?;
-        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
-    }
-
-    async fn identify(&self, _request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
-        Ok(Response::new(pb::IdentifyResponse {
-            node_id: self.identity.node_id,
-            cluster_id: self.identity.cluster_id(),
-            members: self.identity.members.clone(),
-        }))
-    }
-
-    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
-        let req = request.into_inner();
-        let raft = self.route(req.group, req.target, &req.cluster_id)?;
-        let written = propose_local(&raft, req.batch).await?;
-        Ok(Response::new(pb::ProposeResponse {
-            applied: Some(log_id_to_pb(&written.log_id)),
-            base_offset: written.base_offset,
-        }))
-    }
-}
-
-/// Where a proposal landed.
-#[derive(Debug, Clone, Copy)]
-pub struct Written {
-    pub log_id: LogId,
-    pub base_offset: u64,
-}
-
-/// Proposes `batch` to a group of this node; not the leader: `Unavailable`
-/// naming the leader (in [`LEADER_HEADER`] too).
-async fn propose_local(raft: &PartitionRaft, batch: bytes::Bytes) -> Result<Written, Status> {
-    match raft.client_write(Proposal::new(batch)).await {
-        Ok(resp) => Ok(Written { log_id: resp.log_id, base_offset: resp.data.base_offset }),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => {
-                let mut status = Status::unavailable(format!(
-                    "not the leader ({:?}); the leader is {}",
-                    f.reason,
-                    f.leader_id.map_or_else(|| "not known".to_owned(), |l| format!("node {l}"))
-                ));
-                if let Some(l) = f.leader_id
-                    && let Ok(v) = l.to_string().parse()
-                {
-                    status.metadata_mut().insert(LEADER_HEADER, v);
-                }
-                Err(status)
-            }
-            None => Err(raft_failed(e)),
-        },
-    }
-}
-
-// ----- client side -----------------------------------------------------------
 
 /// One lazily connected channel per peer node, shared by every group.
 #[derive(Clone)]
@@ -492,6 +47,9 @@ pub struct Peers {
     /// Addresses from this node's configuration: they win over the ones
     /// recorded in a group's membership (a node may move).
     addresses: Arc<BTreeMap<NodeId, String>>,
+    /// This node's certificate and the cluster's CA (`None`: plaintext,
+    /// `--insecure-cluster`).
+    tls: Option<Arc<NodeTls>>,
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
 }
 
@@ -508,8 +66,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Peers {
-    pub fn new(identity: Arc<Identity>, addresses: BTreeMap<NodeId, String>) -> Self {
-        Self { identity, addresses: Arc::new(addresses), channels: Arc::default() }
+    /// `addresses`: every member's cluster listener. `tls`: how to reach
+    /// them (`None`: plaintext).
+    pub fn new(identity: Arc<Identity>, addresses: BTreeMap<NodeId, String>, tls: Option<NodeTls>) -> Self {
+        Self { identity, addresses: Arc::new(addresses), tls: tls.map(Arc::new), channels: Arc::default() }
     }
 
     pub fn identity(&self) -> &Arc<Identity> {
@@ -558,7 +118,8 @@ impl Peers {
                 request.set_timeout(PROPOSE_TIMEOUT);
                 let resp = client.clone().propose(request).await?.into_inner();
                 let applied = resp.applied.ok_or_else(|| Status::internal("the leader answered no log id"))?;
-                Ok(Written { log_id: log_id_from_pb(applied), base_offset: resp.base_offset })
+                let rejected = (!resp.rejected.is_empty()).then_some(resp.rejected);
+                Ok(Written { log_id: log_id_from_pb(applied), base_offset: resp.base_offset, rejected })
             }
             _ => propose_local(raft, batch).await,
         }
@@ -569,8 +130,15 @@ impl Peers {
         if let Some(c) = channels.get(&(target, addr.to_owned())) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("node {target} has a bad address '{addr}': {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("node {target} has a bad address '{addr}': {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config(target))
+                .map_err(|e| format!("TLS to node {target} at {addr}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

@@ -1,0 +1,166 @@
+//! Raft messages between nodes over gRPC (`strata.internal.v1.Raft`), on
+//! the cluster listener (never the client one), with mutual TLS between
+//! nodes unless the cluster runs `--insecure-cluster`.
+//!
+//! Every group of a node pair shares one tonic channel (one HTTP/2
+//! connection; its streams carry the concurrency); each message names its
+//! group, and the receiving node routes it through its [`Groups`]. Calls
+//! carry openraft's deadline; an unreachable peer or a group the peer does
+//! not host (yet) is reported as unreachable, and openraft backs off
+//! ([`Connection::backoff`]).
+//!
+//! - [`codec`]: protobuf messages to openraft's and back;
+//! - [`validate`]: what an incoming message must satisfy before openraft
+//!   sees it (terms and indices in range, the sender is who it says, entries
+//!   contiguous, members only);
+//! - [`server`]: the service peers call ([`RaftService`]);
+//! - [`client`]: this node's connections to its peers ([`Peers`]) and
+//!   openraft's network over them.
+
+mod client;
+mod codec;
+mod server;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use strata_proto::internal as pb;
+use tonic::Status;
+
+use crate::group::PartitionRaft;
+use crate::types::NodeId;
+
+pub use client::{Connection, Network, Peers, TransportError};
+pub use server::{LEADER_HEADER, RaftService, Written};
+
+/// Largest Raft message accepted or sent.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Deadline of an AppendEntries call that carries entries (the follower
+/// fsyncs them before it answers). A follower that is down fails at once
+/// (connection refused) or through the keep-alive; one that is slow only
+/// slows its own replication stream.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which Raft group a message is for: a partition, or (topic id 0) the
+/// cluster controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId {
+    pub topic_id: u64,
+    pub partition: u32,
+}
+
+impl GroupId {
+    pub const CONTROLLER: Self = Self { topic_id: 0, partition: 0 };
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == Self::CONTROLLER {
+            f.write_str("controller")
+        } else {
+            write!(f, "topic {} partition {}", self.topic_id, self.partition)
+        }
+    }
+}
+
+impl From<GroupId> for pb::GroupId {
+    fn from(g: GroupId) -> Self {
+        Self { topic_id: g.topic_id, partition: g.partition }
+    }
+}
+
+impl From<pb::GroupId> for GroupId {
+    fn from(g: pb::GroupId) -> Self {
+        Self { topic_id: g.topic_id, partition: g.partition }
+    }
+}
+
+/// The Raft groups this node runs, by group: where incoming messages go.
+#[derive(Clone, Default)]
+pub struct Groups {
+    inner: Arc<RwLock<HashMap<GroupId, PartitionRaft>>>,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.inner.read().map(|g| g.len()).unwrap_or(0);
+        f.debug_struct("Groups").field("groups", &n).finish()
+    }
+}
+
+impl Groups {
+    pub fn insert(&self, group: GroupId, raft: PartitionRaft) {
+        if let Ok(mut g) = self.inner.write() {
+            g.insert(group, raft);
+        }
+    }
+
+    /// This node runs `group` (without cloning its handle).
+    pub fn contains(&self, group: GroupId) -> bool {
+        self.inner.read().is_ok_and(|g| g.contains_key(&group))
+    }
+
+    pub fn get(&self, group: GroupId) -> Option<PartitionRaft> {
+        self.inner.read().ok().and_then(|g| g.get(&group).cloned())
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<PartitionRaft> {
+        self.inner.write().ok().and_then(|mut g| g.remove(&group))
+    }
+
+    /// Every group.
+    pub fn all(&self) -> Vec<PartitionRaft> {
+        self.inner.read().map(|g| g.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Removes and returns every group.
+    pub fn drain(&self) -> Vec<PartitionRaft> {
+        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r).collect()).unwrap_or_default()
+    }
+}
+
+// ----- identity ----------------------------------------------------------------
+
+/// Who this node is, shared by its Raft service and its connections: its
+/// id, the members it was configured with, and its cluster's id once known.
+#[derive(Debug)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub members: Vec<NodeId>,
+    cluster_id: RwLock<String>,
+}
+
+impl Identity {
+    pub fn new(node_id: NodeId, members: Vec<NodeId>, cluster_id: Option<String>) -> Arc<Self> {
+        Arc::new(Self { node_id, members, cluster_id: RwLock::new(cluster_id.unwrap_or_default()) })
+    }
+
+    /// Empty while this node does not know its cluster.
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn set_cluster_id(&self, id: &str) {
+        if let Ok(mut c) = self.cluster_id.write() {
+            id.clone_into(&mut c);
+        }
+    }
+
+    /// Refuses a message from a node of another cluster. A side that does
+    /// not know its cluster yet (a new node, or one that has not applied
+    /// the cluster's first entry) is let through: Raft itself keeps it
+    /// consistent, and refusing it could stall an election.
+    fn check_cluster(&self, sender: &str) -> Result<(), Status> {
+        let mine = self.cluster_id();
+        if !mine.is_empty() && !sender.is_empty() && mine != sender {
+            return Err(Status::failed_precondition(format!(
+                "node {} belongs to cluster {mine}, the sender to cluster {sender}: \
+                 a node was started with another cluster's data directory or peer list",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! The Raft service peers call: routes each message to this node's group,
+//! after checking who sent it and what it says ([`super::validate`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::raft::{AppendEntriesResponse, StreamAppendError};
+use strata_proto::internal as pb;
+use strata_tls::PeerInfo;
+use tonic::{Request, Response, Status};
+
+use super::codec::{
+    append_request_from_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_request_from_pb, vote_response_to_pb,
+    vote_to_pb,
+};
+use super::validate::{Invalid, Sender};
+use super::{GroupId, Groups, Identity, MAX_MESSAGE_BYTES};
+use crate::controller;
+use crate::group::PartitionRaft;
+use crate::state_machine::{PartitionSnapshot, Snapshot};
+use crate::transfer;
+use crate::types::{LogId, NodeId, Request as Proposal, SnapshotMeta, Vote, entry_id};
+
+/// The gRPC service that hands incoming Raft messages to this node's groups.
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    identity: Arc<Identity>,
+    groups: Groups,
+    /// Where received snapshot entries are staged before they are installed.
+    staging: std::path::PathBuf,
+}
+
+/// Metadata key of a "not the leader" status naming the leader's node id.
+pub const LEADER_HEADER: &str = "x-strata-leader";
+
+/// A snapshot stream that sends nothing for this long is given up.
+const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(60);
+
+fn refused(e: Invalid) -> Status {
+    Status::invalid_argument(format!("refused: {e}"))
+}
+
+impl RaftService {
+    /// Received snapshots are staged under the system's temporary directory
+    /// unless [`RaftService::with_staging_dir`] says otherwise.
+    pub fn new(identity: Arc<Identity>, groups: Groups) -> Self {
+        Self { identity, groups, staging: std::env::temp_dir().join("strata-snapshots") }
+    }
+
+    /// Stages received snapshot entries under `dir` (a node's data
+    /// directory: they can be as large as a partition).
+    pub fn with_staging_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.staging = dir;
+        self
+    }
+
+    pub fn into_server(self) -> pb::raft_server::RaftServer<Self> {
+        // Appends carry up to a few MiB of batches.
+        pb::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The node that sent `request`: the one its connection's certificate
+    /// names (none on an insecure cluster).
+    fn peer<T>(request: &Request<T>) -> Option<NodeId> {
+        request.extensions().get::<PeerInfo>().and_then(|p| p.node)
+    }
+
+    /// Who sent a message to `raft`, as [`super::validate`] checks it.
+    fn sender<'a>(&'a self, node: Option<NodeId>, raft: &PartitionRaft) -> Sender<'a> {
+        let current_term = raft.metrics().borrow_watched().current_term;
+        Sender { members: &self.identity.members, node, current_term }
+    }
+
+    fn route(
+        &self,
+        group: Option<pb::GroupId>,
+        target: NodeId,
+        cluster: &str,
+    ) -> Result<(GroupId, PartitionRaft), Status> {
+        let me = self.identity.node_id;
+        if target != me {
+            return Err(Status::failed_precondition(format!(
+                "this is node {me}, not node {target}: check the cluster's peer addresses"
+            )));
+        }
+        self.identity.check_cluster(cluster)?;
+        let group: GroupId = group.ok_or_else(|| Status::invalid_argument("the message names no group"))?.into();
+        let raft =
+            self.groups.get(group).ok_or_else(|| Status::not_found(format!("node {me} does not run {group}")))?;
+        Ok((group, raft))
+    }
+}
+
+fn raft_failed(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+/// A snapshot's metadata and data, decoded and checked: the controller's
+/// data is its metadata (checked as a whole); a partition's carries none.
+fn snapshot_parts(
+    sender: &Sender<'_>,
+    group: GroupId,
+    vote: &Vote,
+    meta_json: &[u8],
+    data_json: &[u8],
+) -> Result<(SnapshotMeta, PartitionSnapshot), Status> {
+    let meta: SnapshotMeta = serde_json::from_slice(meta_json)
+        .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
+    let data: PartitionSnapshot = serde_json::from_slice(data_json)
+        .map_err(|e| Status::invalid_argument(format!("malformed snapshot data: {e}")))?;
+    sender.check_snapshot(vote, &meta).map_err(refused)?;
+    match (&data.metadata, group == GroupId::CONTROLLER) {
+        (Some(metadata), true) => {
+            metadata.check(sender.members).map_err(|e| refused(Invalid::Snapshot(e.to_string())))?
+        }
+        (None, true) if meta.last_log_id.is_some() => {
+            return Err(refused(Invalid::Snapshot("a controller snapshot without its metadata".into())));
+        }
+        (Some(_), false) => {
+            return Err(refused(Invalid::Snapshot(format!("a snapshot of {group} with cluster metadata"))));
+        }
+        _ => {}
+    }
+    Ok((meta, data))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let node = Self::peer(&request);
+        let req = request.into_inner();
+        let (_, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let rpc = append_request_from_pb(req)?;
+        self.sender(node, &raft).check_append(&rpc).map_err(refused)?;
+        use pb::append_entries_response::Outcome;
+        let response = match raft.append_entries(rpc).await.map_err(raft_failed)? {
+            AppendEntriesResponse::Success => {
+                pb::AppendEntriesResponse { outcome: Outcome::Success as i32, ..Default::default() }
+            }
+            AppendEntriesResponse::PartialSuccess(matching) => pb::AppendEntriesResponse {
+                outcome: Outcome::PartialSuccess as i32,
+                matching: matching.as_ref().map(log_id_to_pb),
+                ..Default::default()
+            },
+            AppendEntriesResponse::Conflict => {
+                pb::AppendEntriesResponse { outcome: Outcome::Conflict as i32, ..Default::default() }
+            }
+            AppendEntriesResponse::HigherVote(v) => pb::AppendEntriesResponse {
+                outcome: Outcome::HigherVote as i32,
+                higher_vote: Some(vote_to_pb(&v)),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    type AppendStreamStream = BoxStream<'static, Result<pb::AppendStreamResponse, Status>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let node = Self::peer(&request);
+        let members = self.identity.members.clone();
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("an empty append stream"))?;
+        let (group, raft) = self.route(first.group, first.target, &first.cluster_id)?;
+        let first = append_request_from_pb(first)?;
+        self.sender(node, &raft).check_append(&first).map_err(refused)?;
+        let metrics = raft.metrics();
+        // Later requests go to the same group. The stream ends at the first
+        // one that is malformed or refused, names another group or does not
+        // arrive, or once this node no longer runs the group (the sender sees
+        // its answers stop, and opens a new stream, which is routed afresh).
+        let groups = self.groups.clone();
+        let rest = inbound.scan((), move |(), next| {
+            let next = match next {
+                Ok(_) if !groups.contains(group) => {
+                    tracing::debug!(%group, "append stream for a group this node no longer runs");
+                    None
+                }
+                Ok(req) if req.group.map(GroupId::from) == Some(group) => {
+                    let checked = append_request_from_pb(req).and_then(|rpc| {
+                        let current_term = metrics.borrow_watched().current_term;
+                        Sender { members: &members, node, current_term }.check_append(&rpc).map_err(refused)?;
+                        Ok(rpc)
+                    });
+                    match checked {
+                        Ok(rpc) => Some(rpc),
+                        Err(e) => {
+                            tracing::warn!(%group, ?node, error = %e.message(), "append stream refused a request");
+                            None
+                        }
+                    }
+                }
+                Ok(req) => {
+                    tracing::warn!(%group, other = ?req.group, "append stream request for another group");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(%group, error = %e, "append stream broke");
+                    None
+                }
+            };
+            futures::future::ready(next)
+        });
+        let requests = futures::stream::once(futures::future::ready(first)).chain(rest);
+        use pb::append_stream_response::Outcome;
+        let responses = raft.stream_append(requests).map(|answer| match answer {
+            Ok(Ok(matching)) => Ok(pb::AppendStreamResponse {
+                outcome: Outcome::Matched as i32,
+                log_id: matching.as_ref().map(log_id_to_pb),
+                higher_vote: None,
+            }),
+            Ok(Err(StreamAppendError::Conflict(prev))) => Ok(pb::AppendStreamResponse {
+                outcome: Outcome::Conflict as i32,
+                log_id: Some(log_id_to_pb(&prev)),
+                higher_vote: None,
+            }),
+            Ok(Err(StreamAppendError::HigherVote(vote))) => Ok(pb::AppendStreamResponse {
+                outcome: Outcome::HigherVote as i32,
+                log_id: None,
+                higher_vote: Some(vote_to_pb(&vote)),
+            }),
+            Err(fatal) => Err(raft_failed(fatal)),
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let node = Self::peer(&request);
+        let req = request.into_inner();
+        let (_, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let rpc = vote_request_from_pb(req)?;
+        self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
+        let resp = raft.vote(rpc).await.map_err(raft_failed)?;
+        Ok(Response::new(vote_response_to_pb(&resp)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let node = Self::peer(&request);
+        let req = request.into_inner();
+        let (_, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let rpc = vote_request_from_pb(req)?;
+        self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
+        let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;
+        Ok(Response::new(vote_response_to_pb(&resp)))
+    }
+
+    /// A self-contained snapshot: the controller's (its metadata), or an
+    /// empty one. A partition's snapshot of any entry carries the leader's
+    /// entries and comes as a stream: a unary one would make the replica
+    /// drop its log and keep nothing in its place.
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::InstallSnapshotRequest>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let node = Self::peer(&request);
+        let req = request.into_inner();
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let vote = vote_from_pb(req.vote)?;
+        let (meta, data) = snapshot_parts(&self.sender(node, &raft), group, &vote, &req.meta_json, &req.data_json)?;
+        if group != GroupId::CONTROLLER && meta.last_log_id.is_some() {
+            return Err(refused(Invalid::Snapshot(format!(
+                "a snapshot of {group} up to an entry must come with its entries (InstallSnapshotStream)"
+            ))));
+        }
+        let resp = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await.map_err(raft_failed)?;
+        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
+    }
+
+    async fn install_snapshot_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let node = Self::peer(&request);
+        let mut chunks = request.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        let header = first.header.ok_or_else(|| Status::invalid_argument("the first chunk has no header"))?;
+        let (group, raft) = self.route(header.group, header.target, &header.cluster_id)?;
+        let sender = self.sender(node, &raft);
+        if group == GroupId::CONTROLLER {
+            return Err(refused(Invalid::Snapshot("the controller's snapshots are not streamed".into())));
+        }
+        let vote = vote_from_pb(header.vote)?;
+        let (meta, mut data) = snapshot_parts(&sender, group, &vote, &header.meta_json, &header.data_json)?;
+        let prev = first.prev.map(log_id_from_pb);
+        if let (Some(prev), Some(last)) = (prev, meta.last_log_id)
+            && (prev.index > last.index || prev.leader_id.term > last.leader_id.term)
+        {
+            return Err(refused(Invalid::Snapshot(format!(
+                "the entries sent start after {prev}, beyond the snapshot's last entry {last}"
+            ))));
+        }
+        let prev = prev.map(|p| entry_id(&p));
+        let malformed = |e: transfer::TransferError| Status::invalid_argument(format!("{group}: {e}"));
+        let name = format!("{}-{}", group.topic_id, group.partition);
+        // Dropped on any early return (or if the sender goes away): the
+        // staged file goes with it.
+        let mut stager = transfer::Stager::create(&self.staging, &name, prev, first.start_offset).map_err(malformed)?;
+        stager.push(&first.batches).map_err(malformed)?;
+        loop {
+            let next = tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, chunks.message()).await.map_err(|_| {
+                Status::deadline_exceeded(format!("{group}: no snapshot chunk for {SNAPSHOT_CHUNK_WAIT:?}"))
+            })??;
+            let Some(chunk) = next else { break };
+            stager.push(&chunk.batches).map_err(malformed)?;
+        }
+        let staged = stager.finish(meta.last_log_id.as_ref().map(entry_id)).await.map_err(malformed)?;
+        // The staging file goes with the snapshot's last handle (installed,
+        // refused as stale, or this call cancelled).
+        data.staged = Some(staged);
+        let installed = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
+        let resp = installed.map_err(raft_failed)?;
+        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
+    }
+
+    async fn identify(&self, _request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
+        Ok(Response::new(pb::IdentifyResponse {
+            node_id: self.identity.node_id,
+            cluster_id: self.identity.cluster_id(),
+            members: self.identity.members.clone(),
+        }))
+    }
+
+    /// A controller command forwarded by a member to the controller's
+    /// leader: checked as this node would check its own before proposing.
+    /// Partitions take proposals only through the client API, which
+    /// validates each batch first.
+    async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        if group != GroupId::CONTROLLER {
+            return Err(Status::invalid_argument(format!("refused: proposals to {group} go through the client API")));
+        }
+        controller::check_batch(&req.batch, &self.identity.members)
+            .map_err(|e| Status::invalid_argument(format!("refused: {e}")))?;
+        let written = propose_local(&raft, req.batch).await?;
+        Ok(Response::new(pb::ProposeResponse {
+            applied: Some(log_id_to_pb(&written.log_id)),
+            base_offset: written.base_offset,
+            rejected: written.rejected.unwrap_or_default(),
+        }))
+    }
+}
+
+/// Where a proposal landed.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub log_id: LogId,
+    pub base_offset: u64,
+    /// Set when the entry was applied as a no-op: why its command changed
+    /// nothing (a controller command that lost a race or failed its checks).
+    pub rejected: Option<String>,
+}
+
+/// Proposes `batch` to a group of this node; not the leader: `Unavailable`
+/// naming the leader (in [`LEADER_HEADER`] too).
+pub(super) async fn propose_local(raft: &PartitionRaft, batch: bytes::Bytes) -> Result<Written, Status> {
+    match raft.client_write(Proposal::new(batch)).await {
+        Ok(resp) => {
+            Ok(Written { log_id: resp.log_id, base_offset: resp.data.base_offset, rejected: resp.data.rejected })
+        }
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => {
+                let mut status = Status::unavailable(format!(
+                    "not the leader ({:?}); the leader is {}",
+                    f.reason,
+                    f.leader_id.map_or_else(|| "not known".to_owned(), |l| format!("node {l}"))
+                ));
+                if let Some(l) = f.leader_id
+                    && let Ok(v) = l.to_string().parse()
+                {
+                    status.metadata_mut().insert(LEADER_HEADER, v);
+                }
+                Err(status)
+            }
+            None => Err(raft_failed(e)),
+        },
+    }
+}

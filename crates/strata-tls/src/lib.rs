@@ -1,0 +1,55 @@
+//! TLS between Strata nodes.
+//!
+//! Nodes talk to each other (Raft, forwarded controller commands) on a
+//! listener of their own, with mutual TLS: both ends present a certificate
+//! issued by the cluster's CA, and each end checks that the other's
+//! certificate names the node it claims to be.
+//!
+//! - [`names`]: a node's certificate names it with the DNS name
+//!   `node-<ID>.strata.internal` ([`node_name`]); a client certificate names
+//!   no node and is refused on the cluster listener.
+//! - [`NodeTls`]: a node's CA, certificate and key, loaded from PEM files and
+//!   checked (the certificate chains to the CA and names this node); the
+//!   rustls configuration of the cluster listener (which refuses any peer
+//!   whose certificate does not name a member) and the tonic configuration
+//!   of connections to a peer (which must present that peer's name).
+//! - [`issue`]: a CA and node or client certificates (rcgen), for
+//!   `strata certs`, `strata dev` and the test suites.
+//! - [`listener`]: the cluster listener's accept loop: TLS handshakes with a
+//!   deadline, off the accept path, each connection tagged with the node
+//!   its certificate names.
+
+pub mod issue;
+pub mod listener;
+pub mod names;
+mod node;
+
+pub use issue::{Authority, Issued};
+pub use listener::{PeerInfo, PeerStream, Security, incoming};
+pub use names::{node_name, node_named_by};
+pub use node::NodeTls;
+
+use std::path::PathBuf;
+
+/// Why TLS material could not be read, checked, made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the {what} {path}: {source}")]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} already exists: remove it first, or pass --force to replace it")]
+    Exists { path: PathBuf },
+    #[error("the {what} {path} {problem}")]
+    Invalid { what: &'static str, path: PathBuf, problem: String },
+    #[error("cannot make the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The crypto provider of every Strata TLS configuration (ring: a C and
+/// assembly build with `cc` only, no cmake).
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,54 @@
+//! The names that tie a certificate to a node.
+//!
+//! A node's certificate carries the DNS subject alternative name
+//! `node-<ID>.strata.internal` (`.internal` is reserved for private use, so
+//! the name never collides with a real host). The node connecting to peer
+//! N verifies the peer's certificate for that name, exactly as a browser
+//! verifies a host name; the cluster listener checks the connecting node's
+//! certificate against the name of every member. A certificate may carry
+//! other names too (the host's own), which Strata ignores.
+
+use rustls_pki_types::{CertificateDer, ServerName};
+
+/// The domain under which node names live.
+pub const NODE_DOMAIN: &str = "strata.internal";
+
+/// The name a certificate of node `id` carries: `node-<ID>.strata.internal`.
+pub fn node_name(id: u64) -> String {
+    format!("node-{id}.{NODE_DOMAIN}")
+}
+
+/// Whether `cert` (DER) names node `id`. A certificate that cannot be
+/// parsed names nothing.
+pub fn names_node(cert: &CertificateDer<'_>, id: u64) -> bool {
+    let Ok(parsed) = webpki::EndEntityCert::try_from(cert) else { return false };
+    let Ok(name) = ServerName::try_from(node_name(id)) else { return false };
+    parsed.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// The member `cert` names, if any (the first in `members` order when it
+/// names several, which an operator's CA should never issue).
+pub fn node_named_by(cert: &CertificateDer<'_>, members: &[u64]) -> Option<u64> {
+    members.iter().copied().find(|id| names_node(cert, *id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::Authority;
+
+    #[test]
+    fn a_node_certificate_names_its_node_and_no_other() {
+        let ca = Authority::create(30).expect("ca");
+        let node = ca.node(3, &["db3.example.com".into(), "10.0.0.3".into()], 30).expect("node cert");
+        let der = node.cert_der().expect("der");
+        assert!(names_node(&der, 3));
+        assert!(!names_node(&der, 30), "node-30 is another name");
+        assert_eq!(node_named_by(&der, &[1, 2, 3]), Some(3));
+        assert_eq!(node_named_by(&der, &[1, 2]), None, "not a member");
+
+        let client = ca.client("alice", 30).expect("client cert");
+        assert_eq!(node_named_by(&client.cert_der().expect("der"), &[1, 2, 3]), None, "a client names no node");
+        assert!(!names_node(&CertificateDer::from(vec![1, 2, 3]), 1), "garbage names nothing");
+    }
+}

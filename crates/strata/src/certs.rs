@@ -1,0 +1,103 @@
+//! `strata certs`: a cluster CA, and node and client certificates issued by
+//! it, as PEM files in one folder (the layout `--cluster-tls-dir` reads).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use strata_tls::Authority;
+use strata_tls::issue::node_stem;
+
+/// Default folder of the certificate files.
+pub const DEFAULT_DIR: &str = "strata-certs";
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Make a new cluster CA: DIR/ca.crt and DIR/ca.key (keep ca.key safe:
+    /// whoever holds it can make node certificates).
+    Ca {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Days the CA is valid for.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue node ID's certificate from DIR's CA: DIR/node-ID.crt and
+    /// DIR/node-ID.key (it names the node as node-ID.strata.internal).
+    Node {
+        #[arg(long)]
+        node_id: u64,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Extra host names or IP addresses for the certificate (repeat or
+        /// comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        host: Vec<String>,
+        /// Days the certificate is valid for.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate (subject CN=NAME) from DIR's CA:
+    /// DIR/client-NAME.crt and DIR/client-NAME.key.
+    Client {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn run(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Ca { dir, days, force } => {
+            let (cert, key) = Authority::create(days)?.issued().write(&dir, "ca", force)?;
+            println!("wrote {} and {} (keep the key safe)", cert.display(), key.display());
+        }
+        CertsCommand::Node { node_id, dir, host, days, force } => {
+            let (cert, key) = issue_node(&dir, node_id, &host, days, force)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        CertsCommand::Client { name, dir, days, force } => {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+                anyhow::bail!("a client name is letters, digits, '.', '_' and '-' (it names the files), not {name:?}");
+            }
+            let ca = Authority::load_dir(&dir)?;
+            let (cert, key) = ca.client(&name, days)?.write(&dir, &format!("client-{name}"), force)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+/// Issues node `id`'s certificate from the CA in `dir` into `dir`.
+pub fn issue_node(dir: &Path, id: u64, hosts: &[String], days: u32, force: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if id == 0 {
+        anyhow::bail!("node ids start at 1");
+    }
+    let ca = Authority::load_dir(dir)
+        .with_context(|| format!("no CA in {} (make one with `strata certs ca`)", dir.display()))?;
+    Ok(ca.node(id, hosts, days)?.write(dir, &node_stem(id), force)?)
+}
+
+/// A CA and certificates for nodes 1..=n in `dir`, made if missing (what
+/// `strata dev` runs on).
+pub fn ensure_dev_certs(dir: &Path, n: u16) -> anyhow::Result<()> {
+    if !dir.join("ca.crt").exists() {
+        Authority::create(3650)?.issued().write(dir, "ca", false)?;
+    }
+    for id in 1..=u64::from(n) {
+        if !dir.join(format!("{}.crt", node_stem(id))).exists() {
+            issue_node(dir, id, &["localhost".into(), "127.0.0.1".into()], 825, true)?;
+        }
+    }
+    Ok(())
+}
