@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::LogConfig;
 use crate::error::{IoContext, Result, StorageError};
+use crate::files::FileCache;
 use crate::index::{IndexEntry, LogIndex, SegmentMeta};
 use crate::segment::{self, Segment};
 
@@ -186,6 +187,8 @@ pub(crate) struct Inner {
     partition: u32,
     dir: PathBuf,
     index: Arc<dyn LogIndex>,
+    /// Open files of sealed segments (node-wide).
+    files: Arc<FileCache>,
     config: RwLock<LogConfig>,
     segments: RwLock<Vec<Arc<Segment>>>,
     writer: Mutex<WriterState>,
@@ -253,7 +256,9 @@ impl PartitionLog {
         Self::open_with(topic, partition, dir, index, config, Visibility::OnFlush)
     }
 
-    /// [`PartitionLog::open`], choosing when appends become visible.
+    /// [`PartitionLog::open`], choosing when appends become visible. The
+    /// log keeps its sealed segments' files in a cache of its own, of the
+    /// default size ([`crate::StorageLimits::open_files`]).
     pub fn open_with(
         topic: &str,
         partition: u32,
@@ -262,6 +267,21 @@ impl PartitionLog {
         config: LogConfig,
         visibility: Visibility,
     ) -> Result<Self> {
+        let files = FileCache::new(crate::StorageLimits::default().open_files());
+        Self::open_in(topic, partition, dir, index, config, visibility, files)
+    }
+
+    /// [`PartitionLog::open_with`], sharing a cache of open segment files
+    /// (the node's).
+    pub(crate) fn open_in(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        index: Arc<dyn LogIndex>,
+        config: LogConfig,
+        visibility: Visibility,
+        files: Arc<FileCache>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (hw, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -269,6 +289,7 @@ impl PartitionLog {
             partition,
             dir: dir.to_owned(),
             index,
+            files,
             config: RwLock::new(config),
             segments: RwLock::new(Vec::new()),
             writer: Mutex::new(WriterState {
@@ -377,17 +398,21 @@ impl PartitionLog {
     /// consensus layer calls this before proposing a batch.
     pub async fn validate(&self, batch: &Bytes) -> Result<BatchHeader> {
         self.inner.check_failed()?;
-        let limit = self.config().max_message_bytes;
+        let config = self.config();
+        let limit = config.max_message_bytes;
         if batch.len() > limit as usize {
             return Err(StorageError::BatchTooLarge { topic: self.inner.topic.clone(), size: batch.len(), limit });
         }
+        // Decompressed, a batch may grow to a multiple of the topic's limit,
+        // with a bounded ratio (no decompression bombs).
+        let inflated = config.max_uncompressed_bytes();
         let header = match strata_record::BatchHeader::parse(batch)?.compression {
             // Uncompressed: a quick walk over the records, done here.
-            strata_record::Compression::None => strata_record::validate(batch)?,
+            strata_record::Compression::None => strata_record::validate_within(batch, inflated)?,
             // Decompression is CPU work that must not stall the async workers.
             _ => {
                 let b = batch.clone();
-                tokio::task::spawn_blocking(move || strata_record::validate(&b))
+                tokio::task::spawn_blocking(move || strata_record::validate_within(&b, inflated))
                     .await
                     .map_err(|e| StorageError::Index(format!("validation task failed: {e}")))??
             }
@@ -538,6 +563,32 @@ impl PartitionLog {
                 return Ok(());
             }
             if progress.changed().await.is_err() {
+                return Err(StorageError::ShuttingDown);
+            }
+        }
+    }
+
+    /// Waits until readers see entry `index` (the high watermark passed
+    /// it: applied, and durable here), and returns the high watermark. A
+    /// leader applies an entry once a majority holds it, which need not
+    /// include itself, so its high watermark may be behind what it applied
+    /// until its own fsync. Returns at once when the entry was purged; an
+    /// entry this log does not hold is an error.
+    pub async fn wait_visible(&self, index: u64) -> Result<u64> {
+        let Some(next_offset) = self.inner.next_offset_after(index)? else {
+            if self.last_purged().is_some_and(|p| p.index >= index) {
+                return Ok(self.high_watermark());
+            }
+            return Err(self.inner.internal(&format!("entry {index} is not in the log")));
+        };
+        let mut hw = self.inner.hw.subscribe();
+        loop {
+            self.inner.check_failed()?;
+            let now = *hw.borrow_and_update();
+            if now >= next_offset {
+                return Ok(now);
+            }
+            if hw.changed().await.is_err() {
                 return Err(StorageError::ShuttingDown);
             }
         }
@@ -936,8 +987,10 @@ impl Inner {
         self.internal("an internal lock was poisoned by a panic")
     }
 
+    /// The partition stops serving. The reason clients see names no file
+    /// (the error in full is logged where it happened).
     fn fail(&self, error: &StorageError) {
-        self.set_failure(error.to_string().into());
+        self.set_failure(error.client_message().into());
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -982,7 +1035,7 @@ impl Inner {
         *self.purged.lock().map_err(|_| self.poisoned())? = self.load_purged()?;
         if bases.is_empty() {
             bases.push(meta.log_start_offset);
-            drop(Segment::open(&self.dir, meta.log_start_offset, true)?);
+            segment::create_empty(&self.dir, meta.log_start_offset)?;
             segment::sync_dir(&self.dir)?;
         }
         if bases[0] > meta.log_start_offset {
@@ -1006,7 +1059,13 @@ impl Inner {
         let mut running_max_ts = i64::MIN;
         for (i, base) in bases.iter().copied().enumerate() {
             let is_active = i + 1 == bases.len();
-            let seg = Segment::open(&self.dir, base, false)?;
+            // Only the active segment is opened here: sealed ones are opened
+            // when read (or scanned), through the node's bounded cache.
+            let seg = if is_active {
+                Segment::active(&self.dir, base, false, &self.files)?
+            } else {
+                Segment::sealed(&self.dir, base, &self.files)
+            };
             if base != expected {
                 return Err(self.corrupt(
                     &seg.path,
@@ -1014,7 +1073,7 @@ impl Inner {
                     format!("segment starts at offset {base}, but the previous one ends at {expected}"),
                 ));
             }
-            let file_len = seg.file.metadata().at(&seg.path)?.len();
+            let file_len = std::fs::metadata(&seg.path).at(&seg.path)?.len();
             let trusted = if is_active || rebuilding {
                 None
             } else {
@@ -1048,12 +1107,12 @@ impl Inner {
                     position = fault.position, dropped_bytes = file_len - fault.position, reason = %fault.error,
                     "truncating torn tail left by a crash (never acknowledged)"
                 );
-                seg.file.set_len(fault.position).at(&seg.path)?;
+                seg.reopen_writable()?.set_len(fault.position).at(&seg.path)?;
                 valid_len = fault.position;
             }
             // What survived in the page cache is made durable before it is
             // served (a kill -9 can leave any recent segment's tail unsynced).
-            seg.file.sync_all().at(&seg.path)?;
+            seg.file()?.sync_all().at(&seg.path)?;
             let mut entries = Vec::with_capacity(scan.batches.len());
             let mut points = Vec::new();
             let mut seg_max = i64::MIN;
@@ -1175,7 +1234,7 @@ impl Inner {
                 // segment as corruption, never as a torn tail.
                 write_all(&active, &buf)?;
                 buf.clear();
-                active.file.sync_data().at(&active.path)?;
+                active.file()?.sync_data().at(&active.path)?;
                 out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
                     meta: SegmentMeta {
@@ -1184,7 +1243,7 @@ impl Inner {
                         max_timestamp_ms: w.segment_max_ts,
                     },
                 }));
-                active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
+                active = Arc::new(Segment::active(&self.dir, w.next_offset, true, &self.files)?);
                 segment::sync_dir(&self.dir)?;
                 self.segments.write().map_err(|_| self.poisoned())?.push(Arc::clone(&active));
                 w.active_len = 0;
@@ -1247,7 +1306,7 @@ impl Inner {
         for item in written {
             if let Written::Batch(b) = item {
                 if !synced.iter().any(|s| s.base == b.segment.base) {
-                    b.segment.file.sync_data().at(&b.segment.path)?;
+                    b.segment.file()?.sync_data().at(&b.segment.path)?;
                     synced.push(&b.segment);
                 }
                 entries.push(b.entry);
@@ -1257,10 +1316,12 @@ impl Inner {
         self.index.put(&entries, &points)?;
         // Sealed segments get their metadata after their entries are indexed,
         // so metadata present implies a complete index for that segment.
+        let mut sealed = Vec::new();
         for item in written {
             if let Written::Seal(seal) = item {
                 self.index.put_segment_meta(seal.segment.base, &seal.meta)?;
                 seal.segment.sealed.store(true, Ordering::Release);
+                sealed.push(&seal.segment);
             }
         }
         let mut durable = None;
@@ -1284,7 +1345,24 @@ impl Inner {
         for segment in synced {
             segment.release_cache();
         }
+        // Written to no more: their files are left to the cache of open
+        // files (closed now, opened again when read).
+        for segment in sealed {
+            segment.stop_writing();
+        }
         Ok(())
+    }
+
+    /// The segment starting at `base`, with its file open (`None`: it is
+    /// gone). Opened under the segment list's lock: a segment is deleted
+    /// only once it left the list, so the file opened here is the one
+    /// read, even if the segment is deleted during the read.
+    pub(super) fn open_segment(&self, base: u64) -> Result<Option<(Arc<Segment>, Arc<std::fs::File>)>> {
+        let segments = self.segments.read().map_err(|_| self.poisoned())?;
+        let Ok(i) = segments.binary_search_by_key(&base, |s| s.base) else { return Ok(None) };
+        let seg = Arc::clone(&segments[i]);
+        let file = seg.file()?;
+        Ok(Some((seg, file)))
     }
 
     // ----- reads ---------------------------------------------------------
@@ -1334,16 +1412,15 @@ impl Inner {
                 self.topic, self.partition
             ))
         })?;
-        let segments = self.segments()?;
-        let Ok(i) = segments.binary_search_by_key(&entry.segment_base, |s| s.base) else {
+        let Some((seg, file)) = self.open_segment(entry.segment_base)? else {
             // Deleted by retention since the checks above.
             return Err(self.out_of_range(offset));
         };
-        let seg = &segments[i];
+        let seg = &*seg;
         let end = seg.len();
         let want = max_bytes.max(entry.size as usize) as u64;
         let len = want.min(end.saturating_sub(entry.position));
-        let buf = Bytes::from(seg.read_at(entry.position, len as usize)?);
+        let buf = Bytes::from(segment::read_at(&file, &seg.path, entry.position, len as usize)?);
         let mut pos = 0usize;
         while pos < buf.len() {
             let file_pos = entry.position + pos as u64;
@@ -1422,12 +1499,11 @@ impl Inner {
             return Ok(None);
         }
         let Some(new_start) = self.retention_start(now_ms)? else { return Ok(None) };
-        let segments = self.segments()?;
-        let Some(kept) = segments.iter().find(|s| s.base == new_start) else { return Ok(None) };
+        let Some((kept, file)) = self.open_segment(new_start)? else { return Ok(None) };
         // The first entry kept is the first batch of that segment.
-        let header = kept.read_at(0, strata_record::HEADER_LEN)?;
+        let header = segment::read_at(&file, &kept.path, 0, strata_record::HEADER_LEN)?;
         let first = strata_record::BatchHeader::parse(&header)
-            .map_err(|e| StorageError::Index(format!("{}: {e}", kept.path.display())))?;
+            .map_err(|e| self.corrupt(&kept.path, 0, format!("the first batch's header: {e}")))?;
         let Some(last_doomed) = first.log_index.checked_sub(1) else { return Ok(None) };
         Ok(self.entries_blocking(last_doomed, last_doomed + 1, 1)?.first().map(|(id, _)| *id))
     }
@@ -1462,6 +1538,7 @@ impl Inner {
 /// that takes.
 fn write_all(seg: &Segment, bufs: &[Bytes]) -> Result<()> {
     use std::io::{IoSlice, Write};
+    let file = seg.writable().ok_or_else(|| StorageError::Index(format!("segment {} is not written to", seg.base)))?;
     /// At most this many slices per call (below Linux's IOV_MAX of 1024).
     const SLICES_MAX: usize = 512;
     let (mut i, mut skip) = (0usize, 0usize);
@@ -1472,7 +1549,7 @@ fn write_all(seg: &Segment, bufs: &[Bytes]) -> Result<()> {
             .enumerate()
             .map(|(k, b)| IoSlice::new(if k == 0 { &b[skip..] } else { &b[..] }))
             .collect();
-        let mut n = (&seg.file).write_vectored(&slices).at(&seg.path)?;
+        let mut n = (&*file).write_vectored(&slices).at(&seg.path)?;
         if n == 0 {
             return Err(StorageError::io(&seg.path, std::io::ErrorKind::WriteZero.into()));
         }
