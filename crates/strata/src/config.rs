@@ -21,6 +21,7 @@ pub struct ServerConfig {
     pub log_format: String,
     pub log_level: String,
     pub topic_defaults: strata_server::LogConfig,
+    pub storage: strata_server::StorageLimits,
 }
 
 impl ServerConfig {
@@ -68,6 +69,7 @@ impl ServerConfig {
             listen,
             data_dir: self.data_dir.clone(),
             defaults: self.topic_defaults,
+            storage: self.storage,
             retention_check_interval: std::time::Duration::from_millis(self.retention_check_interval_ms.max(100)),
         })
     }
@@ -126,6 +128,7 @@ mod tests {
         let c = ServerConfig::load(None, &[]).expect("defaults");
         assert_eq!(c.listen, "127.0.0.1:7878");
         assert_eq!(c.topic_defaults, strata_server::LogConfig::default());
+        assert_eq!(c.storage, strata_server::StorageLimits::default());
         c.node_config().expect("valid");
     }
 
