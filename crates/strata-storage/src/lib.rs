@@ -25,7 +25,7 @@ mod segment;
 pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, TopicOverrides, UNCOMPRESSED_PER_MESSAGE_BYTES};
 pub use error::{Result, StorageError};
 pub use files::FileCache;
-pub use index::{IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
+pub use index::{INDEX_OPEN_FILES, IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
 pub use limits::{DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_MIN_SEGMENT_MS, MIN_SEGMENT_BYTES, MIN_SEGMENT_MS, StorageLimits};
 pub use log::{
     AppendInfo, AppendTicket, EntryId, LogDigest, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, Progress,
