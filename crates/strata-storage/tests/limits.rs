@@ -108,6 +108,7 @@ async fn a_segment_deleted_by_retention_stays_readable_by_a_reader_holding_it() 
     assert_eq!(deleted, 19, "every sealed segment goes");
     tokio::time::timeout(Duration::from_secs(60), reader).await.expect("in time").expect("reader");
     assert!(m.open_files().len() <= 4);
+    drop(log);
     m.close().await;
 }
 
