@@ -44,6 +44,13 @@ pub const MAGIC: u8 = 1;
 /// Upper bound on a batch's decompressed payload; protects against
 /// decompression bombs regardless of per-topic limits.
 pub const MAX_UNCOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+/// A producer's batch may decompress to at most this many bytes whatever
+/// its compression ratio ...
+pub const RATIO_FREE_BYTES: usize = 1024 * 1024;
+/// ... and beyond them to at most this many times its compressed size:
+/// a batch of 10 KB that inflates to 64 MiB is a decompression bomb, not
+/// data (text and JSON compress 5-20 times).
+pub const MAX_COMPRESSION_RATIO: usize = 100;
 /// Upper bound on records in one batch (bounds decoding memory).
 pub const MAX_RECORDS_PER_BATCH: u32 = 1_000_000;
 
@@ -81,8 +88,12 @@ pub enum FormatError {
     Empty,
     #[error("malformed record {index}: {what}")]
     Malformed { index: u32, what: &'static str },
-    #[error("batch decompresses to {0} bytes, above the {MAX_UNCOMPRESSED_BYTES} byte limit")]
-    TooLarge(usize),
+    #[error("batch decompresses to {size} bytes, above the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error(
+        "batch of {compressed} compressed bytes decompresses to {size} bytes: beyond {RATIO_FREE_BYTES} bytes the compression ratio may be at most {MAX_COMPRESSION_RATIO}:1"
+    )]
+    RatioTooHigh { size: usize, compressed: usize },
     #[error("decompression failed: {0}")]
     Decompress(String),
     #[error("batch timestamps are inconsistent: max {max} below first {first}")]
@@ -234,8 +245,19 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, FormatError> {
 
 /// Fully validates a batch: checksum, decompression, and that every record
 /// parses and the count and timestamps agree with the header. Returns the
-/// header. Used on the produce path before a batch is appended.
+/// header. Used on the produce path before a batch is appended. The payload
+/// may decompress to at most [`MAX_UNCOMPRESSED_BYTES`] (see
+/// [`validate_within`]).
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, FormatError> {
+    validate_within(batch, MAX_UNCOMPRESSED_BYTES)
+}
+
+/// [`validate`], with the payload decompressing to at most
+/// `max_uncompressed` bytes (itself at most [`MAX_UNCOMPRESSED_BYTES`]), and
+/// beyond [`RATIO_FREE_BYTES`] to at most [`MAX_COMPRESSION_RATIO`] times its
+/// compressed size. Both are checked against the size the batch declares,
+/// before anything is decompressed or allocated.
+pub fn validate_within(batch: &[u8], max_uncompressed: usize) -> Result<BatchHeader, FormatError> {
     let header = verify(batch)?;
     if header.control {
         return Err(FormatError::Control);
@@ -249,7 +271,8 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, FormatError> {
     if header.max_timestamp_ms < header.first_timestamp_ms {
         return Err(FormatError::Timestamps { first: header.first_timestamp_ms, max: header.max_timestamp_ms });
     }
-    let payload = decompress(header.compression, &batch[HEADER_LEN..header.size])?;
+    let limit = Inflation { max_bytes: max_uncompressed.min(MAX_UNCOMPRESSED_BYTES), ratio: true };
+    let payload = decompress(header.compression, &batch[HEADER_LEN..header.size], limit)?;
     let mut reader = RecordReader::new(&payload, &header);
     let mut count = 0u32;
     while let Some(rec) = reader.next_raw()? {
@@ -297,7 +320,8 @@ pub fn decode(batch: &Bytes) -> Result<Vec<Record>, FormatError> {
     let header = verify(batch)?;
     let payload = match header.compression {
         Compression::None => batch.slice(HEADER_LEN..header.size),
-        c => Bytes::from(decompress(c, &batch[HEADER_LEN..header.size])?.into_owned()),
+        // Stored batches were validated when produced: only the absolute cap.
+        c => Bytes::from(decompress(c, &batch[HEADER_LEN..header.size], Inflation::ANY)?.into_owned()),
     };
     let mut reader = RecordReader::new(&payload, &header);
     let mut out = Vec::with_capacity((header.record_count as usize).min(payload.len()));
@@ -336,17 +360,43 @@ pub fn split_batches(buf: &Bytes) -> Result<Vec<Bytes>, FormatError> {
     Ok(out)
 }
 
-fn decompress(compression: Compression, data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, FormatError> {
+/// How far a payload may inflate.
+#[derive(Debug, Clone, Copy)]
+struct Inflation {
+    max_bytes: usize,
+    /// Whether [`MAX_COMPRESSION_RATIO`] applies.
+    ratio: bool,
+}
+
+impl Inflation {
+    const ANY: Self = Self { max_bytes: MAX_UNCOMPRESSED_BYTES, ratio: false };
+
+    /// Whether a payload of `compressed` bytes may inflate to `size`.
+    fn check(self, size: usize, compressed: usize) -> Result<(), FormatError> {
+        if size > self.max_bytes {
+            return Err(FormatError::TooLarge { size, limit: self.max_bytes });
+        }
+        if self.ratio && size > RATIO_FREE_BYTES && size > compressed.saturating_mul(MAX_COMPRESSION_RATIO) {
+            return Err(FormatError::RatioTooHigh { size, compressed });
+        }
+        Ok(())
+    }
+}
+
+fn decompress(
+    compression: Compression,
+    data: &[u8],
+    limit: Inflation,
+) -> Result<std::borrow::Cow<'_, [u8]>, FormatError> {
     if compression == Compression::None {
         return Ok(std::borrow::Cow::Borrowed(data));
     }
     if data.len() < 4 {
         return Err(FormatError::Truncated { needed: 4, available: data.len() });
     }
+    // Checked against the declared size, before anything is allocated.
     let size = read_u32(data, 0) as usize;
-    if size > MAX_UNCOMPRESSED_BYTES {
-        return Err(FormatError::TooLarge(size));
-    }
+    limit.check(size, data.len())?;
     let frame = &data[4..];
     let out = match compression {
         Compression::Lz4 => {
@@ -743,6 +793,49 @@ mod tests {
         batch[OFF_COUNT..OFF_COUNT + 4].copy_from_slice(&5u32.to_le_bytes());
         stamp(&mut batch, Placement::default());
         assert_eq!(validate(&batch), Err(FormatError::RecordCount { declared: 5, actual: 4 }));
+    }
+
+    /// One record whose value is `len` zero bytes: compresses extremely well.
+    fn zeros(len: usize, compression: Compression) -> Bytes {
+        let mut b = BatchBuilder::new(compression);
+        b.push_parts(1_700_000_000_000, None, &vec![0u8; len], &[]);
+        b.build()
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_it_is_inflated() {
+        for compression in [Compression::Lz4, Compression::Zstd] {
+            // Tens of KB at most that inflate to 64 MiB.
+            let bomb = zeros(MAX_UNCOMPRESSED_BYTES - 64, compression);
+            assert!(bomb.len() < 300 * 1024, "{compression:?}: {} bytes", bomb.len());
+            let err = validate(&bomb).expect_err("a bomb");
+            assert!(matches!(err, FormatError::RatioTooHigh { .. }), "{compression:?}: {err}");
+            assert!(err.to_string().contains(&format!("at most {MAX_COMPRESSION_RATIO}:1")), "{err}");
+            // Below the ratio-free size, any ratio is fine.
+            validate(&zeros(RATIO_FREE_BYTES - 64, compression)).expect("1 MiB of zeros is data");
+            // A topic's own limit applies before the ratio.
+            let err = validate_within(&zeros(RATIO_FREE_BYTES - 64, compression), 1000).expect_err("over the limit");
+            assert!(matches!(err, FormatError::TooLarge { limit: 1000, .. }), "{err}");
+            assert!(err.to_string().contains("above the limit of 1000 bytes"), "{err}");
+            // Stored batches decode up to the absolute cap.
+            assert_eq!(decode(&bomb).expect("decodes")[0].value.len(), MAX_UNCOMPRESSED_BYTES - 64);
+        }
+    }
+
+    #[test]
+    fn inflation_limits_hold_exactly_at_their_bounds() {
+        let limit = Inflation { max_bytes: 8 * RATIO_FREE_BYTES, ratio: true };
+        limit.check(8 * RATIO_FREE_BYTES, 8 * RATIO_FREE_BYTES / MAX_COMPRESSION_RATIO + 1).expect("at the size limit");
+        assert!(matches!(limit.check(8 * RATIO_FREE_BYTES + 1, 1 << 30), Err(FormatError::TooLarge { .. })));
+        limit.check(RATIO_FREE_BYTES, 1).expect("any ratio up to the ratio-free size");
+        let compressed = 20_000;
+        limit.check(compressed * MAX_COMPRESSION_RATIO, compressed).expect("at the ratio");
+        assert!(matches!(
+            limit.check(compressed * MAX_COMPRESSION_RATIO + 1, compressed),
+            Err(FormatError::RatioTooHigh { .. })
+        ));
+        Inflation::ANY.check(MAX_UNCOMPRESSED_BYTES, 1).expect("stored batches: the absolute cap only");
+        assert!(Inflation::ANY.check(MAX_UNCOMPRESSED_BYTES + 1, 1 << 30).is_err());
     }
 
     #[test]

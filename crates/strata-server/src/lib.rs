@@ -30,7 +30,7 @@ use tracing::info;
 pub use cluster::{ClusterConfig, ClusterError, NodeIdentity};
 pub use replication::{DEFAULT_REPLICATION_FACTOR, Replication};
 pub use service::{FETCH_MAX_BYTES_DEFAULT, FETCH_MAX_BYTES_LIMIT, MAX_WAIT_LIMIT, Services};
-pub use strata_storage::LogConfig;
+pub use strata_storage::{LogConfig, StorageLimits};
 
 /// Largest gRPC message accepted or sent (above the largest batch allowed).
 pub const GRPC_MESSAGE_LIMIT: usize = strata_storage::MAX_MESSAGE_BYTES_LIMIT as usize + 1024 * 1024;
@@ -72,6 +72,8 @@ pub struct NodeConfig {
     pub advertised: Option<String>,
     pub data_dir: PathBuf,
     pub defaults: LogConfig,
+    /// Floors under topic settings and the open segment files (operator only).
+    pub storage: StorageLimits,
     pub retention_check_interval: Duration,
     /// The static cluster this node belongs to; `None`: a cluster of this
     /// node alone (id 1), with no cluster listener.
@@ -130,12 +132,11 @@ impl Node {
     /// Recovers the data directory, binds, and starts serving. Returns once
     /// the node accepts connections.
     pub async fn start(config: NodeConfig) -> Result<Self, ServerError> {
-        let (data_dir, defaults) = (config.data_dir.clone(), config.defaults);
+        let (data_dir, defaults, limits) = (config.data_dir.clone(), config.defaults, config.storage);
         // Every partition is a Raft group: what consumers see moves when
         // entries are applied, not when they are fsync'd.
-        let logs = tokio::task::spawn_blocking(move || LogManager::open_with(&data_dir, defaults, Visibility::Applied))
-            .await
-            .map_err(|e| ServerError::Startup(e.to_string()))??;
+        let open = move || LogManager::open_with_limits(&data_dir, defaults, Visibility::Applied, limits);
+        let logs = tokio::task::spawn_blocking(open).await.map_err(|e| ServerError::Startup(e.to_string()))??;
         let logs = Arc::new(logs);
         let bind_error = |addr: String| move |source| ServerError::Bind { addr, source };
         let listener =

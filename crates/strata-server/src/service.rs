@@ -226,30 +226,102 @@ fn fetch_max_bytes(requested: u32) -> usize {
     }
 }
 
-fn fetch_response(read: ReadResult, offset: u64, decode: bool) -> Result<pb::FetchResponse, Status> {
-    let next_offset = read.next_offset;
+/// Fixed bytes a decoded record adds to a response besides its key, value
+/// and headers (offset, timestamp, field tags and lengths).
+const DECODED_RECORD_OVERHEAD: usize = 32;
+
+/// Bytes a decoded record takes in a response, about.
+fn decoded_len(r: &strata_record::Record) -> usize {
+    let headers: usize = r.headers.iter().map(|h| h.key.len() + h.value.len() + 8).sum();
+    r.key.as_ref().map_or(0, Bytes::len) + r.value.len() + headers + DECODED_RECORD_OVERHEAD
+}
+
+/// The records of `batches` from `offset` on, decoded, about `max_bytes`
+/// of them (at least one): a batch decompresses to many times its stored
+/// size, so the records, not the batches read, are what is bounded. Returns
+/// the records and, when they stop before the last batch's end, the offset
+/// after the last record returned (a fetch may start inside a batch).
+fn decode_records(batches: &[Bytes], offset: u64, max_bytes: usize) -> Result<(Vec<pb::Record>, Option<u64>), Status> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for batch in batches {
+        let records = strata_record::decode(batch).map_err(|e| Status::internal(e.to_string()))?;
+        for r in records.into_iter().filter(|r| r.offset >= offset) {
+            let len = decoded_len(&r);
+            if !out.is_empty() && bytes + len > max_bytes {
+                return Ok((out, Some(r.offset)));
+            }
+            if len > crate::GRPC_MESSAGE_LIMIT - DECODED_RECORD_OVERHEAD {
+                return Err(crate::status::status(
+                    tonic::Code::ResourceExhausted,
+                    pb::ErrorReason::RecordTooLarge,
+                    format!(
+                        "the record at offset {} decodes to {len} bytes, above the gRPC message limit of {} bytes: fetch it encoded (decode = false)",
+                        r.offset,
+                        crate::GRPC_MESSAGE_LIMIT
+                    ),
+                ));
+            }
+            bytes += len;
+            out.push(convert::record_to_proto(r));
+        }
+    }
+    Ok((out, None))
+}
+
+/// A fetch's answer: the batches as stored, or their records decoded, about
+/// `max_bytes` of them. Compressed batches are decoded on a blocking thread,
+/// not on the async workers.
+async fn fetch_response(
+    read: ReadResult,
+    offset: u64,
+    decode: bool,
+    max_bytes: usize,
+) -> Result<pb::FetchResponse, Status> {
     let mut response = pb::FetchResponse {
         batches: Vec::new(),
         records: Vec::new(),
         high_watermark: read.high_watermark,
         log_start_offset: read.log_start_offset,
-        next_offset,
+        next_offset: read.next_offset,
     };
-    if decode {
-        for batch in &read.batches {
-            let records = strata_record::decode(batch).map_err(|e| Status::internal(e.to_string()))?;
-            response.records.extend(records.into_iter().filter(|r| r.offset >= offset).map(convert::record_to_proto));
-        }
-    } else {
+    if !decode {
         response.batches = read.batches;
+        return Ok(response);
+    }
+    let compressed = read
+        .batches
+        .iter()
+        .any(|b| strata_record::BatchHeader::parse(b).is_ok_and(|h| h.compression != Compression::None));
+    let batches = read.batches;
+    let (records, cut) = if compressed {
+        tokio::task::spawn_blocking(move || decode_records(&batches, offset, max_bytes))
+            .await
+            .map_err(|e| Status::internal(format!("decoding task failed: {e}")))??
+    } else {
+        decode_records(&batches, offset, max_bytes)?
+    };
+    response.records = records;
+    if let Some(next) = cut {
+        response.next_offset = next;
     }
     Ok(response)
+}
+
+/// Fetching the cluster's own topics (`__strata_groups` holds every
+/// group's committed offsets and members) is refused.
+fn check_readable(topic: &str) -> Result<(), Status> {
+    if topic.starts_with(crate::groups::RESERVED_PREFIX) {
+        return Err(crate::groups::reserved(topic));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl pb::consumer_server::Consumer for Services {
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let req = request.into_inner();
+        check_readable(&req.topic)?;
         let log = self.partition(&req.topic, req.partition)?;
         let max_bytes = fetch_max_bytes(req.max_bytes);
         let mut read = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
@@ -261,7 +333,7 @@ impl pb::consumer_server::Consumer for Services {
             }
             read = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
         }
-        Ok(Response::new(fetch_response(read, req.offset, req.decode)?))
+        Ok(Response::new(fetch_response(read, req.offset, req.decode, max_bytes).await?))
     }
 
     type SubscribeStream = BoxStream<pb::FetchResponse>;
@@ -271,6 +343,7 @@ impl pb::consumer_server::Consumer for Services {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = request.into_inner();
+        check_readable(&req.topic)?;
         let log = self.partition(&req.topic, req.partition)?;
         let max_bytes = fetch_max_bytes(req.max_bytes);
         // Watch before the first read, so no append between the two is missed.
@@ -285,7 +358,7 @@ impl pb::consumer_server::Consumer for Services {
             loop {
                 let chunk = match read {
                     Ok(r) if r.batches.is_empty() => None,
-                    Ok(r) => Some(fetch_response(r, offset, req.decode)),
+                    Ok(r) => Some(fetch_response(r, offset, req.decode, max_bytes).await),
                     Err(e) => Some(Err(from_storage(e))),
                 };
                 match chunk {
@@ -402,6 +475,10 @@ impl pb::admin_server::Admin for Services {
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
         let req = request.into_inner();
+        // Retention on the groups topic would erase committed offsets.
+        if req.name.starts_with(crate::groups::RESERVED_PREFIX) {
+            return Err(crate::groups::reserved(&req.name));
+        }
         let changes = convert::overrides_from_proto(req.config);
         if changes == strata_storage::TopicOverrides::default() {
             return Err(invalid("`config` sets no field to change"));

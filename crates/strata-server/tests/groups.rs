@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_client::proto as pb;
 use strata_client::{Client, GroupConsumerConfig, GroupRecord, ResetTo, TopicConfig};
-use strata_server::{LogConfig, Node, NodeConfig};
+use strata_server::{LogConfig, Node, NodeConfig, StorageLimits};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -25,6 +25,8 @@ async fn start_with_retention_every(dir: &Path, retention_check_interval: Durati
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.to_owned(),
         defaults: LogConfig::default(),
+        // Retention tests use 4 KiB segments, below the default floor.
+        storage: StorageLimits { min_segment_bytes: 4096, ..StorageLimits::default() },
         retention_check_interval,
         cluster: None,
         advertised: None,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use strata_client::proto as pb;
 use strata_client::{Acks, Client, Compression, PartitionConsumer, ProducerConfig, Record, StartOffset, TopicConfig};
-use strata_server::{LogConfig, Node, NodeConfig};
+use strata_server::{LogConfig, Node, NodeConfig, StorageLimits};
 use tonic::Code;
 
 struct TestNode {
@@ -23,6 +23,7 @@ async fn start() -> TestNode {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.path().to_owned(),
         defaults: LogConfig::default(),
+        storage: StorageLimits::default(),
         retention_check_interval: Duration::from_secs(3600),
         cluster: None,
         advertised: None,
@@ -275,10 +276,11 @@ async fn produce_stream_keeps_order_and_answers_errors_in_band() {
 async fn admin_alters_describes_and_deletes_topics() {
     let t = start().await;
     let c = &t.client;
-    c.create_topic("a", 2, TopicConfig { segment_bytes: Some(4096), ..TopicConfig::default() }).await.expect("create");
+    let segment_bytes = Some(2 << 20);
+    c.create_topic("a", 2, TopicConfig { segment_bytes, ..TopicConfig::default() }).await.expect("create");
     let d = c.describe_topic("a").await.expect("describe");
     let config = d.config.expect("config");
-    assert_eq!(config.segment_bytes, Some(4096));
+    assert_eq!(config.segment_bytes, segment_bytes);
     assert_eq!(config.retention_ms, Some(LogConfig::default().retention_ms));
     assert_eq!(d.partitions.len(), 2);
     assert!(d.partitions.iter().all(|p| p.status == "online"));

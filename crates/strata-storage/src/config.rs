@@ -3,11 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
+use crate::limits::MIN_SEGMENT_BYTES;
 
 /// Largest accepted `max_message_bytes` (the gRPC limit is set above it).
 pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 32 * 1024 * 1024;
-/// Smallest accepted `segment_bytes`.
-pub const MIN_SEGMENT_BYTES: u64 = 1024;
+/// A batch may decompress to at most this many times the topic's
+/// `max_message_bytes` (and never more than
+/// [`strata_record::MAX_UNCOMPRESSED_BYTES`]).
+pub const UNCOMPRESSED_PER_MESSAGE_BYTES: usize = 8;
 
 /// Effective configuration of a topic's partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +41,16 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// How many bytes a batch of this topic may decompress to.
+    pub fn max_uncompressed_bytes(&self) -> usize {
+        (self.max_message_bytes as usize)
+            .saturating_mul(UNCOMPRESSED_PER_MESSAGE_BYTES)
+            .min(strata_record::MAX_UNCOMPRESSED_BYTES)
+    }
+
+    /// Checks that the configuration is consistent and within the hard
+    /// limits. The node's floors ([`crate::StorageLimits::check`]) apply on
+    /// top, to what clients ask for.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(StorageError::InvalidConfig(m));
         if self.retention_ms < -1 || self.retention_ms == 0 {

@@ -17,6 +17,8 @@ pub enum StorageError {
     Index(String),
     #[error("corrupt data in topic '{topic}' partition {partition}: file {file} at byte {position}: {detail}")]
     Corrupt { topic: String, partition: u32, file: PathBuf, position: u64, detail: String },
+    /// `reason` names no file (see [`StorageError::client_message`]): it is
+    /// shown to clients.
     #[error("topic '{topic}' partition {partition} refuses to serve: {reason}")]
     PartitionFailed { topic: String, partition: u32, reason: Arc<str> },
     #[error(
@@ -69,6 +71,43 @@ impl StorageError {
     /// True when the same request may succeed if sent again later.
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::ShuttingDown)
+    }
+
+    /// Whether the message ([`std::fmt::Display`]) may name files of the
+    /// node's data directory: such errors are logged in full on the node,
+    /// and clients get [`StorageError::client_message`].
+    pub fn names_files(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::Index(_) | Self::Corrupt { .. } | Self::DataDirLocked(_))
+    }
+
+    /// The message for clients: as [`std::fmt::Display`], but without the
+    /// paths of the node's files (their directory layout is no business of
+    /// a client; the node's log has them). A segment is named by the offset
+    /// it starts at.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Io { source, .. } => {
+                format!("I/O error in this node's storage ({source}); the node's log names the file")
+            }
+            // RocksDB's messages may name its files.
+            Self::Index(_) => "error in this node's index database; the node's log has the details".to_owned(),
+            Self::Corrupt { topic, partition, file, position, detail } => format!(
+                "corrupt data in topic '{topic}' partition {partition}: {} at byte {position}: {detail}",
+                segment_of(file)
+            ),
+            Self::DataDirLocked(_) => "the data directory is in use by another strata process".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// "segment starting at offset N" for a segment file's path (or its name,
+/// for another file).
+fn segment_of(file: &std::path::Path) -> String {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match name.strip_suffix(crate::segment::SUFFIX).and_then(|stem| stem.parse::<u64>().ok()) {
+        Some(base) => format!("the segment starting at offset {base}"),
+        None => "a file of the partition".to_owned(),
     }
 }
 

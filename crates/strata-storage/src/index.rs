@@ -114,6 +114,9 @@ impl std::fmt::Debug for IndexDb {
     }
 }
 
+/// Table files RocksDB keeps open at most.
+pub const INDEX_OPEN_FILES: i32 = 256;
+
 impl IndexDb {
     pub fn open(path: &std::path::Path) -> Result<Arc<Self>> {
         let mut opts = Options::default();
@@ -121,6 +124,9 @@ impl IndexDb {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 * 1024 * 1024);
+        // RocksDB keeps every table file open by default: bounded like the
+        // segment files (a table cache closes the least recently used).
+        opts.set_max_open_files(INDEX_OPEN_FILES);
         let cfs = [CF_OFFSETS, CF_TIMES, CF_PARTITIONS, CF_SEGMENTS, CF_ENTRIES, CF_CATALOG]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));

@@ -15,14 +15,18 @@
 
 mod config;
 mod error;
+mod files;
 mod index;
+mod limits;
 mod log;
 mod manager;
 mod segment;
 
-pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, MIN_SEGMENT_BYTES, TopicOverrides};
+pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, TopicOverrides, UNCOMPRESSED_PER_MESSAGE_BYTES};
 pub use error::{Result, StorageError};
-pub use index::{IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
+pub use files::FileCache;
+pub use index::{INDEX_OPEN_FILES, IndexDb, IndexEntry, LogIndex, PartitionMeta, RocksIndex, SegmentMeta};
+pub use limits::{DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_MIN_SEGMENT_MS, MIN_SEGMENT_BYTES, MIN_SEGMENT_MS, StorageLimits};
 pub use log::{
     AppendInfo, AppendTicket, EntryId, LogDigest, MAX_FUTURE_TIMESTAMP_MS, PartitionLog, PartitionStatus, Progress,
     ReadResult, StartPin, Visibility,

@@ -21,13 +21,19 @@ use tracing::{info, warn};
 
 use crate::config::{LogConfig, TopicOverrides};
 use crate::error::{IoContext, Result, StorageError};
+use crate::files::FileCache;
 use crate::index::{CF_CATALOG, IndexDb};
+use crate::limits::StorageLimits;
 use crate::log::{PartitionLog, PartitionStatus, Visibility};
 
 /// Upper bound on partitions per topic.
 pub const MAX_PARTITIONS: u32 = 10_000;
-/// Longest topic name (as Kafka).
-pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Longest file name in a directory (`NAME_MAX` of Linux filesystems).
+pub const MAX_FILE_NAME_LEN: usize = 255;
+/// Longest topic name: a topic's directory is `<name>-<topic id>`, and a
+/// topic id (a u64) takes up to 20 digits, so every topic's directory name
+/// fits in [`MAX_FILE_NAME_LEN`] whatever its id (Kafka allows 249).
+pub const MAX_TOPIC_NAME_LEN: usize = MAX_FILE_NAME_LEN - 1 - 20;
 
 const TOPIC_KEY_PREFIX: &str = "topic/";
 const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
@@ -73,6 +79,9 @@ pub struct LogManager {
     /// Serialises catalog changes (create, delete, alter).
     catalog_lock: tokio::sync::Mutex<()>,
     visibility: Visibility,
+    limits: StorageLimits,
+    /// Open files of every partition's sealed segments.
+    files: Arc<FileCache>,
     _lock: File,
 }
 
@@ -82,14 +91,15 @@ impl std::fmt::Debug for LogManager {
     }
 }
 
-/// Checks a topic name: 1 to 249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// Checks a topic name: 1 to [`MAX_TOPIC_NAME_LEN`] (234) characters of
+/// `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<()> {
     let bad = |reason| Err(StorageError::InvalidTopicName { name: name.to_owned(), reason });
     if name.is_empty() {
         return bad("the name is empty");
     }
     if name.len() > MAX_TOPIC_NAME_LEN {
-        return bad("the name is longer than 249 characters");
+        return bad("the name is longer than 234 characters (its directory, <name>-<topic id>, must fit in 255 bytes)");
     }
     if name == "." || name == ".." {
         return bad("'.' and '..' are not allowed");
@@ -113,6 +123,20 @@ async fn await_writers(writers: Vec<tokio::task::JoinHandle<()>>, limit: std::ti
     }
 }
 
+/// The directory name of topic `name` with id `id`, refused if the
+/// filesystem could not hold it (a topic named before names were bounded
+/// this way, applied from the cluster's metadata, is checked here).
+fn topic_dir_name(name: &str, id: u64) -> Result<String> {
+    let dir = format!("{name}-{id}");
+    if dir.len() > MAX_FILE_NAME_LEN {
+        return Err(StorageError::InvalidTopicName {
+            name: name.to_owned(),
+            reason: "its directory name, <name>-<topic id>, would be longer than 255 bytes",
+        });
+    }
+    Ok(dir)
+}
+
 fn dir_name(dir: &Path) -> String {
     dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -131,7 +155,22 @@ impl LogManager {
     /// [`LogManager::open`], with every partition's visibility rule (Raft:
     /// [`Visibility::Applied`]).
     pub fn open_with(root: &Path, defaults: LogConfig, visibility: Visibility) -> Result<Self> {
-        defaults.validate()?;
+        Self::open_with_limits(root, defaults, visibility, StorageLimits::default())
+    }
+
+    /// [`LogManager::open_with`], with the node's storage limits. The topic
+    /// defaults must respect them.
+    pub fn open_with_limits(
+        root: &Path,
+        defaults: LogConfig,
+        visibility: Visibility,
+        limits: StorageLimits,
+    ) -> Result<Self> {
+        limits.validate()?;
+        limits.check(&defaults).map_err(|e| match e {
+            StorageError::InvalidConfig(m) => StorageError::InvalidConfig(format!("topic_defaults: {m}")),
+            other => other,
+        })?;
         std::fs::create_dir_all(root.join("topics")).at(root)?;
         let lock_path = root.join("strata.lock");
         let lock = File::create(&lock_path).at(&lock_path)?;
@@ -148,6 +187,8 @@ impl LogManager {
             topics: RwLock::new(BTreeMap::new()),
             catalog_lock: tokio::sync::Mutex::new(()),
             visibility,
+            limits,
+            files: FileCache::new(limits.open_files()),
             _lock: lock,
         };
         let records = manager.load_catalog()?;
@@ -190,6 +231,15 @@ impl LogManager {
         self.defaults
     }
 
+    pub fn limits(&self) -> StorageLimits {
+        self.limits
+    }
+
+    /// The node's cache of open segment files.
+    pub fn open_files(&self) -> &FileCache {
+        &self.files
+    }
+
     fn load_catalog(&self) -> Result<Vec<TopicRecord>> {
         let cf = self.db.cf(CF_CATALOG)?;
         let mut out = Vec::new();
@@ -205,14 +255,18 @@ impl LogManager {
         Ok(out)
     }
 
+    fn open_partition(&self, record: &TopicRecord, dir: &Path, p: u32, config: LogConfig) -> Result<PartitionLog> {
+        let index = Arc::new(self.db.partition(record.id, p));
+        let dir = dir.join(p.to_string());
+        PartitionLog::open_in(&record.name, p, &dir, index, config, self.visibility, Arc::clone(&self.files))
+    }
+
     fn open_topic(&self, record: TopicRecord) -> Result<Arc<Topic>> {
         let dir = self.root.join("topics").join(format!("{}-{}", record.name, record.id));
         let config = record.overrides.apply(&self.defaults);
         let mut partitions = Vec::with_capacity(record.partitions as usize);
         for p in 0..record.partitions {
-            let index = Arc::new(self.db.partition(record.id, p));
-            let dir = dir.join(p.to_string());
-            partitions.push(PartitionLog::open_with(&record.name, p, &dir, index, config, self.visibility)?);
+            partitions.push(self.open_partition(&record, &dir, p, config)?);
         }
         Ok(Arc::new(Topic { record: RwLock::new(record), dir, partitions }))
     }
@@ -243,9 +297,26 @@ impl LogManager {
         Ok(())
     }
 
-    /// Checks a new topic's name, partition count and configuration.
+    /// Checks a new topic's name, partition count and configuration, with
+    /// the node's floors: what a client asks for, before it goes anywhere.
     pub fn validate_new_topic(&self, name: &str, partitions: u32, overrides: &TopicOverrides) -> Result<()> {
         validate_topic_name(name)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(StorageError::InvalidPartitionCount { count: partitions, max: MAX_PARTITIONS });
+        }
+        self.limits.check(&overrides.apply(&self.defaults))
+    }
+
+    /// Checks a topic the cluster's metadata already holds (applied on every
+    /// node): its name must make a directory this filesystem holds and its
+    /// configuration must be consistent. The floors, checked before the
+    /// topic was proposed, are left out: nodes whose floors differ (or a
+    /// topic older than them) must still apply the same metadata.
+    fn validate_recorded_topic(&self, name: &str, id: u64, partitions: u32, overrides: &TopicOverrides) -> Result<()> {
+        topic_dir_name(name, id)?;
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(StorageError::InvalidTopicName { name: name.to_owned(), reason: "not a directory name" });
+        }
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(StorageError::InvalidPartitionCount { count: partitions, max: MAX_PARTITIONS });
         }
@@ -275,7 +346,10 @@ impl LogManager {
         overrides: TopicOverrides,
         id: Option<u64>,
     ) -> Result<TopicInfo> {
-        self.validate_new_topic(name, partitions, &overrides)?;
+        match id {
+            None => self.validate_new_topic(name, partitions, &overrides)?,
+            Some(id) => self.validate_recorded_topic(name, id, partitions, &overrides)?,
+        }
         let _guard = self.catalog_lock.lock().await;
         if self.topic(name).is_ok() {
             return Err(StorageError::TopicExists(name.to_owned()));
@@ -294,6 +368,7 @@ impl LogManager {
                 id
             }
         };
+        topic_dir_name(name, id)?;
         let record = TopicRecord { name: name.to_owned(), id, partitions, overrides };
         self.put_record(&mut batch, &record)?;
         self.db.write(batch, true)?;
@@ -364,9 +439,7 @@ impl LogManager {
         // Directories first, then the catalog: a crash in between leaves
         // empty directories that the next attempt opens again.
         for p in current..count {
-            let index = Arc::new(self.db.partition(record.id, p));
-            let dir = topic.dir.join(p.to_string());
-            partitions.push(PartitionLog::open_with(&record.name, p, &dir, index, config, self.visibility)?);
+            partitions.push(self.open_partition(&record, &topic.dir, p, config)?);
         }
         crate::segment::sync_dir(&topic.dir)?;
         record.partitions = count;
@@ -384,13 +457,16 @@ impl LogManager {
         Ok(self.topic(name)?.record.read().map_err(|_| lock_poisoned())?.overrides)
     }
 
-    /// Changes a topic's overrides (set fields only); applies at once.
+    /// Changes a topic's overrides (set fields only), within the node's
+    /// floors; applies at once.
     pub async fn alter_topic(&self, name: &str, changes: TopicOverrides) -> Result<TopicInfo> {
         let merged = self.topic_overrides(name)?.merge(&changes);
+        self.limits.check(&merged.apply(&self.defaults))?;
         self.set_topic_overrides(name, merged).await
     }
 
-    /// Replaces a topic's overrides (as the cluster recorded them).
+    /// Replaces a topic's overrides (as the cluster recorded them: checked
+    /// against the floors before they were proposed).
     pub async fn set_topic_overrides(&self, name: &str, overrides: TopicOverrides) -> Result<TopicInfo> {
         let _guard = self.catalog_lock.lock().await;
         let topic = self.topic(name)?;
@@ -425,8 +501,8 @@ impl LogManager {
     /// index under topic id 0, which no topic has).
     pub fn open_controller_log(&self) -> Result<PartitionLog> {
         let index = Arc::new(self.db.partition(0, 0));
-        let config = LogConfig::default();
-        PartitionLog::open_with("__controller", 0, &self.root.join("controller"), index, config, Visibility::Applied)
+        let (config, dir) = (LogConfig::default(), self.root.join("controller"));
+        PartitionLog::open_in("__controller", 0, &dir, index, config, Visibility::Applied, Arc::clone(&self.files))
     }
 
     /// Every partition of every topic, with its topic's id.

@@ -6,10 +6,12 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use strata_record::{BatchHeader, FormatError, HEADER_LEN};
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, StorageError};
+use crate::files::FileCache;
 
 pub(crate) const SUFFIX: &str = ".log";
 
@@ -50,13 +52,28 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).at(dir)?.sync_all().at(dir)
 }
 
-/// An open segment. `durable_len` bytes are fsync'd and indexed: the only part
+/// Creates an empty segment file (recovery of a partition with none).
+pub(crate) fn create_empty(dir: &Path, base: u64) -> Result<()> {
+    let path = dir.join(file_name(base));
+    OpenOptions::new().append(true).create(true).open(&path).at(&path).map(drop)
+}
+
+/// A segment. `durable_len` bytes are fsync'd and indexed: the only part
 /// readers may see.
+///
+/// While it is written (the active segment, and a rolled one until it is
+/// sealed durably) it holds its file open for writing; a sealed segment's
+/// file is opened on demand through the node's [`FileCache`], so a node
+/// holds a bounded number of them open whatever the number of segments.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub base: u64,
     pub path: PathBuf,
-    pub file: File,
+    files: Arc<FileCache>,
+    /// This segment's key in `files`.
+    key: u64,
+    /// The file open for writing, while the segment is written.
+    writer: RwLock<Option<Arc<File>>>,
     pub durable_len: AtomicU64,
     pub next_offset: AtomicU64,
     pub max_timestamp_ms: AtomicI64,
@@ -69,21 +86,84 @@ pub(crate) struct Segment {
     cached_from: AtomicU64,
 }
 
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.files.forget(self.key);
+    }
+}
+
 impl Segment {
-    pub fn open(dir: &Path, base: u64, create: bool) -> Result<Self> {
-        let path = dir.join(file_name(base));
-        let file = OpenOptions::new().read(true).append(true).create(create).open(&path).at(&path)?;
-        Ok(Self {
+    /// The segment to write to, its file open for writing (created when
+    /// `create`).
+    pub fn active(dir: &Path, base: u64, create: bool, files: &Arc<FileCache>) -> Result<Self> {
+        let seg = Self::sealed(dir, base, files);
+        let file = OpenOptions::new().read(true).append(true).create(create).open(&seg.path).at(&seg.path)?;
+        *seg.writer.write().map_err(|_| seg.poisoned())? = Some(Arc::new(file));
+        Ok(seg)
+    }
+
+    /// A segment no longer written: nothing is opened until it is read.
+    pub fn sealed(dir: &Path, base: u64, files: &Arc<FileCache>) -> Self {
+        Self {
             base,
-            path,
-            file,
+            path: dir.join(file_name(base)),
+            files: Arc::clone(files),
+            key: files.new_key(),
+            writer: RwLock::new(None),
             durable_len: AtomicU64::new(0),
             next_offset: AtomicU64::new(base),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             created_ms: crate::now_ms(),
             sealed: std::sync::atomic::AtomicBool::new(false),
             cached_from: AtomicU64::new(0),
-        })
+        }
+    }
+
+    fn poisoned(&self) -> StorageError {
+        StorageError::Index(format!("the lock of segment {} was poisoned by a panic", self.base))
+    }
+
+    /// The file open for writing; `None` once the segment is sealed.
+    pub fn writable(&self) -> Option<Arc<File>> {
+        self.writer.read().ok().and_then(|w| w.clone())
+    }
+
+    /// The file open for writing, opened again if the segment was sealed (a
+    /// truncation makes a sealed segment the active one again).
+    pub fn reopen_writable(&self) -> Result<Arc<File>> {
+        let mut writer = self.writer.write().map_err(|_| self.poisoned())?;
+        if let Some(file) = &*writer {
+            return Ok(Arc::clone(file));
+        }
+        let file = Arc::new(OpenOptions::new().read(true).append(true).open(&self.path).at(&self.path)?);
+        *writer = Some(Arc::clone(&file));
+        self.files.forget(self.key);
+        Ok(file)
+    }
+
+    /// The segment is sealed durably: its file goes back to the cache's care
+    /// (closed now, opened again when read).
+    pub fn stop_writing(&self) {
+        if let Ok(mut w) = self.writer.write() {
+            *w = None;
+        }
+    }
+
+    /// The segment is being deleted: the cache closes its file (readers
+    /// holding it keep reading).
+    pub fn close(&self) {
+        self.files.forget(self.key);
+    }
+
+    /// An open file of the segment, to read from: the writer's while it is
+    /// written, otherwise one from the cache. A reader keeps it for as long
+    /// as it reads, so the file stays readable even if the segment is
+    /// deleted meanwhile.
+    pub fn file(&self) -> Result<Arc<File>> {
+        match self.writable() {
+            Some(file) => Ok(file),
+            None => self.files.get(self.key, &self.path),
+        }
     }
 
     /// Tells the kernel that the durable bytes before the last
@@ -91,8 +171,9 @@ impl Segment {
     /// otherwise pile up in memory until reclaim has to find them, and every
     /// new write then waits on fresh pages; this way the memory of data
     /// already durable is reused. Readers further behind read from the disk.
-    /// Only advice: an error is ignored.
+    /// Only advice, for a segment being written: an error is ignored.
     pub fn release_cache(&self) {
+        let Some(file) = self.writable() else { return };
         let keep_from = self.len().saturating_sub(CACHED_TAIL_BYTES) & !(RELEASE_STEP - 1);
         let from = self.cached_from.load(Ordering::Acquire);
         if keep_from <= from {
@@ -100,7 +181,7 @@ impl Segment {
         }
         self.cached_from.store(keep_from, Ordering::Release);
         let len = std::num::NonZeroU64::new(keep_from - from);
-        if let Err(error) = rustix::fs::fadvise(&self.file, from, len, rustix::fs::Advice::DontNeed) {
+        if let Err(error) = rustix::fs::fadvise(&*file, from, len, rustix::fs::Advice::DontNeed) {
             tracing::debug!(file = %self.path.display(), %error, "posix_fadvise(DONTNEED) failed");
         }
     }
@@ -113,12 +194,13 @@ impl Segment {
     pub fn len(&self) -> u64 {
         self.durable_len.load(Ordering::Acquire)
     }
+}
 
-    pub fn read_at(&self, position: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, position).at(&self.path)?;
-        Ok(buf)
-    }
+/// Reads `len` bytes of `file` (at `path`) at `position`.
+pub(crate) fn read_at(file: &File, path: &Path, position: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, position).at(path)?;
+    Ok(buf)
 }
 
 /// One batch found by a scan.
@@ -225,21 +307,22 @@ mod tests {
     /// `len` bytes, fsyncs, and marks it durable.
     fn fill(seg: &Segment, len: u64) {
         use std::io::Write;
-        let mut at = seg.file.metadata().expect("metadata").len();
+        let file = seg.writable().expect("written");
+        let mut at = file.metadata().expect("metadata").len();
         while at < len {
             let n = 65536.min(len - at);
             let chunk: Vec<u8> = (at..at + n).map(|i| (i % 251) as u8).collect();
-            (&seg.file).write_all(&chunk).expect("write");
+            (&*file).write_all(&chunk).expect("write");
             at += n;
         }
-        seg.file.sync_data().expect("sync");
+        file.sync_data().expect("sync");
         seg.durable_len.store(len, Ordering::Release);
     }
 
     #[test]
     fn release_cache_keeps_the_tail_and_data_stays_readable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let seg = Segment::open(dir.path(), 0, true).expect("open");
+        let seg = Segment::active(dir.path(), 0, true, &FileCache::new(4)).expect("open");
         // Less than the cached tail: nothing is given back.
         fill(&seg, CACHED_TAIL_BYTES / 2);
         seg.release_cache();
@@ -258,9 +341,9 @@ mod tests {
         seg.release_cache();
         assert_eq!(seg.cached_from.load(Ordering::Acquire), from);
         // Bytes given back to the kernel read back from the disk unchanged.
-        assert_eq!(seg.file.metadata().expect("metadata").len(), len);
+        assert_eq!(seg.file().expect("file").metadata().expect("metadata").len(), len);
         for at in [0u64, 65536, from - 10, len - 10] {
-            let got = seg.read_at(at, 10).expect("read");
+            let got = read_at(&seg.file().expect("file"), &seg.path, at, 10).expect("read");
             let want: Vec<u8> = (at..at + 10).map(|i| (i % 251) as u8).collect();
             assert_eq!(got, want, "bytes at {at}");
         }
@@ -291,7 +374,7 @@ mod tests {
             eprintln!("skipped: {} is on tmpfs, whose pages are the file itself", dir.path().display());
             return;
         }
-        let seg = Segment::open(dir.path(), 0, true).expect("open");
+        let seg = Segment::active(dir.path(), 0, true, &FileCache::new(4)).expect("open");
         let total = CACHED_TAIL_BYTES + 24 * 1024 * 1024;
         let mut len = 0;
         while len < total {

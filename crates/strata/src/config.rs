@@ -25,6 +25,7 @@ pub struct ServerConfig {
     pub log_format: String,
     pub log_level: String,
     pub topic_defaults: strata_server::LogConfig,
+    pub storage: strata_server::StorageLimits,
 }
 
 /// `[cluster_tls]`: where a node's certificate, key and CA are.
@@ -142,6 +143,7 @@ impl ServerConfig {
             listen,
             data_dir: self.data_dir.clone(),
             defaults: self.topic_defaults,
+            storage: self.storage,
             retention_check_interval: std::time::Duration::from_millis(self.retention_check_interval_ms.max(100)),
         })
     }
@@ -200,6 +202,7 @@ mod tests {
         let c = ServerConfig::load(None, &[]).expect("defaults");
         assert_eq!(c.listen, "127.0.0.1:7878");
         assert_eq!(c.topic_defaults, strata_server::LogConfig::default());
+        assert_eq!(c.storage, strata_server::StorageLimits::default());
         c.node_config().expect("valid");
     }
 

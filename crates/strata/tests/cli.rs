@@ -108,6 +108,26 @@ fn server_flags_and_env_are_validated() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES=huge"));
+    // Topic defaults below the storage floors: the node does not start ...
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(common::BIN)
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .env("STRATA_DATA_DIR", dir.path())
+        .env("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "4096")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("segment.bytes 4096 is below the minimum of 1048576 bytes (storage.min_segment_bytes)"),
+        "{stderr}"
+    );
+    // ... unless the operator lowers them.
+    let env = [
+        ("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES".to_owned(), "4096".to_owned()),
+        ("STRATA_STORAGE_MIN_SEGMENT_BYTES".to_owned(), "4096".to_owned()),
+    ];
+    ServerProcess::start_with(dir.path(), &env).kill();
     let out = std::process::Command::new(common::BIN).args(["server", "--print-default-config"]).output().expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("[topic_defaults]"));
 }

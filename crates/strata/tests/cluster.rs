@@ -623,7 +623,9 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_trims_every_replica_and_a_node_that_was_away_catches_up_from_a_snapshot() {
-    let mut cluster = Cluster::start_with(3, &[("STRATA_RETENTION_CHECK_INTERVAL_MS", "200")]);
+    // 4 KiB segments: below the default floor, which the operator lowers.
+    let env = [("STRATA_RETENTION_CHECK_INTERVAL_MS", "200"), ("STRATA_STORAGE_MIN_SEGMENT_BYTES", "4096")];
+    let mut cluster = Cluster::start_with(3, &env);
     let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
     let topic = "trim";
     let config = TopicConfig { segment_bytes: Some(4096), retention_bytes: Some(16 * 1024), ..TopicConfig::default() };

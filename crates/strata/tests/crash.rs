@@ -90,7 +90,9 @@ async fn acknowledged_records_survive_sigkill() {
     let acked: Acked = Arc::new(Mutex::new(Vec::new()));
 
     for cycle in 0..CYCLES {
-        let server = ServerProcess::start(dir.path());
+        // 64 KiB segments (below the default floor of 1 MiB): many rolls.
+        let env = [("STRATA_STORAGE_MIN_SEGMENT_BYTES".to_owned(), (64 * 1024).to_string())];
+        let server = ServerProcess::start_with(dir.path(), &env);
         let client = Client::connect(&server.addr).await.expect("connect");
         if cycle == 0 {
             let config = TopicConfig { segment_bytes: Some(64 * 1024), ..TopicConfig::default() };

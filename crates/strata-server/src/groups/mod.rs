@@ -13,6 +13,8 @@
 
 pub mod assignor;
 pub mod consumer;
+pub mod limits;
+mod load;
 pub mod queue;
 pub mod service;
 pub mod share;
@@ -53,8 +55,6 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TICK: Duration = Duration::from_millis(200);
 /// How long a read waits for a majority to confirm the coordinator.
 const READ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest chunk read while loading a partition.
-const LOAD_READ_BYTES: usize = 4 * 1024 * 1024;
 
 /// The heartbeat interval a member with this session timeout is told.
 pub fn heartbeat_interval_ms(session_timeout_ms: u32) -> u32 {
@@ -319,34 +319,7 @@ impl Coordinator {
         // committed before this node led is readable here.
         self.replication.wait_applied(view.topic_id, p, view.last_log_index, LOAD_TIMEOUT).await?;
         let log = self.logs.partition(GROUPS_TOPIC, p).map_err(from_storage)?;
-        let mut fresh = ShardState::default();
-        let mut offset = log.log_start_offset();
-        let mut records = 0u64;
-        while offset < log.high_watermark() {
-            let read = log.read(offset, LOAD_READ_BYTES).await.map_err(from_storage)?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in &read.batches {
-                let decoded = strata_record::decode(batch).map_err(|e| {
-                    Status::data_loss(format!(
-                        "{GROUPS_TOPIC} partition {p} near offset {offset}: a batch that does not decode: {e}"
-                    ))
-                })?;
-                for record in decoded.into_iter().filter(|r| r.offset >= offset) {
-                    let group = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
-                    let entry: Entry = serde_json::from_slice(&record.value).map_err(|e| {
-                        Status::data_loss(format!(
-                            "{GROUPS_TOPIC} partition {p}, offset {}: a group record that does not parse: {e}",
-                            record.offset
-                        ))
-                    })?;
-                    fresh.apply(&group, entry);
-                    records += 1;
-                }
-            }
-            offset = read.next_offset;
-        }
+        let (mut fresh, records) = load::read_shard(&log, p, view.last_log_index, LOAD_TIMEOUT).await?;
         let now = Instant::now();
         for (name, g) in &fresh.consumer {
             for id in g.members.keys() {

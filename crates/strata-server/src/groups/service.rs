@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Coordinator, Route, SessionHandle, not_coordinator};
+use super::{Coordinator, Route, SessionHandle, limits, not_coordinator};
 use crate::service::{shutting_down, until_shutdown};
 use crate::status::invalid;
 
@@ -101,6 +101,7 @@ impl pb::groups_server::Groups for GroupService {
         let Some(pb::group_session_request::Kind::Join(join)) = first.kind.clone() else {
             return Err(invalid("the first message of a session must be a GroupJoin"));
         };
+        limits::check_join(&join)?;
         if let Some(mut remote) = self.forward_to(&join.group, hops).await? {
             let rest = inbound
                 .take_while(|m| futures::future::ready(m.is_ok()))
@@ -133,6 +134,7 @@ impl pb::groups_server::Groups for GroupService {
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
+        limits::check_commit(&req)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.commit_offsets(forwarded(req, hops)).await;
         }
@@ -214,6 +216,7 @@ impl pb::groups_server::Groups for GroupService {
     ) -> Result<Response<pb::ShareFetchResponse>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
+        limits::check_consumer_id(&req.consumer_id)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.share_fetch(forwarded(req, hops)).await;
         }
@@ -227,6 +230,7 @@ impl pb::groups_server::Groups for GroupService {
     async fn share_ack(&self, request: Request<pb::ShareAckRequest>) -> Result<Response<pb::ShareAckResponse>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
+        limits::check_consumer_id(&req.consumer_id)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.share_ack(forwarded(req, hops)).await;
         }

@@ -158,6 +158,15 @@ impl Inner {
         self.applied.lock().ok().and_then(|a| a.map(|(_, next)| next)).unwrap_or(0)
     }
 
+    /// The offset after entry `index` (`None`: the log does not hold it).
+    pub(super) fn next_offset_after(&self, index: u64) -> Result<Option<u64>> {
+        let cached = self.recent.lock().map_err(|_| self.poisoned())?.next_offset_of(index);
+        match cached {
+            Some(n) => Ok(Some(n)),
+            None => Ok(self.index.lookup_entry(index)?.map(|e| e.next_offset)),
+        }
+    }
+
     /// Records that the consensus layer applied entries up to `index`;
     /// readers see them once they are durable here. An entry this log does
     /// not hold is ignored.
@@ -226,14 +235,17 @@ impl Inner {
         // this one, then the index; a crash in between can only bring back
         // entries that were never acknowledged by this replica after the cut.
         for seg in segments.drain(keep + 1..) {
+            seg.close();
             std::fs::remove_file(&seg.path).at(&seg.path)?;
             self.index.delete_segment_meta(seg.base)?;
         }
         segment::sync_dir(&self.dir)?;
         let seg: Arc<Segment> = Arc::clone(&segments[keep]);
-        seg.file.set_len(first.position).at(&seg.path)?;
+        // It is the active segment now (it may have been sealed).
+        let file = seg.reopen_writable()?;
+        file.set_len(first.position).at(&seg.path)?;
         seg.cut_cache_mark(first.position);
-        seg.file.sync_all().at(&seg.path)?;
+        file.sync_all().at(&seg.path)?;
         self.index.truncate_from(first.base_offset, from)?;
         if seg.sealed.swap(false, Ordering::AcqRel) {
             self.index.delete_segment_meta(seg.base)?;
@@ -331,7 +343,7 @@ impl Inner {
             std::fs::remove_file(&path).at(&path)?;
             self.index.delete_segment_meta(base)?;
         }
-        let fresh = Segment::open(&self.dir, next_offset, true)?;
+        let fresh = Segment::active(&self.dir, next_offset, true, &self.files)?;
         segment::sync_dir(&self.dir)?;
         self.index.truncate_from(0, 0)?;
         // No purged entry is recorded as an empty value.
@@ -394,6 +406,7 @@ impl Inner {
         self.index.purge_before(start, first_kept)?;
         for seg in &doomed {
             self.index.delete_segment_meta(seg.base)?;
+            seg.close();
             std::fs::remove_file(&seg.path).at(&seg.path)?;
         }
         if !doomed.is_empty() {
@@ -455,6 +468,11 @@ impl Inner {
         let mut i = segments.binary_search_by_key(&first.segment_base, |s| s.base).map_err(|_| {
             self.internal(&format!("entry {start} is indexed in segment {} that is gone", first.segment_base))
         })?;
+        // Each segment's file is opened under the list's lock (see
+        // `open_segment`), when the read reaches it.
+        let Some((_, mut file)) = self.open_segment(first.segment_base)? else {
+            return Err(self.internal(&format!("segment {} of entry {start} is gone", first.segment_base)));
+        };
         let mut position = first.position;
         let mut bytes = 0usize;
         let mut next = start;
@@ -467,16 +485,18 @@ impl Inner {
                 // so the next entry may not be durable yet.
                 let Some(e) = self.index.lookup_entry(next)? else { break };
                 match segments.binary_search_by_key(&e.segment_base, |s| s.base) {
-                    Ok(j) if j > i => {
-                        i = j;
-                        position = e.position;
-                        continue;
-                    }
+                    Ok(j) if j > i => match self.open_segment(e.segment_base)? {
+                        Some((_, next)) => {
+                            (i, file, position) = (j, next, e.position);
+                            continue;
+                        }
+                        None => break, // truncated meanwhile
+                    },
                     _ => break,
                 }
             }
             let want = max_bytes.saturating_sub(bytes).max(HEADER_MIN_READ) as u64;
-            let buf = Bytes::from(seg.read_at(position, want.min(durable - position) as usize)?);
+            let buf = Bytes::from(segment::read_at(&file, &seg.path, position, want.min(durable - position) as usize)?);
             let mut pos = 0usize;
             while pos < buf.len() && next < end {
                 let header = match strata_record::BatchHeader::parse(&buf[pos..]) {
@@ -489,7 +509,7 @@ impl Inner {
                         break;
                     }
                     // One batch larger than the read: read exactly it.
-                    let whole = Bytes::from(seg.read_at(position, header.size)?);
+                    let whole = Bytes::from(segment::read_at(&file, &seg.path, position, header.size)?);
                     return self.push_entry(seg, position, whole, next, &mut out).map(|()| out);
                 }
                 let batch = buf.slice(pos..pos + header.size);

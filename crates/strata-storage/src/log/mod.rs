@@ -1,5 +1,8 @@
 //! One partition's log: segments on disk, the group-commit writer, reads,
-//! recovery and retention.
+//! recovery and retention. This module holds the handle and its state;
+//! `write` the writer and syncer, `read` reads, `recovery` the opening
+//! checks, `entries` the Raft-log view (entries by index, truncation,
+//! purges, resets).
 //!
 //! Invariants:
 //! - Only fsync'd bytes are visible: the high watermark (`hw`) and each
@@ -18,15 +21,20 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use strata_record::BatchHeader;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::LogConfig;
 use crate::error::{IoContext, Result, StorageError};
-use crate::index::{IndexEntry, LogIndex, SegmentMeta};
+use crate::files::FileCache;
+use crate::index::LogIndex;
 use crate::segment::{self, Segment};
 
 mod entries;
+mod read;
+mod recovery;
+mod write;
 use entries::{Recent, RecentEntry};
+use write::{SyncQueue, writer_loop};
 
 /// Appends waiting for the writer; a full queue makes producers wait.
 const APPEND_QUEUE_CAPACITY: usize = 4096;
@@ -186,6 +194,8 @@ pub(crate) struct Inner {
     partition: u32,
     dir: PathBuf,
     index: Arc<dyn LogIndex>,
+    /// Open files of sealed segments (node-wide).
+    files: Arc<FileCache>,
     config: RwLock<LogConfig>,
     segments: RwLock<Vec<Arc<Segment>>>,
     writer: Mutex<WriterState>,
@@ -253,7 +263,9 @@ impl PartitionLog {
         Self::open_with(topic, partition, dir, index, config, Visibility::OnFlush)
     }
 
-    /// [`PartitionLog::open`], choosing when appends become visible.
+    /// [`PartitionLog::open`], choosing when appends become visible. The
+    /// log keeps its sealed segments' files in a cache of its own, of the
+    /// default size ([`crate::StorageLimits::open_files`]).
     pub fn open_with(
         topic: &str,
         partition: u32,
@@ -262,6 +274,21 @@ impl PartitionLog {
         config: LogConfig,
         visibility: Visibility,
     ) -> Result<Self> {
+        let files = FileCache::new(crate::StorageLimits::default().open_files());
+        Self::open_in(topic, partition, dir, index, config, visibility, files)
+    }
+
+    /// [`PartitionLog::open_with`], sharing a cache of open segment files
+    /// (the node's).
+    pub(crate) fn open_in(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        index: Arc<dyn LogIndex>,
+        config: LogConfig,
+        visibility: Visibility,
+        files: Arc<FileCache>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (hw, _) = watch::channel(0);
         let inner = Arc::new(Inner {
@@ -269,6 +296,7 @@ impl PartitionLog {
             partition,
             dir: dir.to_owned(),
             index,
+            files,
             config: RwLock::new(config),
             segments: RwLock::new(Vec::new()),
             writer: Mutex::new(WriterState {
@@ -377,17 +405,21 @@ impl PartitionLog {
     /// consensus layer calls this before proposing a batch.
     pub async fn validate(&self, batch: &Bytes) -> Result<BatchHeader> {
         self.inner.check_failed()?;
-        let limit = self.config().max_message_bytes;
+        let config = self.config();
+        let limit = config.max_message_bytes;
         if batch.len() > limit as usize {
             return Err(StorageError::BatchTooLarge { topic: self.inner.topic.clone(), size: batch.len(), limit });
         }
+        // Decompressed, a batch may grow to a multiple of the topic's limit,
+        // with a bounded ratio (no decompression bombs).
+        let inflated = config.max_uncompressed_bytes();
         let header = match strata_record::BatchHeader::parse(batch)?.compression {
             // Uncompressed: a quick walk over the records, done here.
-            strata_record::Compression::None => strata_record::validate(batch)?,
+            strata_record::Compression::None => strata_record::validate_within(batch, inflated)?,
             // Decompression is CPU work that must not stall the async workers.
             _ => {
                 let b = batch.clone();
-                tokio::task::spawn_blocking(move || strata_record::validate(&b))
+                tokio::task::spawn_blocking(move || strata_record::validate_within(&b, inflated))
                     .await
                     .map_err(|e| StorageError::Index(format!("validation task failed: {e}")))??
             }
@@ -543,6 +575,32 @@ impl PartitionLog {
         }
     }
 
+    /// Waits until readers see entry `index` (the high watermark passed
+    /// it: applied, and durable here), and returns the high watermark. A
+    /// leader applies an entry once a majority holds it, which need not
+    /// include itself, so its high watermark may be behind what it applied
+    /// until its own fsync. Returns at once when the entry was purged; an
+    /// entry this log does not hold is an error.
+    pub async fn wait_visible(&self, index: u64) -> Result<u64> {
+        let Some(next_offset) = self.inner.next_offset_after(index)? else {
+            if self.last_purged().is_some_and(|p| p.index >= index) {
+                return Ok(self.high_watermark());
+            }
+            return Err(self.inner.internal(&format!("entry {index} is not in the log")));
+        };
+        let mut hw = self.inner.hw.subscribe();
+        loop {
+            self.inner.check_failed()?;
+            let now = *hw.borrow_and_update();
+            if now >= next_offset {
+                return Ok(now);
+            }
+            if hw.changed().await.is_err() {
+                return Err(StorageError::ShuttingDown);
+            }
+        }
+    }
+
     /// How far writing and syncing got.
     pub fn progress(&self) -> Progress {
         *self.inner.progress.borrow()
@@ -679,237 +737,6 @@ impl PartitionLog {
     }
 }
 
-/// Writes groups of queued appends to the active segment (page cache only)
-/// and hands them to the syncer. While the syncer fsyncs one group, the next
-/// is being written: the disk is never idle waiting for the CPU, and
-/// concurrent producers share each fsync. A group that finds nothing queued
-/// behind it and the syncer idle is synced by the writer itself.
-async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Command>) {
-    let syncer = tokio::spawn(syncer_loop(Arc::clone(&inner)));
-    let mut held = None;
-    loop {
-        let command = match held.take() {
-            Some(c) => c,
-            None => match rx.recv().await {
-                Some(c) => c,
-                None => break,
-            },
-        };
-        let first = match command {
-            Command::Append(req) => req,
-            Command::Rewrite { op, reply } => {
-                let result = match inner.quiesce().await {
-                    Ok(()) => {
-                        let worker = Arc::clone(&inner);
-                        tokio::task::spawn_blocking(move || match op {
-                            Rewrite::Truncate(from) => worker.truncate_blocking(from),
-                            Rewrite::Reset { last, next_offset } => worker.reset_blocking(last, next_offset),
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(StorageError::Index(format!("log rewrite task failed: {e}"))))
-                    }
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-                continue;
-            }
-        };
-        let mut bytes = first.batch.len();
-        let mut group = vec![first];
-        while bytes < GROUP_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(Command::Append(req)) => {
-                    bytes += req.batch.len();
-                    group.push(req);
-                }
-                Ok(other) => {
-                    held = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        // Bound what is written but not yet synced (memory held by waiters).
-        let Ok(permit) = inner.unsynced_bytes.acquire_many(bytes as u32).await else { break };
-        permit.forget();
-        let batches: Vec<Queued> = group.iter().map(|r| (r.batch.clone(), r.header, r.id, r.base_offset)).collect();
-        // Nothing else to write and the syncer idle: this group is written
-        // and synced in one blocking call, saving the hand-off to the syncer
-        // (two thread switches per group, the cost that matters below peak).
-        // Under load, groups keep going to the syncer so that the next group
-        // is written while this one syncs.
-        let Ok(syncer_idle) = inner.sync_queue.lock().map(|q| q.idle()) else { break };
-        if syncer_idle && rx.is_empty() {
-            let worker = Arc::clone(&inner);
-            let result = tokio::task::spawn_blocking(move || {
-                let written = worker.write_group(&batches)?;
-                worker.sync_written(&written)?;
-                Ok(written)
-            })
-            .await
-            .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
-            match result {
-                Ok(written) => {
-                    let infos = written.iter().filter_map(|w| match w {
-                        Written::Batch(b) => Some(b.info),
-                        Written::Seal(_) => None,
-                    });
-                    for (req, info) in group.into_iter().zip(infos) {
-                        let _ = req.reply.send(Ok(info));
-                    }
-                }
-                Err(e) => fail_group(&inner, group, &e),
-            }
-            inner.unsynced_bytes.add_permits(bytes);
-            continue;
-        }
-        let worker = Arc::clone(&inner);
-        let result = tokio::task::spawn_blocking(move || worker.write_group(&batches))
-            .await
-            .unwrap_or_else(|e| Err(StorageError::Index(format!("write task failed: {e}"))));
-        match result {
-            Ok(written) => {
-                let mut replies = group.into_iter().map(|r| r.reply);
-                let items = written.into_iter().map(|w| match w {
-                    Written::Batch(batch) => SyncItem::Batch(batch, replies.next()),
-                    Written::Seal(seal) => SyncItem::Seal(seal),
-                });
-                match inner.sync_queue.lock() {
-                    Ok(mut queue) => queue.items.extend(items),
-                    Err(_) => break,
-                }
-                inner.sync_wakeup.notify_one();
-            }
-            Err(e) => {
-                inner.unsynced_bytes.add_permits(bytes);
-                fail_group(&inner, group, &e);
-            }
-        }
-    }
-    // Appends and truncations still queued when the loop ended get an answer.
-    rx.close();
-    while let Ok(command) = rx.try_recv() {
-        match command {
-            Command::Append(req) => drop(req.reply.send(Err(StorageError::ShuttingDown))),
-            Command::Rewrite { reply, .. } => drop(reply.send(Err(StorageError::ShuttingDown))),
-        }
-    }
-    inner.writer_done.store(true, Ordering::Release);
-    inner.sync_wakeup.notify_one();
-    let _ = syncer.await;
-}
-
-/// A group could not be written or synced: the partition stops taking
-/// writes, and every append of the group hears why.
-fn fail_group(inner: &Inner, group: Vec<AppendRequest>, error: &StorageError) {
-    inner.write_failed(error);
-    for req in group {
-        let _ = req.reply.send(Err(error.clone()));
-    }
-}
-
-/// Makes written groups durable: fdatasync of every segment they touched,
-/// then index entries, then the high watermark moves and producers get
-/// their acknowledgements.
-async fn syncer_loop(inner: Arc<Inner>) {
-    loop {
-        inner.sync_wakeup.notified().await;
-        loop {
-            // Busy from taking items until their replies are sent.
-            let items: Vec<SyncItem> = match inner.sync_queue.lock() {
-                Ok(mut queue) => {
-                    let items = std::mem::take(&mut queue.items);
-                    queue.busy = !items.is_empty();
-                    items
-                }
-                Err(_) => return,
-            };
-            if items.is_empty() {
-                break;
-            }
-            let (work, replies): (Vec<Written>, Vec<_>) = items
-                .into_iter()
-                .map(|item| match item {
-                    SyncItem::Batch(b, reply) => {
-                        let reply = reply.map(|r| (b.info, r));
-                        (Written::Batch(b), reply)
-                    }
-                    SyncItem::Seal(s) => (Written::Seal(s), None),
-                })
-                .unzip();
-            let bytes: usize = work.iter().map(Written::bytes).sum();
-            let worker = Arc::clone(&inner);
-            let result = tokio::task::spawn_blocking(move || worker.sync_written(&work))
-                .await
-                .unwrap_or_else(|e| Err(StorageError::Index(format!("sync task failed: {e}"))));
-            if let Err(e) = &result {
-                inner.write_failed(e);
-            }
-            for (info, reply) in replies.into_iter().flatten() {
-                let _ = reply.send(result.clone().map(|()| info));
-            }
-            inner.unsynced_bytes.add_permits(bytes);
-        }
-        if inner.writer_done.load(Ordering::Acquire) && inner.sync_queue.lock().map_or(true, |q| q.items.is_empty()) {
-            return;
-        }
-    }
-}
-
-/// A queued batch as the writer takes it: stamped bytes, header, entry, base offset.
-type Queued = (Bytes, BatchHeader, EntryId, u64);
-
-/// A batch written to a segment, waiting for its fsync.
-struct WrittenBatch {
-    info: AppendInfo,
-    entry: IndexEntry,
-    /// Time-index point this batch adds (a new running maximum).
-    point: Option<(i64, u64)>,
-    segment: Arc<Segment>,
-    max_ts: i64,
-}
-
-/// A segment that was rolled; its metadata is recorded once its batches are
-/// durable and indexed.
-struct Seal {
-    segment: Arc<Segment>,
-    meta: SegmentMeta,
-}
-
-enum Written {
-    Batch(WrittenBatch),
-    Seal(Seal),
-}
-
-impl Written {
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Batch(b) => b.entry.size as usize,
-            Self::Seal(_) => 0,
-        }
-    }
-}
-
-enum SyncItem {
-    Batch(WrittenBatch, Option<oneshot::Sender<Result<AppendInfo>>>),
-    Seal(Seal),
-}
-
-/// What the writer hands the syncer.
-#[derive(Default)]
-struct SyncQueue {
-    items: Vec<SyncItem>,
-    /// The syncer holds items it took and has not yet answered.
-    busy: bool,
-}
-
-impl SyncQueue {
-    /// Everything written so far is synced and answered.
-    fn idle(&self) -> bool {
-        self.items.is_empty() && !self.busy
-    }
-}
-
 impl Inner {
     fn failure(&self) -> Option<Arc<str>> {
         self.failure.read().ok().and_then(|f| f.clone())
@@ -936,8 +763,10 @@ impl Inner {
         self.internal("an internal lock was poisoned by a panic")
     }
 
+    /// The partition stops serving. The reason clients see names no file
+    /// (the error in full is logged where it happened).
     fn fail(&self, error: &StorageError) {
-        self.set_failure(error.to_string().into());
+        self.set_failure(error.client_message().into());
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -963,444 +792,6 @@ impl Inner {
         self.segments.read().map(|s| s.clone()).map_err(|_| self.poisoned())
     }
 
-    // ----- recovery ------------------------------------------------------
-
-    fn recover(&self) -> Result<()> {
-        self.finish_pending_reset()?;
-        let meta = self.index.meta()?;
-        let mut bases = segment::list(&self.dir)?;
-        // Segments wholly below the log start (the next one starts at or
-        // before it) are left over from a retention pass or a purge that
-        // crashed between recording the new start and unlinking.
-        let first_kept = bases.iter().rposition(|b| *b <= meta.log_start_offset).unwrap_or(0);
-        for base in bases.drain(..first_kept) {
-            let path = self.dir.join(segment::file_name(base));
-            info!(file = %path.display(), "removing segment below the log start offset");
-            std::fs::remove_file(&path).at(&path)?;
-            self.index.delete_segment_meta(base)?;
-        }
-        *self.purged.lock().map_err(|_| self.poisoned())? = self.load_purged()?;
-        if bases.is_empty() {
-            bases.push(meta.log_start_offset);
-            drop(Segment::open(&self.dir, meta.log_start_offset, true)?);
-            segment::sync_dir(&self.dir)?;
-        }
-        if bases[0] > meta.log_start_offset {
-            return Err(self.corrupt(
-                &self.dir.join(segment::file_name(bases[0])),
-                0,
-                format!(
-                    "the log starts at offset {} but the first segment file starts at {}: segment files are missing",
-                    meta.log_start_offset, bases[0]
-                ),
-            ));
-        }
-        self.log_start.store(meta.log_start_offset, Ordering::Release);
-        // Entries below the log start outlive a retention pass that crashed.
-        self.index.purge_before(meta.log_start_offset, bases[0])?;
-
-        let last_indexed = self.index.last_entry()?;
-        let mut segments = Vec::with_capacity(bases.len());
-        let mut expected = bases[0];
-        let mut rebuilding = false;
-        let mut running_max_ts = i64::MIN;
-        for (i, base) in bases.iter().copied().enumerate() {
-            let is_active = i + 1 == bases.len();
-            let seg = Segment::open(&self.dir, base, false)?;
-            if base != expected {
-                return Err(self.corrupt(
-                    &seg.path,
-                    0,
-                    format!("segment starts at offset {base}, but the previous one ends at {expected}"),
-                ));
-            }
-            let file_len = seg.file.metadata().at(&seg.path)?.len();
-            let trusted = if is_active || rebuilding {
-                None
-            } else {
-                self.index.segment_meta(base)?.filter(|m| m.size == file_len)
-            };
-            if let Some(m) = trusted {
-                seg.durable_len.store(m.size, Ordering::Release);
-                seg.next_offset.store(m.next_offset, Ordering::Release);
-                seg.max_timestamp_ms.store(m.max_timestamp_ms, Ordering::Release);
-                seg.sealed.store(true, Ordering::Release);
-                expected = m.next_offset;
-                segments.push(Arc::new(seg));
-                continue;
-            }
-            // From the first segment that needs a scan on, the index is rebuilt.
-            if !rebuilding {
-                rebuilding = true;
-                self.index.truncate_segments_from(base)?;
-                running_max_ts = self.index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
-            }
-            let scan = segment::scan(&seg.path, base)?;
-            let mut valid_len = scan.valid_len;
-            if let Some(fault) = &scan.fault {
-                let indexed_end =
-                    last_indexed.filter(|e| e.segment_base == base).map_or(0, |e| e.position + u64::from(e.size));
-                if !is_active || fault.position < indexed_end || fault.valid_batch_follows {
-                    return Err(self.corrupt(&seg.path, fault.position, fault.error.clone()));
-                }
-                warn!(
-                    topic = %self.topic, partition = self.partition, file = %seg.path.display(),
-                    position = fault.position, dropped_bytes = file_len - fault.position, reason = %fault.error,
-                    "truncating torn tail left by a crash (never acknowledged)"
-                );
-                seg.file.set_len(fault.position).at(&seg.path)?;
-                valid_len = fault.position;
-            }
-            // What survived in the page cache is made durable before it is
-            // served (a kill -9 can leave any recent segment's tail unsynced).
-            seg.file.sync_all().at(&seg.path)?;
-            let mut entries = Vec::with_capacity(scan.batches.len());
-            let mut points = Vec::new();
-            let mut seg_max = i64::MIN;
-            // A purge may have moved the log start into this segment.
-            for b in scan.batches.iter().filter(|b| b.header.base_offset >= meta.log_start_offset) {
-                entries.push(IndexEntry {
-                    base_offset: b.header.base_offset,
-                    next_offset: b.header.next_offset(),
-                    segment_base: base,
-                    position: b.position,
-                    size: b.header.size as u32,
-                    log_index: b.header.log_index,
-                    term: b.header.term,
-                });
-                if b.header.control {
-                    continue; // no records: not in the time index
-                }
-                if b.header.max_timestamp_ms > running_max_ts {
-                    running_max_ts = b.header.max_timestamp_ms;
-                    points.push((running_max_ts, b.header.base_offset));
-                }
-                seg_max = seg_max.max(b.header.max_timestamp_ms);
-            }
-            self.index.put(&entries, &points)?;
-            expected = scan.batches.last().map_or(base, |b| b.header.next_offset());
-            seg.durable_len.store(valid_len, Ordering::Release);
-            seg.next_offset.store(expected, Ordering::Release);
-            seg.max_timestamp_ms.store(seg_max, Ordering::Release);
-            if !is_active {
-                self.index.put_segment_meta(
-                    base,
-                    &SegmentMeta { size: valid_len, next_offset: expected, max_timestamp_ms: seg_max },
-                )?;
-                seg.sealed.store(true, Ordering::Release);
-            }
-            segments.push(Arc::new(seg));
-        }
-        if !rebuilding {
-            running_max_ts = self.index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
-        }
-        let active_len = segments.last().map_or(0, |s| s.len());
-        {
-            let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
-            let segment_max_ts = segments.last().map_or(i64::MIN, |s| s.max_timestamp_ms.load(Ordering::Acquire));
-            let last = self.index.last_entry()?.map(|e| EntryId { term: e.term, index: e.log_index });
-            *w = WriterState { next_offset: expected, last, running_max_ts, active_len, segment_max_ts };
-            self.progress.send_replace(Progress { written: last, durable: last, durable_next_offset: expected });
-        }
-        *self.segments.write().map_err(|_| self.poisoned())? = segments;
-        // Applied visibility: nothing is visible until the consensus layer
-        // says what it applied.
-        self.hw.send_replace(match self.visibility {
-            Visibility::OnFlush => expected,
-            Visibility::Applied => meta.log_start_offset,
-        });
-        info!(
-            topic = %self.topic, partition = self.partition,
-            log_start = meta.log_start_offset, high_watermark = expected, segments = bases.len(),
-            "partition recovered"
-        );
-        Ok(())
-    }
-
-    // ----- writes --------------------------------------------------------
-
-    /// Sets where the next submitted batch goes from what the writer holds
-    /// (after recovery or a truncation).
-    fn reset_submit_state(&self) -> Result<()> {
-        let w = self.writer.lock().map_err(|_| self.poisoned())?;
-        let state = SubmitState { next_offset: w.next_offset };
-        drop(w);
-        match self.submit.try_lock() {
-            Ok(mut s) => {
-                *s = state;
-                Ok(())
-            }
-            Err(_) => Err(self.internal("appends raced with a truncation")),
-        }
-    }
-
-    fn write_failed(&self, error: &StorageError) {
-        // After a failed write or fsync the page cache can no longer be
-        // trusted (fsyncgate): stop serving until recovery runs.
-        if !matches!(error, StorageError::PartitionFailed { .. }) {
-            tracing::error!(topic = %self.topic, partition = self.partition, %error, "write failed; partition stops serving");
-            self.fail(error);
-        }
-    }
-
-    /// Writes a group of (stamped) batches to the active segment, rolling
-    /// segments as needed. Nothing is durable yet: see [`Inner::sync_written`].
-    fn write_group(&self, group: &[Queued]) -> Result<Vec<Written>> {
-        self.check_failed()?;
-        let config = self.config.read().map(|c| *c).map_err(|_| self.poisoned())?;
-        let mut w = self.writer.lock().map_err(|_| self.poisoned())?;
-        let mut active =
-            self.segments()?.last().cloned().ok_or_else(|| self.internal("the partition has no segment"))?;
-        // The stamped batches, written with one writev per piece (no copy).
-        let mut buf: Vec<Bytes> = Vec::with_capacity(group.len());
-        let mut out = Vec::with_capacity(group.len());
-        let now = crate::now_ms();
-        for (batch, header, id, base_offset) in group {
-            if *base_offset != w.next_offset {
-                return Err(self.internal(&format!(
-                    "entry {} was placed at offset {base_offset} but the log continues at {}",
-                    id.index, w.next_offset
-                )));
-            }
-            let size = batch.len() as u64;
-            let too_big = w.active_len + size > config.segment_bytes;
-            let too_old = now.saturating_sub(active.created_ms) >= config.segment_ms as i64;
-            // A segment is named by its base offset: one that holds no
-            // record yet (only control batches, which take no offset) does
-            // not roll, or the next would take its name.
-            let holds_records = w.next_offset > active.base;
-            if w.active_len > 0 && holds_records && (too_big || too_old) {
-                // The old segment is complete on disk before the next one
-                // exists: recovery may then treat any fault in a sealed
-                // segment as corruption, never as a torn tail.
-                write_all(&active, &buf)?;
-                buf.clear();
-                active.file.sync_data().at(&active.path)?;
-                out.push(Written::Seal(Seal {
-                    segment: Arc::clone(&active),
-                    meta: SegmentMeta {
-                        size: w.active_len,
-                        next_offset: w.next_offset,
-                        max_timestamp_ms: w.segment_max_ts,
-                    },
-                }));
-                active = Arc::new(Segment::open(&self.dir, w.next_offset, true)?);
-                segment::sync_dir(&self.dir)?;
-                self.segments.write().map_err(|_| self.poisoned())?.push(Arc::clone(&active));
-                w.active_len = 0;
-                w.segment_max_ts = i64::MIN;
-            }
-            let id = *id;
-            buf.push(batch.clone());
-            w.last = Some(id);
-            // Control batches hold no records: they stay out of the time index.
-            let point = (!header.control && header.max_timestamp_ms > w.running_max_ts).then(|| {
-                w.running_max_ts = header.max_timestamp_ms;
-                (header.max_timestamp_ms, w.next_offset)
-            });
-            if !header.control {
-                w.segment_max_ts = w.segment_max_ts.max(header.max_timestamp_ms);
-            }
-            out.push(Written::Batch(WrittenBatch {
-                info: AppendInfo { base_offset: w.next_offset, record_count: header.record_count },
-                entry: IndexEntry {
-                    base_offset: w.next_offset,
-                    next_offset: w.next_offset + u64::from(header.offset_count()),
-                    segment_base: active.base,
-                    position: w.active_len,
-                    size: size as u32,
-                    log_index: id.index,
-                    term: id.term,
-                },
-                point,
-                segment: Arc::clone(&active),
-                max_ts: if header.control { i64::MIN } else { header.max_timestamp_ms },
-            }));
-            w.next_offset += u64::from(header.offset_count());
-            w.active_len += size;
-        }
-        write_all(&active, &buf)?;
-        Ok(out)
-    }
-
-    /// fdatasyncs every segment the written batches touched, indexes them,
-    /// records sealed segments, then publishes: segment lengths, then the high
-    /// watermark. Blocking.
-    fn sync_written(&self, written: &[Written]) -> Result<()> {
-        self.check_failed()?;
-        // Groups become durable in the order they were written (the writer
-        // syncs a group itself only when the syncer holds none): publishing
-        // one out of order would acknowledge batches whose fsync is pending.
-        let first = written.iter().find_map(|w| match w {
-            Written::Batch(b) => Some(b.entry.base_offset),
-            Written::Seal(_) => None,
-        });
-        let durable_next = self.progress.borrow().durable_next_offset;
-        if let Some(first) = first.filter(|first| *first != durable_next) {
-            return Err(self.internal(&format!(
-                "a group starting at offset {first} was synced while the log is durable only up to offset {durable_next}"
-            )));
-        }
-        let mut synced: Vec<&Arc<Segment>> = Vec::new();
-        let mut entries = Vec::with_capacity(written.len());
-        let mut points = Vec::new();
-        for item in written {
-            if let Written::Batch(b) = item {
-                if !synced.iter().any(|s| s.base == b.segment.base) {
-                    b.segment.file.sync_data().at(&b.segment.path)?;
-                    synced.push(&b.segment);
-                }
-                entries.push(b.entry);
-                points.extend(b.point);
-            }
-        }
-        self.index.put(&entries, &points)?;
-        // Sealed segments get their metadata after their entries are indexed,
-        // so metadata present implies a complete index for that segment.
-        for item in written {
-            if let Written::Seal(seal) = item {
-                self.index.put_segment_meta(seal.segment.base, &seal.meta)?;
-                seal.segment.sealed.store(true, Ordering::Release);
-            }
-        }
-        let mut durable = None;
-        for item in written {
-            if let Written::Batch(b) = item {
-                b.segment.max_timestamp_ms.fetch_max(b.max_ts, Ordering::AcqRel);
-                b.segment.next_offset.store(b.entry.next_offset, Ordering::Release);
-                b.segment.durable_len.store(b.entry.position + u64::from(b.entry.size), Ordering::Release);
-                durable = Some(b.entry);
-            }
-        }
-        if let Some(e) = durable {
-            let id = EntryId { term: e.term, index: e.log_index };
-            self.progress.send_modify(|p| {
-                p.durable = Some(id);
-                p.durable_next_offset = e.next_offset;
-            });
-            self.recent.lock().map_err(|_| self.poisoned())?.trim(Some(id), self.recent_budget());
-            self.publish();
-        }
-        for segment in synced {
-            segment.release_cache();
-        }
-        Ok(())
-    }
-
-    // ----- reads ---------------------------------------------------------
-
-    fn out_of_range(&self, offset: u64) -> StorageError {
-        StorageError::OffsetOutOfRange {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset,
-            start: self.log_start.load(Ordering::Acquire),
-            end: *self.hw.borrow(),
-        }
-    }
-
-    fn read_blocking(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
-        self.check_failed()?;
-        let hw = *self.hw.borrow();
-        let log_start = self.log_start.load(Ordering::Acquire);
-        let mut result =
-            ReadResult { batches: Vec::new(), next_offset: offset, high_watermark: hw, log_start_offset: log_start };
-        if offset > hw && offset <= self.applied_next_offset() {
-            // Committed (a producer may have been answered with it) but not
-            // yet durable here: nothing to read yet, not out of range.
-            return Ok(result);
-        }
-        if offset < log_start || offset > hw {
-            return Err(self.out_of_range(offset));
-        }
-        // Control batches are skipped: read on until data or the end.
-        while result.batches.is_empty() && result.next_offset < hw {
-            let from = result.next_offset;
-            self.read_from(from, max_bytes, hw, &mut result)?;
-            if result.next_offset == from {
-                break; // nothing readable there yet
-            }
-        }
-        Ok(result)
-    }
-
-    /// Reads batches from the one holding `offset` on, about `max_bytes`
-    /// worth, appending data batches to `result` and advancing its
-    /// `next_offset`. Reads at least one batch.
-    fn read_from(&self, offset: u64, max_bytes: usize, hw: u64, result: &mut ReadResult) -> Result<()> {
-        let entry = self.index.lookup(offset)?.filter(|e| e.next_offset > offset).ok_or_else(|| {
-            StorageError::Index(format!(
-                "no index entry for offset {offset} of topic '{}' partition {}",
-                self.topic, self.partition
-            ))
-        })?;
-        let segments = self.segments()?;
-        let Ok(i) = segments.binary_search_by_key(&entry.segment_base, |s| s.base) else {
-            // Deleted by retention since the checks above.
-            return Err(self.out_of_range(offset));
-        };
-        let seg = &segments[i];
-        let end = seg.len();
-        let want = max_bytes.max(entry.size as usize) as u64;
-        let len = want.min(end.saturating_sub(entry.position));
-        let buf = Bytes::from(seg.read_at(entry.position, len as usize)?);
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let file_pos = entry.position + pos as u64;
-            let header = match strata_record::BatchHeader::parse(&buf[pos..]) {
-                Ok(h) => h,
-                Err(_) if pos > 0 && buf.len() - pos < strata_record::HEADER_LEN => break,
-                Err(e) => return Err(self.read_corruption(seg, file_pos, e.to_string())),
-            };
-            if pos + header.size > buf.len() {
-                if pos == 0 {
-                    return Err(self.read_corruption(seg, file_pos, "batch runs past the durable end of the segment"));
-                }
-                break; // partial batch at the max_bytes limit
-            }
-            let batch = buf.slice(pos..pos + header.size);
-            if let Err(e) = strata_record::verify(&batch) {
-                return Err(self.read_corruption(seg, file_pos, e.to_string()));
-            }
-            if header.base_offset >= hw {
-                break; // durable, but published after the high watermark we report
-            }
-            if !header.control {
-                result.batches.push(batch);
-            }
-            result.next_offset = header.next_offset();
-            pos += header.size;
-        }
-        Ok(())
-    }
-
-    fn read_corruption(&self, seg: &Segment, position: u64, detail: impl Into<String>) -> StorageError {
-        let e = self.corrupt(&seg.path, position, detail);
-        tracing::error!(error = %e, "corruption found on read; partition stops serving");
-        self.fail(&e);
-        e
-    }
-
-    fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
-        self.check_failed()?;
-        let Some(base) = self.index.lookup_time(ts)? else { return Ok(None) };
-        let mut offset = base.max(self.log_start.load(Ordering::Acquire));
-        loop {
-            let read = self.read_blocking(offset, 1 << 20)?;
-            if read.batches.is_empty() {
-                return Ok(None);
-            }
-            for batch in &read.batches {
-                for record in strata_record::decode(batch)? {
-                    if record.offset >= offset && record.timestamp_ms >= ts {
-                        return Ok(Some((record.offset, record.timestamp_ms)));
-                    }
-                }
-                offset = BatchHeader::parse(batch)?.next_offset();
-            }
-        }
-    }
-
     // ----- retention -----------------------------------------------------
 
     fn apply_retention(&self, now_ms: i64) -> Result<usize> {
@@ -1422,12 +813,11 @@ impl Inner {
             return Ok(None);
         }
         let Some(new_start) = self.retention_start(now_ms)? else { return Ok(None) };
-        let segments = self.segments()?;
-        let Some(kept) = segments.iter().find(|s| s.base == new_start) else { return Ok(None) };
+        let Some((kept, file)) = self.open_segment(new_start)? else { return Ok(None) };
         // The first entry kept is the first batch of that segment.
-        let header = kept.read_at(0, strata_record::HEADER_LEN)?;
+        let header = segment::read_at(&file, &kept.path, 0, strata_record::HEADER_LEN)?;
         let first = strata_record::BatchHeader::parse(&header)
-            .map_err(|e| StorageError::Index(format!("{}: {e}", kept.path.display())))?;
+            .map_err(|e| self.corrupt(&kept.path, 0, format!("the first batch's header: {e}")))?;
         let Some(last_doomed) = first.log_index.checked_sub(1) else { return Ok(None) };
         Ok(self.entries_blocking(last_doomed, last_doomed + 1, 1)?.first().map(|(id, _)| *id))
     }
@@ -1456,42 +846,4 @@ impl Inner {
         }
         Ok((doomed > 0).then(|| segments[doomed].base))
     }
-}
-
-/// Appends `bufs` to the segment with vectored writes, however many calls
-/// that takes.
-fn write_all(seg: &Segment, bufs: &[Bytes]) -> Result<()> {
-    use std::io::{IoSlice, Write};
-    /// At most this many slices per call (below Linux's IOV_MAX of 1024).
-    const SLICES_MAX: usize = 512;
-    let (mut i, mut skip) = (0usize, 0usize);
-    while i < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[i..]
-            .iter()
-            .take(SLICES_MAX)
-            .enumerate()
-            .map(|(k, b)| IoSlice::new(if k == 0 { &b[skip..] } else { &b[..] }))
-            .collect();
-        let mut n = (&seg.file).write_vectored(&slices).at(&seg.path)?;
-        if n == 0 {
-            return Err(StorageError::io(&seg.path, std::io::ErrorKind::WriteZero.into()));
-        }
-        // Advance past what was written.
-        while n > 0 && i < bufs.len() {
-            let left = bufs[i].len() - skip;
-            if n >= left {
-                n -= left;
-                i += 1;
-                skip = 0;
-            } else {
-                skip += n;
-                n = 0;
-            }
-        }
-        while i < bufs.len() && bufs[i].len() == skip {
-            i += 1;
-            skip = 0;
-        }
-    }
-    Ok(())
 }

@@ -100,6 +100,11 @@ impl ServerProcess {
         Self::spawn(&["server", "--listen", "127.0.0.1:0"], data_dir)
     }
 
+    /// Like [`ServerProcess::start`], with extra environment variables.
+    pub fn start_with(data_dir: &Path, env: &[(String, String)]) -> Self {
+        Self::spawn_with(&["server", "--listen", "127.0.0.1:0"], data_dir, env)
+    }
+
     /// Starts node `node_id` of the loopback cluster `ports`.
     pub fn start_node(data_dir: &Path, node_id: u64, ports: &ClusterPorts) -> Self {
         Self::start_node_with(data_dir, node_id, ports, &[])
