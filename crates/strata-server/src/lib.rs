@@ -51,10 +51,6 @@ pub const H2_MAX_FRAME: u32 = 1024 * 1024;
 /// Most concurrent requests (HTTP/2 streams) one client connection may have
 /// open; more wait for one to finish (the client's HTTP/2 stack queues them).
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// A client connection is pinged (HTTP/2 PING) every this long.
-pub const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// ... and closed if a ping is not answered within this.
-pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long shutdown waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,11 +192,11 @@ impl Node {
             .initial_stream_window_size(Some(H2_STREAM_WINDOW))
             .initial_connection_window_size(Some(H2_CONNECTION_WINDOW))
             .max_frame_size(Some(H2_MAX_FRAME))
-            // Bounded per connection: concurrent requests (HTTP/2 streams),
-            // and a connection whose peer stops answering pings is closed.
+            // Bounded per connection: concurrent requests (HTTP/2 streams).
+            // No keepalive pings from the node: their answers would keep
+            // every connection busy, and one that sends nothing for
+            // `incoming::CLIENT_IDLE_TIMEOUT` is closed (gone peers too).
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-            .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

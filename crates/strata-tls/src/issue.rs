@@ -152,6 +152,13 @@ impl Authority {
     /// [`crate::names`]) and, optionally, the host names and addresses in
     /// `hosts`; good for both ends of a connection between nodes.
     pub fn node(&self, id: u64, hosts: &[String], days: u32) -> Result<Issued, TlsError> {
+        if let Some(bad) = hosts.iter().find(|h| !crate::names::extra_host_allowed(h)) {
+            return Err(TlsError::Config(format!(
+                "--host {bad}: a node certificate may not carry a wildcard or another name under {} \
+                 (it could pass for another node)",
+                crate::names::NODE_DOMAIN
+            )));
+        }
         let mut names = vec![node_name(id)];
         names.extend(hosts.iter().cloned());
         let mut params = CertificateParams::new(names)?;

@@ -26,10 +26,23 @@ pub fn names_node(cert: &CertificateDer<'_>, id: u64) -> bool {
     parsed.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
-/// The member `cert` names, if any (the first in `members` order when it
-/// names several, which an operator's CA should never issue).
+/// The member `cert` names, if it names exactly one (a certificate that
+/// names several, e.g. with a wildcard, names none: it could pass for
+/// another node).
 pub fn node_named_by(cert: &CertificateDer<'_>, members: &[u64]) -> Option<u64> {
-    members.iter().copied().find(|id| names_node(cert, *id))
+    let mut named = members.iter().copied().filter(|id| names_node(cert, *id));
+    match (named.next(), named.next()) {
+        (Some(id), None) => Some(id),
+        _ => None,
+    }
+}
+
+/// Whether a host name may go into a certificate beside a node's name:
+/// not a name under [`NODE_DOMAIN`] (it would name another node) and no
+/// wildcard.
+pub fn extra_host_allowed(host: &str) -> bool {
+    let lower = host.to_ascii_lowercase();
+    !host.contains('*') && lower != NODE_DOMAIN && !lower.ends_with(&format!(".{NODE_DOMAIN}"))
 }
 
 #[cfg(test)]
@@ -50,5 +63,9 @@ mod tests {
         let client = ca.client("alice", 30).expect("client cert");
         assert_eq!(node_named_by(&client.cert_der().expect("der"), &[1, 2, 3]), None, "a client names no node");
         assert!(!names_node(&CertificateDer::from(vec![1, 2, 3]), 1), "garbage names nothing");
+
+        assert!(ca.node(3, &["node-4.strata.internal".into()], 30).is_err(), "another node's name");
+        assert!(ca.node(3, &["*.strata.internal".into()], 30).is_err(), "a wildcard");
+        assert!(extra_host_allowed("db3.example.com") && !extra_host_allowed("NODE-1.Strata.Internal"));
     }
 }

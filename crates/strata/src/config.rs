@@ -93,7 +93,10 @@ impl ServerConfig {
                 .then(|| strata_server::ClusterConfig::single(self.node_id, self.listen.clone()))
         } else {
             let cluster = strata_server::ClusterConfig::parse(self.node_id, &self.peers)?;
-            if cluster.advertised() == self.listen {
+            let same_port = cluster.advertised().rsplit_once(':').map(|(_, p)| p) == Some(&listen.port().to_string());
+            let same_host = listen.ip().is_unspecified()
+                || cluster.advertised().rsplit_once(':').is_some_and(|(h, _)| h == listen.ip().to_string());
+            if cluster.advertised() == self.listen || (same_port && same_host) {
                 bail!(
                     "--peers gives node {} the address {}, which is its client listener (--listen): peers are \
                      the nodes' cluster listeners, a port of their own (e.g. 7879)",
@@ -120,7 +123,12 @@ impl ServerConfig {
             ),
         };
         let advertised = if !self.advertised_listen.trim().is_empty() {
-            Some(self.advertised_listen.trim().to_owned())
+            let addr = self.advertised_listen.trim();
+            let port = addr.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) || addr.len() > 255 {
+                bail!("advertised_listen '{addr}' is not HOST:PORT (the address clients reach this node at)");
+            }
+            Some(addr.to_owned())
         } else if listen.ip().is_unspecified() {
             // Bound to every interface: clients are sent to this node's
             // host as its peers know it.

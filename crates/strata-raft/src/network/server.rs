@@ -104,11 +104,23 @@ fn raft_failed(e: impl std::fmt::Display) -> Status {
 /// data is its metadata (checked as a whole); a partition's carries none.
 fn snapshot_parts(
     sender: &Sender<'_>,
+    raft: &PartitionRaft,
     group: GroupId,
     vote: &Vote,
     meta_json: &[u8],
     data_json: &[u8],
 ) -> Result<(SnapshotMeta, PartitionSnapshot), Status> {
+    // A leader sends a snapshot only after its appends found where this
+    // replica's log stands, so this replica already holds the leader's vote:
+    // a snapshot under any other vote (a forged higher one) is refused, and
+    // a real leader that got here first sends it again after its next
+    // heartbeat.
+    let current = raft.metrics().borrow_watched().vote;
+    if !vote.committed || *vote != current {
+        return Err(refused(Invalid::Snapshot(format!(
+            "a snapshot under vote {vote}, but this replica follows {current}"
+        ))));
+    }
     let meta: SnapshotMeta = serde_json::from_slice(meta_json)
         .map_err(|e| Status::invalid_argument(format!("malformed snapshot metadata: {e}")))?;
     let data: PartitionSnapshot = serde_json::from_slice(data_json)
@@ -267,7 +279,8 @@ impl pb::raft_server::Raft for RaftService {
         let req = request.into_inner();
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id)?;
         let vote = vote_from_pb(req.vote)?;
-        let (meta, data) = snapshot_parts(&self.sender(node, &raft), group, &vote, &req.meta_json, &req.data_json)?;
+        let (meta, data) =
+            snapshot_parts(&self.sender(node, &raft), &raft, group, &vote, &req.meta_json, &req.data_json)?;
         if group != GroupId::CONTROLLER && meta.last_log_id.is_some() {
             return Err(refused(Invalid::Snapshot(format!(
                 "a snapshot of {group} up to an entry must come with its entries (InstallSnapshotStream)"
@@ -291,7 +304,7 @@ impl pb::raft_server::Raft for RaftService {
             return Err(refused(Invalid::Snapshot("the controller's snapshots are not streamed".into())));
         }
         let vote = vote_from_pb(header.vote)?;
-        let (meta, mut data) = snapshot_parts(&sender, group, &vote, &header.meta_json, &header.data_json)?;
+        let (meta, mut data) = snapshot_parts(&sender, &raft, group, &vote, &header.meta_json, &header.data_json)?;
         let prev = first.prev.map(log_id_from_pb);
         if let (Some(prev), Some(last)) = (prev, meta.last_log_id)
             && (prev.index > last.index || prev.leader_id.term > last.leader_id.term)
