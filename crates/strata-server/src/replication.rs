@@ -168,8 +168,10 @@ impl Replication {
     /// The gRPC service through which peers reach this node's groups (on
     /// the cluster listener only).
     pub fn service(&self) -> strata_proto::internal::raft_server::RaftServer<RaftService> {
+        let logs = Arc::clone(&self.logs);
         RaftService::new(Arc::clone(self.peers.identity()), self.groups.clone())
             .with_staging_dir(self.data_dir.join("snapshots"))
+            .with_command_check(Arc::new(move |c: &Command| check_topic_limits(&logs, c)))
             .into_server()
     }
 
@@ -495,6 +497,7 @@ impl Replication {
         let batch = encode_command(command).map_err(|e| Status::internal(e.to_string()))?;
         strata_raft::controller::check_batch(&batch, &self.cluster.members())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        check_topic_limits(&self.logs, command).map_err(Status::invalid_argument)?;
         let written = self.peers.propose(&self.controller, GroupId::CONTROLLER, batch).await.map_err(|s| {
             if s.code() == tonic::Code::InvalidArgument {
                 Status::invalid_argument(format!("the controller refused the change: {}", s.message()))
@@ -854,6 +857,24 @@ impl Replication {
     fn not_leader(&self, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
         not_leader(&self.directory, group, leader, why)
     }
+}
+
+/// This node's limits on a controller command's topic (name, partition
+/// count, settings and their floors), as the public API checks them: what a
+/// forwarded command must pass too.
+fn check_topic_limits(logs: &LogManager, command: &Command) -> Result<(), String> {
+    let checked = match command {
+        Command::CreateTopic { name, replicas, overrides } => {
+            logs.validate_new_topic(name, replicas.len() as u32, overrides)
+        }
+        Command::AlterTopic { name, overrides } => match logs.topic_overrides(name) {
+            Ok(current) => logs.validate_new_topic(name, 1, &current.merge(overrides)),
+            // Not known here yet: its settings alone.
+            Err(_) => logs.validate_new_topic(name, 1, overrides),
+        },
+        _ => Ok(()),
+    };
+    checked.map_err(|e| e.client_message())
 }
 
 /// A node's view of one partition's Raft group.

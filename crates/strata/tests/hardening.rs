@@ -7,9 +7,10 @@
 //!   another CA's node certificate, and no certificate (the TLS handshake
 //!   fails).
 //! - With a valid node certificate (a member's), a garbage controller
-//!   proposal, a proposal to a partition, out-of-range votes, a vote for
-//!   another node, a unary snapshot of a partition and an append with a
-//!   forged term are each refused with `INVALID_ARGUMENT`, and the cluster
+//!   proposal, a command with settings the public API refuses, a proposal
+//!   to a partition, out-of-range votes, a vote for another node, a
+//!   leadership transfer, a snapshot under a forged vote and an append with
+//!   a forged term are each refused with `INVALID_ARGUMENT`, and the cluster
 //!   keeps serving every acknowledged record, also after every node is
 //!   restarted.
 
@@ -219,6 +220,13 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
             refused(what, raft.propose(req).await.map(drop));
         }
 
+        // A well-formed command that the public API would refuse: 1 KiB
+        // segments (a node's files would run out).
+        let tiny = r#"{"CreateTopic":{"name":"tiny","replicas":[[1,2,3]],"overrides":{"segment_bytes":1024}}}"#;
+        let req =
+            pb::ProposeRequest { group: Some(controller), target, cluster_id: cluster_id.clone(), batch: record(tiny) };
+        refused("a topic with 1 KiB segments", raft.propose(req).await.map(drop));
+
         // Finding 3: a leadership-transfer vote with term u64::MAX and a
         // huge last log id; a vote of 2^63; a vote for another node.
         let vote = |term: u64, voted_for: u64, last: Option<(u64, u64)>, transfer: bool| pb::VoteRequest {
@@ -243,7 +251,7 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
         refused("a leadership transfer", raft.vote(vote(1000, 2, Some((1000, 1 << 40)), true)).await.map(drop));
         refused(
             "a last log id beyond the vote's term",
-            raft.vote(vote(1000, 2, Some((1001, 5)), true)).await.map(drop),
+            raft.vote(vote(1000, 2, Some((1001, 5)), false)).await.map(drop),
         );
 
         // Finding 1: a unary snapshot of the partition claiming an entry far

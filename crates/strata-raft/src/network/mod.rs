@@ -33,7 +33,7 @@ use crate::group::PartitionRaft;
 use crate::types::NodeId;
 
 pub use client::{Connection, Network, Peers, TransportError};
-pub use server::{LEADER_HEADER, RaftService, Written};
+pub use server::{CommandCheck, LEADER_HEADER, RaftService, Written};
 
 /// Largest Raft message accepted or sent.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

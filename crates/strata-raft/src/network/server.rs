@@ -25,12 +25,24 @@ use crate::transfer;
 use crate::types::{LogId, NodeId, Request as Proposal, SnapshotMeta, Vote, entry_id};
 
 /// The gRPC service that hands incoming Raft messages to this node's groups.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RaftService {
     identity: Arc<Identity>,
     groups: Groups,
     /// Where received snapshot entries are staged before they are installed.
     staging: std::path::PathBuf,
+    /// The node's own checks of a controller command (its topic limits),
+    /// after the structural ones.
+    command_check: CommandCheck,
+}
+
+/// A node's checks of a controller command: why it is refused, if it is.
+pub type CommandCheck = Arc<dyn Fn(&controller::Command) -> Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").field("identity", &self.identity).finish_non_exhaustive()
+    }
 }
 
 /// Metadata key of a "not the leader" status naming the leader's node id.
@@ -47,7 +59,19 @@ impl RaftService {
     /// Received snapshots are staged under the system's temporary directory
     /// unless [`RaftService::with_staging_dir`] says otherwise.
     pub fn new(identity: Arc<Identity>, groups: Groups) -> Self {
-        Self { identity, groups, staging: std::env::temp_dir().join("strata-snapshots") }
+        Self {
+            identity,
+            groups,
+            staging: std::env::temp_dir().join("strata-snapshots"),
+            command_check: Arc::new(|_: &controller::Command| Ok(())),
+        }
+    }
+
+    /// Forwarded controller commands must also pass `check` (the node's
+    /// topic limits).
+    pub fn with_command_check(mut self, check: CommandCheck) -> Self {
+        self.command_check = check;
+        self
     }
 
     /// Stages received snapshot entries under `dir` (a node's data
@@ -354,8 +378,11 @@ impl pb::raft_server::Raft for RaftService {
         if group != GroupId::CONTROLLER {
             return Err(Status::invalid_argument(format!("refused: proposals to {group} go through the client API")));
         }
-        controller::check_batch(&req.batch, &self.identity.members)
+        let commands = controller::check_batch(&req.batch, &self.identity.members)
             .map_err(|e| Status::invalid_argument(format!("refused: {e}")))?;
+        for c in &commands {
+            (self.command_check)(c).map_err(|e| Status::invalid_argument(format!("refused: {e}")))?;
+        }
         let written = propose_local(&raft, req.batch).await?;
         Ok(Response::new(pb::ProposeResponse {
             applied: Some(log_id_to_pb(&written.log_id)),
