@@ -284,6 +284,7 @@ mod tests {
     /// temporary directory, `/var/tmp`, and the build's own target
     /// directory (where this test binary lives, so on the build's disk).
     /// None of them: the test fails rather than pass without checking.
+    #[allow(clippy::unnecessary_cast)] // statfs's f_type is not i64 on every target
     fn disk_backed_dir() -> tempfile::TempDir {
         const TMPFS_MAGIC: i64 = 0x0102_1994;
         const RAMFS_MAGIC: i64 = 0x8584_58f6;
