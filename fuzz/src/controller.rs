@@ -10,7 +10,7 @@
 //!
 //! Checked: no panic; a command the metadata rejects changes nothing; and
 //! after every command the metadata keeps its invariants (see
-//! [`check_invariants`]), survives a JSON round trip (it is what a
+//! [`invariants`]), survives a JSON round trip (it is what a
 //! controller snapshot carries), and places new partitions correctly.
 
 use std::collections::BTreeSet;
@@ -90,14 +90,6 @@ pub fn apply_all(metadata: &mut Metadata, commands: &[Command]) {
         let again: Metadata = serde_json::from_slice(&json).expect("decode the metadata");
         assert_eq!(again, *metadata, "the metadata changed on a JSON round trip");
         check_assign(metadata);
-    }
-}
-
-/// Panics when the metadata breaks an invariant (for callers that know it
-/// was built by commands).
-pub fn check_invariants(metadata: &Metadata) {
-    if let Err(broken) = invariants(metadata) {
-        panic!("{broken}");
     }
 }
 

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use strata_record::{BatchHeader, Compression, HEADER_LEN};
+use strata_record::{Compression, HEADER_LEN};
 use strata_storage::{LogConfig, LogIndex, PartitionLog, PartitionMeta, Visibility};
 
 use crate::env;
@@ -202,9 +202,4 @@ async fn read_all(log: &PartitionLog, from: u64, hw: u64) -> Option<Bytes> {
 /// The segment file of `dir` starting at `base` (for seeds).
 pub fn path(dir: &Path, base: u64) -> PathBuf {
     dir.join(file_name(base))
-}
-
-/// Parses the header at the start of `file` (for seeds and tests).
-pub fn first_header(file: &[u8]) -> Option<BatchHeader> {
-    BatchHeader::parse(file).ok()
 }

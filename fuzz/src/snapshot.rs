@@ -11,8 +11,8 @@
 //! entry and its published metadata; the log goes on after the snapshot's
 //! entry at its offset; a state machine opened again on the same log finds
 //! the same applied entry and metadata; and commands applied on top of the
-//! installed metadata keep the controller's invariants (see
-//! [`crate::controller::check_invariants`]).
+//! installed metadata do not panic, and a rejected one changes nothing
+//! (see [`crate::controller::apply_all`]).
 
 use std::sync::Arc;
 
