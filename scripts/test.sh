@@ -14,6 +14,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests" >&2
 cargo test --workspace --locked
 
+# Fuzzing, short: every seed of fuzz/corpus replayed, then 25 s of seeded
+# mutations spread over the five targets (record batches, segment recovery,
+# snapshot metadata, controller commands, group records). The seed is
+# printed; the same seed replays the same inputs. Long coverage-guided runs
+# use AFL++ (fuzz/README.md).
+echo "== fuzz (short run)" >&2
+cargo run --locked -q -p strata-fuzz --bin strata-fuzz -- --seconds 25 --seed "${FUZZ_SEED:-$(date +%s)}"
+
 # The Python example (producer.py / consumer.py on stubs generated from
 # proto/) against a real server; pip installs its pinned requirements into a
 # virtualenv under ~/.cache/strata.

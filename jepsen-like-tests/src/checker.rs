@@ -109,18 +109,75 @@ pub struct Report {
     pub ops_info: u64,
     /// Sends completed `ok`.
     pub sends_acked: u64,
-    /// Faults started (nemesis `invoke` events).
+    /// Faults that took effect (nemesis `ok` events other than heals: the
+    /// nemesis checked that the kill killed, the cut routes were in place,
+    /// the paused process stopped).
     pub faults: u64,
+    /// Faults attempted (nemesis `invoke` events).
+    pub faults_attempted: u64,
     /// Every anomaly name, with how many were found (0 when none).
     pub counts: BTreeMap<String, u64>,
     /// Examples: at most [`MAX_EXAMPLES`] of each kind.
     pub anomalies: Vec<Anomaly>,
 }
 
+/// What a run shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "verdict", content = "why")]
+pub enum Verdict {
+    /// No anomaly, with acknowledged sends and faults that took effect.
+    Valid,
+    /// Anomalies were found.
+    Invalid,
+    /// No anomaly, but the run proves nothing: no acknowledged send (so
+    /// nothing that could have been lost), or no fault that took effect
+    /// (when faults were asked for). Says why.
+    Vacuous(Vec<String>),
+}
+
+impl Verdict {
+    /// The process exit status for this verdict (2 is taken by a run that
+    /// could not be carried out).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Verdict::Valid => 0,
+            Verdict::Invalid => 1,
+            Verdict::Vacuous(_) => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Valid => f.write_str("valid: no anomaly"),
+            Verdict::Invalid => f.write_str("INVALID: anomalies found"),
+            Verdict::Vacuous(why) => write!(f, "NOT VALID: no anomaly, but the run proves nothing: {}", why.join("; ")),
+        }
+    }
+}
+
 impl Report {
     /// No anomaly of any kind.
-    pub fn valid(&self) -> bool {
+    pub fn anomaly_free(&self) -> bool {
         self.counts.values().all(|&n| n == 0)
+    }
+
+    /// The verdict: anomalies make it invalid; without any, a run with no
+    /// acknowledged send, or (`faults_required`) no fault that took
+    /// effect, is vacuous.
+    pub fn verdict(&self, faults_required: bool) -> Verdict {
+        if !self.anomaly_free() {
+            return Verdict::Invalid;
+        }
+        let mut why = Vec::new();
+        if self.sends_acked == 0 {
+            why.push("no send was acknowledged".to_owned());
+        }
+        if faults_required && self.faults == 0 {
+            why.push(format!("no fault took effect ({} attempted)", self.faults_attempted));
+        }
+        if why.is_empty() { Verdict::Valid } else { Verdict::Vacuous(why) }
     }
 
     /// How many anomalies of `kind` were found.
@@ -171,6 +228,7 @@ struct Checker {
     ops_info: u64,
     sends_acked: u64,
     faults: u64,
+    faults_attempted: u64,
     /// Each process's outstanding invoke (a send or a poll).
     pending: HashMap<i64, Event>,
     /// Every send invoked, by value.
@@ -200,11 +258,11 @@ struct Checker {
 impl Checker {
     fn event(&mut self, event: &Event) {
         match &event.op {
-            Op::Nemesis { .. } => {
-                if event.kind == Kind::Invoke {
-                    self.faults += 1;
-                }
-            }
+            Op::Nemesis { fault, .. } => match event.kind {
+                Kind::Invoke => self.faults_attempted += 1,
+                Kind::Ok if !crate::history::is_heal(fault) => self.faults += 1,
+                _ => {}
+            },
             Op::Digest { partition, node, upto, first_index, entries, crc32c } => {
                 if event.kind == Kind::Ok {
                     self.digests.entry((*partition, *upto, *first_index)).or_default().push(Digest {
@@ -409,6 +467,7 @@ impl Checker {
             ops_info: self.ops_info,
             sends_acked: self.sends_acked,
             faults: self.faults,
+            faults_attempted: self.faults_attempted,
             counts: self.found.counts,
             anomalies: self.found.anomalies,
         }
@@ -678,13 +737,15 @@ mod tests {
         for other in AnomalyKind::ALL.into_iter().filter(|&k| k != kind) {
             assert_eq!(report.count(other), 0, "unexpected {other}: {report:#?}");
         }
-        assert!(!report.valid());
+        assert!(!report.anomaly_free());
+        assert_eq!(report.verdict(true), Verdict::Invalid);
+        assert_eq!(report.verdict(false), Verdict::Invalid);
         assert!(report.anomalies.iter().all(|a| a.kind == kind));
     }
 
     #[track_caller]
     fn assert_valid(report: &Report) {
-        assert!(report.valid(), "{report:#?}");
+        assert!(report.anomaly_free(), "{report:#?}");
         assert!(report.anomalies.is_empty());
         assert_eq!(report.counts.len(), AnomalyKind::ALL.len());
     }
@@ -692,7 +753,13 @@ mod tests {
     #[test]
     fn clean_history_passes() {
         let report = History::new()
+            // A fault attempted that did not take effect...
+            .nemesis(Kind::Invoke, "pause", &[3])
+            .nemesis(Kind::Fail, "pause", &[3])
+            .nemesis(Kind::Ok, "heal", &[3])
+            // ...and one that did.
             .nemesis(Kind::Invoke, "partition", &[1])
+            .nemesis(Kind::Ok, "partition", &[1])
             // Two producers, concurrently: 2 is acknowledged first.
             .send_invoke(1, 0, 10)
             .send_invoke(2, 0, 20)
@@ -702,13 +769,15 @@ mod tests {
             .send_info(1, 0, 11)
             .send_info(2, 0, 21)
             .send_fail(2, 0, 22)
-            .nemesis(Kind::Info, "partition", &[1])
+            .nemesis(Kind::Ok, "heal", &[1])
             .send(1, 0, 12, 3)
             .send(2, 1, 23, 0)
             .nemesis(Kind::Invoke, "kill", &[2])
+            .nemesis(Kind::Ok, "kill", &[2])
             .poll(3, 0, 0, &[(0, 20), (1, 10)])
             .poll(3, 0, 2, &[])
-            .nemesis(Kind::Info, "kill", &[2])
+            .nemesis(Kind::Ok, "heal", &[2])
+            .nemesis(Kind::Ok, "final-heal", &[])
             .commit(7, "g", 0, 1)
             .commit(7, "g", 0, 1)
             .commit(7, "g", 0, 4)
@@ -721,8 +790,9 @@ mod tests {
             .digest(0, 3, 5, 5, 0xdead_beef)
             .check();
         assert_valid(&report);
+        assert_eq!(report.verdict(true), Verdict::Valid);
         assert_eq!(report.sends_acked, 4);
-        assert_eq!(report.faults, 2);
+        assert_eq!((report.faults, report.faults_attempted), (2, 3));
         // Sends, polls and drains, commits and the read of the commits.
         assert_eq!(report.ops_ok, 4 + 5 + 3 + 1);
         assert_eq!(report.ops_fail, 1);
@@ -730,10 +800,70 @@ mod tests {
     }
 
     #[test]
-    fn empty_history_passes() {
+    fn an_empty_history_has_no_anomaly_but_proves_nothing() {
         let report = check(&[]);
         assert_valid(&report);
         assert_eq!((report.ops_ok, report.ops_fail, report.ops_info, report.faults), (0, 0, 0, 0));
+        let both = vec!["no send was acknowledged".to_owned(), "no fault took effect (0 attempted)".to_owned()];
+        assert_eq!(report.verdict(true), Verdict::Vacuous(both));
+        assert_eq!(report.verdict(false), Verdict::Vacuous(vec!["no send was acknowledged".to_owned()]));
+        assert_eq!(report.verdict(true).exit_code(), 3);
+    }
+
+    /// Faults that worked, a clean read of everything, but no send was
+    /// ever acknowledged: nothing could have been lost.
+    #[test]
+    fn a_run_without_an_acknowledged_send_is_not_valid() {
+        let report = History::new()
+            .nemesis(Kind::Invoke, "kill", &[1])
+            .nemesis(Kind::Ok, "kill", &[1])
+            .send_info(1, 0, 10)
+            .send_fail(2, 0, 11)
+            .nemesis(Kind::Ok, "heal", &[1])
+            .drain(0, 0, &[(0, 10)])
+            .check();
+        assert_valid(&report);
+        assert_eq!(report.faults, 1);
+        assert_eq!(report.verdict(true), Verdict::Vacuous(vec!["no send was acknowledged".to_owned()]));
+        assert_ne!(report.verdict(true).exit_code(), 0);
+    }
+
+    /// Acknowledged sends all read back, but every fault failed to take
+    /// effect (a heal is not a fault).
+    #[test]
+    fn a_run_whose_faults_never_took_effect_is_not_valid() {
+        let report = History::new()
+            .nemesis(Kind::Invoke, "partition-one", &[1])
+            .nemesis(Kind::Fail, "partition-one", &[1])
+            .send(1, 0, 10, 0)
+            .nemesis(Kind::Ok, "heal", &[1])
+            .nemesis(Kind::Invoke, "pause-one", &[2])
+            .nemesis(Kind::Ok, "heal", &[2])
+            .nemesis(Kind::Ok, "final-heal", &[])
+            .drain(0, 0, &[(0, 10)])
+            .check();
+        assert_valid(&report);
+        assert_eq!((report.faults, report.faults_attempted), (0, 2));
+        let why = vec!["no fault took effect (2 attempted)".to_owned()];
+        assert_eq!(report.verdict(true), Verdict::Vacuous(why));
+        assert_eq!(report.verdict(true).exit_code(), 3);
+        // A run without faults asked for (--nemesis none) needs none.
+        assert_eq!(report.verdict(false), Verdict::Valid);
+    }
+
+    #[test]
+    fn anomalies_make_a_run_invalid_whatever_else() {
+        let report = History::new().send(1, 0, 10, 0).drain(0, 0, &[]).check();
+        assert!(!report.anomaly_free());
+        assert_eq!(report.verdict(true), Verdict::Invalid);
+        assert_eq!(report.verdict(true).exit_code(), 1);
+    }
+
+    #[test]
+    fn the_verdict_serializes_with_its_reasons() {
+        let json = serde_json::to_value(Verdict::Vacuous(vec!["no send was acknowledged".into()])).expect("json");
+        assert_eq!(json, serde_json::json!({"verdict": "vacuous", "why": ["no send was acknowledged"]}));
+        assert_eq!(serde_json::to_value(Verdict::Valid).expect("json"), serde_json::json!({"verdict": "valid"}));
     }
 
     #[test]
@@ -973,7 +1103,7 @@ mod tests {
             // Invoked before 6 was acknowledged: not a regression.
             .push(1, Kind::Ok, commit(4))
             .check();
-        assert!(report.valid(), "{:?}", report.anomalies);
+        assert!(report.anomaly_free(), "{:?}", report.anomalies);
         // Invoked after: a regression.
         let report = History::new().commit(2, "g", 0, 6).commit(1, "g", 0, 4).check();
         assert_only(&report, AnomalyKind::CommittedOffsetRegression);

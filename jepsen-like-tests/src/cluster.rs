@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::net::{Host, Kind, run};
+use crate::net::{Host, Kind, output, run};
 
 /// Port every node serves clients on (each host has its own address).
 pub const PORT: u16 = 7878;
@@ -196,37 +196,49 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim() == "true")
     }
 
-    /// `kill -9`; the node stays down until [`Cluster::restart`].
-    pub async fn kill(&mut self, id: u32) -> anyhow::Result<()> {
+    /// `kill -9`; the node stays down until [`Cluster::restart`]. Returns
+    /// how its death was seen: the process (or the container's) ended by
+    /// SIGKILL. An error when it was not running or ended otherwise.
+    pub async fn kill(&mut self, id: u32) -> anyhow::Result<String> {
         let node = self.node(id)?;
-        match node.host.kind {
+        let seen = match node.host.kind {
             Kind::Docker => {
-                if node.running {
-                    if !Self::container_running(&node.host.name)? {
-                        bail!("node {id} exited by itself before it was killed; see {}", node.log.display());
-                    }
-                    if node.paused {
-                        run(&["docker", "unpause", &node.host.name])?;
-                    }
-                    run(&["docker", "kill", "-s", "KILL", &node.host.name])?;
-                    run(&["docker", "wait", &node.host.name])?;
-                    node.running = false;
+                if !node.running {
+                    bail!("node {id} is not running");
                 }
+                if !Self::container_running(&node.host.name)? {
+                    bail!("node {id} exited by itself before it was killed; see {}", node.log.display());
+                }
+                if node.paused {
+                    run(&["docker", "unpause", &node.host.name])?;
+                }
+                run(&["docker", "kill", "-s", "KILL", &node.host.name])?;
+                let code = output(&["docker", "wait", &node.host.name])?;
+                node.running = false;
+                node.paused = false;
+                // The server is the container's first process (`exec`).
+                if code != "137" {
+                    bail!("node {id}'s container exited with status {code}, not 137 (SIGKILL)");
+                }
+                format!("node {id}: its container exited with 137 (SIGKILL)")
             }
             Kind::Netns => {
-                if let Some(mut child) = node.child.take() {
-                    if let Some(status) = child.try_wait()? {
-                        bail!("node {id} exited by itself ({status}) before it was killed; see {}", node.log.display());
-                    }
-                    if let Some(pid) = child.id() {
-                        Self::signal(pid, "KILL")?;
-                    }
-                    child.wait().await?;
+                let Some(mut child) = node.child.take() else { bail!("node {id} is not running") };
+                node.paused = false;
+                if let Some(status) = child.try_wait()? {
+                    bail!("node {id} exited by itself ({status}) before it was killed; see {}", node.log.display());
                 }
+                let pid = child.id().with_context(|| format!("node {id} has no process id"))?;
+                Self::signal(pid, "KILL")?;
+                let status = child.wait().await?;
+                use std::os::unix::process::ExitStatusExt;
+                if status.signal() != Some(9) {
+                    bail!("node {id} (pid {pid}) ended with {status}, not by SIGKILL");
+                }
+                format!("node {id}: pid {pid} died of SIGKILL")
             }
-        }
-        node.paused = false;
-        Ok(())
+        };
+        Ok(seen)
     }
 
     /// Starts a killed node again (its data directory kept).
@@ -234,23 +246,45 @@ impl Cluster {
         self.spawn(id)
     }
 
-    /// SIGSTOP (a container: frozen, `docker pause`).
-    pub fn pause(&mut self, id: u32) -> anyhow::Result<()> {
+    /// SIGSTOP (a container: frozen, `docker pause`). Returns how the stop
+    /// was seen: the process is stopped (waited for, not reaped), or Docker
+    /// reports the container paused. An error when the node is not running
+    /// or did not stop.
+    pub fn pause(&mut self, id: u32) -> anyhow::Result<String> {
         let node = self.node(id)?;
         match node.host.kind {
-            Kind::Docker if node.running && !node.paused => {
-                run(&["docker", "pause", &node.host.name])?;
-                node.paused = true;
-            }
-            Kind::Docker => {}
-            Kind::Netns => {
-                if let Some(pid) = node.child.as_ref().and_then(Child::id) {
-                    Self::signal(pid, "STOP")?;
+            Kind::Docker => {
+                if !node.running {
+                    bail!("node {id} is not running");
+                }
+                if !node.paused {
+                    run(&["docker", "pause", &node.host.name])?;
                     node.paused = true;
+                }
+                let paused = output(&["docker", "inspect", "-f", "{{.State.Paused}}", &node.host.name])?;
+                if paused != "true" {
+                    bail!("node {id}'s container is not paused (Docker says Paused={paused})");
+                }
+                Ok(format!("node {id}: its container is frozen"))
+            }
+            Kind::Netns => {
+                let pid =
+                    node.child.as_ref().and_then(Child::id).with_context(|| format!("node {id} is not running"))?;
+                Self::signal(pid, "STOP")?;
+                node.paused = true;
+                // Blocks until the stop lands (or the process dies), and
+                // leaves the child's state for the usual wait.
+                use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+                let raw = Pid::from_raw(pid as i32).with_context(|| format!("pid {pid}"))?;
+                let status =
+                    waitid(WaitId::Pid(raw), WaitIdOptions::STOPPED | WaitIdOptions::EXITED | WaitIdOptions::NOWAIT)
+                        .with_context(|| format!("waiting for node {id} (pid {pid}) to stop"))?;
+                match status {
+                    Some(s) if s.stopped() => Ok(format!("node {id}: pid {pid} is stopped")),
+                    other => bail!("node {id} (pid {pid}) did not stop: {other:?}"),
                 }
             }
         }
-        Ok(())
     }
 
     /// SIGCONT (a container: `docker unpause`).

@@ -45,7 +45,10 @@ pub enum Op {
         #[serde(default)]
         drain: bool,
     },
-    /// A fault started or ended (`process` is [`NEMESIS`]).
+    /// A fault (`process` is [`NEMESIS`]): `invoke` when it is attempted,
+    /// then `ok` once the nemesis saw it take effect (`detail` says how) or
+    /// `fail` (`error` says why); a heal is one `ok` event named by
+    /// [`is_heal`].
     Nemesis { fault: String, nodes: Vec<u32>, detail: String },
     /// A replica's digest of `partition` up to Raft index `upto`, taken
     /// after the cluster healed and drained (`process` is [`CHECKER`]).
@@ -63,6 +66,12 @@ pub enum Op {
     /// A group member joined, left or crashed (for the reader of the
     /// history; not checked).
     Member { group: String, member: String, action: String },
+}
+
+/// Whether a nemesis event names a heal (the end of a fault, or the final
+/// heal of the run) rather than a fault.
+pub fn is_heal(fault: &str) -> bool {
+    fault == "heal" || fault == "final-heal"
 }
 
 /// The process number of the fault injector.

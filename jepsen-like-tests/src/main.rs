@@ -1,7 +1,9 @@
 //! `jepsen-like-tests`: runs a Strata cluster on separate hosts (Docker
 //! containers, or network namespaces), drives it with concurrent clients while injecting faults,
-//! records the history and checks it. Exits 1 on any anomaly, 2 when the
-//! run itself could not be carried out.
+//! records the history and checks it. Exits 0 when the history is valid,
+//! 1 on any anomaly, 2 when the run itself could not be carried out, and 3
+//! when it shows no anomaly but proves nothing (no acknowledged send, or no
+//! fault that took effect though faults were asked for).
 //!
 //!   cargo run -p jepsen-like-tests --release -- --nodes 5 --time-limit 300 \
 //!       --nemesis partition,kill,pause --workload log --seed 42
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use jepsen_like_tests::checker::{self, Report};
+use jepsen_like_tests::checker::{self, Report, Verdict};
 use jepsen_like_tests::cluster::Cluster;
 use jepsen_like_tests::group::GroupWorkload;
 use jepsen_like_tests::history::{self, Event, Kind, NEMESIS, Op, Recorder};
@@ -95,7 +97,9 @@ struct Results {
     time_limit_s: u64,
     nemesis: String,
     workload: String,
+    /// The verdict is [`Verdict::Valid`].
     valid: bool,
+    verdict: Verdict,
     /// Produce requests that succeeded while only a minority was faulted.
     minority_fault_send_success: Option<f64>,
     /// Milliseconds from each heal to the first acknowledged write after it.
@@ -113,8 +117,7 @@ fn main() {
         }
     };
     let code = match runtime.block_on(run(args)) {
-        Ok(true) => 0,
-        Ok(false) => 1,
+        Ok(verdict) => verdict.exit_code(),
         Err(e) => {
             eprintln!("error: {e:#}");
             2
@@ -123,12 +126,19 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn run(args: Args) -> anyhow::Result<bool> {
+async fn run(args: Args) -> anyhow::Result<Verdict> {
+    let families: Vec<Family> = match args.nemesis.as_str() {
+        "none" | "" => Vec::new(),
+        list => {
+            list.split(',').map(|f| f.trim().parse::<Family>()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?
+        }
+    };
     if let Some(path) = &args.check {
         let events = history::load(path)?;
         let report = checker::check(&events);
-        print_summary(&report, None, &heal_to_first_write(&events));
-        return Ok(report.valid());
+        let verdict = report.verdict(!families.is_empty());
+        print_summary(&report, &verdict, None, &heal_to_first_write(&events));
+        return Ok(verdict);
     }
     if args.workload != "log" && args.workload != "group" {
         bail!("unknown workload '{}' (known: log, group)", args.workload);
@@ -136,12 +146,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.nodes < args.replication_factor || args.nodes == 0 {
         bail!("--nodes {} is fewer than --replication-factor {}", args.nodes, args.replication_factor);
     }
-    let families: Vec<Family> = match args.nemesis.as_str() {
-        "none" | "" => Vec::new(),
-        list => {
-            list.split(',').map(|f| f.trim().parse::<Family>()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?
-        }
-    };
     let schedule = Schedule { quiet: range(&args.quiet)?, hold: range(&args.hold)? };
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 1_000_000_007).unwrap_or(1)
@@ -197,7 +201,7 @@ async fn drive(
     dir: &Path,
     network: Network,
     cluster: Cluster,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Verdict> {
     let addrs = cluster.addrs();
     let node_addrs: Vec<(u32, String)> = cluster.node_ids().into_iter().map(|n| (n, cluster.addr(n))).collect();
     let cluster = Arc::new(Mutex::new(cluster));
@@ -280,11 +284,14 @@ async fn drive(
         }
         load?;
         let faults = match nemesis {
-            Some(n) => n.await.context("the nemesis panicked")??.faults,
-            None => 0,
+            Some(n) => n.await.context("the nemesis panicked")??,
+            None => Default::default(),
         };
         progress.abort();
-        eprintln!("load done ({faults} faults); healing everything, then draining");
+        eprintln!(
+            "load done ({} faults took effect of {} attempted); healing everything, then draining",
+            faults.effective, faults.attempted
+        );
 
         network.lock().await.heal()?;
         {
@@ -305,6 +312,7 @@ async fn drive(
 
         let events = recorder.finish()?;
         let report = checker::check(&events);
+        let verdict = report.verdict(!families.is_empty());
         let sends = liveness.minority_sends.load(Ordering::Relaxed);
         let results = Results {
             seed,
@@ -312,16 +320,22 @@ async fn drive(
             time_limit_s: args.time_limit,
             nemesis: args.nemesis.clone(),
             workload: args.workload.clone(),
-            valid: report.valid(),
+            valid: verdict == Verdict::Valid,
+            verdict,
             minority_fault_send_success: (sends > 0)
                 .then(|| liveness.minority_sends_ok.load(Ordering::Relaxed) as f64 / sends as f64),
             heal_to_first_write_ms: heal_to_first_write(&events),
             report,
         };
         std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-        print_summary(&results.report, results.minority_fault_send_success, &results.heal_to_first_write_ms);
+        print_summary(
+            &results.report,
+            &results.verdict,
+            results.minority_fault_send_success,
+            &results.heal_to_first_write_ms,
+        );
         eprintln!("history, results and node logs in {}", dir.display());
-        anyhow::Ok(results.valid)
+        anyhow::Ok(results.verdict)
     }
     .await;
     cluster.lock().await.stop().await;
@@ -362,13 +376,13 @@ fn heal_to_first_write(events: &[Event]) -> Vec<u64> {
         .collect()
 }
 
-fn print_summary(report: &Report, minority_success: Option<f64>, heal_ms: &[u64]) {
+fn print_summary(report: &Report, verdict: &Verdict, minority_success: Option<f64>, heal_ms: &[u64]) {
     println!();
-    println!("| ops ok | ops fail | ops info | acknowledged sends | faults |");
+    println!("| ops ok | ops fail | ops info | acknowledged sends | faults took effect / attempted |");
     println!("|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {} | {} |",
-        report.ops_ok, report.ops_fail, report.ops_info, report.sends_acked, report.faults
+        "| {} | {} | {} | {} | {} / {} |",
+        report.ops_ok, report.ops_fail, report.ops_info, report.sends_acked, report.faults, report.faults_attempted
     );
     println!();
     println!("| anomaly | count |");
@@ -392,5 +406,5 @@ fn print_summary(report: &Report, minority_success: Option<f64>, heal_ms: &[u64]
             sorted.len()
         );
     }
-    println!("\n{}", if report.valid() { "valid: no anomaly" } else { "INVALID: anomalies found" });
+    println!("\n{verdict}");
 }

@@ -1,5 +1,9 @@
 //! Faults on a schedule: wait, inject one fault, hold it, heal, repeat.
-//! Every fault start and heal goes into the history (process [`NEMESIS`]).
+//! Every fault goes into the history (process [`NEMESIS`]): `invoke` when
+//! it is attempted, then `ok` only once it was seen to take effect (the
+//! killed process died of SIGKILL, the cut links' blackhole routes are in
+//! place on both hosts, the paused process is stopped or its container
+//! frozen), else `fail`; then the heal.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +102,10 @@ pub struct Schedule {
 /// What the nemesis did, for the summary.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NemesisStats {
-    pub faults: u64,
+    /// Faults attempted.
+    pub attempted: u64,
+    /// Faults seen to take effect.
+    pub effective: u64,
 }
 
 pub struct Nemesis {
@@ -136,12 +143,26 @@ impl Nemesis {
             let op = Op::Nemesis { fault: fault.name().into(), nodes: fault.nodes(), detail: fault.detail() };
             self.recorder.record(NEMESIS, Kind::Invoke, op.clone(), None);
             let minority = self.is_minority(&fault).await;
-            let injected = self.inject(&fault).await;
-            if let Err(e) = &injected {
-                self.recorder.record(NEMESIS, Kind::Fail, op.clone(), Some(format!("{e:#}")));
-            }
-            stats.faults += 1;
-            eprintln!("[nemesis] {:>6.1}s {} {}", self.recorder.elapsed().as_secs_f64(), fault.name(), fault.detail());
+            stats.attempted += 1;
+            let took = match self.inject(&fault).await {
+                Ok(evidence) => {
+                    stats.effective += 1;
+                    let done =
+                        Op::Nemesis { fault: fault.name().into(), nodes: fault.nodes(), detail: evidence.clone() };
+                    self.recorder.record(NEMESIS, Kind::Ok, done, None);
+                    evidence
+                }
+                Err(e) => {
+                    self.recorder.record(NEMESIS, Kind::Fail, op.clone(), Some(format!("{e:#}")));
+                    format!("DID NOT TAKE EFFECT: {e:#}")
+                }
+            };
+            eprintln!(
+                "[nemesis] {:>6.1}s {} {}: {took}",
+                self.recorder.elapsed().as_secs_f64(),
+                fault.name(),
+                fault.detail()
+            );
             self.minority_fault.store(minority, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(hold).await;
             self.minority_fault.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -204,23 +225,35 @@ impl Nemesis {
         }
     }
 
-    async fn inject(&self, fault: &Fault) -> anyhow::Result<()> {
+    /// Injects the fault and checks that it took effect; returns how it
+    /// was seen to (an error: it did not, or not on every node).
+    async fn inject(&self, fault: &Fault) -> anyhow::Result<String> {
         match fault {
-            Fault::Partition { groups, .. } => self.network.lock().await.partition(groups),
-            Fault::Ring { sees } => self.network.lock().await.restrict(sees),
+            Fault::Partition { groups, .. } => {
+                let mut network = self.network.lock().await;
+                network.partition(groups)?;
+                network.verify_cuts()
+            }
+            Fault::Ring { sees } => {
+                let mut network = self.network.lock().await;
+                network.restrict(sees)?;
+                network.verify_cuts()
+            }
             Fault::Kill { nodes, .. } => {
                 let mut cluster = self.cluster.lock().await;
+                let mut seen = Vec::new();
                 for &n in nodes {
-                    cluster.kill(n).await?;
+                    seen.push(cluster.kill(n).await?);
                 }
-                Ok(())
+                Ok(seen.join("; "))
             }
             Fault::Pause { nodes } => {
                 let mut cluster = self.cluster.lock().await;
+                let mut seen = Vec::new();
                 for &n in nodes {
-                    cluster.pause(n)?;
+                    seen.push(cluster.pause(n)?);
                 }
-                Ok(())
+                Ok(seen.join("; "))
             }
         }
     }

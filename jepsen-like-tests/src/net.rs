@@ -79,6 +79,15 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a command and returns what it printed, trimmed.
+pub(crate) fn output(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 fn on(host: &Host, args: &[&str]) -> anyhow::Result<()> {
     let all = host.exec(args);
     run(&all.iter().map(String::as_str).collect::<Vec<_>>())
@@ -214,6 +223,32 @@ impl Network {
             self.cut(&[*node], &hidden)?;
         }
         Ok(())
+    }
+
+    /// Checks that every cut is in place: on both hosts of each cut pair,
+    /// the kernel holds the blackhole route to the other. Returns what was
+    /// seen; an error when no link is cut or a route is missing.
+    pub fn verify_cuts(&self) -> anyhow::Result<String> {
+        if self.cuts.is_empty() {
+            bail!("no link is cut");
+        }
+        let mut routes = std::collections::BTreeMap::new();
+        for host in &self.hosts {
+            let all = host.exec(&["ip", "route", "show", "type", "blackhole"]);
+            let listed = output(&all.iter().map(String::as_str).collect::<Vec<_>>())?;
+            let ips: BTreeSet<String> =
+                listed.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect();
+            routes.insert(host.node, ips);
+        }
+        for &(x, y) in &self.cuts {
+            for (from, to) in [(x, y), (y, x)] {
+                let ip = &self.host(to)?.ip;
+                if !routes.get(&from).is_some_and(|r| r.contains(ip)) {
+                    bail!("node {from} has no blackhole route to node {to} ({ip})");
+                }
+            }
+        }
+        Ok(format!("{} links cut, {} blackhole routes in place", self.cuts.len(), 2 * self.cuts.len()))
     }
 
     /// Removes every cut.

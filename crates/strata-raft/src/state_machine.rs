@@ -352,7 +352,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // openraft purges up to it), the snapshot supersedes its whole log:
             // the log goes on after that entry, at the leader's offset.
             let id = entry_id(&last);
-            let held = self.log.entries(id.index, id.index + 1, 1).await.map_err(io_err)?;
+            // No entry could follow one at the last index (found by fuzzing).
+            let after = id.index.checked_add(1).ok_or_else(|| {
+                io::Error::other(format!("a snapshot ending at entry {} leaves no index for another entry", id.index))
+            })?;
+            let held = self.log.entries(id.index, after, 1).await.map_err(io_err)?;
             match &snapshot.staged {
                 Some(staged) if held.first().is_none_or(|(e, _)| *e != id) => {
                     // The leader's retained entries replace this log. A crash

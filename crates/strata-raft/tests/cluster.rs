@@ -398,7 +398,9 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
     let leader_id = leader_seen_by(&nodes[0], None).await;
     let leader = nodes.iter().find(|n| n.id == leader_id).expect("leader");
     write(leader, 0..5).await;
-    let term = leader.raft().metrics().borrow_watched().current_term;
+    let before = leader.raft().metrics().borrow_watched().clone();
+    let (term, last) = (before.current_term, before.last_log_index);
+    assert!(term > 0 && last.is_some(), "the leader has a term and entries: {before:?}");
     leader.raft().shutdown().await.expect("shutdown");
     leader.registry.remove(GROUP);
 
@@ -408,7 +410,13 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
     );
     let restarted =
         group::start(leader_id, GROUP, leader.log().clone(), config, &peers, &leader.registry).await.expect("restart");
-    let m = restarted.metrics().borrow_watched().clone();
+    // The metrics say nothing until the Raft core has loaded the node's
+    // state (term 0, no entries): wait for its vote and log, then look.
+    let m = restarted
+        .wait(Some(WAIT))
+        .metrics(|m| m.current_term >= term && m.last_log_index >= last, "the restarted node's state loaded")
+        .await
+        .expect("the restarted node loads its term and log");
     assert!(
         !(m.state == openraft::ServerState::Leader && m.current_term == term),
         "the restarted leader resumed term {term} without an election"

@@ -77,3 +77,35 @@ async fn a_saved_commit_point_is_trusted_only_when_the_log_holds_that_entry() {
     store.save_committed(Some(log_id::<TypeConfig>(2, 1, 2))).await.expect("save");
     assert_eq!(store.read_committed().await.expect("read"), None);
 }
+
+/// Found by fuzzing the snapshot metadata a peer sends
+/// (fuzz/corpus/snapshot/regression-last-index): installing a snapshot whose
+/// last entry is at index u64::MAX panicked on the overflow of the next
+/// index. It is refused, and the log is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_at_the_last_index_is_refused() {
+    use openraft::storage::RaftStateMachine;
+    use strata_raft::state_machine::PartitionSnapshot;
+    use strata_raft::types::{SnapshotMeta, log_id};
+    use strata_storage::EntryId;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = IndexDb::open(&dir.path().join("index")).expect("index");
+    let log = PartitionLog::open_with(
+        "t",
+        0,
+        &dir.path().join("p0"),
+        Arc::new(db.partition(1, 0)),
+        LogConfig::default(),
+        Visibility::Applied,
+    )
+    .expect("open log");
+    let mut sm = StateMachine::open(log.clone()).await.expect("open state machine");
+    let meta =
+        SnapshotMeta { last_log_id: Some(log_id(EntryId { term: 3, index: u64::MAX })), ..SnapshotMeta::default() };
+    let data = PartitionSnapshot { next_offset: 10, ..PartitionSnapshot::default() };
+    let err = sm.install_snapshot(&meta, data).await.expect_err("no room after the last index");
+    assert!(err.to_string().contains("leaves no index"), "{err}");
+    assert_eq!((log.last_purged(), log.log_start_offset()), (None, 0), "the log was changed");
+    assert!(sm.get_current_snapshot().await.expect("current").is_none(), "the snapshot was kept");
+}

@@ -100,6 +100,8 @@ pub enum FormatError {
     Timestamps { first: i64, max: i64 },
     #[error("control batches are written by the log itself, not by producers")]
     Control,
+    #[error("batch offsets overflow: base offset {base_offset} plus {record_count} records is past the last offset")]
+    OffsetOverflow { base_offset: u64, record_count: u32 },
 }
 
 /// Compression codec of a batch payload.
@@ -211,12 +213,19 @@ impl BatchHeader {
         if buf[OFF_MAGIC] != MAGIC {
             return Err(FormatError::BadMagic(buf[OFF_MAGIC]));
         }
+        // Offsets are computed from the base offset everywhere (each
+        // record's, the next batch's): they must not wrap.
+        let record_count = read_u32(buf, OFF_COUNT);
+        let base_offset = read_u64(buf, OFF_BASE);
+        if base_offset.checked_add(u64::from(record_count)).is_none() {
+            return Err(FormatError::OffsetOverflow { base_offset, record_count });
+        }
         Ok(Self {
             size,
             crc: read_u32(buf, OFF_CRC),
             compression: Compression::from_bits(buf[OFF_ATTR] & COMPRESSION_MASK)?,
-            record_count: read_u32(buf, OFF_COUNT),
-            base_offset: read_u64(buf, OFF_BASE),
+            record_count,
+            base_offset,
             term: read_u64(buf, OFF_TERM),
             log_index: read_u64(buf, OFF_INDEX),
             first_timestamp_ms: read_u64(buf, OFF_FIRST_TS) as i64,
@@ -326,6 +335,16 @@ pub fn decode(batch: &Bytes) -> Result<Vec<Record>, FormatError> {
     let mut reader = RecordReader::new(&payload, &header);
     let mut out = Vec::with_capacity((header.record_count as usize).min(payload.len()));
     while let Some(raw) = reader.next_raw()? {
+        if out.len() == header.record_count as usize {
+            // More records than the header declares: their offsets would
+            // run past the batch's (and past u64::MAX after a base offset
+            // near it). Counted for the error.
+            let mut actual = header.record_count.saturating_add(1);
+            while reader.next_raw()?.is_some() {
+                actual = actual.saturating_add(1);
+            }
+            return Err(FormatError::RecordCount { declared: header.record_count, actual });
+        }
         out.push(Record {
             offset: header.base_offset + out.len() as u64,
             timestamp_ms: raw.timestamp_ms,
@@ -836,6 +855,29 @@ mod tests {
         ));
         Inflation::ANY.check(MAX_UNCOMPRESSED_BYTES, 1).expect("stored batches: the absolute cap only");
         assert!(Inflation::ANY.check(MAX_UNCOMPRESSED_BYTES + 1, 1 << 30).is_err());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/record/regression-offset-overflow):
+    /// decoding a checksum-valid batch whose base offset plus its record
+    /// count passes u64::MAX panicked on the overflow (wrapped in release).
+    #[test]
+    fn offsets_past_the_last_are_rejected() {
+        let mut batch = encode(&sample(3, 9), Compression::None).to_vec();
+        stamp(&mut batch, Placement { base_offset: u64::MAX - 1, term: 1, log_index: 1 });
+        let overflow = FormatError::OffsetOverflow { base_offset: u64::MAX - 1, record_count: 3 };
+        assert_eq!(BatchHeader::parse(&batch), Err(overflow.clone()));
+        assert_eq!(verify(&batch), Err(overflow.clone()));
+        assert_eq!(decode(&Bytes::from(batch.clone())), Err(overflow));
+        // Found the same way (regression-more-records-than-declared): a
+        // batch declaring fewer records than it holds, at the last offset.
+        let mut more = encode(&sample(2, 9), Compression::None).to_vec();
+        more[OFF_COUNT..OFF_COUNT + 4].copy_from_slice(&0u32.to_le_bytes());
+        stamp(&mut more, Placement { base_offset: u64::MAX, term: 1, log_index: 1 });
+        assert_eq!(decode(&Bytes::from(more)), Err(FormatError::RecordCount { declared: 0, actual: 2 }));
+        // The last offsets themselves are fine.
+        stamp(&mut batch, Placement { base_offset: u64::MAX - 3, term: 1, log_index: 1 });
+        let records = decode(&Bytes::from(batch)).expect("decodes");
+        assert_eq!(records.last().map(|r| r.offset), Some(u64::MAX - 1));
     }
 
     #[test]

@@ -361,19 +361,55 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().parse().expect("fincore prints a byte count")
     }
 
+    /// A fresh directory on a filesystem with a page cache to give back:
+    /// not tmpfs or ramfs, whose pages are the files themselves (fadvise
+    /// cannot drop them). Tried in order: `$STRATA_PAGE_CACHE_DIR`, the
+    /// temporary directory, `/var/tmp`, and the build's own target
+    /// directory (where this test binary lives, so on the build's disk).
+    /// None of them: the test fails rather than pass without checking.
+    #[allow(clippy::unnecessary_cast)] // statfs's f_type is not i64 on every target
+    fn disk_backed_dir() -> tempfile::TempDir {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        let mut candidates: Vec<std::path::PathBuf> =
+            std::env::var_os("STRATA_PAGE_CACHE_DIR").map(Into::into).into_iter().collect();
+        candidates.push(std::env::temp_dir());
+        candidates.push("/var/tmp".into());
+        if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+            candidates.push(dir);
+        }
+        let mut refused = Vec::new();
+        for dir in candidates {
+            match rustix::fs::statfs(&dir) {
+                Ok(fs) if ![TMPFS_MAGIC, RAMFS_MAGIC].contains(&(fs.f_type as i64)) => {
+                    if let Ok(t) = tempfile::tempdir_in(&dir) {
+                        return t;
+                    }
+                    refused.push(format!("{} (not writable)", dir.display()));
+                }
+                Ok(_) => refused.push(format!("{} (tmpfs or ramfs)", dir.display())),
+                Err(e) => refused.push(format!("{} ({e})", dir.display())),
+            }
+        }
+        panic!(
+            "no directory on a disk-backed filesystem to check the page cache in: {}; set STRATA_PAGE_CACHE_DIR to one",
+            refused.join(", ")
+        );
+    }
+
     /// Appended as the syncer does (writes of a 64-record batch of 1 KiB
     /// records, which do not fall on page boundaries, each fsync'd and then
     /// released), a segment keeps only about its tail in the page cache,
     /// however the kernel sized the folios it cached the file in.
+    ///
+    /// Needs a disk-backed directory (see [`disk_backed_dir`]) and
+    /// util-linux's `fincore`. CI (root on Debian, its temporary directory
+    /// on the root filesystem) runs it in the temporary directory; where
+    /// that is a tmpfs it runs in `/var/tmp` or the target directory.
     #[test]
     fn released_pages_leave_the_page_cache() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        const TMPFS_MAGIC: i64 = 0x0102_1994;
-        let fs = rustix::fs::statfs(dir.path()).expect("statfs");
-        if fs.f_type as i64 == TMPFS_MAGIC {
-            eprintln!("skipped: {} is on tmpfs, whose pages are the file itself", dir.path().display());
-            return;
-        }
+        let dir = disk_backed_dir();
+        eprintln!("checking the page cache in {}", dir.path().display());
         let seg = Segment::active(dir.path(), 0, true, &FileCache::new(4)).expect("open");
         let total = CACHED_TAIL_BYTES + 24 * 1024 * 1024;
         let mut len = 0;

@@ -162,6 +162,27 @@ async fn torn_tail_is_truncated_on_recovery_and_appends_continue() {
     assert_eq!(strata_record::verify(&read.batches[0]).expect("valid").log_index, 10);
 }
 
+/// Found by fuzzing segment recovery (fuzz/corpus/segment/regression-
+/// last-offsets): a log that goes on near u64::MAX (a crafted segment file,
+/// or a snapshot's next offset) panicked on an append past the last offset.
+/// What fits is appended; what does not is refused, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_past_the_last_offset_are_refused() {
+    let fx = Fixture::new();
+    let (db, log) = fx.open(LogConfig::default());
+    log.reset_to_empty(u64::MAX - 5).await.expect("reset");
+    let info = log.append(batch(5, 1, "last")).await.expect("the last offsets fit");
+    assert_eq!(info.base_offset, u64::MAX - 5);
+    assert_eq!(log.high_watermark(), u64::MAX);
+    let err = log.append(batch(1, 1, "past")).await.expect_err("no offset left");
+    assert!(matches!(err, StorageError::InvalidBatch(strata_record::FormatError::OffsetOverflow { .. })), "{err}");
+    close(db, log).await;
+    let (_db, log) = fx.open(LogConfig::default());
+    assert_eq!(log.status().failure, None);
+    assert_eq!(log.high_watermark(), u64::MAX);
+    assert_eq!(read_all(&log, u64::MAX - 5).await.len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_middle_batch_makes_the_partition_refuse_to_serve() {
     let fx = Fixture::new();

@@ -154,6 +154,15 @@ fn group_consume_commits_describe_shows_lag_and_reset_replays() {
     // Reset: a dry run commits nothing; then replay from offset 1.
     let dry = ok(s, &["group", "reset", "g", "--topic", "jobs", "--to", "1", "--dry-run"], "");
     assert!(dry.contains("dry run"), "{dry}");
+    let planned: Vec<Vec<&str>> = dry
+        .lines()
+        .map(|l| l.split(|c: char| c.is_whitespace() || c == '|' || c == '│').filter(|w| !w.is_empty()).collect())
+        .filter(|w: &Vec<&str>| w.first() == Some(&"jobs"))
+        .collect();
+    assert_eq!(planned, vec![vec!["jobs", "0", "1"]], "the dry run shows the offset it would commit: {dry}");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(s, &["group", "describe", "g", "--format", "json"], "")).expect("json");
+    assert_eq!(d["partitions"][0]["committed"], 4, "the dry run committed: {d}");
     ok(s, &["group", "reset", "g", "--topic", "jobs", "--to", "1"], "");
     assert_eq!(ok(s, &["consume", "jobs", "--group", "g", "-n", "3"], ""), "two\nthree\nfour\n");
     let bad = strata(s, &["group", "reset", "g", "--topic", "jobs", "--to", "yesterday"], "");

@@ -174,12 +174,14 @@ mod tests {
         list.iter().map(|(t, p)| ((*t).to_owned(), *p)).collect()
     }
 
-    /// Every subscribed partition exactly once, to a subscriber.
+    /// Every subscribed partition exactly once, to a subscriber, and
+    /// nothing that does not exist.
     fn check_complete(a: &Assignment, m: &BTreeMap<String, BTreeSet<String>>, p: &BTreeMap<String, u32>) {
         let mut seen = BTreeSet::new();
         for (id, set) in a {
             for tp in set {
                 assert!(m[id].contains(&tp.0), "{id} got {tp:?} without subscribing");
+                assert!(p.get(&tp.0).is_some_and(|n| tp.1 < *n), "{id} got {tp:?}, which does not exist");
                 assert!(seen.insert(tp.clone()), "{tp:?} given twice");
             }
         }
@@ -263,6 +265,8 @@ mod tests {
         check_complete(&after, &m, &p);
         assert_eq!(spread(&after), 0);
         for id in ["a", "b"] {
+            assert!(before[id].iter().any(|tp| tp.0 == "u"), "{id} held a partition of u before");
+            assert!(after[id].iter().all(|tp| tp.0 != "u"), "{id} kept a partition of the deleted topic u");
             let kept: BTreeSet<Tp> = before[id].iter().filter(|tp| tp.0 == "t").cloned().collect();
             assert!(kept.is_subset(&after[id]), "{id} lost a partition of t");
         }

@@ -824,9 +824,32 @@ impl Coordinator {
     }
 }
 
+/// Why a batch of the groups topic cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("a batch that does not decode: {0}")]
+    Batch(#[from] strata_record::FormatError),
+    #[error("offset {offset}: a group record that does not parse: {source}")]
+    Entry { offset: u64, source: serde_json::Error },
+}
+
+/// The group changes a batch of the groups topic holds, from offset `from`
+/// on, as (offset, group, change): what a coordinator reads when it loads
+/// its partition.
+pub fn decode_entries(batch: &bytes::Bytes, from: u64) -> Result<Vec<(u64, String, Entry)>, RecordError> {
+    let mut out = Vec::new();
+    for record in strata_record::decode(batch)?.into_iter().filter(|r| r.offset >= from) {
+        let group = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+        let entry = serde_json::from_slice(&record.value)
+            .map_err(|source| RecordError::Entry { offset: record.offset, source })?;
+        out.push((record.offset, group, entry));
+    }
+    Ok(out)
+}
+
 impl ShardState {
     /// Applies one committed entry.
-    fn apply(&mut self, group: &str, entry: Entry) {
+    pub fn apply(&mut self, group: &str, entry: Entry) {
         match entry {
             Entry::Consumer { state } => {
                 self.consumer.insert(group.to_owned(), state);

@@ -464,6 +464,14 @@ impl PartitionLog {
             }
         };
         let at = strata_record::Placement { base_offset: submit.next_offset, term: id.term, log_index: id.index };
+        // The log's offsets end at u64::MAX (reached only through a crafted
+        // segment file, found by fuzzing): a batch that does not fit is refused.
+        let next_offset = at.base_offset.checked_add(u64::from(header.offset_count())).ok_or(
+            StorageError::InvalidBatch(strata_record::FormatError::OffsetOverflow {
+                base_offset: at.base_offset,
+                record_count: header.record_count,
+            }),
+        )?;
         let stamped = strata_record::Placement::of(&header);
         let batch = if stamped == at {
             batch // a follower's copy of the leader's batch is stamped already
@@ -482,7 +490,6 @@ impl PartitionLog {
             strata_record::stamp(&mut b, at);
             b.freeze()
         };
-        let next_offset = submit.next_offset + u64::from(header.offset_count());
         // Room in the queue first: from here to the send nothing awaits, so
         // a cancelled submit leaves no trace.
         let permit = self.tx.reserve().await.map_err(|_| StorageError::ShuttingDown)?;
