@@ -183,6 +183,27 @@ async fn appends_past_the_last_offset_are_refused() {
     assert_eq!(read_all(&log, u64::MAX - 5).await.len(), 5);
 }
 
+/// Found by fuzzing segment recovery (fuzz/corpus/segment/regression-
+/// last-entry-index): a segment whose last batch is Raft entry u64::MAX
+/// recovered, and the next append panicked computing the next index. No
+/// entry can follow it: appends are refused as out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_after_the_last_entry_index_are_refused() {
+    let fx = Fixture::new();
+    let (db, log) = fx.open(LogConfig::default());
+    let last = strata_storage::EntryId { term: 2, index: u64::MAX };
+    log.submit_entry(batch(1, 1, "last"), last).await.expect("submit").wait().await.expect("durable");
+    close(db, log).await;
+    let (_db, log) = fx.open(LogConfig::default());
+    assert_eq!(log.last_entry(), Some(last));
+    let err = log.append(batch(1, 1, "next")).await.expect_err("no index left");
+    assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+    let next = strata_storage::EntryId { term: 3, index: 0 };
+    let err = log.submit_entry(batch(1, 1, "wrapped"), next).await.expect_err("no index left");
+    assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+    assert_eq!(read_all(&log, 0).await.len(), 1, "nothing was written");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_middle_batch_makes_the_partition_refuse_to_serve() {
     let fx = Fixture::new();
