@@ -162,9 +162,10 @@ async fn torn_tail_is_truncated_on_recovery_and_appends_continue() {
     assert_eq!(strata_record::verify(&read.batches[0]).expect("valid").log_index, 10);
 }
 
-/// Found by fuzzing segment recovery (fuzz/corpus/segment/regression-
-/// last-offsets): a log that goes on near u64::MAX (a crafted segment file,
-/// or a snapshot's next offset) panicked on an append past the last offset.
+/// Found with the segment-recovery fuzz harness, on a hand-made input
+/// (fuzz/corpus/segment/regression-last-offsets): a log that goes on near
+/// u64::MAX (a crafted segment file, or a snapshot's next offset) panicked
+/// on an append past the last offset.
 /// What fits is appended; what does not is refused, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_past_the_last_offset_are_refused() {
