@@ -64,7 +64,9 @@ pub fn run(data: &[u8]) -> bool {
         u64::from_le_bytes(b)
     };
     let base = if flags & 2 != 0 { field(1..9) } else { 0 };
-    let active_base = (flags & 4 != 0).then(|| base.saturating_add(field(9..11)).max(base.saturating_add(1)));
+    // After the sealed segment: never its own name (base u64::MAX has none after it).
+    let active_base =
+        (flags & 4 != 0).then(|| base.saturating_add(field(9..11)).max(base.saturating_add(1))).filter(|b| *b != base);
     let mut file = data.get(SETTINGS..).unwrap_or_default().to_vec();
     if flags & 1 != 0 {
         fix_checksums(&mut file);
@@ -129,13 +131,15 @@ async fn recover(scratch: &env::Scratch, base: u64, active_base: Option<u64>, fi
         }],
         Compression::None,
     );
-    let appended = match hw.checked_add(1) {
-        // No room for one more offset: the append must be refused, not wrap.
-        None => {
-            assert!(log.append(batch).await.is_err(), "an append past the last offset was accepted");
+    // No room for one more offset, or no index after the last entry's: the
+    // append must be refused, not wrap.
+    let room = hw < u64::MAX && log.last_entry().is_none_or(|e| e.index < u64::MAX);
+    let appended = match room {
+        false => {
+            assert!(log.append(batch).await.is_err(), "an append past the last offset or index was accepted");
             false
         }
-        Some(_) => {
+        true => {
             let info = log.append(batch).await.unwrap_or_else(|e| panic!("append after recovery failed: {e}"));
             assert_eq!(info.base_offset, hw, "the append did not land at the high watermark");
             assert_eq!(log.high_watermark(), hw + 1);

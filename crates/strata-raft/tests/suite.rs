@@ -78,7 +78,7 @@ async fn a_saved_commit_point_is_trusted_only_when_the_log_holds_that_entry() {
     assert_eq!(store.read_committed().await.expect("read"), None);
 }
 
-/// Found by fuzzing the snapshot metadata a peer sends
+/// Found with the snapshot-metadata fuzz harness, on a hand-made input
 /// (fuzz/corpus/snapshot/regression-last-index): installing a snapshot whose
 /// last entry is at index u64::MAX panicked on the overflow of the next
 /// index. It is refused, and the log is left as it was.

@@ -162,9 +162,10 @@ async fn torn_tail_is_truncated_on_recovery_and_appends_continue() {
     assert_eq!(strata_record::verify(&read.batches[0]).expect("valid").log_index, 10);
 }
 
-/// Found by fuzzing segment recovery (fuzz/corpus/segment/regression-
-/// last-offsets): a log that goes on near u64::MAX (a crafted segment file,
-/// or a snapshot's next offset) panicked on an append past the last offset.
+/// Found with the segment-recovery fuzz harness, on a hand-made input
+/// (fuzz/corpus/segment/regression-last-offsets): a log that goes on near
+/// u64::MAX (a crafted segment file, or a snapshot's next offset) panicked
+/// on an append past the last offset.
 /// What fits is appended; what does not is refused, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_past_the_last_offset_are_refused() {
@@ -181,6 +182,27 @@ async fn appends_past_the_last_offset_are_refused() {
     assert_eq!(log.status().failure, None);
     assert_eq!(log.high_watermark(), u64::MAX);
     assert_eq!(read_all(&log, u64::MAX - 5).await.len(), 5);
+}
+
+/// Found by fuzzing segment recovery (fuzz/corpus/segment/regression-
+/// last-entry-index): a segment whose last batch is Raft entry u64::MAX
+/// recovered, and the next append panicked computing the next index. No
+/// entry can follow it: appends are refused as out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_after_the_last_entry_index_are_refused() {
+    let fx = Fixture::new();
+    let (db, log) = fx.open(LogConfig::default());
+    let last = strata_storage::EntryId { term: 2, index: u64::MAX };
+    log.submit_entry(batch(1, 1, "last"), last).await.expect("submit").wait().await.expect("durable");
+    close(db, log).await;
+    let (_db, log) = fx.open(LogConfig::default());
+    assert_eq!(log.last_entry(), Some(last));
+    let err = log.append(batch(1, 1, "next")).await.expect_err("no index left");
+    assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+    let next = strata_storage::EntryId { term: 3, index: 0 };
+    let err = log.submit_entry(batch(1, 1, "wrapped"), next).await.expect_err("no index left");
+    assert!(matches!(err, StorageError::EntryOutOfOrder { .. }), "{err}");
+    assert_eq!(read_all(&log, 0).await.len(), 1, "nothing was written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -442,23 +442,31 @@ impl PartitionLog {
         self.inner.check_failed()?;
         let submitted = self.inner.progress.borrow().written;
         let tail = self.inner.tail(submitted);
-        let next_of =
-            |l: Option<EntryId>| l.map_or(EntryId { term: 0, index: 0 }, |l| EntryId { index: l.index + 1, ..l });
+        // No entry follows one at index u64::MAX (a crafted segment file can
+        // hold one; found by fuzzing): such an append is out of order.
+        let out_of_order = |id: EntryId| StorageError::EntryOutOfOrder {
+            topic: self.inner.topic.clone(),
+            partition: self.inner.partition,
+            term: id.term,
+            index: id.index,
+            last: tail.map_or("(none)".into(), |l| format!("(term {}, index {})", l.term, l.index)),
+        };
         let id = match id {
             // Without consensus each batch is the next entry of the same term.
-            None => next_of(tail),
+            None => match tail {
+                None => EntryId { term: 0, index: 0 },
+                Some(l) => {
+                    let index = l.index.checked_add(1).ok_or_else(|| out_of_order(l))?;
+                    EntryId { index, ..l }
+                }
+            },
             Some(id) => {
                 // A log that holds no entry (new, or purged past its end by a
                 // snapshot) may start at any entry.
-                let follows = submitted.is_none() || tail.is_none_or(|l| id.index == l.index + 1 && id.term >= l.term);
+                let follows = submitted.is_none()
+                    || tail.is_none_or(|l| l.index.checked_add(1) == Some(id.index) && id.term >= l.term);
                 if !follows {
-                    return Err(StorageError::EntryOutOfOrder {
-                        topic: self.inner.topic.clone(),
-                        partition: self.inner.partition,
-                        term: id.term,
-                        index: id.index,
-                        last: tail.map_or("(none)".into(), |l| format!("(term {}, index {})", l.term, l.index)),
-                    });
+                    return Err(out_of_order(id));
                 }
                 id
             }
