@@ -7,6 +7,11 @@
 //! would only make the test slow). A `strata consume` without `-n` tails, as
 //! it would in a newcomer's shell: it must print a record, and then end with
 //! status 0 on Ctrl-C (SIGINT to its process group, as a terminal sends it).
+//!
+//! The README's three-node example ("Running a cluster") runs as one shell
+//! script, as written, but for its ports (free ones instead of 7101-7103 and
+//! 7201-7203): certificates made with `strata certs`, three servers, a
+//! replicated topic described from another node.
 
 mod common;
 
@@ -181,4 +186,56 @@ fn quick_start_lines_are_found_and_adapted() {
     );
     assert_eq!(shortened(&lines[4]), "strata bench produce --duration 2s --batch 4");
     assert_eq!(lines.iter().map(|l| tails(l)).collect::<Vec<_>>(), [false, false, true, false, false]);
+}
+
+/// The code block of the README's three-node example.
+fn cluster_example(readme: &str) -> String {
+    let (_, after) = readme.split_once("nodes on one machine:").expect("the README has a three-node example");
+    let (_, fence) = after.split_once("```").expect("a code block after the three-node example's text");
+    let (_, body) = fence.split_once('\n').expect("a code block with lines");
+    let (block, _) = body.split_once("```").expect("the code block ends");
+    block.to_owned()
+}
+
+#[test]
+fn the_readme_cluster_example_runs_as_written() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+    let mut script = cluster_example(&readme);
+    let ports = common::free_ports(6);
+    for i in 0..3 {
+        for (fixed, free) in [(7101 + i, ports[i]), (7201 + i, ports[3 + i])] {
+            assert!(script.contains(&fixed.to_string()), "the example uses port {fixed}");
+            script = script.replace(&fixed.to_string(), &free.to_string());
+        }
+    }
+    eprintln!("README cluster example, on free ports:\n{script}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let log = dir.path().join("out.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let child = Command::new("sh")
+        .args(["-e", "-c", &script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("spawn sh");
+    // The script ends after its last line; the servers it started in the
+    // background run on in its process group until stopped here.
+    let pgid = child.id();
+    let status = wait_exit(child, "the README's cluster example");
+    signal_group(pgid, "TERM");
+    let output = std::fs::read_to_string(&log).expect("read the log");
+    eprintln!("{output}");
+    assert!(status.success(), "the README's cluster example failed ({status}):\n{output}");
+    assert!(output.contains("orders"), "topic describe printed the topic:\n{output}");
+    for id in 1..=3 {
+        assert!(dir.path().join(format!("tls/node-{id}.crt")).exists(), "node {id}'s certificate");
+    }
 }
