@@ -237,10 +237,11 @@ def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=Fa
     if insecure_cluster:
         security = ["--insecure-cluster"]
     else:
-        subprocess.run([strata, "certs", "ca", "--dir", tls, "--force"], check=True, stdout=subprocess.DEVNULL)
+        ca = os.path.join(workdir, "ca")
+        subprocess.run([strata, "certs", "ca", "--dir", ca, "--force"], check=True, stdout=subprocess.DEVNULL)
         for i in range(n):
-            subprocess.run([strata, "certs", "node", "--node-id", str(i + 1), "--dir", tls, "--force"],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([strata, "certs", "node", "--node-id", str(i + 1), "--ca-dir", ca, "--dir", tls,
+                            "--force"], check=True, stdout=subprocess.DEVNULL)
         security = ["--cluster-tls-dir", tls]
     procs = []
     try:

@@ -45,8 +45,9 @@ pub struct Cluster {
     dir: PathBuf,
 }
 
-/// A CA and the certificates of nodes 1..=n in `dir`, made with the strata
-/// binary under test (`strata certs`), as an operator would.
+/// A CA (beside `dir`, in `ca`) and the certificates of nodes 1..=n in
+/// `dir`, made with the strata binary under test (`strata certs`), as an
+/// operator would.
 fn make_certs(strata: &Path, dir: &Path, n: u32) -> anyhow::Result<()> {
     let d = dir.to_str().context("the run's folder is not UTF-8")?;
     let run_certs = |args: &[&str]| -> anyhow::Result<()> {
@@ -56,9 +57,14 @@ fn make_certs(strata: &Path, dir: &Path, n: u32) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    run_certs(&["ca"])?;
+    let ca = dir.with_file_name("ca");
+    let ca = ca.to_str().context("the run's folder is not UTF-8")?;
+    let out = std::process::Command::new(strata).args(["certs", "ca", "--dir", ca, "--force"]).output()?;
+    if !out.status.success() {
+        bail!("strata certs ca failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
     for id in 1..=n {
-        run_certs(&["node", "--node-id", &id.to_string()])?;
+        run_certs(&["node", "--node-id", &id.to_string(), "--ca-dir", ca])?;
     }
     Ok(())
 }

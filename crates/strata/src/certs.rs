@@ -25,13 +25,18 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue node ID's certificate from DIR's CA: DIR/node-ID.crt and
-    /// DIR/node-ID.key (it names the node as node-ID.strata.internal).
+    /// Issue node ID's certificate from the CA in --ca-dir: DIR/node-ID.crt
+    /// and DIR/node-ID.key (it names the node as node-ID.strata.internal),
+    /// and DIR/ca.crt if missing. Keep --ca-dir apart from DIR: DIR is what
+    /// a node reads (--cluster-tls-dir), and the CA key must not reach it.
     Node {
         #[arg(long)]
         node_id: u64,
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
+        /// Where the CA's files are (default: DIR).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         /// Extra host names or IP addresses for the certificate (repeat or
         /// comma-separate).
         #[arg(long, value_delimiter = ',')]
@@ -49,6 +54,9 @@ pub enum CertsCommand {
         name: String,
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
+        /// Where the CA's files are (default: DIR).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 365)]
         days: u32,
         #[arg(long)]
@@ -62,15 +70,16 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             let (cert, key) = Authority::create(days)?.issued().write(&dir, "ca", force)?;
             println!("wrote {} and {} (keep the key safe)", cert.display(), key.display());
         }
-        CertsCommand::Node { node_id, dir, host, days, force } => {
-            let (cert, key) = issue_node(&dir, node_id, &host, days, force)?;
+        CertsCommand::Node { node_id, dir, ca_dir, host, days, force } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| dir.clone());
+            let (cert, key) = issue_node(&ca_dir, &dir, node_id, &host, days, force)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
-        CertsCommand::Client { name, dir, days, force } => {
+        CertsCommand::Client { name, dir, ca_dir, days, force } => {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
                 anyhow::bail!("a client name is letters, digits, '.', '_' and '-' (it names the files), not {name:?}");
             }
-            let ca = Authority::load_dir(&dir)?;
+            let ca = Authority::load_dir(ca_dir.as_deref().unwrap_or(&dir))?;
             let (cert, key) = ca.client(&name, days)?.write(&dir, &format!("client-{name}"), force)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
@@ -78,25 +87,38 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issues node `id`'s certificate from the CA in `dir` into `dir`.
-pub fn issue_node(dir: &Path, id: u64, hosts: &[String], days: u32, force: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Issues node `id`'s certificate from the CA in `ca_dir` into `dir`, with
+/// the CA's certificate (not its key) beside it.
+pub fn issue_node(
+    ca_dir: &Path,
+    dir: &Path,
+    id: u64,
+    hosts: &[String],
+    days: u32,
+    force: bool,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     if id == 0 {
         anyhow::bail!("node ids start at 1");
     }
-    let ca = Authority::load_dir(dir)
-        .with_context(|| format!("no CA in {} (make one with `strata certs ca`)", dir.display()))?;
-    Ok(ca.node(id, hosts, days)?.write(dir, &node_stem(id), force)?)
+    let ca = Authority::load_dir(ca_dir)
+        .with_context(|| format!("no CA in {} (make one with `strata certs ca`)", ca_dir.display()))?;
+    let written = ca.node(id, hosts, days)?.write(dir, &node_stem(id), force)?;
+    let ca_cert = dir.join("ca.crt");
+    if !ca_cert.exists() {
+        std::fs::write(&ca_cert, ca.cert_pem()).with_context(|| format!("cannot write {}", ca_cert.display()))?;
+    }
+    Ok(written)
 }
 
-/// A CA and certificates for nodes 1..=n in `dir`, made if missing (what
-/// `strata dev` runs on).
-pub fn ensure_dev_certs(dir: &Path, n: u16) -> anyhow::Result<()> {
-    if !dir.join("ca.crt").exists() {
-        Authority::create(3650)?.issued().write(dir, "ca", false)?;
+/// A CA in `ca_dir` and certificates for nodes 1..=n in `dir`, made if
+/// missing (what `strata dev` runs on).
+pub fn ensure_dev_certs(ca_dir: &Path, dir: &Path, n: u16) -> anyhow::Result<()> {
+    if !ca_dir.join("ca.crt").exists() {
+        Authority::create(3650)?.issued().write(ca_dir, "ca", false)?;
     }
     for id in 1..=u64::from(n) {
         if !dir.join(format!("{}.crt", node_stem(id))).exists() {
-            issue_node(dir, id, &["localhost".into(), "127.0.0.1".into()], 825, true)?;
+            issue_node(ca_dir, dir, id, &["localhost".into(), "127.0.0.1".into()], 825, true)?;
         }
     }
     Ok(())

@@ -202,7 +202,8 @@ impl LocalCluster {
     /// Starts `n` nodes (node i's client listener on `base_port + i - 1`,
     /// its cluster listener on `cluster_base_port + i - 1`, data in
     /// `data_dir/node-i`, its log in `data_dir/node-i.log`, certificates in
-    /// `data_dir/tls`, made on the first start) and returns once every node
+    /// `data_dir/tls`, from a CA kept in `data_dir/ca`, made on the first
+    /// start) and returns once every node
     /// accepts connections.
     pub async fn start(
         n: u16,
@@ -223,7 +224,7 @@ impl LocalCluster {
             bail!("the client ports {clients:?} and the cluster ports {cluster:?} overlap");
         }
         let exe = std::env::current_exe().context("cannot find the strata binary")?;
-        crate::certs::ensure_dev_certs(&data_dir.join("tls"), n)?;
+        crate::certs::ensure_dev_certs(&data_dir.join("ca"), &data_dir.join("tls"), n)?;
         let peers: Vec<String> = (1..=n).map(|i| format!("{i}=127.0.0.1:{}", cluster_base_port + i - 1)).collect();
         let mut cluster = Self {
             exe,

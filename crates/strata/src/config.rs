@@ -113,6 +113,14 @@ impl ServerConfig {
             (_, true, false) | (false, false, false) => strata_server::ClusterSecurity::Insecure,
             (_, false, true) => {
                 let [ca, cert, key] = self.cluster_tls.files(self.node_id)?;
+                if let Some(ca_key) = cert.parent().map(|d| d.join("ca.key")).filter(|k| k.exists()) {
+                    tracing::warn!(
+                        "{} (the cluster CA's key) sits beside this node's certificate: whoever can read this \
+                         node's files can make node certificates; keep the CA's key off the nodes \
+                         (`strata certs node --ca-dir`)",
+                        ca_key.display()
+                    );
+                }
                 strata_server::ClusterSecurity::Mutual(strata_tls::NodeTls::load(self.node_id, &ca, &cert, &key)?)
             }
             (true, false, false) => bail!(

@@ -214,8 +214,10 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
-    let node_config = config.node_config()?;
+    // Logging first: loading the configuration may warn (e.g. the CA's key
+    // beside the node's certificate).
     init_logging(&config.log_format, &config.log_level);
+    let node_config = config.node_config()?;
     let insecure = config.insecure_cluster && node_config.cluster.is_some();
     let node = strata_server::Node::start(node_config).await?;
     let cluster = match node.cluster_addr() {

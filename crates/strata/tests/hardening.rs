@@ -143,7 +143,18 @@ async fn the_internal_service_is_out_of_reach_without_a_node_certificate() {
     // TLS without a certificate, with a client certificate, with another
     // CA's node certificate: the handshake fails (tonic may report it at
     // connect or at the first call).
-    common::run_ok(&["certs", "client", "--name", "mallory", "--dir", tls.to_str().expect("utf-8")]);
+    let ca_dir = cluster.ports.ca_dir();
+    let ca_dir = ca_dir.to_str().expect("utf-8");
+    common::run_ok(&[
+        "certs",
+        "client",
+        "--name",
+        "mallory",
+        "--ca-dir",
+        ca_dir,
+        "--dir",
+        tls.to_str().expect("utf-8"),
+    ]);
     let other = tempfile::tempdir().expect("tempdir");
     let other_dir = other.path().to_str().expect("utf-8");
     common::run_ok(&["certs", "ca", "--dir", other_dir]);

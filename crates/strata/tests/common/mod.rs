@@ -38,11 +38,14 @@ pub struct ClusterPorts {
 impl ClusterPorts {
     pub fn new(n: usize) -> Self {
         let ports = free_ports(2 * n);
+        // The CA in `ca/`, what nodes read in `node/` (as an operator keeps
+        // the CA's key off the nodes).
         let tls = tempfile::tempdir().expect("tempdir");
-        let dir = tls.path().to_str().expect("utf-8 path").to_owned();
-        run_ok(&["certs", "ca", "--dir", &dir]);
+        let ca = tls.path().join("ca").to_str().expect("utf-8 path").to_owned();
+        let dir = tls.path().join("node").to_str().expect("utf-8 path").to_owned();
+        run_ok(&["certs", "ca", "--dir", &ca]);
         for id in 1..=n {
-            run_ok(&["certs", "node", "--node-id", &id.to_string(), "--dir", &dir]);
+            run_ok(&["certs", "node", "--node-id", &id.to_string(), "--ca-dir", &ca, "--dir", &dir]);
         }
         Self { client: ports[..n].to_vec(), cluster: ports[n..].to_vec(), tls: std::sync::Arc::new(tls) }
     }
@@ -71,9 +74,14 @@ impl ClusterPorts {
         (1..=self.len() as u64).map(|id| format!("{id}={}", self.cluster_addr(id))).collect::<Vec<_>>().join(",")
     }
 
-    /// The certificate folder (ca.crt, node-ID.crt, node-ID.key).
-    pub fn tls_dir(&self) -> &Path {
-        self.tls.path()
+    /// The nodes' certificate folder (ca.crt, node-ID.crt, node-ID.key).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls.path().join("node")
+    }
+
+    /// The CA's folder (ca.crt, ca.key).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.tls.path().join("ca")
     }
 
     /// `strata server` arguments of node `id` (without `--data-dir`).
