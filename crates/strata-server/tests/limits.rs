@@ -15,6 +15,44 @@ use strata_record::{BatchBuilder, Compression, HEADER_LEN};
 use strata_server::{LogConfig, Node, NodeConfig, StorageLimits};
 use tonic::Code;
 
+/// The tests of this file run one at a time, so that each can compare the
+/// process's (the node's) footprint before and after.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The process's resident memory (KiB) and open file descriptors.
+fn footprint() -> (u64, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    (rss, std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count())
+}
+
+/// No unbounded growth since `before`: resident memory within 128 MiB of
+/// it (a refused request must not have been inflated or kept), and open
+/// file descriptors within 32 of it (the active segments of the topics a
+/// test creates stay open: the groups topic has 8 partitions).
+async fn bounded(before: (u64, usize)) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rss, fds) = footprint();
+        if rss <= before.0 + 128 * 1024 && fds <= before.1 + 32 {
+            eprintln!("footprint: RSS {} -> {rss} KiB, fds {} -> {fds}", before.0, before.1);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node grew: RSS {} -> {rss} KiB, open fds {} -> {fds}",
+            before.0,
+            before.1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn start(dir: &Path) -> (Node, Client) {
     let node = Node::start(NodeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -66,8 +104,10 @@ async fn still_serving(client: &Client, topic: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_floors_hold_on_create_and_alter() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     let floor = strata_storage::DEFAULT_MIN_SEGMENT_BYTES;
     let cfg = |bytes: u64, ms: u64| TopicConfig {
         segment_bytes: Some(bytes),
@@ -94,13 +134,16 @@ async fn segment_floors_hold_on_create_and_alter() {
     let config = c.describe_topic("seg").await.expect("describe").config.expect("config");
     assert_eq!((config.segment_bytes, config.segment_ms), (Some(floor), Some(60_000)), "nothing changed");
     still_serving(&c, "seg").await;
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_names_are_short_enough_for_their_directories() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     let longest = "n".repeat(strata_storage::MAX_TOPIC_NAME_LEN);
     assert_eq!(longest.len(), 234);
     let msg = refused(
@@ -123,6 +166,7 @@ async fn topic_names_are_short_enough_for_their_directories() {
         let name = d.expect("entry").file_name();
         assert!(name.len() + 20 - 1 <= 255, "{name:?} could not hold the largest topic id");
     }
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
 
@@ -150,8 +194,10 @@ fn batch_of(payload: usize, random: usize, compression: Compression) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decompression_is_bounded_in_size_and_ratio() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     c.create_topic("z", 1, TopicConfig::default()).await.expect("create");
     // max.message.bytes is 1 MiB: a batch may inflate to 8 MiB.
     let limit = 8 * 1024 * 1024;
@@ -183,13 +229,16 @@ async fn decompression_is_bounded_in_size_and_ratio() {
     let got = c.fetch("z", 0, offset, 0, Duration::ZERO).await.expect("fetch");
     assert_eq!(got.records[0].value.len(), limit - 7);
     still_serving(&c, "z").await;
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoded_fetch_is_bounded_by_max_bytes_in_decoded_records() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     c.create_topic("d", 1, TopicConfig::default()).await.expect("create");
     // 1,000 records of 1 KiB in one zstd batch of a few KB (under 1 MiB
     // decompressed: any ratio goes).
@@ -222,13 +271,16 @@ async fn a_decoded_fetch_is_bounded_by_max_bytes_in_decoded_records() {
         assert!(rounds <= 100, "stuck at {offset}");
     }
     assert!(rounds >= 15, "{rounds} fetches");
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cannot_alter_delete_or_read_the_groups_topic() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     c.create_topic("t", 1, TopicConfig::default()).await.expect("create");
     let offsets = [("t".to_owned(), 0, 0)];
     c.commit_offsets("g", "", 0, &offsets).await.expect("a commit creates the groups topic");
@@ -249,13 +301,16 @@ async fn clients_cannot_alter_delete_or_read_the_groups_topic() {
     assert_eq!(config.retention_ms, Some(-1), "retention stays off");
     let committed = c.fetch_offsets("g", &[]).await.expect("offsets");
     assert_eq!(committed.len(), 1, "the group's offsets are still there");
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_sent_to_clients_name_no_path_of_the_data_directory() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     c.create_topic("c", 1, TopicConfig::default()).await.expect("create");
     for i in 0..3 {
         produce_one(&c, "c", &format!("value-{i}")).await;
@@ -289,13 +344,16 @@ async fn errors_sent_to_clients_name_no_path_of_the_data_directory() {
     assert!(status.starts_with("failed") && !status.contains('/'), "{status}");
     c.create_topic("other", 1, TopicConfig::default()).await.expect("the node serves other topics");
     still_serving(&c, "other").await;
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_identifiers_and_commit_metadata_are_bounded() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, c) = start(dir.path()).await;
+    let before = footprint();
     c.create_topic("t", 1, TopicConfig::default()).await.expect("create");
     let mut groups = pb::groups_client::GroupsClient::connect(url(&node)).await.expect("connect");
     let commit = |member_id: usize, metadata: usize| pb::CommitOffsetsRequest {
@@ -353,5 +411,6 @@ async fn group_identifiers_and_commit_metadata_are_bounded() {
     let ack = pb::ShareAckRequest { group: "q".into(), topic: "t".into(), consumer_id: "c".repeat(256), acks: vec![] };
     status_refused(groups.share_ack(ack).await, Code::InvalidArgument, "consumer_id is 256 bytes");
     still_serving(&c, "t").await;
+    bounded(before).await;
     node.shutdown().await.expect("shutdown");
 }
