@@ -81,6 +81,25 @@ pub struct NodeConfig {
     pub cluster_security: ClusterSecurity,
 }
 
+impl NodeConfig {
+    /// A node alone (no cluster listener) on `listen`, with the default topic
+    /// settings and storage limits, retention checked hourly: what embedding
+    /// and tests start from (`NodeConfig { field: ..., ..NodeConfig::single(..) }`).
+    pub fn single(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            advertised: None,
+            data_dir,
+            defaults: LogConfig::default(),
+            storage: StorageLimits::default(),
+            retention_check_interval: Duration::from_secs(3600),
+            cluster: None,
+            cluster_listen: None,
+            cluster_security: ClusterSecurity::Insecure,
+        }
+    }
+}
+
 /// How the cluster listener and this node's connections to its peers are
 /// secured.
 #[derive(Debug, Clone)]

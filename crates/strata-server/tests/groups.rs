@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_client::proto as pb;
 use strata_client::{Client, GroupConsumerConfig, GroupRecord, ResetTo, TopicConfig};
-use strata_server::{LogConfig, Node, NodeConfig, StorageLimits};
+use strata_server::{Node, NodeConfig, StorageLimits};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -22,16 +22,10 @@ async fn start(dir: &Path) -> (Node, Client) {
 
 async fn start_with_retention_every(dir: &Path, retention_check_interval: Duration) -> (Node, Client) {
     let node = Node::start(NodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.to_owned(),
-        defaults: LogConfig::default(),
         // Retention tests use 4 KiB segments, below the default floor.
         storage: StorageLimits { min_segment_bytes: 4096, ..StorageLimits::default() },
         retention_check_interval,
-        cluster: None,
-        advertised: None,
-        cluster_listen: None,
-        cluster_security: strata_server::ClusterSecurity::Insecure,
+        ..NodeConfig::single("127.0.0.1:0".parse().expect("addr"), dir.to_owned())
     })
     .await
     .expect("node starts");

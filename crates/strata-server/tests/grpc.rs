@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use strata_client::proto as pb;
 use strata_client::{Acks, Client, Compression, PartitionConsumer, ProducerConfig, Record, StartOffset, TopicConfig};
-use strata_server::{LogConfig, Node, NodeConfig, StorageLimits};
+use strata_server::{LogConfig, Node, NodeConfig};
 use tonic::Code;
 
 struct TestNode {
@@ -19,19 +19,9 @@ struct TestNode {
 
 async fn start() -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::start(NodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_owned(),
-        defaults: LogConfig::default(),
-        storage: StorageLimits::default(),
-        retention_check_interval: Duration::from_secs(3600),
-        cluster: None,
-        advertised: None,
-        cluster_listen: None,
-        cluster_security: strata_server::ClusterSecurity::Insecure,
-    })
-    .await
-    .expect("node starts");
+    let node = Node::start(NodeConfig::single("127.0.0.1:0".parse().expect("addr"), dir.path().to_owned()))
+        .await
+        .expect("node starts");
     let client = Client::connect(&node.addr().to_string()).await.expect("connect");
     TestNode { node, client, _dir: dir }
 }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use strata_client::proto as pb;
 use strata_client::{Client, ClientError, TopicConfig};
 use strata_record::{BatchBuilder, Compression, HEADER_LEN};
-use strata_server::{LogConfig, Node, NodeConfig, StorageLimits};
+use strata_server::{LogConfig, Node, NodeConfig};
 use tonic::Code;
 
 /// The tests of this file run one at a time, so that each can compare the
@@ -54,19 +54,9 @@ async fn bounded(before: (u64, usize)) {
 }
 
 async fn start(dir: &Path) -> (Node, Client) {
-    let node = Node::start(NodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.to_owned(),
-        defaults: LogConfig::default(),
-        storage: StorageLimits::default(),
-        retention_check_interval: Duration::from_secs(3600),
-        cluster: None,
-        advertised: None,
-        cluster_listen: None,
-        cluster_security: strata_server::ClusterSecurity::Insecure,
-    })
-    .await
-    .expect("node starts");
+    let node = Node::start(NodeConfig::single("127.0.0.1:0".parse().expect("addr"), dir.to_owned()))
+        .await
+        .expect("node starts");
     let client = Client::connect(&node.addr().to_string()).await.expect("connect");
     (node, client)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use strata_client::Client;
 use strata_server::incoming::{FIRST_BYTES_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS};
-use strata_server::{ClusterSecurity, LogConfig, Node, NodeConfig, StorageLimits};
+use strata_server::{Node, NodeConfig};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
@@ -37,19 +37,9 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_bounds_are_closed_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::start(NodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertised: None,
-        data_dir: dir.path().to_owned(),
-        defaults: LogConfig::default(),
-        storage: StorageLimits::default(),
-        retention_check_interval: Duration::from_secs(3600),
-        cluster: None,
-        cluster_listen: None,
-        cluster_security: ClusterSecurity::Insecure,
-    })
-    .await
-    .expect("node starts");
+    let node = Node::start(NodeConfig::single("127.0.0.1:0".parse().expect("addr"), dir.path().to_owned()))
+        .await
+        .expect("node starts");
     let addr = node.addr();
     let before = open_fds();
 

@@ -21,14 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, ClusterPorts, ServerProcess, free_ports};
+use common::{BIN, ClusterPorts, ServerProcess, WAIT, eventually, free_ports, leader_of};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Acks, Client, Compression, Record, TopicConfig};
 use tokio::sync::watch;
 
 const PARTITIONS: u32 = 2;
-/// Every wait is bounded by this.
-const WAIT: Duration = Duration::from_secs(60);
 
 fn seed() -> u64 {
     std::env::var("STRATA_TEST_SEED")
@@ -92,32 +90,6 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let node = ServerProcess::start_node_with(&Self::dir_of(&self._dir, id), id, &self.ports, &self.env);
         self.nodes[id as usize - 1] = Some(node);
-    }
-}
-
-/// Polls `check` until it is true, at most [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn leader_of(client: &Client, topic: &str, partition: u32) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let meta = client.metadata(&[topic]).await;
-        let leader = meta.ok().and_then(|m| m.topics.first().map(|t| t.partitions[partition as usize].leader));
-        match leader {
-            Some(l) if l != 0 => return l,
-            _ => assert!(Instant::now() < deadline, "no leader of partition {partition} after {WAIT:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -28,14 +28,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, ClusterPorts, ServerProcess};
+use common::{BIN, ClusterPorts, ServerProcess, WAIT, eventually, leader_of};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Client, ProducerConfig, Record, TopicConfig};
 
 const PARTITIONS: u32 = 3;
-/// Every wait is bounded by this.
-const WAIT: Duration = Duration::from_secs(60);
 
 fn seed() -> u64 {
     let seed = std::env::var("STRATA_TEST_SEED")
@@ -89,33 +87,6 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let dir = self.dir.path().join(format!("node-{id}"));
         self.nodes[id as usize - 1] = Some(ServerProcess::start_node(&dir, id, &self.ports));
-    }
-}
-
-/// Polls `check` until it is true, at most [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The leader of partition `p`, once one is known.
-async fn leader_of(client: &Client, topic: &str, p: u32) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let meta = client.metadata(&[topic]).await;
-        let leader = meta.ok().and_then(|m| m.topics.first().map(|t| t.partitions[p as usize].leader));
-        match leader {
-            Some(l) if l != 0 => return l,
-            _ => assert!(Instant::now() < deadline, "no leader of {topic}/{p} after {WAIT:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -19,13 +19,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ClusterPorts, ServerProcess};
+use common::{ClusterPorts, ServerProcess, WAIT, leader_of};
 use futures::StreamExt;
 use strata_client::{Client, Compression, Record, StartOffset, TopicConfig};
 use strata_proto::internal as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-const WAIT: Duration = Duration::from_secs(60);
 const RECORDS: usize = 30;
 
 struct Cluster {
@@ -314,15 +313,7 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
         cluster.restart(id);
     }
     let admin = Client::connect(&cluster.ports.bootstrap()).await.expect("connect");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let meta = admin.metadata(&["precious"]).await;
-        if meta.is_ok_and(|m| m.topics.first().is_some_and(|t| t.partitions[0].leader != 0)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no leader after the restart");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    leader_of(&admin, "precious", 0).await;
     admin.produce_batch("precious", 0, record("restarted")).await.expect("produce after the restart");
     acked.push("restarted".into());
     for id in 1..=3 {

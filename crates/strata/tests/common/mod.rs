@@ -11,6 +11,37 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
 
+/// How long the cluster tests wait for any one condition.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it is true, at most [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader of partition `p` of `topic`, once one is known (at most
+/// [`WAIT`]).
+pub async fn leader_of(client: &strata_client::Client, topic: &str, p: u32) -> u64 {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let meta = client.metadata(&[topic]).await;
+        let leader = meta.ok().and_then(|m| m.topics.first().map(|t| t.partitions[p as usize].leader));
+        match leader {
+            Some(l) if l != 0 => return l,
+            _ => assert!(std::time::Instant::now() < deadline, "no leader of {topic}/{p} after {WAIT:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A `strata server` child process; killed with SIGKILL when dropped.
 pub struct ServerProcess {
     pub child: Child,
