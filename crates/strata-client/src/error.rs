@@ -34,6 +34,9 @@ impl ClientError {
     /// True for failures that may succeed when retried: the server is
     /// unreachable, restarting, or the call timed out.
     pub fn is_retriable(&self) -> bool {
+        if self.is_server_busy() {
+            return true;
+        }
         match self {
             Self::Connect { .. } | Self::Unreachable { .. } => true,
             Self::Server { code, .. } => matches!(
@@ -56,6 +59,12 @@ impl ClientError {
     /// leader; [`ClientError::leader_addr`] names it when known).
     pub fn is_not_leader(&self) -> bool {
         self.reason() == Some("NOT_LEADER")
+    }
+
+    /// `SERVER_BUSY`: the node's memory for requests being received was in
+    /// use; nothing of the request was done. Retry after a back-off.
+    pub fn is_server_busy(&self) -> bool {
+        self.reason() == Some("SERVER_BUSY")
     }
 
     /// The leader to retry at, when the server named it.

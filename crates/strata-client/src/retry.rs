@@ -56,7 +56,8 @@ impl Backoff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Retry {
     /// Only failures after which the request surely was not carried out:
-    /// `NOT_LEADER`, or a connection that could not be made. For writes.
+    /// `NOT_LEADER`, `SERVER_BUSY` (the node had no memory to receive it),
+    /// or a connection that could not be made. For writes.
     Unsent,
     /// Also a connection lost mid-call, a node unavailable or not answering
     /// in time: for reads, which are safe to repeat.
@@ -69,7 +70,7 @@ pub(crate) enum Retry {
 
 impl Retry {
     pub(crate) fn retries(self, err: &ClientError) -> bool {
-        let unsent = err.is_not_leader() || matches!(err, ClientError::Connect { .. });
+        let unsent = err.is_not_leader() || err.is_server_busy() || matches!(err, ClientError::Connect { .. });
         match self {
             Self::Unsent => unsent,
             Self::Idempotent => unsent || err.is_retriable(),

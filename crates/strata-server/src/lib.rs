@@ -9,6 +9,7 @@ mod convert;
 pub mod groups;
 pub mod incoming;
 mod replication;
+pub mod request_memory;
 mod service;
 pub mod status;
 
@@ -79,6 +80,9 @@ pub struct NodeConfig {
     pub cluster_listen: Option<String>,
     /// How nodes prove who they are to each other.
     pub cluster_security: ClusterSecurity,
+    /// The node-wide budget of request messages being received, in bytes
+    /// (see [`request_memory`]).
+    pub request_memory: u64,
 }
 
 impl NodeConfig {
@@ -96,6 +100,7 @@ impl NodeConfig {
             cluster: None,
             cluster_listen: None,
             cluster_security: ClusterSecurity::Insecure,
+            request_memory: request_memory::DEFAULT_REQUEST_MEMORY_BYTES,
         }
     }
 }
@@ -147,6 +152,7 @@ impl Node {
     /// Recovers the data directory, binds, and starts serving. Returns once
     /// the node accepts connections.
     pub async fn start(config: NodeConfig) -> Result<Self, ServerError> {
+        request_memory::check_limit(config.request_memory).map_err(ServerError::Startup)?;
         let (data_dir, defaults, limits) = (config.data_dir.clone(), config.defaults, config.storage);
         // Every partition is a Raft group: what consumers see moves when
         // entries are applied, not when they are fsync'd.
@@ -216,6 +222,8 @@ impl Node {
             // every connection busy, and one that sends nothing for
             // `incoming::CLIENT_IDLE_TIMEOUT` is closed (gone peers too).
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            // Bounded per node: the memory of request messages being received.
+            .layer(request_memory::RequestMemoryLayer::new(request_memory::RequestMemory::new(config.request_memory)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -26,6 +26,15 @@ pub struct ServerConfig {
     pub log_level: String,
     pub topic_defaults: strata_server::LogConfig,
     pub storage: strata_server::StorageLimits,
+    pub limits: Limits,
+}
+
+/// `[limits]`: what the node spends on clients' requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Bytes of request messages being received, node-wide.
+    pub request_memory_bytes: u64,
 }
 
 /// `[cluster_tls]`: where a node's certificate, key and CA are.
@@ -151,6 +160,7 @@ impl ServerConfig {
         if cluster_listen.is_some() && !has_peers {
             bail!("--cluster-listen needs --peers: a node alone has no cluster listener");
         }
+        strata_server::request_memory::check_limit(self.limits.request_memory_bytes).map_err(anyhow::Error::msg)?;
         Ok(NodeConfig {
             cluster,
             cluster_listen,
@@ -161,6 +171,7 @@ impl ServerConfig {
             defaults: self.topic_defaults,
             storage: self.storage,
             retention_check_interval: std::time::Duration::from_millis(self.retention_check_interval_ms.max(100)),
+            request_memory: self.limits.request_memory_bytes,
         })
     }
 }
@@ -219,6 +230,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7878");
         assert_eq!(c.topic_defaults, strata_server::LogConfig::default());
         assert_eq!(c.storage, strata_server::StorageLimits::default());
+        assert_eq!(c.limits.request_memory_bytes, strata_server::request_memory::DEFAULT_REQUEST_MEMORY_BYTES);
         c.node_config().expect("valid");
     }
 
@@ -253,5 +265,8 @@ mod tests {
         assert!(err.contains("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES"), "{err}");
         let c = ServerConfig::load(None, &env(&[("STRATA_LISTEN", "nonsense")])).expect("load");
         assert!(c.node_config().is_err());
+        let c = ServerConfig::load(None, &env(&[("STRATA_LIMITS_REQUEST_MEMORY_BYTES", "1048576")])).expect("load");
+        let err = format!("{:#}", c.node_config().expect_err("below the largest message"));
+        assert!(err.contains("limits.request_memory_bytes"), "{err}");
     }
 }
