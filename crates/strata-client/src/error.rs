@@ -9,6 +9,9 @@ pub enum ClientError {
     InvalidAddress { addr: String, reason: String },
     #[error("cannot connect to strata{}: {reason} (is the server running and listening there?)", at(.addr))]
     Connect { addr: String, reason: String },
+    /// TLS material that cannot be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{message}")]
     Server {
         code: Code,

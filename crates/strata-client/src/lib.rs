@@ -14,6 +14,7 @@
 //!   share-group fetch and acknowledgement; [`GroupConsumer`]: a member of a
 //!   consumer group (assignment, manual or auto-commit).
 
+mod connect;
 mod consumer;
 mod error;
 mod group_consumer;
@@ -29,10 +30,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_proto::v1 as pb;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use connect::open_channel;
 
 use retry::{Backoff, Retry};
 
+pub use connect::{ConnectOptions, Dialer, TlsOptions};
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
 pub use error::ClientError;
 pub use group_consumer::{
@@ -81,6 +85,8 @@ struct Router {
     known: Mutex<Vec<String>>,
     /// One connection per node address.
     channels: Mutex<HashMap<String, Channel>>,
+    /// How connections are made.
+    options: ConnectOptions,
     /// The leader's address per (topic, partition), as last learnt.
     leaders: Mutex<HashMap<(String, u32), String>>,
     /// Nodes that refused a connection, and when: asked for metadata only
@@ -130,22 +136,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn endpoint_uri(addr: &str) -> String {
-    if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") }
-}
-
-async fn open_channel(addr: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(endpoint_uri(addr))
-        .map_err(|e| ClientError::InvalidAddress { addr: addr.to_owned(), reason: e.to_string() })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(8 * 1024 * 1024)
-        .initial_connection_window_size(32 * 1024 * 1024)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: error_chain(&e) })
-}
-
 fn poisoned() -> ClientError {
     ClientError::Protocol("a client lock was poisoned by a panic")
 }
@@ -155,11 +145,17 @@ impl Client {
     /// `http://host:port`), or several separated by commas (the first that
     /// answers is used; the others are asked for metadata when it is down).
     pub async fn connect(addr: &str) -> Result<Self> {
+        Self::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// As [`Client::connect`], with TLS (and, later, credentials) as
+    /// `options` say.
+    pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Self> {
         let list: Vec<String> = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
-        let router = Arc::new(Router { known: Mutex::new(list.clone()), ..Router::default() });
+        let router = Arc::new(Router { known: Mutex::new(list.clone()), options, ..Router::default() });
         let mut last = ClientError::InvalidAddress { addr: addr.to_owned(), reason: "no address given".into() };
         for a in &list {
-            match open_channel(a).await {
+            match open_channel(a, &router.options).await {
                 Ok(channel) => {
                     router.channels.lock().map_err(|_| poisoned())?.insert(a.clone(), channel.clone());
                     return Ok(Self { channel, addr: a.clone(), timeout: Duration::from_secs(30), router });
@@ -176,7 +172,7 @@ impl Client {
         let channel = match cached {
             Some(c) => c,
             None => {
-                let c = open_channel(addr).await.inspect_err(|_| self.router.mark_down(addr))?;
+                let c = open_channel(addr, &self.router.options).await.inspect_err(|_| self.router.mark_down(addr))?;
                 self.router.channels.lock().map_err(|_| poisoned())?.insert(addr.to_owned(), c.clone());
                 c
             }

@@ -11,6 +11,15 @@
 //!   `connections.max.idle.ms` is 10 minutes too). A tailing subscriber
 //!   whose connection is closed so resumes where it was (the Rust client
 //!   does).
+//!
+//! With TLS (`--tls-cert`), handshakes run each on a task of their own, at
+//! most [`MAX_PENDING_HANDSHAKES`] at once and each within
+//! [`HANDSHAKE_TIMEOUT`], so slow handshakes never hold up accepting. A
+//! connection whose first byte is not a TLS record is a plaintext client
+//! on a TLS port: it is served as plaintext but marked
+//! ([`ClientInfo::plaintext_on_tls_port`]), and every request on it is
+//! answered with an error saying that the port requires TLS, instead of a
+//! handshake failure the client could not explain.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,10 +30,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use strata_tls::ServingTls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 /// Most client connections a node holds open at once.
 pub const MAX_CLIENT_CONNECTIONS: usize = 4096;
@@ -34,6 +48,31 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that sends nothing for this long is closed.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most TLS handshakes in progress at once (more connections are closed).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Longest a TLS handshake may take (from the first byte).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What the node knows of a client connection (in each request's
+/// extensions).
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub remote: Option<SocketAddr>,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// A plaintext client on a listener that requires TLS: every request is
+    /// refused with a message saying so.
+    pub plaintext_on_tls_port: bool,
+    /// The subject of the client's certificate (verified against the
+    /// client CA), as `CN=alice,O=acme` (RFC 4514, most significant last
+    /// as Kafka prints it).
+    pub certificate_subject: Option<String>,
+    /// The node's own client (its group coordinator), connected in-process.
+    pub internal: bool,
+}
 
 /// Open connections, in all and per address.
 #[derive(Debug, Default)]
@@ -87,14 +126,6 @@ pub struct Limited {
     /// When the connection is closed unless it sends something first.
     quiet_until: Pin<Box<Sleep>>,
     heard: bool,
-}
-
-impl Connected for Limited {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
 }
 
 impl AsyncRead for Limited {
@@ -151,41 +182,239 @@ impl AsyncWrite for Limited {
     }
 }
 
-/// Accepts connections on `listener`, at most `max` open at once (and
-/// [`MAX_CONNECTIONS_PER_ADDRESS`] per address), each with `TCP_NODELAY`
-/// (small answers, acks, must not wait for delayed ACKs).
-pub fn limited(listener: TcpListener, max: usize) -> impl futures::Stream<Item = io::Result<Limited>> {
+/// A client connection, plaintext or TLS.
+#[derive(Debug)]
+pub struct ClientConnection {
+    io: Io,
+    info: ClientInfo,
+}
+
+#[derive(Debug)]
+enum Io {
+    Plain(Limited),
+    Tls(Box<tokio_rustls::server::TlsStream<Limited>>),
+    Memory(tokio::io::DuplexStream),
+}
+
+impl Connected for ClientConnection {
+    type ConnectInfo = ClientInfo;
+
+    fn connect_info(&self) -> ClientInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for ClientConnection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Memory(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Memory(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+            Io::Memory(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Memory(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Memory(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// At most one warning a second per kind of refusal.
+#[derive(Debug, Default)]
+struct Quiet(Option<Instant>);
+
+impl Quiet {
+    fn ready(&mut self) -> bool {
+        let ready = self.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if ready {
+            self.0 = Some(Instant::now());
+        }
+        ready
+    }
+}
+
+/// The connections the client listener serves: accepted ones, and the
+/// node's own in-process ones ([`Connections::in_process`]).
+#[derive(Debug)]
+pub struct Connections {
+    tx: mpsc::Sender<io::Result<ClientConnection>>,
+    rx: mpsc::Receiver<io::Result<ClientConnection>>,
+}
+
+/// Buffer of each direction of an in-process connection.
+const IN_PROCESS_BUFFER: usize = 1024 * 1024;
+
+impl Default for Connections {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        Self { tx, rx }
+    }
+}
+
+impl Connections {
+    /// A channel to this node's services that never leaves the process:
+    /// each connection it opens is a pipe whose other end is served as a
+    /// connection marked [`ClientInfo::internal`].
+    pub fn in_process(&self) -> tonic::transport::Channel {
+        let tx = self.tx.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let tx = tx.clone();
+            async move {
+                let (client, server) = tokio::io::duplex(IN_PROCESS_BUFFER);
+                let info = ClientInfo { internal: true, ..ClientInfo::default() };
+                tx.send(Ok(ClientConnection { io: Io::Memory(server), info }))
+                    .await
+                    .map_err(|_| io::Error::other("the node's server has stopped"))?;
+                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(client))
+            }
+        });
+        tonic::transport::Endpoint::from_static("http://in-process.strata.internal")
+            .connect_with_connector_lazy(connector)
+    }
+
+    /// Accepts connections on `listener` until the returned stream is
+    /// dropped: at most `max` open at once (and
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`] per address), each with
+    /// `TCP_NODELAY` (small answers, acks, must not wait for delayed ACKs);
+    /// with `tls`, each handshaken off the accept path.
+    pub fn accept(
+        self,
+        listener: TcpListener,
+        max: usize,
+        tls: Option<ServingTls>,
+    ) -> ReceiverStream<io::Result<ClientConnection>> {
+        tokio::spawn(accept_loop(listener, max, tls, self.tx));
+        ReceiverStream::new(self.rx)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    max: usize,
+    tls: Option<ServingTls>,
+    tx: mpsc::Sender<io::Result<ClientConnection>>,
+) {
     let counts = Arc::new(Mutex::new(Counts::default()));
-    // When a refusal was last logged: at most one line a second.
-    let logged: Option<Instant> = None;
-    futures::stream::unfold((listener, counts, logged), move |(listener, counts, mut logged)| async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(a) => a,
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let (mut refused_logged, mut busy_logged) = (Quiet::default(), Quiet::default());
+    loop {
+        let accepted = tokio::select! {
+            () = tx.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!(error = %e, "the client listener cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let slot = match take_slot(&counts, peer.ip(), max) {
+            Ok(slot) => slot,
+            Err(why) => {
+                if refused_logged.ready() {
+                    tracing::warn!(%peer, max, per_address = MAX_CONNECTIONS_PER_ADDRESS, "refused a connection: {why}");
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let quiet_until = Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT));
+        let limited = Limited { stream, _slot: slot, quiet_until, heard: false };
+        let mut info = ClientInfo { remote: Some(peer), ..ClientInfo::default() };
+        let Some(tls) = &tls else {
+            if tx.send(Ok(ClientConnection { io: Io::Plain(limited), info })).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            if busy_logged.ready() {
+                tracing::warn!(%peer, "refused a connection: {MAX_PENDING_HANDSHAKES} TLS handshakes in progress");
+            }
+            continue;
+        };
+        let (tls, tx) = (tls.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = match handshake(limited, &tls, &mut info).await {
+                Ok(io) => ClientConnection { io, info },
                 Err(e) => {
-                    // Out of file descriptors, say: back off instead of spinning.
-                    tracing::warn!(error = %e, "the client listener cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    tracing::debug!(%peer, error = %e, "a TLS handshake on the client listener failed");
+                    return;
                 }
             };
-            match take_slot(&counts, peer.ip(), max) {
-                Ok(slot) => {
-                    let _ = stream.set_nodelay(true);
-                    let quiet_until = Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT));
-                    let accepted = Limited { stream, _slot: slot, quiet_until, heard: false };
-                    return Some((Ok(accepted), (listener, counts, logged)));
-                }
-                Err(why) => {
-                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(%peer, max, per_address = MAX_CONNECTIONS_PER_ADDRESS, "refused a connection: {why}");
-                        logged = Some(Instant::now());
-                    }
-                    drop(stream);
-                }
-            }
+            let _ = tx.send(Ok(connection)).await;
+        });
+    }
+}
+
+/// TLS for a connection whose first byte is a TLS record; a plaintext one
+/// is passed on, marked.
+async fn handshake(limited: Limited, tls: &ServingTls, info: &mut ClientInfo) -> io::Result<Io> {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(FIRST_BYTES_TIMEOUT, limited.stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1..)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(1..)) => {
+            info.plaintext_on_tls_port = true;
+            return Ok(Io::Plain(limited));
         }
-    })
+        Ok(Ok(_)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before a byte was sent")),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no bytes within the first-bytes timeout")),
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(limited))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake took too long"))??;
+    info.tls = true;
+    info.certificate_subject =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(strata_tls::certificate_subject);
+    Ok(Io::Tls(Box::new(stream)))
 }
 
 #[cfg(test)]

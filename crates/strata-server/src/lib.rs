@@ -4,10 +4,12 @@
 //! Owns the gRPC edge: request validation and the single mapping from
 //! storage errors to `tonic::Status` ([`status`]).
 
+pub mod auth;
 pub mod cluster;
 mod convert;
 pub mod groups;
 pub mod incoming;
+mod internal;
 mod replication;
 pub mod request_memory;
 mod service;
@@ -83,6 +85,9 @@ pub struct NodeConfig {
     /// The node-wide budget of request messages being received, in bytes
     /// (see [`request_memory`]).
     pub request_memory: u64,
+    /// TLS on the client listener (`--tls-cert`, `--tls-key`,
+    /// `--tls-client-ca`); `None`: plaintext.
+    pub client_tls: Option<strata_tls::ServingTls>,
 }
 
 impl NodeConfig {
@@ -101,6 +106,7 @@ impl NodeConfig {
             cluster_listen: None,
             cluster_security: ClusterSecurity::Insecure,
             request_memory: request_memory::DEFAULT_REQUEST_MEMORY_BYTES,
+            client_tls: None,
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct Node {
     cluster_server: Option<Serving>,
     retention: JoinHandle<()>,
     group_timer: JoinHandle<()>,
+    /// Client listener TLS, and the task that reloads its certificate.
+    client_tls: Option<(strata_tls::ServingTls, JoinHandle<()>)>,
     logs: Arc<LogManager>,
     replication: Arc<Replication>,
 }
@@ -192,7 +200,9 @@ impl Node {
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop.clone());
-        let coordinator = groups::Coordinator::new(Arc::clone(&logs), Arc::clone(&replication));
+        let connections = incoming::Connections::default();
+        let coordinator =
+            groups::Coordinator::new(Arc::clone(&logs), Arc::clone(&replication), connections.in_process());
         let group_service = groups::service::GroupService::new(Arc::clone(&coordinator), streams_stop);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ProducerServer<Services>>().await;
@@ -224,6 +234,7 @@ impl Node {
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
             // Bounded per node: the memory of request messages being received.
             .layer(request_memory::RequestMemoryLayer::new(request_memory::RequestMemory::new(config.request_memory)))
+            .layer(auth::AuthLayer::new())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -237,9 +248,13 @@ impl Node {
                     .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
                     .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
             )
-            .add_service(AdminServer::new(services))
-            .add_service(group_service.into_server());
-        let incoming = incoming::limited(listener, incoming::MAX_CLIENT_CONNECTIONS);
+            .add_service(AdminServer::new(services.clone()))
+            .add_service(group_service.clone().into_server());
+        let incoming = connections.accept(listener, incoming::MAX_CLIENT_CONNECTIONS, config.client_tls.clone());
+        let client_tls = config.client_tls.clone().map(|tls| {
+            let reloader = tokio::spawn(reload_certificates_every(tls.clone(), CERTIFICATE_CHECK_INTERVAL));
+            (tls, reloader)
+        });
         let server = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -264,7 +279,8 @@ impl Node {
                         strata_tls::Security::Insecure
                     }
                 };
-                Some(serve_cluster(listener, security, replication.service()))
+                let public = PublicServices { services, groups: group_service };
+                Some(serve_cluster(listener, security, replication.service(), public))
             }
             None => None,
         };
@@ -281,9 +297,20 @@ impl Node {
             cluster_server,
             retention,
             group_timer,
+            client_tls,
             logs,
             replication,
         })
+    }
+
+    /// Reads the client listener's certificate and key again if their files
+    /// changed (also done every [`CERTIFICATE_CHECK_INTERVAL`]; `SIGHUP`
+    /// calls this at once). `Ok(false)`: unchanged, or no TLS.
+    pub fn reload_certificates(&self) -> Result<bool, strata_tls::TlsError> {
+        match &self.client_tls {
+            Some((tls, _)) => reload_logged(tls),
+            None => Ok(false),
+        }
     }
 
     /// Resolves with the reason when the node must stop (it found that it
@@ -312,6 +339,9 @@ impl Node {
         let _ = (&mut self.retention).await;
         self.group_timer.abort();
         let _ = (&mut self.group_timer).await;
+        if let Some((_, reloader)) = &self.client_tls {
+            reloader.abort();
+        }
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
             Ok(joined) => joined.map_err(|e| ServerError::Startup(e.to_string()))?,
             Err(_) => {
@@ -336,10 +366,19 @@ impl Node {
 type Serving = (oneshot::Sender<()>, JoinHandle<Result<(), ServerError>>);
 
 /// Serves the Raft service on the cluster listener until told to stop.
+/// The public services, served on the cluster listener too: to the peers'
+/// own clients (their group coordinators) and to groups requests they
+/// forward.
+struct PublicServices {
+    services: Services,
+    groups: groups::service::GroupService,
+}
+
 fn serve_cluster(
     listener: tokio::net::TcpListener,
     security: strata_tls::Security,
     service: strata_proto::internal::raft_server::RaftServer<strata_raft::RaftService>,
+    public: PublicServices,
 ) -> Serving {
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = strata_tls::incoming(listener, security);
@@ -352,6 +391,18 @@ fn serve_cluster(
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(service)
+            .add_service(
+                ProducerServer::new(public.services.clone())
+                    .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
+                    .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
+            )
+            .add_service(
+                ConsumerServer::new(public.services.clone())
+                    .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
+                    .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
+            )
+            .add_service(AdminServer::new(public.services))
+            .add_service(public.groups.into_server())
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.await;
             })
@@ -359,6 +410,33 @@ fn serve_cluster(
             .map_err(ServerError::from)
     });
     (stop, server)
+}
+
+/// How often the client listener's certificate files are checked for a
+/// change.
+pub const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+fn reload_logged(tls: &strata_tls::ServingTls) -> Result<bool, strata_tls::TlsError> {
+    match tls.reload_if_changed() {
+        Ok(true) => {
+            info!("the client listener's certificate changed on disk: new connections get the new one");
+            Ok(true)
+        }
+        Ok(false) => Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load the client listener's new certificate; the current one stays");
+            Err(e)
+        }
+    }
+}
+
+async fn reload_certificates_every(tls: strata_tls::ServingTls, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = reload_logged(&tls);
+    }
 }
 
 /// Every `every`: retention of the logs without consensus, then of every

@@ -165,6 +165,20 @@ impl Replication {
         self.fatal.send_replace(Some(reason));
     }
 
+    /// A channel to node `id`'s cluster listener (where the public services
+    /// are served to peers too), or `None` for a node not in the cluster.
+    pub fn peer_channel(&self, id: NodeId) -> Option<tonic::transport::Channel> {
+        self.peers.channel_to(id).ok()
+    }
+
+    /// The node whose client listener is at `addr`, as the metadata says.
+    pub fn node_at(&self, addr: &str) -> Option<NodeId> {
+        if *addr == *self.directory.advertised {
+            return Some(self.node_id());
+        }
+        self.directory.metadata.borrow().nodes.values().find(|n| n.addr == addr).map(|n| n.id)
+    }
+
     /// The gRPC service through which peers reach this node's groups (on
     /// the cluster listener only).
     pub fn service(&self) -> strata_proto::internal::raft_server::RaftServer<RaftService> {

@@ -177,7 +177,20 @@ impl Authority {
     }
 
     /// A server certificate for a client-facing listener reached at `hosts`.
+    /// It may not name a node (it could then pass for that node towards its
+    /// peers).
     pub fn server(&self, hosts: &[String], days: u32) -> Result<Issued, TlsError> {
+        let domain = crate::names::NODE_DOMAIN;
+        let under_nodes = |h: &String| {
+            let lower = h.to_ascii_lowercase();
+            lower == domain || lower.ends_with(&format!(".{domain}"))
+        };
+        if let Some(bad) = hosts.iter().find(|h| under_nodes(h)) {
+            return Err(TlsError::Config(format!(
+                "--host {bad}: a server certificate may not carry a name under {} (it could pass for a node)",
+                crate::names::NODE_DOMAIN
+            )));
+        }
         let mut params = CertificateParams::new(hosts.to_vec())?;
         if params.subject_alt_names.is_empty() {
             params.subject_alt_names.push(SanType::DnsName("localhost".try_into()?));

@@ -18,16 +18,21 @@
 //! - [`listener`]: the cluster listener's accept loop: TLS handshakes with a
 //!   deadline, off the accept path, each connection tagged with the node
 //!   its certificate names.
+//! - [`serving`]: TLS on the client listener ([`ServingTls`]): a server
+//!   certificate reloaded when its files change, client certificates
+//!   accepted from a client CA.
 
 pub mod issue;
 pub mod listener;
 pub mod names;
 mod node;
+pub mod serving;
 
 pub use issue::{Authority, Issued};
 pub use listener::{PeerInfo, PeerStream, Security, incoming};
-pub use names::{node_name, node_named_by};
+pub use names::{certificate_subject, node_name, node_named_by};
 pub use node::NodeTls;
+pub use serving::ServingTls;
 
 use std::path::PathBuf;
 

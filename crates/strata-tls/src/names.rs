@@ -45,6 +45,61 @@ pub fn extra_host_allowed(host: &str) -> bool {
     !host.contains('*') && lower != NODE_DOMAIN && !lower.ends_with(&format!(".{NODE_DOMAIN}"))
 }
 
+/// The subject of `cert` as Kafka prints it (RFC 2253/4514: the most
+/// specific attribute first, `CN=alice,OU=eng,O=acme`), what principal
+/// mapping rules match against. `None` for a certificate that does not
+/// parse.
+pub fn certificate_subject(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let mut parts = Vec::new();
+    let rdns: Vec<_> = parsed.subject().iter().collect();
+    for rdn in rdns.into_iter().rev() {
+        let attributes: Vec<String> = rdn
+            .iter()
+            .map(|a| {
+                let oid = a.attr_type().to_id_string();
+                let name = match oid.as_str() {
+                    "2.5.4.3" => "CN",
+                    "2.5.4.11" => "OU",
+                    "2.5.4.10" => "O",
+                    "2.5.4.7" => "L",
+                    "2.5.4.8" => "ST",
+                    "2.5.4.6" => "C",
+                    "2.5.4.9" => "STREET",
+                    "0.9.2342.19200300.100.1.25" => "DC",
+                    "0.9.2342.19200300.100.1.1" => "UID",
+                    "1.2.840.113549.1.9.1" => "EMAILADDRESS",
+                    _ => oid.as_str(),
+                }
+                .to_owned();
+                let value = a.as_str().map(escape_dn_value).unwrap_or_else(|_| "#".to_owned());
+                format!("{name}={value}")
+            })
+            .collect();
+        parts.push(attributes.join("+"));
+    }
+    Some(parts.join(","))
+}
+
+/// RFC 4514 escaping of an attribute value.
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i + 1 == v.chars().count() && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        if c.is_control() {
+            out.push_str(&format!("\\{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +122,14 @@ mod tests {
         assert!(ca.node(3, &["node-4.strata.internal".into()], 30).is_err(), "another node's name");
         assert!(ca.node(3, &["*.strata.internal".into()], 30).is_err(), "a wildcard");
         assert!(extra_host_allowed("db3.example.com") && !extra_host_allowed("NODE-1.Strata.Internal"));
+    }
+
+    #[test]
+    fn a_client_certificate_subject_reads_as_kafka_prints_it() {
+        let ca = Authority::create(30).expect("ca");
+        let alice = ca.client("alice", 30).expect("client cert").cert_der().expect("der");
+        assert_eq!(certificate_subject(&alice).as_deref(), Some("CN=alice,O=Strata"));
+        assert_eq!(escape_dn_value("a,b+c"), "a\\,b\\+c");
+        assert_eq!(certificate_subject(&CertificateDer::from(vec![1, 2, 3])), None);
     }
 }

@@ -47,6 +47,26 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a server certificate for nodes' client listeners
+    /// (`strata server --tls-cert --tls-key`): DIR/server.crt and
+    /// DIR/server.key, naming the hosts clients connect to.
+    Server {
+        /// Host names or IP addresses clients use to reach the nodes
+        /// (repeat or comma-separate), e.g. --host kafka1.example.com,10.0.0.1.
+        #[arg(long, value_delimiter = ',', required = true)]
+        host: Vec<String>,
+        /// Where to write server.crt and server.key (and ca.crt, if absent).
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The CA's folder (default: DIR).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Days the certificate is valid for.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
     /// Issue a client certificate (subject CN=NAME) from DIR's CA:
     /// DIR/client-NAME.crt and DIR/client-NAME.key.
     Client {
@@ -73,6 +93,14 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
         CertsCommand::Node { node_id, dir, ca_dir, host, days, force } => {
             let ca_dir = ca_dir.unwrap_or_else(|| dir.clone());
             let (cert, key) = issue_node(&ca_dir, &dir, node_id, &host, days, force)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        CertsCommand::Server { host, dir, ca_dir, days, force } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| dir.clone());
+            let ca = Authority::load_dir(&ca_dir)
+                .with_context(|| format!("no CA in {} (make one with `strata certs ca`)", ca_dir.display()))?;
+            let (cert, key) = ca.server(&host, days)?.write(&dir, "server", force)?;
+            copy_ca_cert(&ca, &dir)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
         CertsCommand::Client { name, dir, ca_dir, days, force } => {
@@ -103,11 +131,18 @@ pub fn issue_node(
     let ca = Authority::load_dir(ca_dir)
         .with_context(|| format!("no CA in {} (make one with `strata certs ca`)", ca_dir.display()))?;
     let written = ca.node(id, hosts, days)?.write(dir, &node_stem(id), force)?;
+    copy_ca_cert(&ca, dir)?;
+    Ok(written)
+}
+
+/// The CA's certificate beside what it issued (what peers and clients
+/// trust), unless one is there.
+fn copy_ca_cert(ca: &Authority, dir: &Path) -> anyhow::Result<()> {
     let ca_cert = dir.join("ca.crt");
     if !ca_cert.exists() {
         std::fs::write(&ca_cert, ca.cert_pem()).with_context(|| format!("cannot write {}", ca_cert.display()))?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// A CA in `ca_dir` and certificates for nodes 1..=n in `dir`, made if

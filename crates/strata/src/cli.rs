@@ -12,7 +12,7 @@ use strata_client::{Client, Compression, Header, ProducerConfig, Record, StartOf
 use crate::ClientOpts;
 
 pub async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
-    Ok(Client::connect(&opts.server).await?.with_timeout(opts.timeout))
+    Ok(Client::connect_with(&opts.server, opts.connect_options()?).await?.with_timeout(opts.timeout))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -20,6 +20,9 @@ pub struct ServerConfig {
     pub cluster_listen: String,
     pub insecure_cluster: bool,
     pub cluster_tls: ClusterTls,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub tls_client_ca: PathBuf,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
     pub log_format: String,
@@ -161,6 +164,14 @@ impl ServerConfig {
             bail!("--cluster-listen needs --peers: a node alone has no cluster listener");
         }
         strata_server::request_memory::check_limit(self.limits.request_memory_bytes).map_err(anyhow::Error::msg)?;
+        let client_tls = self.client_tls()?;
+        if client_tls.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                "the client listener is reachable from other hosts WITHOUT TLS or authentication: anyone who \
+                 reaches it can read, write and delete every topic; give --tls-cert and --tls-key"
+            );
+        }
         Ok(NodeConfig {
             cluster,
             cluster_listen,
@@ -172,7 +183,28 @@ impl ServerConfig {
             storage: self.storage,
             retention_check_interval: std::time::Duration::from_millis(self.retention_check_interval_ms.max(100)),
             request_memory: self.limits.request_memory_bytes,
+            client_tls,
         })
+    }
+
+    /// TLS on the client listener, from `tls_cert`, `tls_key` and
+    /// `tls_client_ca`.
+    fn client_tls(&self) -> anyhow::Result<Option<strata_tls::ServingTls>> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        match (set(&self.tls_cert), set(&self.tls_key)) {
+            (false, false) => {
+                if set(&self.tls_client_ca) {
+                    bail!("--tls-client-ca needs TLS on the client listener: give --tls-cert and --tls-key too");
+                }
+                Ok(None)
+            }
+            (true, false) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+            (false, true) => bail!("--tls-key needs --tls-cert (the server certificate)"),
+            (true, true) => {
+                let ca = set(&self.tls_client_ca).then_some(self.tls_client_ca.as_path());
+                Ok(Some(strata_tls::ServingTls::load(&self.tls_cert, &self.tls_key, ca)?))
+            }
+        }
     }
 }
 

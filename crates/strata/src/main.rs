@@ -31,6 +31,31 @@ pub struct ClientOpts {
     /// Deadline of each request, e.g. 10s or 500ms.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Connect with TLS, trusting this CA's certificates (PEM).
+    #[arg(long, global = true, env = "STRATA_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Connect with TLS, trusting the system's CAs (implied by --tls-ca,
+    /// --tls-cert and an https:// server address).
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// A client certificate to present (PEM; mutual TLS).
+    #[arg(long, global = true, env = "STRATA_CLIENT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "STRATA_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientOpts {
+    /// How to connect, from the TLS flags.
+    pub fn connect_options(&self) -> anyhow::Result<strata_client::ConnectOptions> {
+        Ok(strata_client::ConnectOptions::with_tls_files(
+            self.tls,
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )?)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +147,16 @@ struct ServerArgs {
     /// isolated network only.
     #[arg(long)]
     insecure_cluster: bool,
+    /// TLS on the client listener: the server certificate (PEM), reloaded
+    /// when the file changes (overrides the config; STRATA_TLS_CERT).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM; STRATA_TLS_KEY).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Accept client certificates issued by this CA (PEM; STRATA_TLS_CLIENT_CA).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Log format: text or json (overrides the config).
     #[arg(long)]
     log_format: Option<String>,
@@ -211,6 +246,15 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if args.insecure_cluster {
         config.insecure_cluster = true;
     }
+    for (flag, key) in [
+        (args.tls_cert, &mut config.tls_cert),
+        (args.tls_key, &mut config.tls_key),
+        (args.tls_client_ca, &mut config.tls_client_ca),
+    ] {
+        if let Some(path) = flag {
+            *key = path;
+        }
+    }
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
@@ -219,6 +263,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&config.log_format, &config.log_level);
     let node_config = config.node_config()?;
     let insecure = config.insecure_cluster && node_config.cluster.is_some();
+    let client_tls = node_config.client_tls.is_some();
     let node = strata_server::Node::start(node_config).await?;
     let cluster = match node.cluster_addr() {
         Some(a) if insecure => format!("; cluster listener on {a} WITHOUT TLS (--insecure-cluster)"),
@@ -226,15 +271,23 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     eprintln!(
-        "strata {} listening on {} (data in {}){cluster}",
+        "strata {} listening on {}{} (data in {}){cluster}",
         env!("CARGO_PKG_VERSION"),
         node.addr(),
+        if client_tls { " with TLS" } else { "" },
         config.data_dir.display()
     );
     let mut fatal = node.fatal();
-    let stopped = tokio::select! {
-        () = shutdown_signal() => None,
-        reason = fatal.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stopped = loop {
+        tokio::select! {
+            () = shutdown_signal() => break None,
+            reason = fatal.wait_for(Option::is_some) => break reason.ok().and_then(|r| r.clone()),
+            // SIGHUP: read the client listener's certificate again now.
+            _ = hangup.recv() => {
+                let _ = node.reload_certificates();
+            }
+        }
     };
     eprintln!("strata: shutting down");
     node.shutdown().await?;

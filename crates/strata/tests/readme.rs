@@ -188,13 +188,63 @@ fn quick_start_lines_are_found_and_adapted() {
     assert_eq!(lines.iter().map(|l| tails(l)).collect::<Vec<_>>(), [false, false, true, false, false]);
 }
 
-/// The code block of the README's three-node example.
-fn cluster_example(readme: &str) -> String {
-    let (_, after) = readme.split_once("nodes on one machine:").expect("the README has a three-node example");
-    let (_, fence) = after.split_once("```").expect("a code block after the three-node example's text");
+/// The code block after `marker` in the README.
+fn example_after(readme: &str, marker: &str) -> String {
+    let (_, after) = readme.split_once(marker).unwrap_or_else(|| panic!("the README has {marker:?}"));
+    let (_, fence) = after.split_once("```").expect("a code block after the example's text");
     let (_, body) = fence.split_once('\n').expect("a code block with lines");
     let (block, _) = body.split_once("```").expect("the code block ends");
     block.to_owned()
+}
+
+/// The code block of the README's three-node example.
+fn cluster_example(readme: &str) -> String {
+    example_after(readme, "nodes on one machine:")
+}
+
+/// Runs a README example with `sh -e` in a new directory, the servers it
+/// starts in the background stopped when it ends; its exit status, output
+/// and directory.
+fn run_example(what: &str, script: &str) -> (ExitStatus, String, tempfile::TempDir) {
+    eprintln!("{what}, on free ports:\n{script}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let log = dir.path().join("out.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let child = Command::new("sh")
+        .args(["-e", "-c", script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("RUST_LOG", "warn")
+        .env_remove("STRATA_SERVER")
+        .env_remove("STRATA_TLS_CA")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("spawn sh");
+    // The script ends after its last line; the servers it started in the
+    // background run on in its process group until stopped here.
+    let pgid = child.id();
+    let status = wait_exit(child, what);
+    signal_group(pgid, "TERM");
+    let output = std::fs::read_to_string(&log).expect("read the log");
+    eprintln!("{output}");
+    (status, output, dir)
+}
+
+#[test]
+fn the_readme_client_tls_example_runs_as_written() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+    let script = example_after(&readme, "clients trust the\nCA that issued it:");
+    assert!(script.contains("7443"), "the example uses port 7443");
+    let script = script.replace("7443", &common::free_ports(1)[0].to_string());
+    let (status, output, _dir) = run_example("the README's client TLS example", &script);
+    assert!(status.success(), "the README's client TLS example failed ({status}):\n{output}");
+    assert!(output.lines().any(|l| l.trim() == "paid"), "the record came back over TLS:\n{output}");
 }
 
 #[test]
@@ -209,30 +259,7 @@ fn the_readme_cluster_example_runs_as_written() {
             script = script.replace(&fixed.to_string(), &free.to_string());
         }
     }
-    eprintln!("README cluster example, on free ports:\n{script}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bin_dir = Path::new(BIN).parent().expect("the binary's directory");
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let log = dir.path().join("out.log");
-    let out = std::fs::File::create(&log).expect("log file");
-    let child = Command::new("sh")
-        .args(["-e", "-c", &script])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log file"))
-        .stderr(out)
-        .process_group(0)
-        .spawn()
-        .expect("spawn sh");
-    // The script ends after its last line; the servers it started in the
-    // background run on in its process group until stopped here.
-    let pgid = child.id();
-    let status = wait_exit(child, "the README's cluster example");
-    signal_group(pgid, "TERM");
-    let output = std::fs::read_to_string(&log).expect("read the log");
-    eprintln!("{output}");
+    let (status, output, dir) = run_example("the README's cluster example", &script);
     assert!(status.success(), "the README's cluster example failed ({status}):\n{output}");
     assert!(output.contains("orders"), "topic describe printed the topic:\n{output}");
     for id in 1..=3 {

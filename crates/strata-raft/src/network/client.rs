@@ -125,6 +125,13 @@ impl Peers {
         }
     }
 
+    /// The channel to a configured peer's cluster listener (mutual TLS
+    /// unless the cluster runs without), shared with Raft.
+    pub fn channel_to(&self, target: NodeId) -> Result<Channel, String> {
+        let addr = self.address(target).ok_or_else(|| format!("node {target} has no configured address"))?.to_owned();
+        self.channel(target, &addr)
+    }
+
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().map_err(|_| "the peer table lock was poisoned".to_owned())?;
         if let Some(c) = channels.get(&(target, addr.to_owned())) {

@@ -124,8 +124,8 @@ pub struct ShardState {
 pub enum Route {
     /// This node coordinates it.
     Local,
-    /// Forward to this address (the coordinator, or a replica that knows it).
-    Remote(String),
+    /// Forward to this node (the coordinator, or a replica that knows it).
+    Remote(strata_raft::NodeId),
 }
 
 /// A live session, as the service holds it.
@@ -140,6 +140,8 @@ pub struct SessionHandle {
 pub struct Coordinator {
     logs: Arc<LogManager>,
     replication: Arc<Replication>,
+    /// How this node's own client reaches the cluster.
+    dialer: Arc<crate::internal::NodeDialer>,
     shards: Vec<Mutex<ShardState>>,
     client: OnceCell<strata_client::Client>,
     tokens: AtomicU64,
@@ -196,11 +198,16 @@ fn validate_group_name(group: &str) -> Result<(), Status> {
 }
 
 impl Coordinator {
-    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>) -> Arc<Self> {
+    /// `local`: an in-process channel to this node's services (its own
+    /// client reaches this node through it, and its peers over their
+    /// cluster listeners: see `internal.rs`).
+    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>, local: tonic::transport::Channel) -> Arc<Self> {
         let shards = (0..GROUPS_PARTITIONS).map(|_| Mutex::new(ShardState::default())).collect();
+        let dialer = Arc::new(crate::internal::NodeDialer::new(Arc::clone(&replication), local));
         Arc::new(Self {
             logs,
             replication,
+            dialer,
             shards,
             client: OnceCell::new(),
             tokens: AtomicU64::new(1),
@@ -209,12 +216,17 @@ impl Coordinator {
         })
     }
 
+    pub(crate) fn replication(&self) -> &Arc<Replication> {
+        &self.replication
+    }
+
     /// A client of the cluster (through this node), for reading other
     /// partitions' offsets and records and writing dead letters.
     pub async fn client(&self) -> Result<&strata_client::Client, Status> {
         self.client
             .get_or_try_init(|| async {
-                strata_client::Client::connect(&self.replication.advertised())
+                let options = strata_client::ConnectOptions { tls: None, dialer: Some(self.dialer.clone()) };
+                strata_client::Client::connect_with(&self.replication.advertised(), options)
                     .await
                     .map(|c| c.with_timeout(Duration::from_secs(10)))
             })
@@ -260,10 +272,8 @@ impl Coordinator {
             // leader usually is it).
             _ => view.replicas.iter().copied().find(|r| *r != me),
         };
-        let addr = next
-            .and_then(|id| self.replication.address(id))
-            .ok_or_else(|| not_coordinator(group, "no leader of its partition is known yet"))?;
-        Ok(Route::Remote(addr))
+        let node = next.ok_or_else(|| not_coordinator(group, "no leader of its partition is known yet"))?;
+        Ok(Route::Remote(node))
     }
 
     /// Locks the shard of `group`, (re)loading it if this node became its
@@ -948,6 +958,7 @@ pub(crate) fn client_status(e: strata_client::ClientError) -> Status {
         // ... or answered something this node cannot use: not a retry.
         e @ (strata_client::ClientError::Format(_)
         | strata_client::ClientError::Protocol(_)
+        | strata_client::ClientError::Tls(_)
         | strata_client::ClientError::InvalidAddress { .. }) => {
             Status::internal(format!("talking to another node: {e}"))
         }

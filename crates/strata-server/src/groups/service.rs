@@ -3,9 +3,9 @@
 //! without a replica of the group's partition forwards to a replica, which
 //! knows the leader), so thin clients need no routing of their own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -14,7 +14,7 @@ use strata_proto::v1::groups_client::GroupsClient;
 use strata_proto::v1::groups_server::GroupsServer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Coordinator, Route, SessionHandle, limits, not_coordinator};
@@ -32,7 +32,6 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[derive(Clone)]
 pub struct GroupService {
     coordinator: Arc<Coordinator>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -49,7 +48,7 @@ fn forwarded<T>(message: T, hops: u32) -> Request<T> {
 
 impl GroupService {
     pub fn new(coordinator: Arc<Coordinator>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { coordinator, channels: Arc::default(), shutdown }
+        Self { coordinator, shutdown }
     }
 
     pub fn into_server(self) -> GroupsServer<Self> {
@@ -58,20 +57,14 @@ impl GroupService {
             .max_encoding_message_size(crate::GRPC_MESSAGE_LIMIT)
     }
 
-    fn remote(&self, addr: &str) -> Result<GroupsClient<Channel>, Status> {
-        let mut channels = self.channels.lock().map_err(|_| Status::internal("the channel cache lock was poisoned"))?;
-        let channel = match channels.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Status::internal(format!("bad node address {addr}: {e}")))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true);
-                let c = endpoint.connect_lazy();
-                channels.insert(addr.to_owned(), c.clone());
-                c
-            }
-        };
+    /// The coordinator (or a replica) `node`, over the cluster listener:
+    /// nodes prove who they are there, so a forwarded request is a node's.
+    fn remote(&self, node: strata_raft::NodeId) -> Result<GroupsClient<Channel>, Status> {
+        let channel = self
+            .coordinator
+            .replication()
+            .peer_channel(node)
+            .ok_or_else(|| Status::unavailable(format!("node {node} is not a configured member")))?;
         Ok(GroupsClient::new(channel)
             .max_decoding_message_size(crate::GRPC_MESSAGE_LIMIT)
             .max_encoding_message_size(crate::GRPC_MESSAGE_LIMIT))
@@ -82,7 +75,7 @@ impl GroupService {
         match self.coordinator.route(group).await? {
             Route::Local => Ok(None),
             Route::Remote(_) if hops >= MAX_HOPS => Err(not_coordinator(group, "it was forwarded here already")),
-            Route::Remote(addr) => self.remote(&addr).map(Some),
+            Route::Remote(node) => self.remote(node).map(Some),
         }
     }
 }
@@ -178,11 +171,11 @@ impl pb::groups_server::Groups for GroupService {
         // Asked by a user: every node lists the groups it coordinates.
         if hops(&request) == 0 {
             let me = self.coordinator.replication.node_id();
-            for (id, addr) in self.coordinator.replication.brokers() {
+            for (id, _) in self.coordinator.replication.brokers() {
                 if id == me {
                     continue;
                 }
-                let mut remote = self.remote(&addr)?;
+                let mut remote = self.remote(id)?;
                 let mut req = forwarded(pb::ListGroupsRequest {}, MAX_HOPS);
                 req.set_timeout(Duration::from_secs(5));
                 match remote.list_groups(req).await {

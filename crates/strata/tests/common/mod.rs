@@ -161,7 +161,8 @@ impl ServerProcess {
         Self::spawn_with(args, data_dir, &[])
     }
 
-    fn spawn_with(args: &[&str], data_dir: &Path, env: &[(String, String)]) -> Self {
+    /// `strata ARGS --data-dir DATA_DIR` with `env`, once it listens.
+    pub fn spawn_with(args: &[&str], data_dir: &Path, env: &[(String, String)]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .arg("--data-dir")
