@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use strata_record::{Compression, FormatError, Record};
 use strata_storage::TopicOverrides;
 
+use crate::security::{InvalidSecurity, SecurityCommand, SecurityRejected, SecurityState};
 use crate::types::NodeId;
 
 /// A node as the cluster knows it.
@@ -50,6 +51,10 @@ pub struct Metadata {
     /// Topic ids are never reused (a deleted topic's data is never mistaken
     /// for a new topic's).
     pub next_topic_id: u64,
+    /// Users, API tokens and ACLs (absent from metadata written before
+    /// they existed).
+    #[serde(default)]
+    pub security: SecurityState,
 }
 
 /// A change to the metadata.
@@ -79,6 +84,8 @@ pub enum Command {
         from: u32,
         replicas: Vec<Vec<NodeId>>,
     },
+    /// Users, tokens, ACLs (see [`crate::security`]).
+    Security(SecurityCommand),
 }
 
 /// Why a command cannot be applied (the metadata is left unchanged).
@@ -98,6 +105,8 @@ pub enum Rejected {
     UnknownNode { topic: String, partition: usize, node: NodeId },
     #[error(transparent)]
     Invalid(#[from] InvalidCommand),
+    #[error(transparent)]
+    Security(#[from] SecurityRejected),
 }
 
 /// What no command may say, whatever the metadata: checked before a command
@@ -129,6 +138,8 @@ pub enum InvalidCommand {
     DuplicateReplica { topic: String, partition: usize, node: NodeId },
     #[error("topic '{topic}' has id {id}, which the metadata never handed out (next is {next})")]
     TopicId { topic: String, id: u64, next: u64 },
+    #[error(transparent)]
+    Security(#[from] InvalidSecurity),
 }
 
 /// Longest node address a command may carry.
@@ -226,6 +237,7 @@ impl Command {
                 check_name(name)?;
                 check_replicas(name, *from as usize, replicas, members)?;
             }
+            Command::Security(command) => command.check()?,
         }
         Ok(())
     }
@@ -288,6 +300,7 @@ impl Metadata {
                     topic.replicas.extend(replicas.iter().cloned());
                 }
             }
+            Command::Security(command) => self.security.apply(command)?,
         }
         Ok(())
     }
@@ -316,6 +329,7 @@ impl Metadata {
             }
             check_replicas(name, 0, &topic.replicas, Some(&registered))?;
         }
+        self.security.check()?;
         Ok(())
     }
 

@@ -23,6 +23,7 @@ pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod retention;
+pub mod security;
 pub mod state_machine;
 pub mod transfer;
 pub mod types;
