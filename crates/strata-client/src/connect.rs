@@ -64,11 +64,17 @@ pub struct ConnectOptions {
     pub tls: Option<TlsOptions>,
     /// Channels made otherwise (see [`Dialer`]).
     pub dialer: Option<std::sync::Arc<dyn Dialer>>,
+    /// What proves who the client is.
+    pub credentials: crate::Credentials,
 }
 
 impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOptions").field("tls", &self.tls).field("dialer", &self.dialer.is_some()).finish()
+        f.debug_struct("ConnectOptions")
+            .field("tls", &self.tls)
+            .field("dialer", &self.dialer.is_some())
+            .field("credentials", &self.credentials)
+            .finish()
     }
 }
 
@@ -78,7 +84,7 @@ impl ConnectOptions {
     pub fn with_tls_files(tls: bool, ca: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Self> {
         let wanted = tls || ca.is_some() || cert.is_some() || key.is_some();
         let tls = wanted.then(|| TlsOptions::from_files(ca.as_deref(), cert.as_deref(), key.as_deref())).transpose()?;
-        Ok(Self { tls, dialer: None })
+        Ok(Self { tls, ..Self::default() })
     }
 }
 

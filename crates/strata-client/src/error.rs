@@ -9,9 +9,13 @@ pub enum ClientError {
     InvalidAddress { addr: String, reason: String },
     #[error("cannot connect to strata{}: {reason} (is the server running and listening there?)", at(.addr))]
     Connect { addr: String, reason: String },
-    /// TLS material that cannot be read or used.
-    #[error("TLS: {0}")]
+    /// TLS material that cannot be read or used, or a TLS handshake that
+    /// failed.
+    #[error("{0}")]
     Tls(String),
+    /// Credentials that cannot be used.
+    #[error("{0}")]
+    Auth(String),
     #[error("{message}")]
     Server {
         code: Code,

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use strata_proto::v1 as pb;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::retry::Backoff;
 use crate::{Client, ClientError, GRPC_MESSAGE_LIMIT, Result};
@@ -75,8 +74,8 @@ pub(crate) fn no_coordinator(err: &ClientError) -> bool {
 }
 
 impl Client {
-    pub(crate) fn groups_rpc(&self) -> pb::groups_client::GroupsClient<Channel> {
-        pb::groups_client::GroupsClient::new(self.channel.clone())
+    pub(crate) fn groups_rpc(&self) -> pb::groups_client::GroupsClient<crate::Rpc> {
+        pb::groups_client::GroupsClient::new(self.rpc_channel())
             .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
             .max_encoding_message_size(GRPC_MESSAGE_LIMIT)
     }

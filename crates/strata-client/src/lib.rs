@@ -16,6 +16,7 @@
 
 mod connect;
 mod consumer;
+mod credentials;
 mod error;
 mod group_consumer;
 mod groups;
@@ -38,6 +39,7 @@ use retry::{Backoff, Retry};
 
 pub use connect::{ConnectOptions, Dialer, TlsOptions};
 pub use consumer::{PartitionConsumer, RecordStream, StartOffset};
+pub use credentials::Credentials;
 pub use error::ClientError;
 pub use group_consumer::{
     GroupConsumer, GroupConsumerConfig, GroupRecord, TopicPartition, next_offsets, topic_partitions_from_proto,
@@ -55,6 +57,9 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:7878";
 pub const GRPC_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A channel whose calls carry the client's credentials.
+pub type Rpc = tonic::service::interceptor::InterceptedService<Channel, credentials::Bearer>;
 
 /// Records fetched from one partition.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +92,10 @@ struct Router {
     channels: Mutex<HashMap<String, Channel>>,
     /// How connections are made.
     options: ConnectOptions,
+    /// The credentials sent with every call.
+    bearer: credentials::Bearer,
+    /// Dropped with the last handle: the session renewal task ends.
+    alive: Arc<()>,
     /// The leader's address per (topic, partition), as last learnt.
     leaders: Mutex<HashMap<(String, u32), String>>,
     /// Nodes that refused a connection, and when: asked for metadata only
@@ -157,6 +166,8 @@ impl Client {
         for a in &list {
             match open_channel(a, &router.options).await {
                 Ok(channel) => {
+                    let alive = Arc::downgrade(&router.alive);
+                    credentials::start(&router.options.credentials, &router.bearer, channel.clone(), alive).await?;
                     router.channels.lock().map_err(|_| poisoned())?.insert(a.clone(), channel.clone());
                     return Ok(Self { channel, addr: a.clone(), timeout: Duration::from_secs(30), router });
                 }
@@ -375,20 +386,30 @@ impl Client {
         req
     }
 
-    pub(crate) fn producer_rpc(&self) -> pb::producer_client::ProducerClient<Channel> {
-        pb::producer_client::ProducerClient::new(self.channel.clone())
+    /// The channel with the client's credentials on every call.
+    pub(crate) fn rpc_channel(&self) -> Rpc {
+        tonic::service::interceptor::InterceptedService::new(self.channel.clone(), self.router.bearer.clone())
+    }
+
+    pub(crate) fn producer_rpc(&self) -> pb::producer_client::ProducerClient<Rpc> {
+        pb::producer_client::ProducerClient::new(self.rpc_channel())
             .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
             .max_encoding_message_size(GRPC_MESSAGE_LIMIT)
     }
 
-    pub(crate) fn consumer_rpc(&self) -> pb::consumer_client::ConsumerClient<Channel> {
-        pb::consumer_client::ConsumerClient::new(self.channel.clone())
+    pub(crate) fn consumer_rpc(&self) -> pb::consumer_client::ConsumerClient<Rpc> {
+        pb::consumer_client::ConsumerClient::new(self.rpc_channel())
             .max_decoding_message_size(GRPC_MESSAGE_LIMIT)
             .max_encoding_message_size(GRPC_MESSAGE_LIMIT)
     }
 
-    fn admin_rpc(&self) -> pb::admin_client::AdminClient<Channel> {
-        pb::admin_client::AdminClient::new(self.channel.clone())
+    fn admin_rpc(&self) -> pb::admin_client::AdminClient<Rpc> {
+        pb::admin_client::AdminClient::new(self.rpc_channel())
+    }
+
+    /// The `Security` service (users, tokens, ACLs) at this node.
+    pub fn security_rpc(&self) -> pb::security_client::SecurityClient<Rpc> {
+        pb::security_client::SecurityClient::new(self.rpc_channel())
     }
 
     /// Creates a topic with the server's default replication factor.

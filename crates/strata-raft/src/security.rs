@@ -135,15 +135,28 @@ pub struct SecurityState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SecurityCommand {
     /// A new user (`create`), or a new password for an existing one.
-    PutUser { user: UserRecord, create: bool },
+    PutUser {
+        user: UserRecord,
+        create: bool,
+    },
     /// The user and its tokens.
-    DeleteUser { name: String },
+    DeleteUser {
+        name: String,
+    },
     CreateToken(TokenRecord),
-    RevokeToken { id: String },
-    CreateAcls { acls: Vec<AclBinding> },
+    RevokeToken {
+        id: String,
+    },
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
     /// Exactly these bindings (the proposer resolved its filter).
-    DeleteAcls { acls: Vec<AclBinding> },
-    SetSessionKey { key: String },
+    DeleteAcls {
+        acls: Vec<AclBinding>,
+    },
+    SetSessionKey {
+        key: String,
+    },
 }
 
 /// What no security command may carry.
@@ -154,7 +167,9 @@ pub enum InvalidSecurity {
          '-'), not {0:?}"
     )]
     UserName(String),
-    #[error("a stored password must be a PBKDF2 hash with a salt of 16 to 64 bytes, {MIN_ITERATIONS} to {MAX_ITERATIONS} iterations and a 32-byte key")]
+    #[error(
+        "a stored password must be a PBKDF2 hash with a salt of 16 to 64 bytes, {MIN_ITERATIONS} to {MAX_ITERATIONS} iterations and a 32-byte key"
+    )]
     Credential,
     #[error("a token id is 16 hexadecimal digits and its hash 64, not {0:?}")]
     Token(String),
@@ -213,7 +228,9 @@ pub fn check_user_name(name: &str) -> Result<(), InvalidSecurity> {
 
 fn check_user(user: &UserRecord) -> Result<(), InvalidSecurity> {
     check_user_name(&user.name)?;
-    let salt_ok = user.salt.len().is_multiple_of(2) && (32..=128).contains(&user.salt.len()) && is_hex(&user.salt, user.salt.len());
+    let salt_ok = user.salt.len().is_multiple_of(2)
+        && (32..=128).contains(&user.salt.len())
+        && is_hex(&user.salt, user.salt.len());
     if !salt_ok || !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&user.iterations) || !is_hex(&user.hash, 64) {
         return Err(InvalidSecurity::Credential);
     }
@@ -261,7 +278,10 @@ pub fn check_acl(acl: &AclBinding) -> Result<(), InvalidSecurity> {
     use Operation::*;
     let applies = match acl.resource_type {
         ResourceType::Topic => {
-            matches!(acl.operation, All | Read | Write | Create | Delete | Alter | Describe | DescribeConfigs | AlterConfigs)
+            matches!(
+                acl.operation,
+                All | Read | Write | Create | Delete | Alter | Describe | DescribeConfigs | AlterConfigs
+            )
         }
         ResourceType::Group => matches!(acl.operation, All | Read | Delete | Describe),
         ResourceType::Cluster => {
@@ -282,7 +302,11 @@ impl SecurityCommand {
             SecurityCommand::DeleteUser { name } => check_user_name(name),
             SecurityCommand::CreateToken(token) => check_token(token),
             SecurityCommand::RevokeToken { id } => {
-                if is_hex(id, 16) { Ok(()) } else { Err(InvalidSecurity::Token(id.clone())) }
+                if is_hex(id, 16) {
+                    Ok(())
+                } else {
+                    Err(InvalidSecurity::Token(id.clone()))
+                }
             }
             SecurityCommand::CreateAcls { acls } | SecurityCommand::DeleteAcls { acls } => {
                 if acls.len() > MAX_ACLS_PER_COMMAND {
@@ -291,7 +315,11 @@ impl SecurityCommand {
                 acls.iter().try_for_each(check_acl)
             }
             SecurityCommand::SetSessionKey { key } => {
-                if is_hex(key, 64) { Ok(()) } else { Err(InvalidSecurity::SessionKey) }
+                if is_hex(key, 64) {
+                    Ok(())
+                } else {
+                    Err(InvalidSecurity::SessionKey)
+                }
             }
         }
     }
@@ -391,7 +419,13 @@ mod tests {
     use super::*;
 
     fn user(name: &str) -> UserRecord {
-        UserRecord { name: name.into(), salt: "ab".repeat(16), iterations: 10_000, hash: "cd".repeat(32), generation: 0 }
+        UserRecord {
+            name: name.into(),
+            salt: "ab".repeat(16),
+            iterations: 10_000,
+            hash: "cd".repeat(32),
+            generation: 0,
+        }
     }
 
     fn acl(principal: &str, topic: &str, op: Operation) -> AclBinding {

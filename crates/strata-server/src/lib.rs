@@ -88,6 +88,8 @@ pub struct NodeConfig {
     /// TLS on the client listener (`--tls-cert`, `--tls-key`,
     /// `--tls-client-ca`); `None`: plaintext.
     pub client_tls: Option<strata_tls::ServingTls>,
+    /// Authentication and authorization (`--require-auth`).
+    pub auth: auth::AuthConfig,
 }
 
 impl NodeConfig {
@@ -107,6 +109,7 @@ impl NodeConfig {
             cluster_security: ClusterSecurity::Insecure,
             request_memory: request_memory::DEFAULT_REQUEST_MEMORY_BYTES,
             client_tls: None,
+            auth: auth::AuthConfig::default(),
         }
     }
 }
@@ -199,11 +202,15 @@ impl Node {
                 .await?;
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
-        let services = Services::new(Arc::clone(&logs), Arc::clone(&replication), streams_stop.clone());
+        let auth = auth::Auth::new(config.auth.clone(), replication.metadata_watch());
+        let services =
+            Services::new(Arc::clone(&logs), Arc::clone(&replication), Arc::clone(&auth), streams_stop.clone());
         let connections = incoming::Connections::default();
         let coordinator =
             groups::Coordinator::new(Arc::clone(&logs), Arc::clone(&replication), connections.in_process());
-        let group_service = groups::service::GroupService::new(Arc::clone(&coordinator), streams_stop);
+        let group_service =
+            groups::service::GroupService::new(Arc::clone(&coordinator), Arc::clone(&auth), streams_stop);
+        let security_service = auth::service::SecurityService::new(Arc::clone(&auth), Arc::clone(&replication));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ProducerServer<Services>>().await;
         health.set_serving::<ConsumerServer<Services>>().await;
@@ -234,7 +241,7 @@ impl Node {
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
             // Bounded per node: the memory of request messages being received.
             .layer(request_memory::RequestMemoryLayer::new(request_memory::RequestMemory::new(config.request_memory)))
-            .layer(auth::AuthLayer::new())
+            .layer(auth::AuthLayer::new(Arc::clone(&auth)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -249,7 +256,8 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_LIMIT),
             )
             .add_service(AdminServer::new(services.clone()))
-            .add_service(group_service.clone().into_server());
+            .add_service(group_service.clone().into_server())
+            .add_service(security_service.into_server());
         let incoming = connections.accept(listener, incoming::MAX_CLIENT_CONNECTIONS, config.client_tls.clone());
         let client_tls = config.client_tls.clone().map(|tls| {
             let reloader = tokio::spawn(reload_certificates_every(tls.clone(), CERTIFICATE_CHECK_INTERVAL));
@@ -279,12 +287,15 @@ impl Node {
                         strata_tls::Security::Insecure
                     }
                 };
-                let public = PublicServices { services, groups: group_service };
+                let public = PublicServices { services, groups: group_service, auth: Arc::clone(&auth) };
                 Some(serve_cluster(listener, security, replication.service(), public))
             }
             None => None,
         };
         replication.run().await?;
+        if let Some((user, password)) = config.auth.bootstrap_user.clone() {
+            tokio::spawn(auth::service::bootstrap_user(Arc::clone(&auth), Arc::clone(&replication), user, password));
+        }
         let retention =
             tokio::spawn(retention_loop(Arc::clone(&logs), Arc::clone(&replication), config.retention_check_interval));
         let group_timer = tokio::spawn(groups::run_timer(coordinator));
@@ -372,6 +383,8 @@ type Serving = (oneshot::Sender<()>, JoinHandle<Result<(), ServerError>>);
 struct PublicServices {
     services: Services,
     groups: groups::service::GroupService,
+    /// Callers there are nodes; the layer says so to the services' checks.
+    auth: Arc<auth::Auth>,
 }
 
 fn serve_cluster(
@@ -390,6 +403,7 @@ fn serve_cluster(
             // A peer that vanished (power loss, cut cable) is noticed.
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .layer(auth::AuthLayer::new(public.auth))
             .add_service(service)
             .add_service(
                 ProducerServer::new(public.services.clone())

@@ -668,8 +668,27 @@ impl Replication {
             refused @ (Rejected::AlreadyBootstrapped(_) | Rejected::NodeIdReused { .. }) => {
                 Status::failed_precondition(refused.to_string())
             }
+            Rejected::Security(e) => {
+                status(tonic::Code::FailedPrecondition, pb::ErrorReason::SecurityConflict, e.to_string())
+            }
             other => controller_unavailable(other.to_string()),
         })
+    }
+
+    /// Applies a change of users, tokens or ACLs across the cluster and
+    /// returns the metadata with it.
+    pub async fn propose_security(
+        &self,
+        command: strata_raft::security::SecurityCommand,
+    ) -> Result<Arc<Metadata>, Status> {
+        let command = Command::Security(command);
+        self.check_command(&command)?;
+        self.propose_controller(&command).await
+    }
+
+    /// The controller's metadata as this node applied it, and its changes.
+    pub fn metadata_watch(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.metadata.clone()
     }
 
     /// Deletes a topic across the cluster.

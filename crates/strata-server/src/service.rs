@@ -18,6 +18,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Auth, Resource, identity_of};
+use strata_raft::security::Operation;
+
 use crate::convert;
 use crate::replication::{Pending, Replication};
 use crate::status::{from_storage, invalid};
@@ -37,6 +40,7 @@ const SUBSCRIBE_BUFFER: usize = 4;
 pub struct Services {
     logs: Arc<LogManager>,
     replication: Arc<Replication>,
+    auth: Arc<Auth>,
     round_robin: Arc<AtomicU32>,
     /// Becomes true when the node shuts down: streams and long polls end.
     shutdown: watch::Receiver<bool>,
@@ -52,8 +56,13 @@ pub(crate) async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
 }
 
 impl Services {
-    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { logs, replication, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
+    pub fn new(
+        logs: Arc<LogManager>,
+        replication: Arc<Replication>,
+        auth: Arc<Auth>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self { logs, replication, auth, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
@@ -164,6 +173,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+        self.auth.authorize(&request, Operation::Write, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         let tickets = self.submit(&req).await?;
         Ok(Response::new(await_tickets(req.request_id, tickets).await?))
@@ -175,6 +185,7 @@ impl pb::producer_server::Producer for Services {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let identity = identity_of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
         let services = self.clone();
@@ -196,7 +207,14 @@ impl pb::producer_server::Producer for Services {
                 };
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
                 // Submitting here, in arrival order, fixes the offset order.
-                match services.submit(&req).await {
+                let allowed =
+                    services.auth.authorize_identity(&identity, Operation::Write, Resource::Topic(&req.topic));
+                match async {
+                    allowed?;
+                    services.submit(&req).await
+                }
+                .await
+                {
                     Ok(tickets) => {
                         let tx = tx.clone();
                         tokio::spawn(async move {
@@ -320,6 +338,7 @@ fn check_readable(topic: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl pb::consumer_server::Consumer for Services {
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        self.auth.authorize(&request, Operation::Read, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         check_readable(&req.topic)?;
         let log = self.partition(&req.topic, req.partition)?;
@@ -342,6 +361,7 @@ impl pb::consumer_server::Consumer for Services {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.auth.authorize(&request, Operation::Read, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         check_readable(&req.topic)?;
         let log = self.partition(&req.topic, req.partition)?;
@@ -396,6 +416,7 @@ impl pb::consumer_server::Consumer for Services {
         &self,
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        self.auth.authorize(&request, Operation::Describe, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         let count = self.logs.partition_count(&req.topic).map_err(from_storage)?;
         let spec = pb::OffsetSpec::try_from(req.spec).unwrap_or(pb::OffsetSpec::Unspecified);
@@ -426,6 +447,11 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        // Kafka: CREATE on the cluster, or on the topic.
+        let identity = identity_of(&request);
+        if !self.auth.may(&identity, Operation::Create, Resource::Cluster) {
+            self.auth.authorize_identity(&identity, Operation::Create, Resource::Topic(&request.get_ref().name))?;
+        }
         let req = request.into_inner();
         let overrides = convert::overrides_from_proto(req.config);
         if req.name.starts_with(crate::groups::RESERVED_PREFIX) {
@@ -446,6 +472,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.auth.authorize(&request, Operation::Delete, Resource::Topic(&request.get_ref().name))?;
         let name = request.into_inner().name;
         if name.starts_with(crate::groups::RESERVED_PREFIX) {
             return Err(crate::groups::reserved(&name));
@@ -456,10 +483,16 @@ impl pb::admin_server::Admin for Services {
 
     async fn list_topics(
         &self,
-        _request: Request<pb::ListTopicsRequest>,
+        request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        // Only what the caller may describe.
+        let identity = identity_of(&request);
         let topics = self.logs.list_topics().map_err(from_storage)?;
-        let topics = topics.iter().map(|t| self.with_placement(convert::topic_to_proto(t))).collect();
+        let topics = topics
+            .iter()
+            .filter(|t| self.auth.may(&identity, Operation::Describe, Resource::Topic(&t.name)))
+            .map(|t| self.with_placement(convert::topic_to_proto(t)))
+            .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
@@ -467,6 +500,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        self.auth.authorize(&request, Operation::Describe, Resource::Topic(&request.get_ref().name))?;
         Ok(Response::new(pb::DescribeTopicResponse { topic: Some(self.describe(&request.into_inner().name)?) }))
     }
 
@@ -474,6 +508,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
+        self.auth.authorize(&request, Operation::AlterConfigs, Resource::Topic(&request.get_ref().name))?;
         let req = request.into_inner();
         // Retention on the groups topic would erase committed offsets.
         if req.name.starts_with(crate::groups::RESERVED_PREFIX) {
@@ -491,6 +526,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        self.auth.authorize(&request, Operation::Alter, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         if req.topic.starts_with(crate::groups::RESERVED_PREFIX) {
             return Err(crate::groups::reserved(&req.topic));
@@ -500,11 +536,19 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Result<Response<pb::MetadataResponse>, Status> {
+        let identity = identity_of(&request);
         let req = request.into_inner();
         let topics = if req.topics.is_empty() {
+            // Only what the caller may describe.
             let all = self.logs.list_topics().map_err(from_storage)?;
-            all.iter().map(|t| self.with_placement(convert::topic_to_proto(t))).collect()
+            all.iter()
+                .filter(|t| self.auth.may(&identity, Operation::Describe, Resource::Topic(&t.name)))
+                .map(|t| self.with_placement(convert::topic_to_proto(t)))
+                .collect()
         } else {
+            for name in &req.topics {
+                self.auth.authorize_identity(&identity, Operation::Describe, Resource::Topic(name))?;
+            }
             req.topics.iter().map(|name| self.describe(name)).collect::<Result<Vec<_>, _>>()?
         };
         let brokers =
@@ -516,6 +560,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         request: Request<pb::PartitionDigestRequest>,
     ) -> Result<Response<pb::PartitionDigestResponse>, Status> {
+        self.auth.authorize(&request, Operation::Describe, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         let log = self.partition(&req.topic, req.partition)?;
         let applied = self.replication.applied_index(&req.topic, req.partition).ok_or_else(|| {

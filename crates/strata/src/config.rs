@@ -23,6 +23,12 @@ pub struct ServerConfig {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub tls_client_ca: PathBuf,
+    pub require_auth: bool,
+    pub superusers: String,
+    pub tls_principal_rules: String,
+    /// `STRATA_BOOTSTRAP_USER` (NAME:PASSWORD): environment only.
+    #[serde(skip)]
+    pub bootstrap_user: Option<String>,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
     pub log_format: String,
@@ -89,7 +95,9 @@ impl ServerConfig {
             merge(&mut table, overlay, "")?;
         }
         apply_env(&mut table, "STRATA", env)?;
-        toml::Value::Table(table).try_into().context("invalid configuration")
+        let mut config: Self = toml::Value::Table(table).try_into().context("invalid configuration")?;
+        config.bootstrap_user = env.iter().find(|(k, _)| k == "STRATA_BOOTSTRAP_USER").map(|(_, v)| v.clone());
+        Ok(config)
     }
 
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
@@ -165,12 +173,26 @@ impl ServerConfig {
         }
         strata_server::request_memory::check_limit(self.limits.request_memory_bytes).map_err(anyhow::Error::msg)?;
         let client_tls = self.client_tls()?;
-        if client_tls.is_none() && !listen.ip().is_loopback() {
-            tracing::warn!(
-                %listen,
-                "the client listener is reachable from other hosts WITHOUT TLS or authentication: anyone who \
-                 reaches it can read, write and delete every topic; give --tls-cert and --tls-key"
-            );
+        let auth = self.auth()?;
+        if !listen.ip().is_loopback() {
+            match (client_tls.is_some(), auth.require_auth) {
+                (false, false) => tracing::warn!(
+                    %listen,
+                    "the client listener is reachable from other hosts WITHOUT TLS or authentication: anyone who \
+                     reaches it can read, write and delete every topic; give --tls-cert, --tls-key and --require-auth"
+                ),
+                (true, false) => tracing::warn!(
+                    %listen,
+                    "the client listener is reachable from other hosts WITHOUT authentication: anyone who reaches \
+                     it can read, write and delete every topic; give --require-auth"
+                ),
+                (false, true) => tracing::warn!(
+                    %listen,
+                    "the client listener is reachable from other hosts WITHOUT TLS: tokens cross the network in \
+                     the clear (and passwords are refused); give --tls-cert and --tls-key"
+                ),
+                (true, true) => {}
+            }
         }
         Ok(NodeConfig {
             cluster,
@@ -184,6 +206,43 @@ impl ServerConfig {
             retention_check_interval: std::time::Duration::from_millis(self.retention_check_interval_ms.max(100)),
             request_memory: self.limits.request_memory_bytes,
             client_tls,
+            auth,
+        })
+    }
+
+    /// Authentication and authorization: `require_auth`, `superusers`,
+    /// `tls_principal_rules`, `STRATA_BOOTSTRAP_USER`.
+    fn auth(&self) -> anyhow::Result<strata_server::auth::AuthConfig> {
+        let mut superusers = Vec::new();
+        for s in self.superusers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let name = s.strip_prefix("User:").unwrap_or(s);
+            strata_server::auth::check_user_name(name).map_err(|e| anyhow::anyhow!("superusers: {e}"))?;
+            superusers.push(format!("User:{name}"));
+        }
+        let principal_rules = strata_server::auth::PrincipalRules::parse(&self.tls_principal_rules)
+            .map_err(|e| anyhow::anyhow!("tls_principal_rules: {e}"))?;
+        let bootstrap_user = match self.bootstrap_user.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(spec) => {
+                let (name, password) = spec
+                    .split_once(':')
+                    .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("STRATA_BOOTSTRAP_USER must be NAME:PASSWORD"))?;
+                strata_server::auth::check_user_name(name)
+                    .map_err(|e| anyhow::anyhow!("STRATA_BOOTSTRAP_USER: {e}"))?;
+                Some((name.to_owned(), password.to_owned()))
+            }
+        };
+        if bootstrap_user.is_some() && !self.require_auth {
+            tracing::warn!(
+                "STRATA_BOOTSTRAP_USER is set but authentication is off (--require-auth): the user is created, but nothing asks for it"
+            );
+        }
+        Ok(strata_server::auth::AuthConfig {
+            require_auth: self.require_auth,
+            superusers,
+            principal_rules,
+            bootstrap_user,
         })
     }
 

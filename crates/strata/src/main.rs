@@ -9,6 +9,7 @@ mod config;
 mod failover;
 mod group;
 mod group_bench;
+mod security;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,17 +45,34 @@ pub struct ClientOpts {
     /// The client certificate's private key (PEM).
     #[arg(long, global = true, env = "STRATA_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Log in as this user (with --password; over TLS only).
+    #[arg(long, global = true, env = "STRATA_USER", requires = "password", conflicts_with = "token")]
+    pub user: Option<String>,
+    /// The user's password (prefer STRATA_PASSWORD: a flag shows in `ps`).
+    #[arg(long, global = true, env = "STRATA_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<String>,
+    /// An API token (`strata token create`), sent as a bearer token.
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ClientOpts {
     /// How to connect, from the TLS flags.
     pub fn connect_options(&self) -> anyhow::Result<strata_client::ConnectOptions> {
-        Ok(strata_client::ConnectOptions::with_tls_files(
+        let mut options = strata_client::ConnectOptions::with_tls_files(
             self.tls,
             self.tls_ca.clone(),
             self.tls_cert.clone(),
             self.tls_key.clone(),
-        )?)
+        )?;
+        options.credentials = match (&self.user, &self.password, &self.token) {
+            (_, _, Some(token)) => strata_client::Credentials::Token(token.clone()),
+            (Some(user), Some(password), None) => {
+                strata_client::Credentials::Password { user: user.clone(), password: password.clone() }
+            }
+            _ => strata_client::Credentials::None,
+        };
+        Ok(options)
     }
 }
 
@@ -99,6 +117,32 @@ enum Command {
     },
     /// Run a local cluster of several nodes (for trying replication).
     Dev(cluster::DevArgs),
+    /// Users with passwords (authentication).
+    User {
+        #[command(flatten)]
+        client: security::UserClientOpts,
+        #[command(subcommand)]
+        command: security::UserCommand,
+    },
+    /// API tokens for services and non-Rust clients.
+    Token {
+        #[command(flatten)]
+        client: security::UserClientOpts,
+        #[command(subcommand)]
+        command: security::TokenCommand,
+    },
+    /// Access control lists (authorization).
+    Acl {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: security::AclCommand,
+    },
+    /// Who the node takes you for.
+    Whoami {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Make a cluster CA and node or client certificates.
     Certs {
         #[command(subcommand)]
@@ -157,6 +201,10 @@ struct ServerArgs {
     /// Accept client certificates issued by this CA (PEM; STRATA_TLS_CLIENT_CA).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// Require authentication on the client listener, and so authorize
+    /// every request with ACLs (STRATA_REQUIRE_AUTH).
+    #[arg(long)]
+    require_auth: bool,
     /// Log format: text or json (overrides the config).
     #[arg(long)]
     log_format: Option<String>,
@@ -199,6 +247,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { client, command } => group::run(&client, command).await,
         Command::Dev(args) => cluster::dev(args).await,
         Command::Certs { command } => certs::run(command),
+        Command::User { client, command } => security::user(&client, command).await,
+        Command::Token { client, command } => security::token(&client, command).await,
+        Command::Acl { client, command } => security::acl(&client, command).await,
+        Command::Whoami { client } => security::whoami(&client).await,
     }
 }
 
@@ -245,6 +297,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     }
     if args.insecure_cluster {
         config.insecure_cluster = true;
+    }
+    if args.require_auth {
+        config.require_auth = true;
     }
     for (flag, key) in [
         (args.tls_cert, &mut config.tls_cert),

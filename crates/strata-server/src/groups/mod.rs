@@ -225,7 +225,7 @@ impl Coordinator {
     pub async fn client(&self) -> Result<&strata_client::Client, Status> {
         self.client
             .get_or_try_init(|| async {
-                let options = strata_client::ConnectOptions { tls: None, dialer: Some(self.dialer.clone()) };
+                let options = strata_client::ConnectOptions { dialer: Some(self.dialer.clone()), ..Default::default() };
                 strata_client::Client::connect_with(&self.replication.advertised(), options)
                     .await
                     .map(|c| c.with_timeout(Duration::from_secs(10)))
@@ -959,6 +959,7 @@ pub(crate) fn client_status(e: strata_client::ClientError) -> Status {
         e @ (strata_client::ClientError::Format(_)
         | strata_client::ClientError::Protocol(_)
         | strata_client::ClientError::Tls(_)
+        | strata_client::ClientError::Auth(_)
         | strata_client::ClientError::InvalidAddress { .. }) => {
             Status::internal(format!("talking to another node: {e}"))
         }

@@ -18,8 +18,10 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Coordinator, Route, SessionHandle, limits, not_coordinator};
+use crate::auth::{Auth, Resource, identity_of};
 use crate::service::{shutting_down, until_shutdown};
 use crate::status::invalid;
+use strata_raft::security::Operation;
 
 /// Metadata header counting how often a request was forwarded.
 pub const FORWARDED_HEADER: &str = "x-strata-forwarded";
@@ -32,6 +34,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[derive(Clone)]
 pub struct GroupService {
     coordinator: Arc<Coordinator>,
+    auth: Arc<Auth>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -47,8 +50,25 @@ fn forwarded<T>(message: T, hops: u32) -> Request<T> {
 }
 
 impl GroupService {
-    pub fn new(coordinator: Arc<Coordinator>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { coordinator, shutdown }
+    pub fn new(coordinator: Arc<Coordinator>, auth: Arc<Auth>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { coordinator, auth, shutdown }
+    }
+
+    /// Kafka's checks for a group's offsets: `operation` on the group, then
+    /// on each topic.
+    fn authorize_offsets<'a, T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+        group: &str,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Status> {
+        let identity = identity_of(request);
+        self.auth.authorize_identity(&identity, operation, Resource::Group(group))?;
+        for topic in topics {
+            self.auth.authorize_identity(&identity, operation, Resource::Topic(topic))?;
+        }
+        Ok(())
     }
 
     pub fn into_server(self) -> GroupsServer<Self> {
@@ -89,12 +109,14 @@ impl pb::groups_server::Groups for GroupService {
         request: Request<Streaming<pb::GroupSessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let hops = hops(&request);
+        let identity = identity_of(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| invalid("the session ended before its GroupJoin"))?;
         let Some(pb::group_session_request::Kind::Join(join)) = first.kind.clone() else {
             return Err(invalid("the first message of a session must be a GroupJoin"));
         };
         limits::check_join(&join)?;
+        self.auth.authorize_identity(&identity, Operation::Read, Resource::Group(&join.group))?;
         if let Some(mut remote) = self.forward_to(&join.group, hops).await? {
             let rest = inbound
                 .take_while(|m| futures::future::ready(m.is_ok()))
@@ -126,6 +148,8 @@ impl pb::groups_server::Groups for GroupService {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let hops = hops(&request);
+        let topics = request.get_ref().offsets.iter().map(|o| o.topic.as_str());
+        self.authorize_offsets(&request, Operation::Read, &request.get_ref().group, topics)?;
         let req = request.into_inner();
         limits::check_commit(&req)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
@@ -140,11 +164,18 @@ impl pb::groups_server::Groups for GroupService {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let hops = hops(&request);
+        let identity = identity_of(&request);
+        let topics = request.get_ref().partitions.iter().map(|p| p.topic.as_str());
+        self.authorize_offsets(&request, Operation::Describe, &request.get_ref().group, topics)?;
         let req = request.into_inner();
-        if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
-            return remote.fetch_offsets(forwarded(req, hops)).await;
-        }
-        Ok(Response::new(pb::FetchOffsetsResponse { offsets: self.coordinator.fetch_offsets(&req).await? }))
+        let mut answer = match self.forward_to(&req.group, hops).await? {
+            Some(mut remote) => remote.fetch_offsets(forwarded(req, hops)).await?.into_inner(),
+            None => pb::FetchOffsetsResponse { offsets: self.coordinator.fetch_offsets(&req).await? },
+        };
+        // All of the group's offsets asked for: those of topics the caller
+        // may describe.
+        answer.offsets.retain(|o| self.auth.may(&identity, Operation::Describe, Resource::Topic(&o.topic)));
+        Ok(Response::new(answer))
     }
 
     async fn reset_offsets(
@@ -152,6 +183,8 @@ impl pb::groups_server::Groups for GroupService {
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
         let hops = hops(&request);
+        let topic = request.get_ref().topic.as_str();
+        self.authorize_offsets(&request, Operation::Read, &request.get_ref().group, [topic])?;
         let req = request.into_inner();
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.reset_offsets(forwarded(req, hops)).await;
@@ -164,6 +197,7 @@ impl pb::groups_server::Groups for GroupService {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let identity = identity_of(&request);
         let mut all: BTreeMap<String, pb::GroupSummary> = BTreeMap::new();
         for g in self.coordinator.list_local().await {
             all.insert(g.group.clone(), g);
@@ -188,6 +222,8 @@ impl pb::groups_server::Groups for GroupService {
                 }
             }
         }
+        // Only the groups the caller may describe.
+        all.retain(|name, _| self.auth.may(&identity, Operation::Describe, Resource::Group(name)));
         Ok(Response::new(pb::ListGroupsResponse { groups: all.into_values().collect() }))
     }
 
@@ -196,6 +232,7 @@ impl pb::groups_server::Groups for GroupService {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         let hops = hops(&request);
+        self.auth.authorize(&request, Operation::Describe, Resource::Group(&request.get_ref().group))?;
         let req = request.into_inner();
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
             return remote.describe_group(forwarded(req, hops)).await;
@@ -208,6 +245,8 @@ impl pb::groups_server::Groups for GroupService {
         request: Request<pb::ShareFetchRequest>,
     ) -> Result<Response<pb::ShareFetchResponse>, Status> {
         let hops = hops(&request);
+        let topic = request.get_ref().topic.as_str();
+        self.authorize_offsets(&request, Operation::Read, &request.get_ref().group, [topic])?;
         let req = request.into_inner();
         limits::check_consumer_id(&req.consumer_id)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
@@ -222,6 +261,8 @@ impl pb::groups_server::Groups for GroupService {
 
     async fn share_ack(&self, request: Request<pb::ShareAckRequest>) -> Result<Response<pb::ShareAckResponse>, Status> {
         let hops = hops(&request);
+        let topic = request.get_ref().topic.as_str();
+        self.authorize_offsets(&request, Operation::Read, &request.get_ref().group, [topic])?;
         let req = request.into_inner();
         limits::check_consumer_id(&req.consumer_id)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
