@@ -147,6 +147,17 @@ fn copy_ca_cert(ca: &Authority, dir: &Path) -> anyhow::Result<()> {
 
 /// A CA in `ca_dir` and certificates for nodes 1..=n in `dir`, made if
 /// missing (what `strata dev` runs on).
+/// `strata dev --secure`'s certificate for the client listeners
+/// (server.crt/.key in `dir`, for 127.0.0.1 and localhost), made once.
+pub fn ensure_dev_server_cert(ca_dir: &Path, dir: &Path) -> anyhow::Result<()> {
+    if dir.join("server.crt").exists() {
+        return Ok(());
+    }
+    let ca = Authority::load_dir(ca_dir)?;
+    ca.server(&["127.0.0.1".into(), "localhost".into()], 825)?.write(dir, "server", true)?;
+    copy_ca_cert(&ca, dir)
+}
+
 pub fn ensure_dev_certs(ca_dir: &Path, dir: &Path, n: u16) -> anyhow::Result<()> {
     if !ca_dir.join("ca.crt").exists() {
         Authority::create(3650)?.issued().write(ca_dir, "ca", false)?;

@@ -159,6 +159,11 @@ pub struct DevArgs {
     /// Folder holding each node's data directory (node-1, node-2, ...).
     #[arg(long, default_value = "strata-dev")]
     data_dir: PathBuf,
+    /// TLS on the client listeners and authentication required, with a
+    /// superuser `admin` whose password is made on the first start and
+    /// kept in DATA_DIR/admin.password.
+    #[arg(long)]
+    secure: bool,
 }
 
 /// Runs a local cluster: one `strata server` process per node, on loopback;
@@ -168,7 +173,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => args.base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?,
     };
-    let nodes = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir).await?;
+    let nodes = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir, args.secure).await?;
     let bootstrap = nodes.bootstrap();
     println!(
         "strata dev: {} nodes running, data and logs under {}, node-to-node mutual TLS with certificates in {}",
@@ -179,11 +184,57 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     for i in 1..=args.nodes {
         println!("  node {i}: {} (cluster listener {})", nodes.addr(i), nodes.cluster_addr(i));
     }
-    println!("try:\n  strata topic create demo --partitions 3 --replication-factor 3 --server {bootstrap}");
-    println!("  strata cluster status --server {bootstrap}\nCtrl-C stops the cluster.");
+    if args.secure {
+        let dir = args.data_dir.display();
+        println!("clients need TLS and credentials; as the superuser admin:");
+        println!("  export STRATA_SERVER={bootstrap} STRATA_TLS_CA={dir}/tls/ca.crt");
+        println!("  export STRATA_USER=admin STRATA_PASSWORD=\"$(cat {dir}/admin.password)\"");
+        println!("try:\n  strata topic create demo --partitions 3 --replication-factor 3");
+        println!("  strata user create alice --password alice-secret");
+        println!("  strata acl create --allow-principal User:alice --operation write,read --topic demo");
+        println!("  strata whoami\nCtrl-C stops the cluster.");
+    } else {
+        println!("try:\n  strata topic create demo --partitions 3 --replication-factor 3 --server {bootstrap}");
+        println!("  strata cluster status --server {bootstrap}\nCtrl-C stops the cluster.");
+    }
     crate::shutdown_signal().await;
     println!("strata dev: stopping");
     nodes.stop().await;
+    Ok(())
+}
+
+/// Where `strata dev --secure` keeps the superuser's password.
+const ADMIN_PASSWORD_FILE: &str = "admin.password";
+
+/// The superuser's password of `strata dev --secure`: made once (random,
+/// the file readable by its owner only), then kept.
+fn ensure_admin_password(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(ADMIN_PASSWORD_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // 24 characters of 56 (no look-alikes), from the kernel's random
+    // source, unbiased (bytes at or above 4 x 56 are skipped).
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut password = String::new();
+    let mut random = std::fs::File::open("/dev/urandom").context("cannot open /dev/urandom")?;
+    while password.len() < 24 {
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut random, &mut byte).context("cannot read /dev/urandom")?;
+        if usize::from(byte[0]) < 4 * ALPHABET.len() {
+            password.push(char::from(ALPHABET[usize::from(byte[0]) % ALPHABET.len()]));
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{password}").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -194,6 +245,8 @@ pub struct LocalCluster {
     cluster_base_port: u16,
     data_dir: PathBuf,
     peers: String,
+    /// TLS for clients and authentication required (`--secure`).
+    secure: bool,
     /// Node i at index i - 1; `None` while killed.
     children: Vec<Option<tokio::process::Child>>,
 }
@@ -210,6 +263,7 @@ impl LocalCluster {
         base_port: u16,
         cluster_base_port: u16,
         data_dir: &std::path::Path,
+        secure: bool,
     ) -> anyhow::Result<Self> {
         if n == 0 {
             bail!("a cluster needs at least 1 node");
@@ -225,6 +279,10 @@ impl LocalCluster {
         }
         let exe = std::env::current_exe().context("cannot find the strata binary")?;
         crate::certs::ensure_dev_certs(&data_dir.join("ca"), &data_dir.join("tls"), n)?;
+        if secure {
+            crate::certs::ensure_dev_server_cert(&data_dir.join("ca"), &data_dir.join("tls"))?;
+            ensure_admin_password(data_dir)?;
+        }
         let peers: Vec<String> = (1..=n).map(|i| format!("{i}=127.0.0.1:{}", cluster_base_port + i - 1)).collect();
         let mut cluster = Self {
             exe,
@@ -232,6 +290,7 @@ impl LocalCluster {
             cluster_base_port,
             data_dir: data_dir.to_owned(),
             peers: peers.join(","),
+            secure,
             children: (0..n).map(|_| None).collect(),
         };
         for i in 1..=n {
@@ -269,12 +328,25 @@ impl LocalCluster {
             .append(true)
             .open(dir.with_extension("log"))
             .with_context(|| format!("cannot open the log file of node {node}"))?;
-        let child = tokio::process::Command::new(&self.exe)
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
             .args(["server", "--node-id", &node.to_string(), "--listen", &self.addr(node), "--peers", &self.peers])
             .arg("--data-dir")
             .arg(&dir)
             .arg("--cluster-tls-dir")
-            .arg(self.tls_dir())
+            .arg(self.tls_dir());
+        if self.secure {
+            let password = std::fs::read_to_string(self.data_dir.join(ADMIN_PASSWORD_FILE))
+                .context("cannot read the admin password")?;
+            command
+                .arg("--tls-cert")
+                .arg(self.tls_dir().join("server.crt"))
+                .arg("--tls-key")
+                .arg(self.tls_dir().join("server.key"))
+                .arg("--require-auth")
+                .env("STRATA_BOOTSTRAP_USER", format!("admin:{}", password.trim()));
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -287,7 +359,12 @@ impl LocalCluster {
     /// Waits (at most 30 s) until node `node` accepts connections.
     pub async fn wait_listening(&self, node: u16) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while Client::connect(&self.addr(node)).await.is_err() {
+        let options = if self.secure {
+            strata_client::ConnectOptions::with_tls_files(true, Some(self.tls_dir().join("ca.crt")), None, None)?
+        } else {
+            strata_client::ConnectOptions::default()
+        };
+        while Client::connect_with(&self.addr(node), options.clone()).await.is_err() {
             if tokio::time::Instant::now() > deadline {
                 bail!(
                     "node {node} is not listening on {} (see its log under {})",

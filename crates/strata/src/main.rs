@@ -46,12 +46,13 @@ pub struct ClientOpts {
     #[arg(long, global = true, env = "STRATA_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Log in as this user (with --password; over TLS only).
-    #[arg(long, global = true, env = "STRATA_USER", requires = "password", conflicts_with = "token")]
+    #[arg(long, global = true, env = "STRATA_USER", requires = "password")]
     pub user: Option<String>,
     /// The user's password (prefer STRATA_PASSWORD: a flag shows in `ps`).
     #[arg(long, global = true, env = "STRATA_PASSWORD", hide_env_values = true, requires = "user")]
     pub password: Option<String>,
-    /// An API token (`strata token create`), sent as a bearer token.
+    /// An API token (`strata token create`), sent as a bearer token (wins
+    /// over --user and --password).
     #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }

@@ -36,7 +36,7 @@ pub struct UserClientOpts {
     #[arg(long, global = true, env = "STRATA_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Log in as this user (with --login-password).
-    #[arg(long, global = true, env = "STRATA_USER", requires = "login_password", conflicts_with = "token")]
+    #[arg(long, global = true, env = "STRATA_USER", requires = "login_password")]
     pub login_user: Option<String>,
     /// Your own password, to log in (STRATA_PASSWORD).
     #[arg(long, global = true, env = "STRATA_PASSWORD", hide_env_values = true)]

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, ClusterPorts, ServerProcess, WAIT, eventually, free_ports, leader_of};
+use common::{BIN, ClusterPorts, Dev, ServerProcess, WAIT, eventually, free_port_run, leader_of};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Acks, Client, Compression, Record, TopicConfig};
 use tokio::sync::watch;
@@ -476,46 +476,6 @@ async fn bad_cluster_input_gets_clear_errors() {
     let children = vec![server(3, &b.ports, &Cluster::dir_of(&a._dir, 3))];
     let err = first_exit(children);
     assert!(err.contains("belongs to cluster"), "a node of another cluster: {err}");
-}
-
-/// A port `p` such that `p`, `p + 1`, ... `p + n - 1` are free on loopback.
-fn free_port_run(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = free_ports(1)[0];
-        if base.checked_add(n).is_none() {
-            continue;
-        }
-        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports found");
-}
-
-/// A `strata dev` process, stopped with Ctrl-C (SIGINT) when dropped, so a
-/// failing test does not leave its nodes running.
-struct Dev(std::process::Child);
-
-impl Dev {
-    fn interrupt(&self) {
-        let status = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        assert!(status.expect("run kill").success(), "kill -INT strata dev");
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-            let deadline = Instant::now() + WAIT;
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 #[test]

@@ -219,6 +219,9 @@ fn run_example(what: &str, script: &str) -> (ExitStatus, String, tempfile::TempD
         .env("RUST_LOG", "warn")
         .env_remove("STRATA_SERVER")
         .env_remove("STRATA_TLS_CA")
+        .env_remove("STRATA_USER")
+        .env_remove("STRATA_PASSWORD")
+        .env_remove("STRATA_TOKEN")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log file"))
         .stderr(out)
@@ -233,6 +236,28 @@ fn run_example(what: &str, script: &str) -> (ExitStatus, String, tempfile::TempD
     let output = std::fs::read_to_string(&log).expect("read the log");
     eprintln!("{output}");
     (status, output, dir)
+}
+
+#[test]
+fn the_readme_secure_cluster_example_runs_as_written() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+    let mut script = example_after(&readme, "By hand, on one machine:");
+    let ports = common::free_ports(6);
+    for i in 0..3 {
+        for (fixed, free) in [(7301 + i, ports[i]), (7311 + i, ports[3 + i])] {
+            assert!(script.contains(&fixed.to_string()), "the example uses port {fixed}");
+            script = script.replace(&fixed.to_string(), &free.to_string());
+        }
+    }
+    // `730$i` in the loop: the three client ports must follow each other.
+    let script = script.replace("127.0.0.1:730$i", "127.0.0.1:$(eval echo \\$CLIENT_PORT_$i)");
+    let exports: String = (0..3).map(|i| format!("CLIENT_PORT_{}={}\n", i + 1, ports[i])).collect::<Vec<_>>().join("");
+    let script = format!("{exports}{script}");
+    let (status, output, _dir) = run_example("the README's secure cluster example", &script);
+    assert!(status.success(), "the README's secure cluster example failed ({status}):\n{output}");
+    assert!(output.lines().any(|l| l.trim() == "order 1"), "bob read alice's record:\n{output}");
+    assert!(output.contains("User:bob"), "the ACL listing:\n{output}");
 }
 
 #[test]

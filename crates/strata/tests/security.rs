@@ -267,3 +267,54 @@ fn revoked_tokens_deleted_users_and_expired_tokens_lose_access_also_on_open_stre
     let err = c.refused(As::User("svc", "svc-pw"), &["topic", "list"], "");
     assert!(err.contains("wrong user name or password"), "{err}");
 }
+
+#[test]
+fn strata_dev_secure_runs_a_cluster_that_requires_tls_and_credentials() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::free_port_run(3);
+    let mut cluster_base = common::free_port_run(3);
+    while cluster_base.abs_diff(base) < 3 {
+        cluster_base = common::free_port_run(3);
+    }
+    let data = dir.path().join("dev");
+    let child = Command::new(BIN)
+        .args(["dev", "--nodes", "3", "--secure", "--base-port", &base.to_string()])
+        .args(["--cluster-base-port", &cluster_base.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn strata dev");
+    let mut dev = common::Dev(child);
+    let mut printed = Vec::new();
+    // Kept open to the end: `strata dev` prints when it stops.
+    let mut lines = std::io::BufReader::new(dev.0.stdout.take().expect("stdout")).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let done = line.contains("Ctrl-C stops the cluster");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("STRATA_TLS_CA=") && text.contains("admin.password"), "how to connect: {text}");
+    let password = std::fs::read_to_string(data.join("admin.password")).expect("the admin password file");
+    let c = Cluster {
+        server: (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(","),
+        ca: s(&data.join("tls/ca.crt")),
+        _nodes: Vec::new(),
+        _dir: tempfile::tempdir().expect("tempdir"),
+    };
+    let admin = As::User("admin", password.trim());
+    until("the superuser", || c.run(admin, &["whoami"], "").1.contains("User:admin (superuser)"));
+    let err = c.refused(As::Nobody, &["topic", "list"], "");
+    assert!(err.contains("requires authentication"), "{err}");
+    c.ok(admin, &["topic", "create", "demo", "-p", "3", "-r", "3"], "");
+    dev.interrupt();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("stopping")), "{rest:?}");
+    assert!(dev.0.wait().expect("wait").success());
+}

@@ -228,3 +228,43 @@ pub fn ok(server: &str, args: &[&str], stdin: &str) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
+
+/// A port `p` such that `p`, `p + 1`, ... `p + n - 1` are free on loopback.
+pub fn free_port_run(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_ports(1)[0];
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports found");
+}
+
+/// A `strata dev` process, stopped with Ctrl-C (SIGINT) when dropped, so a
+/// failing test does not leave its nodes running.
+pub struct Dev(pub std::process::Child);
+
+impl Dev {
+    pub fn interrupt(&self) {
+        let status = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        assert!(status.expect("run kill").success(), "kill -INT strata dev");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = std::process::Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+            let deadline = std::time::Instant::now() + WAIT;
+            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
