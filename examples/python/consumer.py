@@ -8,7 +8,7 @@ received but never acknowledged (it died) is delivered again after its lock time
 Waits for more until Ctrl-C.
 
     pip install -r requirements.txt && ./gen.sh
-    python3 consumer.py [--server 127.0.0.1:7878]
+    python3 consumer.py [--server 127.0.0.1:7878] [--tls-ca ca.crt --token stk_...]
 """
 import argparse
 import os
@@ -20,6 +20,8 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen"))
 from strata.v1 import strata_pb2 as pb  # noqa: E402
 from strata.v1 import strata_pb2_grpc as rpc  # noqa: E402
+
+import strata_channel  # noqa: E402
 
 GROUP = "hello-workers"
 
@@ -35,10 +37,10 @@ def ensure_topic(channel, name):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=os.environ.get("STRATA_SERVER", "127.0.0.1:7878"))
+    strata_channel.add_arguments(parser)
     args = parser.parse_args()
     consumer_id = f"consumer-{uuid.uuid4()}"
-    with grpc.insecure_channel(args.server) as channel:
+    with strata_channel.open_channel(args) as channel:
         ensure_topic(channel, "hello")
         groups = rpc.GroupsStub(channel)
         print(" [*] Waiting for messages. To exit press CTRL+C", flush=True)

@@ -5,7 +5,7 @@ The record is persistent: the server answers once it is fsync'd on a majority of
 partition's replicas (acks=quorum, the default).
 
     pip install -r requirements.txt && ./gen.sh
-    python3 producer.py [--server 127.0.0.1:7878]
+    python3 producer.py [--server 127.0.0.1:7878] [--tls-ca ca.crt --token stk_...]
 """
 import argparse
 import os
@@ -16,6 +16,8 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen"))
 from strata.v1 import strata_pb2 as pb  # noqa: E402
 from strata.v1 import strata_pb2_grpc as rpc  # noqa: E402
+
+import strata_channel  # noqa: E402
 
 
 def ensure_topic(channel, name):
@@ -29,9 +31,9 @@ def ensure_topic(channel, name):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=os.environ.get("STRATA_SERVER", "127.0.0.1:7878"))
+    strata_channel.add_arguments(parser)
     args = parser.parse_args()
-    with grpc.insecure_channel(args.server) as channel:
+    with strata_channel.open_channel(args) as channel:
         ensure_topic(channel, "hello")
         producer = rpc.ProducerStub(channel)
         producer.Produce(

@@ -362,6 +362,8 @@ impl pb::consumer_server::Consumer for Services {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.auth.authorize(&request, Operation::Read, Resource::Topic(&request.get_ref().topic))?;
+        let identity = identity_of(&request);
+        let auth = Arc::clone(&self.auth);
         let req = request.into_inner();
         check_readable(&req.topic)?;
         let log = self.partition(&req.topic, req.partition)?;
@@ -380,6 +382,13 @@ impl pb::consumer_server::Consumer for Services {
                     Ok(r) if r.batches.is_empty() => None,
                     Ok(r) => Some(fetch_response(r, offset, req.decode, max_bytes).await),
                     Err(e) => Some(Err(from_storage(e))),
+                };
+                // An ACL removed meanwhile stops what follows.
+                let chunk = match chunk {
+                    Some(Ok(r)) => {
+                        Some(auth.authorize_identity(&identity, Operation::Read, Resource::Topic(&req.topic)).map(|()| r))
+                    }
+                    other => other,
                 };
                 match chunk {
                     Some(Ok(response)) => {
