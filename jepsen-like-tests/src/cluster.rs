@@ -1,7 +1,9 @@
 //! The cluster under test: one `strata server` process per host, the same
 //! binary and flags a user runs (`--node-id --listen --peers --data-dir
-//! --cluster-tls-dir`: nodes talk to each other over mutual TLS, with a CA
-//! and node certificates made by `strata certs` for the run),
+//! --cluster-tls-dir --tls-cert --tls-key --require-auth`: nodes talk to
+//! each other over mutual TLS, clients reach them over TLS and log in as a
+//! superuser the nodes bootstrap, with a CA and certificates made by
+//! `strata certs` for the run),
 //! started in the host's container (the binary mounted read-only, data and
 //! log in the run's folder) or network namespace. The harness kills
 //! (SIGKILL), pauses (SIGSTOP, or the cgroup freezer for a container),
@@ -45,10 +47,15 @@ pub struct Cluster {
     dir: PathBuf,
 }
 
-/// A CA (beside `dir`, in `ca`) and the certificates of nodes 1..=n in
-/// `dir`, made with the strata binary under test (`strata certs`), as an
-/// operator would.
-fn make_certs(strata: &Path, dir: &Path, n: u32) -> anyhow::Result<()> {
+/// The superuser the suite's clients log in as (made by the nodes from
+/// `STRATA_BOOTSTRAP_USER`).
+pub const USER: &str = "jepsen";
+pub const PASSWORD: &str = "jepsen-run-password";
+
+/// A CA (beside `dir`, in `ca`), the certificates of nodes 1..=n and the
+/// client listeners' certificate (for `hosts`) in `dir`, made with the
+/// strata binary under test (`strata certs`), as an operator would.
+fn make_certs(strata: &Path, dir: &Path, n: u32, hosts: &[String]) -> anyhow::Result<()> {
     let d = dir.to_str().context("the run's folder is not UTF-8")?;
     let run_certs = |args: &[&str]| -> anyhow::Result<()> {
         let out = std::process::Command::new(strata).arg("certs").args(args).args(["--dir", d, "--force"]).output()?;
@@ -66,6 +73,7 @@ fn make_certs(strata: &Path, dir: &Path, n: u32) -> anyhow::Result<()> {
     for id in 1..=n {
         run_certs(&["node", "--node-id", &id.to_string(), "--ca-dir", ca])?;
     }
+    run_certs(&["server", "--host", &hosts.join(","), "--ca-dir", ca])?;
     Ok(())
 }
 
@@ -73,7 +81,8 @@ impl Cluster {
     /// Starts a node on every host; data and logs under `dir`.
     pub async fn start(strata: &Path, hosts: &[Host], network: &str, dir: &Path) -> anyhow::Result<Self> {
         let peers = hosts.iter().map(|h| format!("{}={}:{CLUSTER_PORT}", h.node, h.ip)).collect::<Vec<_>>().join(",");
-        make_certs(strata, &dir.join("tls"), hosts.len() as u32)?;
+        let ips: Vec<String> = hosts.iter().map(|h| h.ip.clone()).collect();
+        make_certs(strata, &dir.join("tls"), hosts.len() as u32, &ips)?;
         let nodes = hosts
             .iter()
             .map(|h| Node {
@@ -92,6 +101,16 @@ impl Cluster {
             cluster.spawn(node)?;
         }
         Ok(cluster)
+    }
+
+    /// How the suite's clients connect: TLS trusting the run's CA, logged
+    /// in as the superuser the nodes bootstrap.
+    pub fn connect_options(&self) -> anyhow::Result<strata_client::ConnectOptions> {
+        let ca = self.dir.join("tls/ca.crt");
+        let mut options = strata_client::ConnectOptions::with_tls_files(true, Some(ca), None, None)?;
+        options.credentials =
+            strata_client::Credentials::Password { user: USER.to_owned(), password: PASSWORD.to_owned() };
+        Ok(options)
     }
 
     /// Every node's client address.
@@ -128,11 +147,15 @@ impl Cluster {
                 // The run's folder is mounted at the same path, so data and
                 // log land where the namespace hosts put them.
                 let d = dir.to_string_lossy();
+                let tls = dir.join("tls");
                 let command = format!(
-                    "exec /usr/local/bin/strata server --node-id {id} --listen {listen} --peers {peers} --data-dir {} \
-                     --cluster-tls-dir {} >> {} 2>&1",
+                    "STRATA_BOOTSTRAP_USER={USER}:{PASSWORD} exec /usr/local/bin/strata server --node-id {id} \
+                     --listen {listen} --peers {peers} --data-dir {} --cluster-tls-dir {} --tls-cert {} --tls-key {} \
+                     --require-auth >> {} 2>&1",
                     node.data_dir.display(),
-                    dir.join("tls").display(),
+                    tls.display(),
+                    tls.join("server.crt").display(),
+                    tls.join("server.key").display(),
                     node.log.display()
                 );
                 run(&[
@@ -175,6 +198,12 @@ impl Cluster {
                     .arg(&node.data_dir)
                     .arg("--cluster-tls-dir")
                     .arg(dir.join("tls"))
+                    .arg("--tls-cert")
+                    .arg(dir.join("tls/server.crt"))
+                    .arg("--tls-key")
+                    .arg(dir.join("tls/server.key"))
+                    .arg("--require-auth")
+                    .env("STRATA_BOOTSTRAP_USER", format!("{USER}:{PASSWORD}"))
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
                     .stderr(log)
@@ -344,8 +373,8 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         for addr in self.addrs() {
             loop {
-                let ok = match tokio::time::timeout(Duration::from_secs(2), strata_client::Client::connect(&addr)).await
-                {
+                let connect = strata_client::Client::connect_with(&addr, self.connect_options()?);
+                let ok = match tokio::time::timeout(Duration::from_secs(5), connect).await {
                     Ok(Ok(c)) => {
                         matches!(tokio::time::timeout(Duration::from_secs(2), c.metadata(&[])).await, Ok(Ok(_)))
                     }

@@ -203,12 +203,13 @@ async fn drive(
     cluster: Cluster,
 ) -> anyhow::Result<Verdict> {
     let addrs = cluster.addrs();
+    let connect_options = cluster.connect_options()?;
     let node_addrs: Vec<(u32, String)> = cluster.node_ids().into_iter().map(|n| (n, cluster.addr(n))).collect();
     let cluster = Arc::new(Mutex::new(cluster));
     let network = Arc::new(Mutex::new(network));
     let result = async {
         cluster.lock().await.wait_ready(Duration::from_secs(60)).await?;
-        let client = Client::connect(&addrs.join(",")).await?.with_timeout(Duration::from_secs(30));
+        let client = Client::connect_with(&addrs.join(","), connect_options).await?.with_timeout(Duration::from_secs(30));
         let topic = "jepsen".to_owned();
         let config = strata_client::TopicConfig::default();
         client
