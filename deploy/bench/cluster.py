@@ -221,12 +221,17 @@ def strata_cluster_supported(strata):
     return res.returncode == 0 and "--node-id" in res.stdout and "--peers" in res.stdout
 
 
-def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=False):
+SECURE_ADMIN = ("admin", "bench-admin-password")
+
+
+def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=False, secure_clients=False):
     """Starts N `strata server` processes on 127.0.0.1:base_port.. with node ids 1..N, their
     cluster listeners on base_port+100.., and the same --peers list each (the cluster listeners),
     data in workdir/nI; returns (addresses, processes) once every node listens. Nodes talk over
     mutual TLS with certificates made by `strata certs` in workdir/tls, or, with
-    insecure_cluster, in plaintext (--insecure-cluster). The caller stops them with
+    insecure_cluster, in plaintext (--insecure-cluster). With secure_clients, the client
+    listeners serve TLS (workdir/tls/server.crt, trusted through workdir/tls/ca.crt) and require
+    authentication; the superuser SECURE_ADMIN is bootstrapped. The caller stops them with
     stop_all(processes) in a finally block."""
     addrs = [f"{HOST}:{base_port + i}" for i in range(n)]
     cluster_ports = [base_port + 100 + i for i in range(n)]
@@ -234,15 +239,23 @@ def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=Fa
     peers = ",".join(f"{i + 1}={HOST}:{p}" for i, p in enumerate(cluster_ports))
     os.makedirs(workdir, exist_ok=True)
     tls = os.path.join(workdir, "tls")
+    ca = os.path.join(workdir, "ca")
+    if not insecure_cluster or secure_clients:
+        subprocess.run([strata, "certs", "ca", "--dir", ca, "--force"], check=True, stdout=subprocess.DEVNULL)
     if insecure_cluster:
         security = ["--insecure-cluster"]
     else:
-        ca = os.path.join(workdir, "ca")
-        subprocess.run([strata, "certs", "ca", "--dir", ca, "--force"], check=True, stdout=subprocess.DEVNULL)
         for i in range(n):
             subprocess.run([strata, "certs", "node", "--node-id", str(i + 1), "--ca-dir", ca, "--dir", tls,
                             "--force"], check=True, stdout=subprocess.DEVNULL)
         security = ["--cluster-tls-dir", tls]
+    env = {**os.environ, "RUST_LOG": "warn"}
+    if secure_clients:
+        subprocess.run([strata, "certs", "server", "--host", HOST, "--ca-dir", ca, "--dir", tls, "--force"],
+                       check=True, stdout=subprocess.DEVNULL)
+        security += ["--tls-cert", os.path.join(tls, "server.crt"), "--tls-key", os.path.join(tls, "server.key"),
+                     "--require-auth"]
+        env["STRATA_BOOTSTRAP_USER"] = ":".join(SECURE_ADMIN)
     procs = []
     try:
         for i, addr in enumerate(addrs):
@@ -250,7 +263,7 @@ def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=Fa
                 [strata, "server", "--node-id", str(i + 1), "--listen", addr, "--peers", peers,
                  "--data-dir", os.path.join(workdir, f"n{i + 1}")] + security,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=open(os.path.join(workdir, f"n{i + 1}.log"), "w"), env={**os.environ, "RUST_LOG": "warn"}))
+                stderr=open(os.path.join(workdir, f"n{i + 1}.log"), "w"), env=env))
         for i in range(n):
             wait_port(base_port + i, 60, procs)
     except BaseException:

@@ -209,7 +209,8 @@ async fn drive(
     let network = Arc::new(Mutex::new(network));
     let result = async {
         cluster.lock().await.wait_ready(Duration::from_secs(60)).await?;
-        let client = Client::connect_with(&addrs.join(","), connect_options).await?.with_timeout(Duration::from_secs(30));
+        let client =
+            Client::connect_with(&addrs.join(","), connect_options).await?.with_timeout(Duration::from_secs(30));
         let topic = "jepsen".to_owned();
         let config = strata_client::TopicConfig::default();
         client

@@ -108,11 +108,25 @@ fn plaintext_server(reason: &str) -> bool {
         .any(|needle| reason.contains(needle))
 }
 
+/// Whether `addr` (`host:port`, maybe with a scheme) names this machine.
+fn loopback(addr: &str) -> bool {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(crate) async fn open_channel(addr: &str, options: &ConnectOptions) -> Result<Channel> {
     if let Some(channel) = options.dialer.as_ref().and_then(|d| d.channel(addr)) {
         return Ok(channel);
     }
     let tls = options.tls.clone().or_else(|| addr.starts_with("https://").then(TlsOptions::default));
+    // Credentials cross the network only inside TLS.
+    if tls.is_none() && !matches!(options.credentials, crate::Credentials::None) && !loopback(addr) {
+        return Err(ClientError::Auth(format!(
+            "refusing to send credentials to {addr} without TLS: connect with TLS (--tls-ca FILE, --tls, or an \
+             https:// server address)"
+        )));
+    }
     let uri = endpoint_uri(addr, tls.is_some());
     let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|e| ClientError::InvalidAddress { addr: addr.to_owned(), reason: e.to_string() })?
@@ -155,4 +169,19 @@ pub(crate) async fn open_channel(addr: &str, options: &ConnectOptions) -> Result
             ClientError::Connect { addr: addr.to_owned(), reason }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_told_from_others() {
+        for a in ["127.0.0.1:7878", "localhost:1", "[::1]:7878", "http://127.0.0.2:9"] {
+            assert!(loopback(a), "{a}");
+        }
+        for a in ["10.0.0.1:7878", "db1.example.com:7878", "https://[2001:db8::1]:7878"] {
+            assert!(!loopback(a), "{a}");
+        }
+    }
 }

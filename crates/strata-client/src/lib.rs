@@ -159,8 +159,13 @@ impl Client {
 
     /// As [`Client::connect`], with TLS (and, later, credentials) as
     /// `options` say.
-    pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Self> {
+    pub async fn connect_with(addr: &str, mut options: ConnectOptions) -> Result<Self> {
         let list: Vec<String> = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+        // An https:// address means TLS towards every node (the addresses
+        // learnt from metadata carry no scheme).
+        if options.tls.is_none() && list.iter().any(|a| a.starts_with("https://")) {
+            options.tls = Some(TlsOptions::default());
+        }
         let router = Arc::new(Router { known: Mutex::new(list.clone()), options, ..Router::default() });
         let mut last = ClientError::InvalidAddress { addr: addr.to_owned(), reason: "no address given".into() };
         for a in &list {

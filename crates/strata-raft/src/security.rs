@@ -129,6 +129,11 @@ pub struct SecurityState {
     pub acls: BTreeSet<AclBinding>,
     /// Signs session tokens (hex); set once, by the first node that needs it.
     pub session_key: Option<String>,
+    /// The last user generation handed out: generations only go up, across
+    /// users, so a user deleted and made again never revives an old
+    /// session.
+    #[serde(default)]
+    pub last_generation: u64,
 }
 
 /// A change to the security state.
@@ -179,7 +184,7 @@ pub enum InvalidSecurity {
     SessionKey,
     #[error("an ACL principal is User:NAME or User:*, not {0:?}")]
     Principal(String),
-    #[error("an ACL host is an IP address or *, not {0:?}")]
+    #[error("an ACL host is an IP address (in its canonical form) or *, not {0:?}")]
     Host(String),
     #[error("an ACL on {kind} names 1 to {MAX_RESOURCE_NAME_LEN} printable characters, not {name:?}")]
     ResourceName { kind: &'static str, name: String },
@@ -252,13 +257,32 @@ fn check_token(token: &TokenRecord) -> Result<(), InvalidSecurity> {
 pub const CLUSTER_RESOURCE: &str = "kafka-cluster";
 
 /// Checks one ACL binding.
+/// Checks a principal's name (after `User:`): a password user's name, or
+/// what a client certificate's subject maps to (`CN=alice,O=acme`):
+/// 1 to 255 bytes without control characters.
+pub fn check_principal_name(name: &str) -> Result<(), InvalidSecurity> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(InvalidSecurity::Principal(format!("User:{name}")));
+    }
+    Ok(())
+}
+
+/// An ACL host as it is stored and compared: `*`, or the address in its
+/// canonical form (an IPv4-mapped IPv6 address is the IPv4 one).
+pub fn canonical_host(host: &str) -> Option<String> {
+    if host == "*" {
+        return Some(host.to_owned());
+    }
+    host.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_canonical().to_string())
+}
+
 pub fn check_acl(acl: &AclBinding) -> Result<(), InvalidSecurity> {
     match acl.principal.strip_prefix("User:") {
         Some("*") => {}
-        Some(name) => check_user_name(name).map_err(|_| InvalidSecurity::Principal(acl.principal.clone()))?,
+        Some(name) => check_principal_name(name)?,
         None => return Err(InvalidSecurity::Principal(acl.principal.clone())),
     }
-    if acl.host != "*" && (acl.host.len() > MAX_HOST_LEN || acl.host.parse::<std::net::IpAddr>().is_err()) {
+    if acl.host.len() > MAX_HOST_LEN || canonical_host(&acl.host).as_deref() != Some(acl.host.as_str()) {
         return Err(InvalidSecurity::Host(acl.host.clone()));
     }
     let kind = match acl.resource_type {
@@ -341,7 +365,8 @@ impl SecurityState {
                     _ => {}
                 }
                 // Every change moves the generation on, ending sessions.
-                let generation = known.map_or(0, |u| u.generation) + 1;
+                let generation = self.last_generation.max(known.map_or(0, |u| u.generation)) + 1;
+                self.last_generation = generation;
                 self.users.insert(user.name.clone(), UserRecord { generation, ..user.clone() });
             }
             SecurityCommand::DeleteUser { name } => {
@@ -451,6 +476,8 @@ mod tests {
         );
         s.apply(&SecurityCommand::PutUser { user: user("alice"), create: false }).expect("new password");
         assert_eq!(s.users["alice"].generation, 2, "a password change ends sessions");
+        s.apply(&SecurityCommand::PutUser { user: user("bob"), create: true }).expect("bob");
+        assert_eq!(s.users["bob"].generation, 3, "generations only go up, across users");
         let token = TokenRecord {
             id: "0123456789abcdef".into(),
             user: "alice".into(),
@@ -463,6 +490,9 @@ mod tests {
         assert!(matches!(s.apply(&SecurityCommand::CreateToken(token.clone())), Err(SecurityRejected::TokenExists(_))));
         s.apply(&SecurityCommand::DeleteUser { name: "alice".into() }).expect("delete");
         assert!(s.tokens.is_empty(), "a deleted user's tokens go with it");
+        s.apply(&SecurityCommand::PutUser { user: user("alice"), create: true }).expect("again");
+        assert_eq!(s.users["alice"].generation, 4, "a user made again does not revive old sessions");
+        s.apply(&SecurityCommand::DeleteUser { name: "alice".into() }).expect("delete");
         assert!(matches!(s.apply(&SecurityCommand::CreateToken(token)), Err(SecurityRejected::UnknownUser(_))));
 
         let a = acl("User:bob", "orders", Operation::Read);
@@ -490,10 +520,11 @@ mod tests {
         assert!(s.users.is_empty());
         for wrong in [
             acl("alice", "t", Operation::Read),
-            acl("User:a b", "t", Operation::Read),
+            acl("User:a\nb", "t", Operation::Read),
             acl("User:alice", "", Operation::Read),
             acl("User:alice", "t", Operation::ClusterAction),
             AclBinding { host: "not-an-ip".into(), ..acl("User:a", "t", Operation::Read) },
+            AclBinding { host: "::ffff:10.0.0.1".into(), ..acl("User:a", "t", Operation::Read) },
             AclBinding {
                 resource_type: ResourceType::Cluster,
                 resource_name: "x".into(),

@@ -50,6 +50,9 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Most TLS handshakes in progress at once (more connections are closed).
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Most TLS handshakes in progress from one address: one host's silent
+/// connections cannot hold every handshake slot.
+pub const MAX_PENDING_HANDSHAKES_PER_ADDRESS: usize = 16;
 /// Longest a TLS handshake may take (from the first byte).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,12 +108,21 @@ impl Drop for Slot {
 /// Takes a slot for a connection from `address`, or says which limit is
 /// reached.
 fn take_slot(counts: &Arc<Mutex<Counts>>, address: IpAddr, max: usize) -> Result<Slot, &'static str> {
+    take_slot_with(counts, address, max, MAX_CONNECTIONS_PER_ADDRESS)
+}
+
+fn take_slot_with(
+    counts: &Arc<Mutex<Counts>>,
+    address: IpAddr,
+    max: usize,
+    per_address: usize,
+) -> Result<Slot, &'static str> {
     let mut c = counts.lock().map_err(|_| "the connection table lock was poisoned")?;
     if c.total >= max {
         return Err("the node holds its most client connections");
     }
     let n = c.by_address.entry(address).or_default();
-    if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+    if *n >= per_address {
         return Err("this address holds its most client connections");
     }
     *n += 1;
@@ -336,7 +348,9 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<ClientConnection>>,
 ) {
     let counts = Arc::new(Mutex::new(Counts::default()));
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    // Handshakes in progress, per address; at most MAX_PENDING_HANDSHAKES
+    // in all.
+    let handshakes = Arc::new(Mutex::new(Counts::default()));
     let (mut refused_logged, mut busy_logged) = (Quiet::default(), Quiet::default());
     loop {
         let accepted = tokio::select! {
@@ -371,9 +385,15 @@ async fn accept_loop(
             }
             continue;
         };
-        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+        let Ok(permit) =
+            take_slot_with(&handshakes, peer.ip(), MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_ADDRESS)
+        else {
             if busy_logged.ready() {
-                tracing::warn!(%peer, "refused a connection: {MAX_PENDING_HANDSHAKES} TLS handshakes in progress");
+                tracing::warn!(
+                    %peer,
+                    "refused a connection: too many TLS handshakes in progress ({MAX_PENDING_HANDSHAKES} in all, \
+                     {MAX_PENDING_HANDSHAKES_PER_ADDRESS} from one address)"
+                );
             }
             continue;
         };

@@ -207,8 +207,14 @@ impl pb::producer_server::Producer for Services {
                 };
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
                 // Submitting here, in arrival order, fixes the offset order.
-                let allowed =
-                    services.auth.authorize_identity(&identity, Operation::Write, Resource::Topic(&req.topic));
+                if tx.is_closed() {
+                    break;
+                }
+                // A credential revoked or an ACL removed meanwhile stops
+                // what follows.
+                let allowed = services.auth.still_valid(&identity).and_then(|()| {
+                    services.auth.authorize_identity(&identity, Operation::Write, Resource::Topic(&req.topic))
+                });
                 match async {
                     allowed?;
                     services.submit(&req).await
@@ -385,9 +391,13 @@ impl pb::consumer_server::Consumer for Services {
                 };
                 // An ACL removed meanwhile stops what follows.
                 let chunk = match chunk {
-                    Some(Ok(r)) => {
-                        Some(auth.authorize_identity(&identity, Operation::Read, Resource::Topic(&req.topic)).map(|()| r))
-                    }
+                    Some(Ok(r)) => Some(
+                        auth.still_valid(&identity)
+                            .and_then(|()| {
+                                auth.authorize_identity(&identity, Operation::Read, Resource::Topic(&req.topic))
+                            })
+                            .map(|()| r),
+                    ),
                     other => other,
                 };
                 match chunk {

@@ -174,6 +174,12 @@ impl ServerConfig {
         strata_server::request_memory::check_limit(self.limits.request_memory_bytes).map_err(anyhow::Error::msg)?;
         let client_tls = self.client_tls()?;
         let auth = self.auth()?;
+        if auth.require_auth && self.insecure_cluster && has_peers {
+            bail!(
+                "--require-auth with --insecure-cluster would let anyone who reaches a cluster listener act as a \
+                 node, bypassing authentication: give the nodes certificates (--cluster-tls-dir)"
+            );
+        }
         if !listen.ip().is_loopback() {
             match (client_tls.is_some(), auth.require_auth) {
                 (false, false) => tracing::warn!(
@@ -216,7 +222,7 @@ impl ServerConfig {
         let mut superusers = Vec::new();
         for s in self.superusers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let name = s.strip_prefix("User:").unwrap_or(s);
-            strata_server::auth::check_user_name(name).map_err(|e| anyhow::anyhow!("superusers: {e}"))?;
+            strata_server::auth::check_principal_name(name).map_err(|e| anyhow::anyhow!("superusers: {e}"))?;
             superusers.push(format!("User:{name}"));
         }
         let principal_rules = strata_server::auth::PrincipalRules::parse(&self.tls_principal_rules)

@@ -474,8 +474,21 @@ pub async fn acl(opts: &ClientOpts, command: AclCommand) -> anyhow::Result<()> {
             if !narrowed && !all {
                 bail!("no flag narrows the selection: this would delete every ACL binding; add --all to mean it");
             }
+            let selection = if narrowed {
+                filters(&filter)?
+            } else {
+                // Everything: one filter per resource type (the node refuses
+                // a filter that sets nothing).
+                [
+                    pb::AclResourceType::AclResourceTopic,
+                    pb::AclResourceType::AclResourceGroup,
+                    pb::AclResourceType::AclResourceCluster,
+                ]
+                .map(|t| pb::AclFilter { resource_type: t as i32, ..Default::default() })
+                .to_vec()
+            };
             let mut deleted = Vec::new();
-            for f in filters(&filter)? {
+            for f in selection {
                 let r = rpc.delete_acls(pb::DeleteAclsRequest { filter: Some(f) }).await.map_err(status)?.into_inner();
                 deleted.extend(r.deleted);
             }

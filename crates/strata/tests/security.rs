@@ -318,3 +318,68 @@ fn strata_dev_secure_runs_a_cluster_that_requires_tls_and_credentials() {
     assert!(rest.iter().any(|l| l.contains("stopping")), "{rest:?}");
     assert!(dev.0.wait().expect("wait").success());
 }
+
+#[test]
+fn client_certificates_authenticate_as_their_mapped_subject_and_passwords_need_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    let srv = dir.path().join("srv");
+    run_ok(&["certs", "ca", "--dir", &s(&ca)]);
+    run_ok(&["certs", "server", "--host", "127.0.0.1", "--ca-dir", &s(&ca), "--dir", &s(&srv)]);
+    run_ok(&["certs", "client", "--name", "carol", "--ca-dir", &s(&ca), "--dir", &s(&srv)]);
+    let (cert, key) = (s(&srv.join("client-carol.crt")), s(&srv.join("client-carol.key")));
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &s(&srv.join("server.crt")),
+        "--tls-key",
+        &s(&srv.join("server.key")),
+        "--tls-client-ca",
+        &s(&srv.join("ca.crt")),
+        "--require-auth",
+    ];
+    let env = [
+        ("STRATA_BOOTSTRAP_USER".to_owned(), "admin:admin-pw".to_owned()),
+        ("STRATA_TLS_PRINCIPAL_RULES".to_owned(), "RULE:^CN=([^,]+),O=Strata$/$1/L,DEFAULT".to_owned()),
+    ];
+    let node = ServerProcess::spawn_with(&args, &dir.path().join("data"), &env);
+    let c = Cluster {
+        server: node.addr.clone(),
+        ca: s(&srv.join("ca.crt")),
+        _nodes: Vec::new(),
+        _dir: tempfile::tempdir().expect("tempdir"),
+    };
+    until("the superuser", || c.run(ADMIN, &["whoami"], "").0);
+    let carol = ["--tls-cert", &cert, "--tls-key", &key];
+    let who = c.ok(As::Nobody, &[&["whoami"][..], &carol].concat(), "");
+    assert_eq!(who.trim(), "User:carol", "the rule maps CN=carol,O=Strata to carol");
+    c.ok(ADMIN, &["topic", "create", "t"], "");
+    let err = c.refused(As::Nobody, &[&["produce", "t"][..], &carol].concat(), "x\n");
+    assert!(err.contains("User:carol may not"), "{err}");
+    c.ok(ADMIN, &["acl", "create", "--allow-principal", "User:carol", "--operation", "write", "--topic", "t"], "");
+    c.ok(As::Nobody, &[&["produce", "t"][..], &carol].concat(), "x\n");
+
+    // A certificate from a CA the node does not accept: the handshake fails.
+    let other = dir.path().join("other");
+    run_ok(&["certs", "ca", "--dir", &s(&other)]);
+    run_ok(&["certs", "client", "--name", "carol", "--ca-dir", &s(&other), "--dir", &s(&other)]);
+    let forged = ["--tls-cert", &s(&other.join("client-carol.crt")), "--tls-key", &s(&other.join("client-carol.key"))];
+    let err = c.refused(As::Nobody, &[&["whoami"][..], &forged].concat(), "");
+    assert!(!err.is_empty() && !err.contains("User:carol"), "{err}");
+
+    // A node with authentication but no TLS refuses passwords.
+    let plain = ServerProcess::spawn_with(
+        &["server", "--listen", "127.0.0.1:0", "--require-auth"],
+        &dir.path().join("plain"),
+        &[("STRATA_BOOTSTRAP_USER".to_owned(), "admin:admin-pw".to_owned())],
+    );
+    let out = Command::new(BIN)
+        .args(["whoami", "--server", &plain.addr, "--user", "admin", "--password", "admin-pw"])
+        .env_remove("STRATA_TLS_CA")
+        .output()
+        .expect("run strata");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only over TLS"), "{err}");
+}

@@ -95,7 +95,7 @@ impl AclIndex {
     /// Whether `principal` (e.g. `User:alice`) from `host` may do
     /// `operation` on `resource`.
     pub fn allows(&self, principal: &str, host: Option<IpAddr>, operation: Operation, resource: Resource<'_>) -> bool {
-        let host = host.map(|h| h.to_string());
+        let host = host.map(|h| h.to_canonical().to_string());
         let applies = |a: &&AclBinding| {
             (a.principal == principal || a.principal == "User:*")
                 && (a.host == "*" || host.as_deref() == Some(a.host.as_str()))
@@ -180,5 +180,9 @@ mod tests {
         let host = |h: &str| Some(h.parse::<IpAddr>().expect("ip"));
         assert!(from.allows("User:alice", host("10.0.0.1"), Write, Resource::Topic("orders")));
         assert!(!from.allows("User:alice", host("10.0.0.2"), Write, Resource::Topic("orders")));
+        assert!(
+            from.allows("User:alice", host("::ffff:10.0.0.1"), Write, Resource::Topic("orders")),
+            "an IPv4 client on an IPv6 listener is its IPv4 address"
+        );
     }
 }

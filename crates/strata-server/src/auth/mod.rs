@@ -38,12 +38,12 @@ use tonic::{Code, Status};
 pub use acl::Resource;
 pub use layer::AuthLayer;
 pub use rules::PrincipalRules;
-pub use strata_raft::security::check_user_name;
+pub use strata_raft::security::{check_principal_name, check_user_name};
 
 use crate::incoming::ClientInfo;
 
 /// How a node authenticates and authorizes.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AuthConfig {
     /// Authentication required (and so authorization on).
     pub require_auth: bool,
@@ -54,6 +54,16 @@ pub struct AuthConfig {
     /// The first user of a new cluster (`STRATA_BOOTSTRAP_USER`), created
     /// while the cluster has no users; a superuser.
     pub bootstrap_user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("require_auth", &self.require_auth)
+            .field("superusers", &self.superusers)
+            .field("bootstrap_user", &self.bootstrap_user.as_ref().map(|(name, _)| name))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who a caller is.
@@ -135,6 +145,8 @@ pub(crate) fn unauthenticated(message: impl Into<String>) -> Status {
 
 /// Refusals of one kind are logged at most this often.
 const AUDIT_QUIET: Duration = Duration::from_secs(1);
+/// Most refusal kinds remembered for [`AUDIT_QUIET`].
+const AUDIT_KEYS: usize = 4096;
 
 impl Auth {
     pub fn new(config: AuthConfig, metadata: watch::Receiver<Arc<Metadata>>) -> Arc<Self> {
@@ -166,6 +178,35 @@ impl Auth {
 
     pub fn security(&self) -> SecurityState {
         self.view().metadata.security.clone()
+    }
+
+    /// One user's record, if it exists (without copying the rest).
+    pub fn user(&self, name: &str) -> Option<strata_raft::security::UserRecord> {
+        self.view().metadata.security.users.get(name).cloned()
+    }
+
+    /// Whether a line about `key` may be logged now (at most one per key
+    /// per second, a bounded table).
+    pub fn audit_once(&self, key: &str) -> bool {
+        self.audit
+            .lock()
+            .map(|mut seen| {
+                let now = Instant::now();
+                if seen.len() >= AUDIT_KEYS {
+                    seen.retain(|_, t| now.duration_since(*t) < AUDIT_QUIET);
+                    if seen.len() >= AUDIT_KEYS {
+                        seen.clear();
+                    }
+                }
+                match seen.get(key) {
+                    Some(t) if now.duration_since(*t) < AUDIT_QUIET => false,
+                    _ => {
+                        seen.insert(key.to_owned(), now);
+                        true
+                    }
+                }
+            })
+            .unwrap_or(true)
     }
 
     /// Who sent a request on the client listener: a bearer token (API or
@@ -211,6 +252,11 @@ impl Auth {
             let key = security.session_key.as_deref().ok_or_else(|| unauthenticated("unknown session token"))?;
             let (user, generation, expires_ms) = credentials::verify_session(key, token)
                 .ok_or_else(|| unauthenticated("the session token is not valid (not issued by this cluster)"))?;
+            // Nodes issue sessions for at most their lifetime (a minute of
+            // clock skew allowed): a longer one was not made by a node.
+            if expires_ms > now_ms() + credentials::SESSION_LIFETIME_MS + 60_000 {
+                return Err(unauthenticated("the session token is not valid (too long a lifetime)"));
+            }
             let credential = Credential::Session { generation, expires_ms };
             self.still_valid_in(security, &Principal::User(user.clone()), &credential)?;
             return Ok((Principal::User(user), credential));
@@ -314,21 +360,16 @@ impl Auth {
             return Ok(());
         }
         let principal = identity.principal.to_string();
-        let key = format!("{principal} {} {resource}", operation.name());
-        let log = self.audit.lock().map(|mut seen| {
-            let now = Instant::now();
-            seen.retain(|_, t| now.duration_since(*t) < AUDIT_QUIET);
-            seen.insert(key, now).is_none()
-        });
-        if log.unwrap_or(true) {
+        let log = self.audit_once(&format!("{principal} {} {resource}", operation.name()));
+        if log {
+            // Names as debug strings: a client's newline cannot forge a line.
             tracing::warn!(
                 target: "strata::audit",
-                principal = %principal,
+                principal = ?principal,
                 client = ?identity.remote,
                 operation = operation.name(),
-                resource = %resource,
-                "refused: no ACL allows {} on {resource}",
-                operation.name()
+                resource = ?resource.to_string(),
+                "refused: no ACL allows the operation"
             );
         }
         Err(crate::status::status(

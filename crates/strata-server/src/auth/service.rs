@@ -24,19 +24,48 @@ use crate::status::{invalid, status};
 /// work a request can ask for).
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
+/// Most password hashes computed at once (each is ~100,000 HMACs: unbounded,
+/// logins could take every core and the blocking threads storage needs).
+pub const PASSWORD_HASHES_AT_ONCE: usize = 2;
+/// How long a login waits for its turn before `SERVER_BUSY`.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Largest request of this service (passwords, names, ACL batches).
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
 #[derive(Clone)]
 pub struct SecurityService {
     auth: Arc<Auth>,
     replication: Arc<Replication>,
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl SecurityService {
     pub fn new(auth: Arc<Auth>, replication: Arc<Replication>) -> Self {
-        Self { auth, replication }
+        Self { auth, replication, hashing: Arc::new(tokio::sync::Semaphore::new(PASSWORD_HASHES_AT_ONCE)) }
     }
 
     pub fn into_server(self) -> pb::security_server::SecurityServer<Self> {
-        pb::security_server::SecurityServer::new(self)
+        pb::security_server::SecurityServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    /// Runs a password hash on a blocking thread, at most
+    /// [`PASSWORD_HASHES_AT_ONCE`] at a time.
+    async fn hash<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let permit = tokio::time::timeout(HASH_WAIT, Arc::clone(&self.hashing).acquire_owned())
+            .await
+            .map_err(|_| {
+                status(
+                    Code::ResourceExhausted,
+                    pb::ErrorReason::ServerBusy,
+                    format!("{PASSWORD_HASHES_AT_ONCE} password checks are running; retry later"),
+                )
+            })?
+            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        let done = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        done.await.map_err(|e| Status::internal(e.to_string()))
     }
 
     fn require<T>(&self, request: &Request<T>, operation: Operation) -> Result<Identity, Status> {
@@ -60,6 +89,17 @@ impl SecurityService {
         self.auth.security().session_key.ok_or_else(|| Status::unavailable("the session key is not set yet; retry"))
     }
 }
+
+/// What a login for a user that does not exist is checked against (its
+/// hash matches no password: a 32-byte key of zeros).
+static UNKNOWN_USER: std::sync::LazyLock<strata_raft::security::UserRecord> =
+    std::sync::LazyLock::new(|| strata_raft::security::UserRecord {
+        name: String::new(),
+        salt: "00".repeat(16),
+        iterations: credentials::PASSWORD_ITERATIONS,
+        hash: "00".repeat(32),
+        generation: 0,
+    });
 
 fn password_checked(password: &str) -> Result<(), Status> {
     if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
@@ -88,7 +128,12 @@ fn audit(identity: &Identity, what: &str) {
 pub fn acl_from_proto(b: &pb::AclBinding) -> Result<AclBinding, Status> {
     let acl = AclBinding {
         principal: b.principal.clone(),
-        host: if b.host.is_empty() { "*".to_owned() } else { b.host.clone() },
+        host: if b.host.is_empty() {
+            "*".to_owned()
+        } else {
+            strata_raft::security::canonical_host(&b.host)
+                .ok_or_else(|| invalid(format!("an ACL host is an IP address or *, not {:?}", b.host)))?
+        },
         resource_type: resource_type(b.resource_type)?.ok_or_else(|| invalid("an ACL needs a resource type"))?,
         resource_name: b.resource_name.clone(),
         pattern_type: pattern_type(b.pattern_type)?.unwrap_or(PatternType::Literal),
@@ -206,16 +251,21 @@ impl pb::security_server::Security for SecurityService {
         over_tls(&request)?;
         let remote = identity_of(&request).remote;
         let req = request.into_inner();
-        let security = self.auth.security();
-        // The same answer for an unknown user and a wrong password.
-        let user = security.users.get(&req.user).cloned();
+        let wrong = || unauthenticated("wrong user name or password");
+        if check_user_name(&req.user).is_err() || req.password.len() > MAX_PASSWORD_LEN {
+            return Err(wrong());
+        }
+        // An unknown user costs the same hash as a known one: the answer's
+        // time does not tell which names exist.
+        let user = self.auth.user(&req.user);
+        let known = user.clone().unwrap_or_else(|| UNKNOWN_USER.clone());
         let password = req.password;
-        let ok = tokio::task::spawn_blocking(move || user.filter(|u| credentials::password_matches(u, &password)))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let Some(user) = ok else {
-            tracing::warn!(target: "strata::audit", user = %req.user, client = ?remote, "refused a login: wrong user or password");
-            return Err(unauthenticated("wrong user name or password"));
+        let matches = self.hash(move || credentials::password_matches(&known, &password)).await?;
+        let Some(user) = user.filter(|_| matches) else {
+            if self.auth.audit_once(&format!("login {}", req.user)) {
+                tracing::warn!(target: "strata::audit", user = ?req.user, client = ?remote, "refused a login: wrong user or password");
+            }
+            return Err(wrong());
         };
         let key = self.session_key().await?;
         let expires_ms = now_ms() + SESSION_LIFETIME_MS;
@@ -243,9 +293,9 @@ impl pb::security_server::Security for SecurityService {
         check_user_name(&req.name).map_err(|e| invalid(e.to_string()))?;
         password_checked(&req.password)?;
         let (name, password) = (req.name.clone(), req.password);
-        let user = tokio::task::spawn_blocking(move || credentials::hash_password(&name, &password))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        let user = self
+            .hash(move || credentials::hash_password(&name, &password))
+            .await?
             .map_err(|e| Status::internal(e.to_string()))?;
         self.replication.propose_security(SecurityCommand::PutUser { user, create: true }).await?;
         audit(&identity, &format!("created user '{}'", req.name));
@@ -262,9 +312,9 @@ impl pb::security_server::Security for SecurityService {
         check_user_name(&req.name).map_err(|e| invalid(e.to_string()))?;
         password_checked(&req.password)?;
         let (name, password) = (req.name.clone(), req.password);
-        let user = tokio::task::spawn_blocking(move || credentials::hash_password(&name, &password))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        let user = self
+            .hash(move || credentials::hash_password(&name, &password))
+            .await?
             .map_err(|e| Status::internal(e.to_string()))?;
         self.replication.propose_security(SecurityCommand::PutUser { user, create: false }).await?;
         audit(&identity, &format!("set the password of user '{}' (its sessions end)", req.name));
@@ -370,6 +420,12 @@ impl pb::security_server::Security for SecurityService {
     ) -> Result<Response<pb::DeleteAclsResponse>, Status> {
         let identity = self.require(&request, Operation::Alter)?;
         let filter = request.into_inner().filter.unwrap_or_default();
+        let unset = pb::AclFilter::default();
+        if filter == unset {
+            return Err(invalid(
+                "a deletion needs a filter: at least one field set (a resource type selects all of it)",
+            ));
+        }
         let mut matched = Vec::new();
         for acl in &self.auth.security().acls {
             if matches_filter(acl, &filter)? {

@@ -117,6 +117,10 @@ impl pb::groups_server::Groups for GroupService {
         };
         limits::check_join(&join)?;
         self.auth.authorize_identity(&identity, Operation::Read, Resource::Group(&join.group))?;
+        // The assignment tells partition counts: DESCRIBE on each topic.
+        for topic in &join.topics {
+            self.auth.authorize_identity(&identity, Operation::Describe, Resource::Topic(topic))?;
+        }
         if let Some(mut remote) = self.forward_to(&join.group, hops).await? {
             let rest = inbound
                 .take_while(|m| futures::future::ready(m.is_ok()))
@@ -247,6 +251,16 @@ impl pb::groups_server::Groups for GroupService {
         let hops = hops(&request);
         let topic = request.get_ref().topic.as_str();
         self.authorize_offsets(&request, Operation::Read, &request.get_ref().group, [topic])?;
+        // Dead letters are written (and the topic made) by the node: the
+        // caller must be allowed to do both itself.
+        let dead_letters = request.get_ref().dead_letter_topic.as_str();
+        if !dead_letters.is_empty() {
+            let identity = identity_of(&request);
+            self.auth.authorize_identity(&identity, Operation::Write, Resource::Topic(dead_letters))?;
+            if !self.auth.may(&identity, Operation::Create, Resource::Cluster) {
+                self.auth.authorize_identity(&identity, Operation::Create, Resource::Topic(dead_letters))?;
+            }
+        }
         let req = request.into_inner();
         limits::check_consumer_id(&req.consumer_id)?;
         if let Some(mut remote) = self.forward_to(&req.group, hops).await? {
