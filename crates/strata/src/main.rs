@@ -32,6 +32,23 @@ pub struct ClientOpts {
     /// Deadline of each request, e.g. 10s or 500ms.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: TlsOpts,
+    /// Log in as this user (with --password; over TLS only).
+    #[arg(long, global = true, env = "STRATA_USER", requires = "password")]
+    pub user: Option<String>,
+    /// The user's password (prefer STRATA_PASSWORD: a flag shows in `ps`).
+    #[arg(long, global = true, env = "STRATA_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<String>,
+    /// An API token (`strata token create`), sent as a bearer token (wins
+    /// over --user and --password).
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// TLS towards the nodes (every client command's).
+#[derive(Args, Debug, Clone)]
+pub struct TlsOpts {
     /// Connect with TLS, trusting this CA's certificates (PEM).
     #[arg(long, global = true, env = "STRATA_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -45,26 +62,17 @@ pub struct ClientOpts {
     /// The client certificate's private key (PEM).
     #[arg(long, global = true, env = "STRATA_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Log in as this user (with --password; over TLS only).
-    #[arg(long, global = true, env = "STRATA_USER", requires = "password")]
-    pub user: Option<String>,
-    /// The user's password (prefer STRATA_PASSWORD: a flag shows in `ps`).
-    #[arg(long, global = true, env = "STRATA_PASSWORD", hide_env_values = true, requires = "user")]
-    pub password: Option<String>,
-    /// An API token (`strata token create`), sent as a bearer token (wins
-    /// over --user and --password).
-    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
 }
 
 impl ClientOpts {
     /// How to connect, from the TLS flags.
     pub fn connect_options(&self) -> anyhow::Result<strata_client::ConnectOptions> {
+        let t = &self.tls;
         let mut options = strata_client::ConnectOptions::with_tls_files(
-            self.tls,
-            self.tls_ca.clone(),
-            self.tls_cert.clone(),
-            self.tls_key.clone(),
+            t.tls,
+            t.tls_ca.clone(),
+            t.tls_cert.clone(),
+            t.tls_key.clone(),
         )?;
         options.credentials = match (&self.user, &self.password, &self.token) {
             (_, _, Some(token)) => strata_client::Credentials::Token(token.clone()),

@@ -1,7 +1,6 @@
 //! `strata user`, `strata token`, `strata acl`, `strata whoami`: users with
 //! passwords, API tokens and ACLs (as rpk's `security` commands).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -23,18 +22,8 @@ pub struct UserClientOpts {
     /// Deadline of each request, e.g. 10s or 500ms.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Connect with TLS, trusting this CA's certificates (PEM).
-    #[arg(long, global = true, env = "STRATA_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// Connect with TLS, trusting the system's CAs.
-    #[arg(long, global = true)]
-    pub tls: bool,
-    /// A client certificate to present (PEM; mutual TLS).
-    #[arg(long, global = true, env = "STRATA_CLIENT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "STRATA_CLIENT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::TlsOpts,
     /// Log in as this user (with --login-password).
     #[arg(long, global = true, env = "STRATA_USER", requires = "login_password")]
     pub login_user: Option<String>,
@@ -51,10 +40,7 @@ impl UserClientOpts {
         ClientOpts {
             server: self.server.clone(),
             timeout: self.timeout,
-            tls_ca: self.tls_ca.clone(),
-            tls: self.tls,
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
+            tls: self.tls.clone(),
             user: self.login_user.clone(),
             password: self.login_password.clone(),
             token: self.token.clone(),

@@ -48,6 +48,30 @@ impl SecurityService {
         pb::security_server::SecurityServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
+    /// A new user (`create`) or a new password: over TLS, by a caller with
+    /// ALTER on the cluster.
+    async fn put_user<T>(
+        &self,
+        request: &Request<T>,
+        name: String,
+        password: String,
+        create: bool,
+    ) -> Result<(), Status> {
+        over_tls(request)?;
+        let identity = self.require(request, Operation::Alter)?;
+        check_user_name(&name).map_err(|e| invalid(e.to_string()))?;
+        password_checked(&password)?;
+        let hashed = name.clone();
+        let user = self
+            .hash(move || credentials::hash_password(&hashed, &password))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.replication.propose_security(SecurityCommand::PutUser { user, create }).await?;
+        let what = if create { "created user" } else { "set the password (its sessions end) of user" };
+        audit(&identity, &format!("{what} '{name}'"));
+        Ok(())
+    }
+
     /// Runs a password hash on a blocking thread, at most
     /// [`PASSWORD_HASHES_AT_ONCE`] at a time.
     async fn hash<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
@@ -287,18 +311,8 @@ impl pb::security_server::Security for SecurityService {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        over_tls(&request)?;
-        let identity = self.require(&request, Operation::Alter)?;
-        let req = request.into_inner();
-        check_user_name(&req.name).map_err(|e| invalid(e.to_string()))?;
-        password_checked(&req.password)?;
-        let (name, password) = (req.name.clone(), req.password);
-        let user = self
-            .hash(move || credentials::hash_password(&name, &password))
-            .await?
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.replication.propose_security(SecurityCommand::PutUser { user, create: true }).await?;
-        audit(&identity, &format!("created user '{}'", req.name));
+        let (name, password) = (request.get_ref().name.clone(), request.get_ref().password.clone());
+        self.put_user(&request, name, password, true).await?;
         Ok(Response::new(pb::CreateUserResponse {}))
     }
 
@@ -306,18 +320,8 @@ impl pb::security_server::Security for SecurityService {
         &self,
         request: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
-        over_tls(&request)?;
-        let identity = self.require(&request, Operation::Alter)?;
-        let req = request.into_inner();
-        check_user_name(&req.name).map_err(|e| invalid(e.to_string()))?;
-        password_checked(&req.password)?;
-        let (name, password) = (req.name.clone(), req.password);
-        let user = self
-            .hash(move || credentials::hash_password(&name, &password))
-            .await?
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.replication.propose_security(SecurityCommand::PutUser { user, create: false }).await?;
-        audit(&identity, &format!("set the password of user '{}' (its sessions end)", req.name));
+        let (name, password) = (request.get_ref().name.clone(), request.get_ref().password.clone());
+        self.put_user(&request, name, password, false).await?;
         Ok(Response::new(pb::SetPasswordResponse {}))
     }
 
