@@ -54,7 +54,26 @@ pub enum TlsError {
 }
 
 /// The crypto provider of every Strata TLS configuration (ring: a C and
-/// assembly build with `cc` only, no cmake).
+/// assembly build with `cc` only, no cmake), preferring AES-128-GCM: as
+/// secure in practice as AES-256 and about a third cheaper per byte, which
+/// matters at hundreds of MB/s per node. Servers pick by their own order
+/// (`ignore_client_order`), so clients that list AES-256 first get it too.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        let name = format!("{:?}", suite.suite());
+        (!name.starts_with("TLS13"), !name.contains("AES_128_GCM"))
+    });
+    std::sync::Arc::new(provider)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn aes_128_gcm_comes_first_in_tls_1_3_and_1_2() {
+        let suites: Vec<String> = super::provider().cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+        assert_eq!(suites[0], "TLS13_AES_128_GCM_SHA256", "{suites:?}");
+        let first12 = suites.iter().find(|s| !s.starts_with("TLS13")).expect("a TLS 1.2 suite");
+        assert!(first12.contains("AES_128_GCM"), "{suites:?}");
+    }
 }

@@ -131,6 +131,7 @@ impl NodeTls {
             .with_single_cert(self.chain.clone(), self.key()?)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 

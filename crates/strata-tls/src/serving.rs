@@ -125,6 +125,7 @@ impl ServingTls {
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec()];
+        config.ignore_client_order = true;
         Ok(Self { config: Arc::new(config), certs, client_ca: client_ca.map(Path::to_owned) })
     }
 
