@@ -63,12 +63,15 @@ def main():
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--port", type=int, default=7979)
     ap.add_argument("--workdir", default="/var/tmp/strata-security-cost")
+    ap.add_argument("--nodes", type=int, choices=(1, 3), default=None, help="only clusters of this many nodes")
     ap.add_argument("--json", default=None, help="where to write the raw runs")
     args = ap.parse_args()
     strata = binary("strata")
     runs = []
     for rnd in range(args.rounds):
         for name, n, secure in MODES:
+            if args.nodes is not None and n != args.nodes:
+                continue
             work = os.path.join(args.workdir, f"r{rnd}-{n}-{'on' if secure else 'off'}")
             shutil.rmtree(work, ignore_errors=True)
             addrs, procs = cluster.start_strata_cluster(n, work, strata, args.port, secure_clients=secure)

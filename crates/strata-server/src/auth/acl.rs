@@ -61,8 +61,8 @@ impl std::fmt::Display for Resource<'_> {
 /// The bindings, indexed.
 #[derive(Debug, Default)]
 pub struct AclIndex {
-    /// Literal bindings by (type, name), `*` included as a name.
-    literal: HashMap<(ResourceType, String), Vec<AclBinding>>,
+    /// Literal bindings by type, then name (`*` included as a name).
+    literal: HashMap<ResourceType, HashMap<String, Vec<AclBinding>>>,
     /// Prefixed bindings per type.
     prefixed: HashMap<ResourceType, Vec<AclBinding>>,
 }
@@ -72,9 +72,13 @@ impl AclIndex {
         let mut index = Self::default();
         for acl in acls {
             match acl.pattern_type {
-                PatternType::Literal => {
-                    index.literal.entry((acl.resource_type, acl.resource_name.clone())).or_default().push(acl.clone())
-                }
+                PatternType::Literal => index
+                    .literal
+                    .entry(acl.resource_type)
+                    .or_default()
+                    .entry(acl.resource_name.clone())
+                    .or_default()
+                    .push(acl.clone()),
                 PatternType::Prefixed => index.prefixed.entry(acl.resource_type).or_default().push(acl.clone()),
             }
         }
@@ -82,23 +86,32 @@ impl AclIndex {
     }
 
     /// The bindings that select `resource`.
-    fn selecting<'s>(&'s self, resource: Resource<'_>) -> impl Iterator<Item = &'s AclBinding> {
+    /// (No allocation: a check runs per request.)
+    fn selecting<'s, 'r>(&'s self, resource: Resource<'r>) -> impl Iterator<Item = &'s AclBinding> + use<'s, 'r> {
         let kind = resource.kind();
-        let name = resource.resource_name().to_owned();
-        let exact = self.literal.get(&(kind, name.clone())).into_iter().flatten();
-        let any = self.literal.get(&(kind, "*".to_owned())).into_iter().flatten();
+        let literal = self.literal.get(&kind);
+        let name = match resource {
+            Resource::Topic(n) | Resource::Group(n) => n,
+            Resource::Cluster => strata_raft::security::CLUSTER_RESOURCE,
+        };
+        let exact = literal.and_then(|m| m.get(name)).into_iter().flatten();
+        let any = literal.and_then(|m| m.get("*")).into_iter().flatten();
         let prefixed =
-            self.prefixed.get(&kind).into_iter().flatten().filter(move |a| name.starts_with(&a.resource_name));
+            self.prefixed.get(&kind).into_iter().flatten().filter(move |a| name.starts_with(a.resource_name.as_str()));
         exact.chain(any).chain(prefixed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.literal.is_empty() && self.prefixed.is_empty()
     }
 
     /// Whether `principal` (e.g. `User:alice`) from `host` may do
     /// `operation` on `resource`.
     pub fn allows(&self, principal: &str, host: Option<IpAddr>, operation: Operation, resource: Resource<'_>) -> bool {
-        let host = host.map(|h| h.to_canonical().to_string());
+        let host = host.map(|h| h.to_canonical());
         let applies = |a: &&AclBinding| {
             (a.principal == principal || a.principal == "User:*")
-                && (a.host == "*" || host.as_deref() == Some(a.host.as_str()))
+                && (a.host == "*" || host.is_some_and(|h| a.host.parse::<IpAddr>().is_ok_and(|b| b == h)))
         };
         let mut allowed = false;
         for acl in self.selecting(resource).filter(applies) {

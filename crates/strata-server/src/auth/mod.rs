@@ -333,9 +333,12 @@ impl Auth {
         if !self.config.require_auth || self.is_superuser(&identity.principal) {
             return true;
         }
-        let Principal::User(_) = &identity.principal else { return false };
-        let principal = identity.principal.to_string();
-        self.view().acls.allows(&principal, identity.remote, operation, resource)
+        let Principal::User(name) = &identity.principal else { return false };
+        let view = self.view();
+        if view.acls.is_empty() {
+            return false;
+        }
+        view.acls.allows(&format!("User:{name}"), identity.remote, operation, resource)
     }
 
     /// `Ok` when the request's caller may do `operation` on `resource`;
