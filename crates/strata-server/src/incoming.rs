@@ -70,7 +70,7 @@ pub struct ClientInfo {
     /// refused with a message saying so.
     pub plaintext_on_tls_port: bool,
     /// The subject of the client's certificate (verified against the
-    /// client CA), as `CN=alice,O=acme` (RFC 4514, most significant last
+    /// client CA), as `CN=alice,O=acme` (RFC 4514, most specific first,
     /// as Kafka prints it).
     pub certificate_subject: Option<String>,
     /// The node's own client (its group coordinator), connected in-process.

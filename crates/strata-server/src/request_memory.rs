@@ -235,24 +235,22 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
-        if let Some(w) = this.waiting.as_mut() {
+        if let Some(mut w) = this.waiting.take() {
             return match w.acquire.as_mut().poll(cx) {
                 Poll::Ready(Ok(permit)) => {
                     hold(&this.held, permit);
-                    let w = this.waiting.take().expect("waiting");
                     Poll::Ready(Some(Ok(w.frame)))
                 }
-                Poll::Ready(Err(_)) => {
-                    this.waiting = None;
-                    Poll::Ready(Some(Err(Status::unavailable("the node is shutting down"))))
-                }
+                Poll::Ready(Err(_)) => Poll::Ready(Some(Err(Status::unavailable("the node is shutting down")))),
                 Poll::Pending => match w.deadline.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        this.waiting = None;
                         let why = format!("waited {:?} for it", this.budget.wait_limit);
                         Poll::Ready(Some(Err(this.budget.busy(&why))))
                     }
-                    Poll::Pending => Poll::Pending,
+                    Poll::Pending => {
+                        this.waiting = Some(w);
+                        Poll::Pending
+                    }
                 },
             };
         }
