@@ -79,6 +79,8 @@ pub struct Replication {
     data_dir: PathBuf,
     config: Arc<openraft::Config>,
     peers: Peers,
+    /// Connections to peers for the public services (see [`Self::peer_channel`]).
+    public_channels: std::sync::Mutex<std::collections::HashMap<NodeId, tonic::transport::Channel>>,
     groups: Groups,
     logs: Arc<LogManager>,
     controller: PartitionRaft,
@@ -138,6 +140,7 @@ impl Replication {
             data_dir,
             config,
             peers,
+            public_channels: std::sync::Mutex::default(),
             groups,
             logs,
             controller,
@@ -167,8 +170,16 @@ impl Replication {
 
     /// A channel to node `id`'s cluster listener (where the public services
     /// are served to peers too), or `None` for a node not in the cluster.
+    /// A connection of its own, not Raft's: forwarded group sessions and
+    /// coordinator reads never hold up replication between the two nodes.
     pub fn peer_channel(&self, id: NodeId) -> Option<tonic::transport::Channel> {
-        self.peers.channel_to(id).ok()
+        let mut channels = self.public_channels.lock().ok()?;
+        if let Some(c) = channels.get(&id) {
+            return Some(c.clone());
+        }
+        let channel = self.peers.new_channel_to(id).ok()?;
+        channels.insert(id, channel.clone());
+        Some(channel)
     }
 
     /// The node whose client listener is at `addr`, as the metadata says.

@@ -125,11 +125,12 @@ impl Peers {
         }
     }
 
-    /// The channel to a configured peer's cluster listener (mutual TLS
-    /// unless the cluster runs without), shared with Raft.
-    pub fn channel_to(&self, target: NodeId) -> Result<Channel, String> {
+    /// A new channel (a connection of its own) to a configured peer's
+    /// cluster listener, mutual TLS unless the cluster runs without: for
+    /// traffic that must not queue behind Raft's, or Raft's behind it.
+    pub fn new_channel_to(&self, target: NodeId) -> Result<Channel, String> {
         let addr = self.address(target).ok_or_else(|| format!("node {target} has no configured address"))?.to_owned();
-        self.channel(target, &addr)
+        self.endpoint(target, &addr).map(|e| e.connect_lazy())
     }
 
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
@@ -137,6 +138,12 @@ impl Peers {
         if let Some(c) = channels.get(&(target, addr.to_owned())) {
             return Ok(c.clone());
         }
+        let channel = self.endpoint(target, addr)?.connect_lazy();
+        channels.insert((target, addr.to_owned()), channel.clone());
+        Ok(channel)
+    }
+
+    fn endpoint(&self, target: NodeId, addr: &str) -> Result<Endpoint, String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("node {target} has a bad address '{addr}': {e}"))?;
@@ -152,9 +159,7 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(5))
             .initial_stream_window_size(8 * 1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024);
-        let channel = endpoint.connect_lazy();
-        channels.insert((target, addr.to_owned()), channel.clone());
-        Ok(channel)
+        Ok(endpoint)
     }
 
     /// The network of one group, for openraft; `log` is the group's log a
