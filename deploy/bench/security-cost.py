@@ -22,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +44,7 @@ def secure_env(strata, work, server):
     for _ in range(300):
         if cli(strata, ["whoami"], admin, check=False).returncode == 0:
             break
-        cluster.time.sleep(0.1)
+        time.sleep(0.1)
     cli(strata, ["user", "create", "bench", "--password", "bench-password-1"], admin)
     cli(strata, ["acl", "create", "--allow-principal", "User:bench", "--operation", "create,write,read,delete",
                  "--topic", "sec-", "--resource-pattern-type", "prefixed"], admin)

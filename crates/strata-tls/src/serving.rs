@@ -87,7 +87,6 @@ impl ResolvesServerCert for Reloading {
 pub struct ServingTls {
     config: Arc<ServerConfig>,
     certs: Arc<Reloading>,
-    client_ca: Option<PathBuf>,
 }
 
 impl ServingTls {
@@ -126,16 +125,11 @@ impl ServingTls {
         let mut config = builder.with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec()];
         config.ignore_client_order = true;
-        Ok(Self { config: Arc::new(config), certs, client_ca: client_ca.map(Path::to_owned) })
+        Ok(Self { config: Arc::new(config), certs })
     }
 
     pub fn config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.config)
-    }
-
-    /// Whether client certificates are accepted.
-    pub fn accepts_client_certificates(&self) -> bool {
-        self.client_ca.is_some()
     }
 
     /// Reads the certificate and key again if either file changed since

@@ -28,13 +28,6 @@ use tokio::sync::watch;
 
 const PARTITIONS: u32 = 2;
 
-fn seed() -> u64 {
-    std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| strata_record::now_ms() as u64)
-}
-
 struct Cluster {
     ports: ClusterPorts,
     nodes: Vec<Option<ServerProcess>>,
@@ -97,7 +90,7 @@ type Acked = Arc<Mutex<Vec<(u32, u64, String)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_partition_leader_loses_no_acknowledged_record() {
-    let seed = seed();
+    let seed = common::seed();
     eprintln!("STRATA_TEST_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(3);

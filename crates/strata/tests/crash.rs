@@ -18,13 +18,6 @@ const CYCLES: usize = 5;
 
 type Acked = Arc<Mutex<Vec<(u32, u64, String)>>>;
 
-fn seed() -> u64 {
-    std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| strata_record::now_ms() as u64)
-}
-
 /// One producer per partition, each sending unique values until its
 /// acknowledgements start failing (the server was killed).
 fn start_producers(client: &Client, cycle: usize, acked: &Acked) -> Vec<tokio::task::JoinHandle<()>> {
@@ -83,7 +76,7 @@ async fn wait_for_acks(acked: &Acked, target: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_sigkill() {
-    let seed = seed();
+    let seed = common::seed();
     println!("seed {seed} (reproduce with STRATA_TEST_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");

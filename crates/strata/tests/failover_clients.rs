@@ -35,15 +35,6 @@ use strata_client::{Client, ProducerConfig, Record, TopicConfig};
 
 const PARTITIONS: u32 = 3;
 
-fn seed() -> u64 {
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| strata_record::now_ms() as u64);
-    eprintln!("STRATA_TEST_SEED={seed}");
-    seed
-}
-
 struct Cluster {
     ports: ClusterPorts,
     nodes: Vec<Option<ServerProcess>>,
@@ -167,7 +158,7 @@ fn run_cli(server: &str, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consume_rides_through_the_kill_of_each_partition_leader() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(3);
     let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
@@ -203,7 +194,7 @@ async fn consume_rides_through_the_kill_of_each_partition_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tailing_consume_resumes_after_its_stream_breaks() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(3);
     let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
@@ -284,7 +275,7 @@ async fn a_tailing_consume_resumes_after_its_stream_breaks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_member_rides_through_the_kill_of_a_partition_leader() {
-    let seed = seed();
+    let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut cluster = Cluster::start(3);
     let client = Client::connect(&cluster.bootstrap()).await.expect("connect");

@@ -160,10 +160,6 @@ impl Auth {
         self.config.require_auth
     }
 
-    pub fn config(&self) -> &AuthConfig {
-        &self.config
-    }
-
     /// The metadata's security state and ACL index as of now.
     fn view(&self) -> Arc<View> {
         let metadata = Arc::clone(&self.metadata.borrow());
@@ -176,13 +172,14 @@ impl Auth {
         Arc::clone(&cached)
     }
 
-    pub fn security(&self) -> SecurityState {
-        self.view().metadata.security.clone()
+    /// `read` of the security state as of now (without copying it).
+    pub fn with_security<T>(&self, read: impl FnOnce(&SecurityState) -> T) -> T {
+        read(&self.view().metadata.security)
     }
 
     /// One user's record, if it exists (without copying the rest).
     pub fn user(&self, name: &str) -> Option<strata_raft::security::UserRecord> {
-        self.view().metadata.security.users.get(name).cloned()
+        self.with_security(|s| s.users.get(name).cloned())
     }
 
     /// Whether a line about `key` may be logged now (at most one per key

@@ -101,7 +101,7 @@ impl SecurityService {
     /// Session tokens need the cluster's session key: made once, by the
     /// first node that needs it (a race is settled by the controller).
     async fn session_key(&self) -> Result<String, Status> {
-        if let Some(key) = self.auth.security().session_key {
+        if let Some(key) = self.auth.with_security(|s| s.session_key.clone()) {
             return Ok(key);
         }
         let key = credentials::new_session_key().map_err(|e| Status::internal(e.to_string()))?;
@@ -110,7 +110,9 @@ impl SecurityService {
             Err(s) if s.code() == Code::FailedPrecondition => {}
             Err(s) => return Err(s),
         }
-        self.auth.security().session_key.ok_or_else(|| Status::unavailable("the session key is not set yet; retry"))
+        self.auth
+            .with_security(|s| s.session_key.clone())
+            .ok_or_else(|| Status::unavailable("the session key is not set yet; retry"))
     }
 }
 
@@ -248,15 +250,35 @@ fn permission(v: i32) -> Result<Option<Permission>, Status> {
     }
 }
 
-/// Whether `acl` matches `filter` (unset fields match anything).
-fn matches_filter(acl: &AclBinding, filter: &pb::AclFilter) -> Result<bool, Status> {
-    Ok(filter.principal.as_ref().is_none_or(|p| *p == acl.principal)
-        && filter.host.as_ref().is_none_or(|h| *h == acl.host)
-        && resource_type(filter.resource_type)?.is_none_or(|t| t == acl.resource_type)
-        && filter.resource_name.as_ref().is_none_or(|n| *n == acl.resource_name)
-        && pattern_type(filter.pattern_type)?.is_none_or(|t| t == acl.pattern_type)
-        && operation(filter.operation)?.is_none_or(|o| o == acl.operation)
-        && permission(filter.permission)?.is_none_or(|p| p == acl.permission))
+/// The bindings of `security` that `filter` selects (unset fields match
+/// anything; a host is compared in its canonical form, as stored).
+fn matching(
+    security: &strata_raft::security::SecurityState,
+    filter: &pb::AclFilter,
+) -> Result<Vec<AclBinding>, Status> {
+    let host = match &filter.host {
+        Some(h) => Some(
+            strata_raft::security::canonical_host(h)
+                .ok_or_else(|| invalid(format!("an ACL host is an IP address or *, not {h:?}")))?,
+        ),
+        None => None,
+    };
+    let (kind, pattern) = (resource_type(filter.resource_type)?, pattern_type(filter.pattern_type)?);
+    let (op, permission) = (operation(filter.operation)?, permission(filter.permission)?);
+    Ok(security
+        .acls
+        .iter()
+        .filter(|acl| {
+            filter.principal.as_ref().is_none_or(|p| *p == acl.principal)
+                && host.as_ref().is_none_or(|h| *h == acl.host)
+                && kind.is_none_or(|t| t == acl.resource_type)
+                && filter.resource_name.as_ref().is_none_or(|n| *n == acl.resource_name)
+                && pattern.is_none_or(|t| t == acl.pattern_type)
+                && op.is_none_or(|o| o == acl.operation)
+                && permission.is_none_or(|p| p == acl.permission)
+        })
+        .cloned()
+        .collect())
 }
 
 fn token_info(t: &TokenRecord) -> pb::TokenInfo {
@@ -332,7 +354,7 @@ impl pb::security_server::Security for SecurityService {
         let identity = self.require(&request, Operation::Alter)?;
         let name = request.into_inner().name;
         check_user_name(&name).map_err(|e| invalid(e.to_string()))?;
-        let tokens = self.auth.security().tokens.values().filter(|t| t.user == name).count() as u32;
+        let tokens = self.auth.with_security(|s| s.tokens.values().filter(|t| t.user == name).count()) as u32;
         self.replication.propose_security(SecurityCommand::DeleteUser { name: name.clone() }).await?;
         audit(&identity, &format!("deleted user '{name}' and its {tokens} token(s)"));
         Ok(Response::new(pb::DeleteUserResponse { tokens_revoked: tokens }))
@@ -343,7 +365,8 @@ impl pb::security_server::Security for SecurityService {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         self.require(&request, Operation::Describe)?;
-        Ok(Response::new(pb::ListUsersResponse { users: self.auth.security().users.into_keys().collect() }))
+        let users = self.auth.with_security(|s| s.users.keys().cloned().collect());
+        Ok(Response::new(pb::ListUsersResponse { users }))
     }
 
     async fn create_token(
@@ -389,14 +412,9 @@ impl pb::security_server::Security for SecurityService {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         self.require(&request, Operation::Describe)?;
         let user = request.into_inner().user;
-        let tokens = self
-            .auth
-            .security()
-            .tokens
-            .values()
-            .filter(|t| user.is_empty() || t.user == user)
-            .map(token_info)
-            .collect();
+        let tokens = self.auth.with_security(|s| {
+            s.tokens.values().filter(|t| user.is_empty() || t.user == user).map(token_info).collect()
+        });
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 
@@ -409,8 +427,7 @@ impl pb::security_server::Security for SecurityService {
         if acls.is_empty() {
             return Err(invalid("no ACL binding given"));
         }
-        let before = self.auth.security().acls;
-        let created = acls.iter().filter(|a| !before.contains(*a)).count() as u32;
+        let created = self.auth.with_security(|s| acls.iter().filter(|a| !s.acls.contains(*a)).count()) as u32;
         self.replication.propose_security(SecurityCommand::CreateAcls { acls: acls.clone() }).await?;
         for acl in &acls {
             audit(&identity, &format!("created ACL {acl:?}"));
@@ -430,12 +447,7 @@ impl pb::security_server::Security for SecurityService {
                 "a deletion needs a filter: at least one field set (a resource type selects all of it)",
             ));
         }
-        let mut matched = Vec::new();
-        for acl in &self.auth.security().acls {
-            if matches_filter(acl, &filter)? {
-                matched.push(acl.clone());
-            }
-        }
+        let matched = self.auth.with_security(|s| matching(s, &filter))?;
         for chunk in matched.chunks(strata_raft::security::MAX_ACLS_PER_COMMAND) {
             self.replication.propose_security(SecurityCommand::DeleteAcls { acls: chunk.to_vec() }).await?;
         }
@@ -448,13 +460,8 @@ impl pb::security_server::Security for SecurityService {
     async fn list_acls(&self, request: Request<pb::ListAclsRequest>) -> Result<Response<pb::ListAclsResponse>, Status> {
         self.require(&request, Operation::Describe)?;
         let filter = request.into_inner().filter.unwrap_or_default();
-        let mut acls = Vec::new();
-        for acl in &self.auth.security().acls {
-            if matches_filter(acl, &filter)? {
-                acls.push(acl_to_proto(acl));
-            }
-        }
-        Ok(Response::new(pb::ListAclsResponse { acls }))
+        let acls = self.auth.with_security(|s| matching(s, &filter))?;
+        Ok(Response::new(pb::ListAclsResponse { acls: acls.iter().map(acl_to_proto).collect() }))
     }
 }
 
@@ -464,7 +471,7 @@ impl pb::security_server::Security for SecurityService {
 pub async fn bootstrap_user(auth: Arc<Auth>, replication: Arc<Replication>, name: String, password: String) {
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
-        if !auth.security().users.is_empty() {
+        if auth.with_security(|s| !s.users.is_empty()) {
             return;
         }
         let hashed = {

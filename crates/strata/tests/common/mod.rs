@@ -11,6 +11,17 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
 
+/// The seed of a test's random choices: `STRATA_TEST_SEED` to reproduce a
+/// run, else the clock; printed either way.
+pub fn seed() -> u64 {
+    let seed = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| strata_record::now_ms() as u64);
+    eprintln!("STRATA_TEST_SEED={seed}");
+    seed
+}
+
 /// How long the cluster tests wait for any one condition.
 pub const WAIT: Duration = Duration::from_secs(60);
 
