@@ -64,12 +64,19 @@ impl Inner {
     /// worth, appending data batches to `result` and advancing its
     /// `next_offset`. Reads at least one batch.
     pub(super) fn read_from(&self, offset: u64, max_bytes: usize, hw: u64, result: &mut ReadResult) -> Result<()> {
-        let entry = self.index.lookup(offset)?.filter(|e| e.next_offset > offset).ok_or_else(|| {
-            StorageError::Index(format!(
+        let Some(entry) = self.index.lookup(offset)?.filter(|e| e.next_offset > offset) else {
+            // Retention moved the log start past `offset` (and removed its
+            // index entries) since the caller's check: out of range, as a
+            // read after it would be. Otherwise the index lacks an entry
+            // the log holds.
+            if offset < self.log_start.load(Ordering::Acquire) {
+                return Err(self.out_of_range(offset));
+            }
+            return Err(StorageError::Index(format!(
                 "no index entry for offset {offset} of topic '{}' partition {}",
                 self.topic, self.partition
-            ))
-        })?;
+            )));
+        };
         let Some((seg, file)) = self.open_segment(entry.segment_base)? else {
             // Deleted by retention since the checks above.
             return Err(self.out_of_range(offset));
