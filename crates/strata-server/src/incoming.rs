@@ -292,6 +292,22 @@ impl Quiet {
 pub struct Connections {
     tx: mpsc::Sender<io::Result<ClientConnection>>,
     rx: mpsc::Receiver<io::Result<ClientConnection>>,
+    stats: ConnectionStats,
+}
+
+/// The client listener's connection figures (for the metrics).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionStats {
+    counts: Arc<Mutex<Counts>>,
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ConnectionStats {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.counts.lock().map_or(0, |c| c.total)
+    }
 }
 
 /// Buffer of each direction of an in-process connection.
@@ -300,11 +316,16 @@ const IN_PROCESS_BUFFER: usize = 1024 * 1024;
 impl Default for Connections {
     fn default() -> Self {
         let (tx, rx) = mpsc::channel(64);
-        Self { tx, rx }
+        Self { tx, rx, stats: ConnectionStats::default() }
     }
 }
 
 impl Connections {
+    /// The figures of the connections accepted (shared: read them later).
+    pub fn stats(&self) -> ConnectionStats {
+        self.stats.clone()
+    }
+
     /// A channel to this node's services that never leaves the process:
     /// each connection it opens is a pipe whose other end is served as a
     /// connection marked [`ClientInfo::internal`].
@@ -336,7 +357,7 @@ impl Connections {
         max: usize,
         tls: Option<ServingTls>,
     ) -> ReceiverStream<io::Result<ClientConnection>> {
-        tokio::spawn(accept_loop(listener, max, tls, self.tx));
+        tokio::spawn(accept_loop(listener, max, tls, self.tx, self.stats));
         ReceiverStream::new(self.rx)
     }
 }
@@ -346,8 +367,9 @@ async fn accept_loop(
     max: usize,
     tls: Option<ServingTls>,
     tx: mpsc::Sender<io::Result<ClientConnection>>,
+    stats: ConnectionStats,
 ) {
-    let counts = Arc::new(Mutex::new(Counts::default()));
+    let counts = Arc::clone(&stats.counts);
     // Handshakes in progress, per address; at most MAX_PENDING_HANDSHAKES
     // in all.
     let handshakes = Arc::new(Mutex::new(Counts::default()));
@@ -369,12 +391,14 @@ async fn accept_loop(
         let slot = match take_slot(&counts, peer.ip(), max) {
             Ok(slot) => slot,
             Err(why) => {
+                stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if refused_logged.ready() {
                     tracing::warn!(%peer, max, per_address = MAX_CONNECTIONS_PER_ADDRESS, "refused a connection: {why}");
                 }
                 continue;
             }
         };
+        stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let quiet_until = Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT));
         let limited = Limited { stream, _slot: slot, quiet_until, heard: false };

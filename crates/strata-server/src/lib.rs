@@ -10,6 +10,7 @@ mod convert;
 pub mod groups;
 pub mod incoming;
 mod internal;
+pub mod metrics;
 mod replication;
 pub mod request_memory;
 mod service;
@@ -90,6 +91,8 @@ pub struct NodeConfig {
     pub client_tls: Option<strata_tls::ServingTls>,
     /// Authentication and authorization (`--require-auth`).
     pub auth: auth::AuthConfig,
+    /// The Prometheus metrics listener (`--metrics-listen`).
+    pub metrics: metrics::MetricsConfig,
 }
 
 impl NodeConfig {
@@ -110,6 +113,7 @@ impl NodeConfig {
             request_memory: request_memory::DEFAULT_REQUEST_MEMORY_BYTES,
             client_tls: None,
             auth: auth::AuthConfig::default(),
+            metrics: metrics::MetricsConfig::default(),
         }
     }
 }
@@ -147,6 +151,8 @@ pub enum ServerError {
 pub struct Node {
     addr: SocketAddr,
     cluster_addr: Option<SocketAddr>,
+    /// The metrics listener's address and server.
+    metrics_server: Option<(SocketAddr, JoinHandle<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), ServerError>>,
     /// The cluster listener's server and its stop signal.
@@ -186,6 +192,21 @@ impl Node {
             }
             _ => None,
         };
+        let metrics_listener = match config.metrics.listen {
+            Some(at) => match tokio::net::TcpListener::bind(at).await {
+                Ok(l) => Some(l),
+                Err(e) if !config.metrics.required && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::warn!(
+                        %at,
+                        "the default metrics address is in use (another node on this host?): this node serves no \
+                         metrics; give it one with --metrics-listen"
+                    );
+                    None
+                }
+                Err(e) => return Err(bind_error(at.to_string())(e)),
+            },
+            None => None,
+        };
         let cluster_addr = match &cluster_listener {
             Some(l) => Some(l.local_addr().map_err(bind_error("the cluster listener".into()))?),
             None => None,
@@ -203,11 +224,37 @@ impl Node {
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let auth = auth::Auth::new(config.auth.clone(), replication.metadata_watch());
-        let services =
-            Services::new(Arc::clone(&logs), Arc::clone(&replication), Arc::clone(&auth), streams_stop.clone());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let services = Services::new(
+            Arc::clone(&logs),
+            Arc::clone(&replication),
+            Arc::clone(&auth),
+            streams_stop.clone(),
+            Arc::clone(&metrics),
+        );
         let connections = incoming::Connections::default();
-        let coordinator =
-            groups::Coordinator::new(Arc::clone(&logs), Arc::clone(&replication), connections.in_process());
+        let coordinator = groups::Coordinator::new(
+            Arc::clone(&logs),
+            Arc::clone(&replication),
+            connections.in_process(),
+            Arc::clone(&metrics),
+        );
+        let metrics_server = match metrics_listener {
+            Some(listener) => {
+                let at = listener.local_addr().map_err(bind_error("the metrics listener".into()))?;
+                let collector = metrics::collect::NodeCollector::new(
+                    Arc::clone(&logs),
+                    Arc::clone(&replication),
+                    Arc::clone(&coordinator),
+                    connections.stats(),
+                    config.metrics.partition_labels,
+                );
+                let exposition = Arc::new(metrics::Exposition::new(&metrics, logs.metrics(), collector));
+                info!(addr = %at, "metrics served at http://{at}/metrics");
+                Some((at, tokio::spawn(metrics::http::serve(listener, exposition))))
+            }
+            None => None,
+        };
         let group_service =
             groups::service::GroupService::new(Arc::clone(&coordinator), Arc::clone(&auth), streams_stop);
         let security_service = auth::service::SecurityService::new(Arc::clone(&auth), Arc::clone(&replication));
@@ -298,11 +345,12 @@ impl Node {
         }
         let retention =
             tokio::spawn(retention_loop(Arc::clone(&logs), Arc::clone(&replication), config.retention_check_interval));
-        let group_timer = tokio::spawn(groups::run_timer(coordinator));
+        let group_timer = tokio::spawn(groups::run_timer(Arc::clone(&coordinator)));
         info!(%addr, cluster = ?cluster_addr, data_dir = %config.data_dir.display(), "strata node serving");
         Ok(Self {
             addr,
             cluster_addr,
+            metrics_server,
             shutdown: Some(shutdown_tx),
             server,
             cluster_server,
@@ -335,6 +383,11 @@ impl Node {
         self.addr
     }
 
+    /// The metrics listener's address (`None`: metrics are not served).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(at, _)| *at)
+    }
+
     /// The cluster listener's address (`None`: a node alone has none).
     pub fn cluster_addr(&self) -> Option<SocketAddr> {
         self.cluster_addr
@@ -350,6 +403,9 @@ impl Node {
         let _ = (&mut self.retention).await;
         self.group_timer.abort();
         let _ = (&mut self.group_timer).await;
+        if let Some((_, server)) = self.metrics_server.take() {
+            server.abort();
+        }
         if let Some((_, reloader)) = &self.client_tls {
             reloader.abort();
         }

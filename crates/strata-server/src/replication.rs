@@ -901,6 +901,95 @@ impl Replication {
     fn not_leader(&self, group: GroupId, leader: Option<NodeId>, why: &str) -> Status {
         not_leader(&self.directory, group, leader, why)
     }
+
+    /// The state of every Raft group on this node, as its metrics say now
+    /// (what the metrics scrape reads; no message is sent).
+    pub fn sample_groups(&self) -> Vec<GroupSample> {
+        let me = self.node_id();
+        let mut out = Vec::new();
+        self.groups.for_each(|group, raft| {
+            let watch = raft.metrics();
+            let m = watch.borrow_watched();
+            let leading = m.state == ServerState::Leader && m.current_leader == Some(me);
+            let last_log_index = m.last_log_index.unwrap_or(0);
+            let (followers, in_sync) = if leading {
+                let followers = m
+                    .replication
+                    .iter()
+                    .flatten()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(id, matched)| (*id, matched.map_or(0, |l| l.index)))
+                    .collect();
+                (followers, in_sync(&m, me).len())
+            } else {
+                (Vec::new(), 0)
+            };
+            let voters = m.membership_config.membership().voter_ids().count();
+            out.push(GroupSample {
+                group,
+                term: m.current_term,
+                leader: m.current_leader,
+                leading,
+                voters,
+                in_sync,
+                last_log_index,
+                followers,
+            });
+        });
+        out
+    }
+
+    /// Snapshot transfers this node completed.
+    pub fn transfers(&self) -> &strata_raft::network::Transfers {
+        &self.peers.identity().transfers
+    }
+
+    /// The members this node was configured with.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.cluster.members()
+    }
+
+    /// Members the controller's leader heard from within `within` (this
+    /// node included); `None` when this node does not lead the controller.
+    pub fn live_members(&self, within: Duration) -> Option<Vec<NodeId>> {
+        use openraft::Instant as _;
+        let m = self.controller.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let mut live = vec![self.node_id()];
+        if let Some(acked) = &m.heartbeat {
+            for (id, at) in acked {
+                if *id != self.node_id() && at.as_ref().is_some_and(|t| t.elapsed() <= within) {
+                    live.push(*id);
+                }
+            }
+        }
+        live.sort_unstable();
+        Some(live)
+    }
+
+    /// The controller's current term.
+    pub fn controller_term(&self) -> u64 {
+        self.controller.metrics().borrow_watched().current_term
+    }
+}
+
+/// One Raft group on this node, as the metrics scrape sees it.
+#[derive(Debug, Clone)]
+pub struct GroupSample {
+    pub group: GroupId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// This node leads it.
+    pub leading: bool,
+    /// Voters of the group.
+    pub voters: usize,
+    /// Replicas in sync, this one included (0 when not leading).
+    pub in_sync: usize,
+    pub last_log_index: u64,
+    /// When leading: each follower and the last entry it holds.
+    pub followers: Vec<(NodeId, u64)>,
 }
 
 /// This node's limits on a controller command's topic (name, partition

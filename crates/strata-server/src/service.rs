@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -22,6 +22,7 @@ use crate::auth::{Auth, Resource, identity_of};
 use strata_raft::security::Operation;
 
 use crate::convert;
+use crate::metrics::{Metrics, Operation as Op, RequestTimer};
 use crate::replication::{Pending, Replication};
 use crate::status::{from_storage, invalid};
 
@@ -44,6 +45,7 @@ pub struct Services {
     round_robin: Arc<AtomicU32>,
     /// Becomes true when the node shuts down: streams and long polls end.
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 pub(crate) fn shutting_down() -> Status {
@@ -61,8 +63,9 @@ impl Services {
         replication: Arc<Replication>,
         auth: Arc<Auth>,
         shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self { logs, replication, auth, round_robin: Arc::new(AtomicU32::new(0)), shutdown }
+        Self { logs, replication, auth, round_robin: Arc::new(AtomicU32::new(0)), shutdown, metrics }
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
@@ -135,7 +138,7 @@ impl Services {
 
     /// Validates every batch of a request and proposes each to its
     /// partition's Raft group, in order.
-    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<(u32, Pending)>, Status> {
+    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<Ticket>, Status> {
         let acks = pb::Acks::try_from(req.acks)
             .map_err(|_| invalid(format!("unknown acks value {} (ACKS_QUORUM = 1, ACKS_LEADER = 2)", req.acks)))?;
         let prepared = self.prepare(req)?;
@@ -143,18 +146,39 @@ impl Services {
         let mut pending = Vec::with_capacity(prepared.len());
         for (log, batch) in prepared {
             log.validate(&batch).await.map_err(from_storage)?;
+            let bytes = batch.len() as u64;
+            let proposed = Instant::now();
             let proposal = self.replication.propose(topic_id, log.partition(), batch, acks).await?;
-            pending.push((log.partition(), proposal));
+            let commit_latency = (acks != pb::Acks::Leader).then(|| self.metrics.commit_latency.clone());
+            pending.push(Ticket { log, bytes, proposed, commit_latency, pending: proposal });
         }
         Ok(pending)
     }
 }
 
-async fn await_tickets(request_id: u64, tickets: Vec<(u32, Pending)>) -> Result<pb::ProduceResponse, Status> {
+/// A batch proposed, and what its answer is measured with.
+struct Ticket {
+    log: PartitionLog,
+    bytes: u64,
+    proposed: Instant,
+    /// `acks=quorum`: the commit latency is observed here.
+    commit_latency: Option<prometheus_client::metrics::histogram::Histogram>,
+    pending: Pending,
+}
+
+async fn await_tickets(request_id: u64, tickets: Vec<Ticket>) -> Result<pb::ProduceResponse, Status> {
     let mut appends = Vec::with_capacity(tickets.len());
-    for (partition, ticket) in tickets {
-        let info = ticket.wait().await?;
-        appends.push(pb::PartitionAppend { partition, base_offset: info.base_offset, record_count: info.record_count });
+    for t in tickets {
+        let info = t.pending.wait().await?;
+        if let Some(h) = &t.commit_latency {
+            h.observe(t.proposed.elapsed().as_secs_f64());
+        }
+        t.log.traffic().produced(u64::from(info.record_count), t.bytes);
+        appends.push(pb::PartitionAppend {
+            partition: t.log.partition(),
+            base_offset: info.base_offset,
+            record_count: info.record_count,
+        });
     }
     Ok(pb::ProduceResponse { request_id, appends, error: None })
 }
@@ -173,10 +197,16 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
-        self.auth.authorize(&request, Operation::Write, Resource::Topic(&request.get_ref().topic))?;
-        let req = request.into_inner();
-        let tickets = self.submit(&req).await?;
-        Ok(Response::new(await_tickets(req.request_id, tickets).await?))
+        let timer = RequestTimer::start(&self.metrics, Op::produce);
+        let result = async {
+            self.auth.authorize(&request, Operation::Write, Resource::Topic(&request.get_ref().topic))?;
+            let req = request.get_ref();
+            let tickets = self.submit(req).await?;
+            await_tickets(req.request_id, tickets).await
+        }
+        .await;
+        timer.finish(&self.metrics, &result);
+        Ok(Response::new(result?))
     }
 
     type ProduceStreamStream = BoxStream<pb::ProduceResponse>;
@@ -206,6 +236,7 @@ impl pb::producer_server::Producer for Services {
                     }
                 };
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
+                let timer = RequestTimer::start(&services.metrics, Op::produce);
                 // Submitting here, in arrival order, fixes the offset order.
                 if tx.is_closed() {
                     break;
@@ -223,15 +254,17 @@ impl pb::producer_server::Producer for Services {
                 {
                     Ok(tickets) => {
                         let tx = tx.clone();
+                        let metrics = Arc::clone(&services.metrics);
                         tokio::spawn(async move {
-                            let response = await_tickets(req.request_id, tickets)
-                                .await
-                                .unwrap_or_else(|s| error_response(req.request_id, &s));
+                            let result = await_tickets(req.request_id, tickets).await;
+                            timer.finish(&metrics, &result);
+                            let response = result.unwrap_or_else(|s| error_response(req.request_id, &s));
                             let _ = tx.send(Ok(response)).await;
                             drop(permit);
                         });
                     }
                     Err(status) => {
+                        timer.finish::<()>(&services.metrics, &Err(status.clone()));
                         if tx.send(Ok(error_response(req.request_id, &status))).await.is_err() {
                             break;
                         }
@@ -341,9 +374,27 @@ fn check_readable(topic: &str) -> Result<(), Status> {
     Ok(())
 }
 
-#[tonic::async_trait]
-impl pb::consumer_server::Consumer for Services {
-    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+/// Counts a fetch's answer in its partition's traffic: records (from the
+/// batch headers when the batches go as stored) and bytes.
+fn count_fetched(log: &PartitionLog, response: &pb::FetchResponse) {
+    let (records, bytes) = if response.records.is_empty() {
+        let records = response
+            .batches
+            .iter()
+            .filter_map(|b| strata_record::BatchHeader::parse(b).ok())
+            .filter(|h| !h.control)
+            .map(|h| u64::from(h.record_count))
+            .sum();
+        (records, response.batches.iter().map(|b| b.len() as u64).sum())
+    } else {
+        let bytes = response.records.iter().map(|r| (r.value.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64);
+        (response.records.len() as u64, bytes.sum())
+    };
+    log.traffic().fetched(records, bytes);
+}
+
+impl Services {
+    async fn fetch_once(&self, request: Request<pb::FetchRequest>) -> Result<pb::FetchResponse, Status> {
         self.auth.authorize(&request, Operation::Read, Resource::Topic(&request.get_ref().topic))?;
         let req = request.into_inner();
         check_readable(&req.topic)?;
@@ -358,7 +409,19 @@ impl pb::consumer_server::Consumer for Services {
             }
             read = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
         }
-        Ok(Response::new(fetch_response(read, req.offset, req.decode, max_bytes).await?))
+        let response = fetch_response(read, req.offset, req.decode, max_bytes).await?;
+        count_fetched(&log, &response);
+        Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::consumer_server::Consumer for Services {
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let timer = RequestTimer::start(&self.metrics, Op::fetch);
+        let result = self.fetch_once(request).await;
+        timer.finish(&self.metrics, &result);
+        Ok(Response::new(result?))
     }
 
     type SubscribeStream = BoxStream<pb::FetchResponse>;
@@ -402,6 +465,7 @@ impl pb::consumer_server::Consumer for Services {
                 };
                 match chunk {
                     Some(Ok(response)) => {
+                        count_fetched(&log, &response);
                         offset = response.next_offset;
                         if tx.send(Ok(response)).await.is_err() {
                             return;

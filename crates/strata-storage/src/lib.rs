@@ -20,6 +20,7 @@ mod index;
 mod limits;
 mod log;
 mod manager;
+mod metrics;
 mod segment;
 
 pub use config::{LogConfig, MAX_MESSAGE_BYTES_LIMIT, TopicOverrides, UNCOMPRESSED_PER_MESSAGE_BYTES};
@@ -32,5 +33,6 @@ pub use log::{
     ReadResult, StartPin, Visibility,
 };
 pub use manager::{LogManager, MAX_PARTITIONS, MAX_TOPIC_NAME_LEN, TopicInfo, TopicRecord, validate_topic_name};
+pub use metrics::{StorageMetrics, Traffic, TrafficCounts};
 
 pub use strata_record::now_ms;

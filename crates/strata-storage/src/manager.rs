@@ -82,6 +82,7 @@ pub struct LogManager {
     limits: StorageLimits,
     /// Open files of every partition's sealed segments.
     files: Arc<FileCache>,
+    metrics: crate::StorageMetrics,
     _lock: File,
 }
 
@@ -189,6 +190,7 @@ impl LogManager {
             visibility,
             limits,
             files: FileCache::new(limits.open_files()),
+            metrics: crate::StorageMetrics::default(),
             _lock: lock,
         };
         let records = manager.load_catalog()?;
@@ -221,6 +223,11 @@ impl LogManager {
             }
         }
         Ok(manager)
+    }
+
+    /// The node's storage histograms (fsync latency, group-commit sizes).
+    pub fn metrics(&self) -> &crate::StorageMetrics {
+        &self.metrics
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -258,7 +265,16 @@ impl LogManager {
     fn open_partition(&self, record: &TopicRecord, dir: &Path, p: u32, config: LogConfig) -> Result<PartitionLog> {
         let index = Arc::new(self.db.partition(record.id, p));
         let dir = dir.join(p.to_string());
-        PartitionLog::open_in(&record.name, p, &dir, index, config, self.visibility, Arc::clone(&self.files))
+        PartitionLog::open_in(
+            &record.name,
+            p,
+            &dir,
+            index,
+            config,
+            self.visibility,
+            Arc::clone(&self.files),
+            self.metrics.clone(),
+        )
     }
 
     fn open_topic(&self, record: TopicRecord) -> Result<Arc<Topic>> {
@@ -502,7 +518,16 @@ impl LogManager {
     pub fn open_controller_log(&self) -> Result<PartitionLog> {
         let index = Arc::new(self.db.partition(0, 0));
         let (config, dir) = (LogConfig::default(), self.root.join("controller"));
-        PartitionLog::open_in("__controller", 0, &dir, index, config, Visibility::Applied, Arc::clone(&self.files))
+        PartitionLog::open_in(
+            "__controller",
+            0,
+            &dir,
+            index,
+            config,
+            Visibility::Applied,
+            Arc::clone(&self.files),
+            self.metrics.clone(),
+        )
     }
 
     /// Every partition of every topic, with its topic's id.

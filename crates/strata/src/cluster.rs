@@ -182,7 +182,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         nodes.tls_dir().display()
     );
     for i in 1..=args.nodes {
-        println!("  node {i}: {} (cluster listener {})", nodes.addr(i), nodes.cluster_addr(i));
+        println!(
+            "  node {i}: {} (cluster listener {}, metrics http://{}/metrics)",
+            nodes.addr(i),
+            nodes.cluster_addr(i),
+            nodes.metrics_addr(i)
+        );
     }
     if args.secure {
         let dir = args.data_dir.display();
@@ -310,6 +315,12 @@ impl LocalCluster {
         format!("127.0.0.1:{}", self.cluster_base_port + node - 1)
     }
 
+    /// Node `node`'s metrics listener: 100 ports above its cluster
+    /// listener (a node of its own each, not the shared default).
+    pub fn metrics_addr(&self, node: u16) -> String {
+        format!("127.0.0.1:{}", u32::from(self.cluster_base_port) + 100 + u32::from(node) - 1)
+    }
+
     /// Where the nodes' certificates are.
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
@@ -331,6 +342,7 @@ impl LocalCluster {
         let mut command = tokio::process::Command::new(&self.exe);
         command
             .args(["server", "--node-id", &node.to_string(), "--listen", &self.addr(node), "--peers", &self.peers])
+            .args(["--metrics-listen", &self.metrics_addr(node)])
             .arg("--data-dir")
             .arg(&dir)
             .arg("--cluster-tls-dir")

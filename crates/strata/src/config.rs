@@ -29,6 +29,8 @@ pub struct ServerConfig {
     /// `STRATA_BOOTSTRAP_USER` (NAME:PASSWORD): environment only.
     #[serde(skip)]
     pub bootstrap_user: Option<String>,
+    pub metrics_listen: String,
+    pub metrics: Metrics,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
     pub log_format: String,
@@ -45,6 +47,17 @@ pub struct Limits {
     /// Bytes of request messages being received, node-wide.
     pub request_memory_bytes: u64,
 }
+
+/// `[metrics]`: how metrics are labelled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub partition_labels: bool,
+}
+
+/// The embedded default of `metrics_listen`: while it is in use by another
+/// process, a node runs without metrics (and says so).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// `[cluster_tls]`: where a node's certificate, key and CA are.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -213,6 +226,31 @@ impl ServerConfig {
             request_memory: self.limits.request_memory_bytes,
             client_tls,
             auth,
+            metrics: self.metrics_config()?,
+        })
+    }
+
+    /// `metrics_listen` and `[metrics]`.
+    fn metrics_config(&self) -> anyhow::Result<strata_server::metrics::MetricsConfig> {
+        let at = self.metrics_listen.trim();
+        let listen = if at.is_empty() {
+            None
+        } else {
+            Some(at.parse::<std::net::SocketAddr>().with_context(|| {
+                format!("metrics_listen '{at}' is not HOST:PORT with an IP address (e.g. 127.0.0.1:9464)")
+            })?)
+        };
+        if let Some(addr) = listen.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                %addr,
+                "the metrics listener is reachable from other hosts, without authentication: it shows topic and \
+                 group names; keep it on a monitoring network"
+            );
+        }
+        Ok(strata_server::metrics::MetricsConfig {
+            listen,
+            partition_labels: self.metrics.partition_labels,
+            required: at != DEFAULT_METRICS_LISTEN,
         })
     }
 

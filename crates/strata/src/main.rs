@@ -214,6 +214,10 @@ struct ServerArgs {
     /// every request with ACLs (STRATA_REQUIRE_AUTH).
     #[arg(long)]
     require_auth: bool,
+    /// Where Prometheus metrics are served, HOST:PORT (GET /metrics;
+    /// overrides the config; STRATA_METRICS_LISTEN). Empty: no metrics.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Log format: text or json (overrides the config).
     #[arg(long)]
     log_format: Option<String>,
@@ -297,6 +301,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.advertised_listen {
         config.advertised_listen = addr;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = addr;
     }
     if let Some(addr) = args.cluster_listen {
         config.cluster_listen = addr;

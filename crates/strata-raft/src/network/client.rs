@@ -420,6 +420,7 @@ impl Connection {
         });
         let chunks = futures::stream::once(async { header }).chain(entries);
         let resp = self.client()?.install_snapshot_stream(chunks).await.map_err(|s| self.failed(s))?;
+        self.stamp.identity.transfers.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let vote = vote_from_pb(resp.into_inner().vote).map_err(|_| self.malformed("no vote"))?;
         Ok(SnapshotResponse::new(vote))
     }

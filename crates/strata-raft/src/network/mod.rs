@@ -110,6 +110,16 @@ impl Groups {
         self.inner.write().ok().and_then(|mut g| g.remove(&group))
     }
 
+    /// Calls `f` with every group (under the table's read lock: `f` must
+    /// be short and must not touch the table).
+    pub fn for_each(&self, mut f: impl FnMut(GroupId, &PartitionRaft)) {
+        if let Ok(g) = self.inner.read() {
+            for (id, raft) in g.iter() {
+                f(*id, raft);
+            }
+        }
+    }
+
     /// Every group.
     pub fn all(&self) -> Vec<PartitionRaft> {
         self.inner.read().map(|g| g.values().cloned().collect()).unwrap_or_default()
@@ -130,11 +140,25 @@ pub struct Identity {
     pub node_id: NodeId,
     pub members: Vec<NodeId>,
     cluster_id: RwLock<String>,
+    /// Snapshot transfers this node's connections and service completed.
+    pub transfers: Transfers,
+}
+
+/// Snapshot transfers completed (partition snapshots, with their log).
+#[derive(Debug, Default)]
+pub struct Transfers {
+    pub sent: std::sync::atomic::AtomicU64,
+    pub received: std::sync::atomic::AtomicU64,
 }
 
 impl Identity {
     pub fn new(node_id: NodeId, members: Vec<NodeId>, cluster_id: Option<String>) -> Arc<Self> {
-        Arc::new(Self { node_id, members, cluster_id: RwLock::new(cluster_id.unwrap_or_default()) })
+        Arc::new(Self {
+            node_id,
+            members,
+            cluster_id: RwLock::new(cluster_id.unwrap_or_default()),
+            transfers: Transfers::default(),
+        })
     }
 
     /// Empty while this node does not know its cluster.

@@ -357,6 +357,7 @@ impl pb::raft_server::Raft for RaftService {
         data.staged = Some(staged);
         let installed = raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
         let resp = installed.map_err(raft_failed)?;
+        self.identity.transfers.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(vote_to_pb(&resp.vote)) }))
     }
 

@@ -128,6 +128,21 @@ pub enum Route {
     Remote(strata_raft::NodeId),
 }
 
+/// A group this node coordinates, as the metrics scrape sees it.
+#[derive(Debug, Clone)]
+pub struct GroupSample {
+    pub group: String,
+    /// A share group (else a consumer group).
+    pub share: bool,
+    pub members: usize,
+    /// The consumer group's epoch: it grows with every rebalance.
+    pub epoch: u64,
+    /// Committed offsets: (topic, partition, offset).
+    pub committed: Vec<(String, u32, u64)>,
+    /// Share groups: records acquired now, per topic.
+    pub in_flight: Vec<(String, usize)>,
+}
+
 /// A live session, as the service holds it.
 pub struct SessionHandle {
     pub group: String,
@@ -151,6 +166,8 @@ pub struct Coordinator {
     /// its shard's lock (a long operation holding the lock must not make a
     /// live member look expired).
     heard: std::sync::Mutex<HashMap<(String, String), Instant>>,
+    /// Share-group redeliveries and dead letters are counted here.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -201,7 +218,12 @@ impl Coordinator {
     /// `local`: an in-process channel to this node's services (its own
     /// client reaches this node through it, and its peers over their
     /// cluster listeners: see `internal.rs`).
-    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>, local: tonic::transport::Channel) -> Arc<Self> {
+    pub fn new(
+        logs: Arc<LogManager>,
+        replication: Arc<Replication>,
+        local: tonic::transport::Channel,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
         let shards = (0..GROUPS_PARTITIONS).map(|_| Mutex::new(ShardState::default())).collect();
         let dialer = Arc::new(crate::internal::NodeDialer::new(Arc::clone(&replication), local));
         Arc::new(Self {
@@ -213,6 +235,7 @@ impl Coordinator {
             tokens: AtomicU64::new(1),
             share_changed: tokio::sync::Notify::new(),
             heard: std::sync::Mutex::default(),
+            metrics,
         })
     }
 
@@ -709,6 +732,52 @@ impl Coordinator {
                 let members = g.consumers.len() as u32;
                 let state = if members == 0 { "empty" } else { "stable" };
                 out.push(pb::GroupSummary { group: name.clone(), kind: "share".into(), members, state: state.into() });
+            }
+        }
+        out
+    }
+
+    /// The groups this node coordinates, as the metrics scrape sees them:
+    /// only shards already loaded here are read (a scrape never loads one).
+    pub async fn sample(&self) -> Vec<GroupSample> {
+        let mut out = Vec::new();
+        for p in 0..GROUPS_PARTITIONS {
+            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p).filter(|v| v.leading) else { continue };
+            let st = self.shards[p as usize].lock().await;
+            if st.term != Some(view.term) {
+                continue;
+            }
+            let mut names: BTreeSet<&String> = st.consumer.keys().collect();
+            names.extend(st.offsets.keys());
+            for name in names {
+                let g = st.consumer.get(name);
+                let committed = st
+                    .offsets
+                    .get(name)
+                    .map(|o| o.iter().map(|((t, p), c)| (t.clone(), *p, c.offset)).collect())
+                    .unwrap_or_default();
+                out.push(GroupSample {
+                    group: name.clone(),
+                    share: false,
+                    members: g.map_or(0, |g| g.members.len()),
+                    epoch: g.map_or(0, |g| g.epoch),
+                    committed,
+                    in_flight: Vec::new(),
+                });
+            }
+            for (name, g) in &st.share {
+                let mut in_flight: BTreeMap<String, usize> = g.topics.keys().map(|t| (t.clone(), 0)).collect();
+                for (topic, _, _) in g.locks.keys() {
+                    *in_flight.entry(topic.clone()).or_default() += 1;
+                }
+                out.push(GroupSample {
+                    group: name.clone(),
+                    share: true,
+                    members: g.consumers.len(),
+                    epoch: 0,
+                    committed: Vec::new(),
+                    in_flight: in_flight.into_iter().collect(),
+                });
             }
         }
         out

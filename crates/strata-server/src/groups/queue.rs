@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::share::{DEFAULT_PREFETCH, Outcome, ShareConfig, SharePartition};
 use super::{Coordinator, Entry, RESERVED_PREFIX, ShardState, ShareGroup, client_status, reserved};
+use crate::metrics::GroupTopic;
 use crate::replication::Leadership;
 use crate::service::MAX_WAIT_LIMIT;
 use crate::status::{from_storage, invalid};
@@ -188,6 +189,8 @@ impl Coordinator {
                     Ok(r) => {
                         let Some(record) = r.records.into_iter().find(|rec| rec.offset == offset) else { continue };
                         state.redeliver(offset);
+                        let labels = GroupTopic { group: req.group.clone(), topic: req.topic.clone() };
+                        self.metrics.share_redeliveries.get_or_create(&labels).inc();
                         let deliveries = state.deliveries(offset).unwrap_or(1);
                         g.locks.insert((req.topic.clone(), p, offset), (req.consumer_id.clone(), lock_until));
                         out.push(shared(p, record, deliveries));
@@ -415,7 +418,10 @@ impl Coordinator {
         if builder.is_empty() {
             return Ok(());
         }
+        let written = u64::from(builder.len());
         client.produce_batch(dlq, 0, builder.build()).await.map_err(client_status)?;
+        let labels = GroupTopic { group: group.to_owned(), topic: topic.to_owned() };
+        self.metrics.share_dead_letters.get_or_create(&labels).inc_by(written);
         Ok(())
     }
 

@@ -196,6 +196,10 @@ pub(crate) struct Inner {
     index: Arc<dyn LogIndex>,
     /// Open files of sealed segments (node-wide).
     files: Arc<FileCache>,
+    /// fsync and group-commit histograms (node-wide).
+    metrics: crate::StorageMetrics,
+    /// What this partition served (the server's handlers count it).
+    traffic: crate::Traffic,
     config: RwLock<LogConfig>,
     segments: RwLock<Vec<Arc<Segment>>>,
     writer: Mutex<WriterState>,
@@ -275,7 +279,7 @@ impl PartitionLog {
         visibility: Visibility,
     ) -> Result<Self> {
         let files = FileCache::new(crate::StorageLimits::default().open_files());
-        Self::open_in(topic, partition, dir, index, config, visibility, files)
+        Self::open_in(topic, partition, dir, index, config, visibility, files, crate::StorageMetrics::default())
     }
 
     /// [`PartitionLog::open_with`], sharing a cache of open segment files
@@ -288,6 +292,7 @@ impl PartitionLog {
         config: LogConfig,
         visibility: Visibility,
         files: Arc<FileCache>,
+        metrics: crate::StorageMetrics,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (hw, _) = watch::channel(0);
@@ -297,6 +302,8 @@ impl PartitionLog {
             dir: dir.to_owned(),
             index,
             files,
+            metrics,
+            traffic: crate::Traffic::default(),
             config: RwLock::new(config),
             segments: RwLock::new(Vec::new()),
             writer: Mutex::new(WriterState {
@@ -342,6 +349,33 @@ impl PartitionLog {
 
     pub fn partition(&self) -> u32 {
         self.inner.partition
+    }
+
+    /// What this partition served on this node.
+    pub fn traffic(&self) -> &crate::Traffic {
+        &self.inner.traffic
+    }
+
+    /// Bytes of the log's durable segments (its size on disk, about: the
+    /// active segment's unsynced tail is not counted).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.segments.read().map(|s| s.iter().map(|seg| seg.len()).sum()).unwrap_or(0)
+    }
+
+    /// Bytes of the durable log after entry `index` (what a follower that
+    /// holds up to `index` still has to receive, as far as it is durable
+    /// here). 0 when nothing after it is durable or indexed yet.
+    pub fn bytes_after_entry(&self, index: u64) -> u64 {
+        let Ok(Some(next)) = self.inner.index.lookup_entry_from(index + 1) else { return 0 };
+        let Ok(segments) = self.inner.segments.read() else { return 0 };
+        segments
+            .iter()
+            .filter(|s| s.base >= next.segment_base)
+            .map(|s| {
+                let len = s.len();
+                if s.base == next.segment_base { len.saturating_sub(next.position) } else { len }
+            })
+            .sum()
     }
 
     pub fn high_watermark(&self) -> u64 {

@@ -304,7 +304,7 @@ impl Inner {
                 // segment as corruption, never as a torn tail.
                 write_all(&active, &buf)?;
                 buf.clear();
-                active.file()?.sync_data().at(&active.path)?;
+                self.timed_sync(&active)?;
                 out.push(Written::Seal(Seal {
                     segment: Arc::clone(&active),
                     meta: SegmentMeta {
@@ -352,6 +352,14 @@ impl Inner {
         Ok(out)
     }
 
+    /// fdatasyncs a segment file, timed.
+    fn timed_sync(&self, segment: &Segment) -> Result<()> {
+        let started = std::time::Instant::now();
+        segment.file()?.sync_data().at(&segment.path)?;
+        self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// fdatasyncs every segment the written batches touched, indexes them,
     /// records sealed segments, then publishes: segment lengths, then the high
     /// watermark. Blocking.
@@ -376,12 +384,16 @@ impl Inner {
         for item in written {
             if let Written::Batch(b) = item {
                 if !synced.iter().any(|s| s.base == b.segment.base) {
-                    b.segment.file()?.sync_data().at(&b.segment.path)?;
+                    self.timed_sync(&b.segment)?;
                     synced.push(&b.segment);
                 }
                 entries.push(b.entry);
                 points.extend(b.point);
             }
+        }
+        if !entries.is_empty() {
+            self.metrics.group_commit_batches.observe(entries.len() as f64);
+            self.metrics.group_commit_bytes.observe(entries.iter().map(|e| f64::from(e.size)).sum());
         }
         self.index.put(&entries, &points)?;
         // Sealed segments get their metadata after their entries are indexed,
