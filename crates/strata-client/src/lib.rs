@@ -23,6 +23,7 @@ mod groups;
 mod partitioner;
 mod producer;
 mod retry;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -506,10 +507,29 @@ impl Client {
         &self,
         topic: &str,
         partition: Option<u32>,
-        records: Vec<pb::Record>,
+        mut records: Vec<pb::Record>,
     ) -> Result<Vec<pb::PartitionAppend>> {
+        let span = trace::send_span(topic, partition, records.len());
+        if let Some((_, t)) = &span {
+            for r in &mut records {
+                if !r.headers.iter().any(|h| h.key == strata_record::traceparent::HEADER) {
+                    let value = t.format().into_bytes().into();
+                    r.headers.push(pb::Header { key: strata_record::traceparent::HEADER.to_owned(), value });
+                }
+            }
+        }
         let req = pb::ProduceRequest { topic: topic.to_owned(), partition, records, ..Default::default() };
-        Ok(self.producer_rpc().produce(self.request(req)).await?.into_inner().appends)
+        let mut request = self.request(req);
+        if let Some((_, t)) = &span
+            && let Ok(value) = t.format().parse()
+        {
+            request.metadata_mut().insert(strata_record::traceparent::HEADER, value);
+        }
+        let result = self.producer_rpc().produce(request).await.map(|r| r.into_inner().appends).map_err(Into::into);
+        if let Some((span, _)) = span {
+            trace::end(span, &result);
+        }
+        result
     }
 
     /// Produces one encoded batch to a partition (at its leader), with

@@ -124,7 +124,12 @@ impl Producer {
     /// (random at first, moving on to another when a batch is sealed; see
     /// `partitioner.rs`).
     /// Returns once queued; await the future for the acknowledgement.
-    pub async fn send(&self, topic: &str, partition: Option<u32>, record: Record) -> Result<DeliveryFuture> {
+    /// Within an OpenTelemetry trace, the record carries the current
+    /// context in its `traceparent` header (unless it has one).
+    pub async fn send(&self, topic: &str, partition: Option<u32>, mut record: Record) -> Result<DeliveryFuture> {
+        if let Some(t) = crate::trace::current() {
+            crate::trace::inject_header(&mut record.headers, &t);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Send { topic: topic.into(), partition, record, reply })

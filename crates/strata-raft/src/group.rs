@@ -94,10 +94,15 @@ async fn start_with(
     peers: &Peers,
     groups: &Groups,
 ) -> Result<PartitionRaft, GroupError> {
-    let store = LogStore::open(log.clone()).await.map_err(|source| GroupError::Storage { group, source })?;
+    let traced = Arc::new(crate::trace::TracedEntries::default());
+    let store = LogStore::open(log.clone())
+        .await
+        .map_err(|source| GroupError::Storage { group, source })?
+        .with_traced(Arc::clone(&traced));
     // A partition's snapshot carries its log (the controller's, its metadata).
     let source = (group != GroupId::CONTROLLER).then_some(log);
-    let raft = Raft::new(node_id, config, peers.network(group, source), store, sm)
+    let network = peers.network(group, source).with_traced(traced);
+    let raft = Raft::new(node_id, config, network, store, sm)
         .await
         .map_err(|e| GroupError::Start { group, source: Box::new(e) })?;
     groups.insert(group, raft.clone());

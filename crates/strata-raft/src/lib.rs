@@ -25,6 +25,7 @@ pub mod network;
 pub mod retention;
 pub mod security;
 pub mod state_machine;
+pub mod trace;
 pub mod transfer;
 pub mod types;
 

@@ -64,6 +64,8 @@ pub struct LogStore {
     log: PartitionLog,
     purged: std::sync::Arc<std::sync::Mutex<Option<LogId>>>,
     committed_hint: HintClock,
+    /// Entries appended within a sampled trace (see [`crate::trace`]).
+    traced: std::sync::Arc<crate::trace::TracedEntries>,
 }
 
 impl LogStore {
@@ -77,7 +79,34 @@ impl LogStore {
             log,
             purged: std::sync::Arc::new(std::sync::Mutex::new(purged)),
             committed_hint: HintClock::default(),
+            traced: std::sync::Arc::default(),
         })
+    }
+
+    /// The group's traced entries, shared with its connections to peers.
+    pub fn with_traced(mut self, traced: std::sync::Arc<crate::trace::TracedEntries>) -> Self {
+        self.traced = traced;
+        self
+    }
+
+    /// A `strata.fsync` span for a traced entry (noted for replication),
+    /// ended when the entry is durable here.
+    fn fsync_span(&self, req: &crate::Request, index: u64) -> Option<opentelemetry::global::BoxedSpan> {
+        use opentelemetry::trace::{SpanKind, Tracer};
+        let trace = req.trace.as_ref()?;
+        if !crate::trace::enabled() {
+            return None;
+        }
+        self.traced.insert(index, trace.0.clone());
+        let mut attributes = crate::trace::partition_attributes(self.log.topic(), self.log.partition());
+        attributes.push(opentelemetry::KeyValue::new("strata.raft.index", index as i64));
+        let tracer = crate::trace::tracer();
+        let span = tracer
+            .span_builder("strata.fsync")
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &crate::trace::parent(&trace.0));
+        Some(span)
     }
 
     /// Writes the commit point at most every `interval` (every time: zero).
@@ -210,13 +239,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batches = Vec::new();
         let mut notices = Vec::new();
+        let mut spans = Vec::new();
         for entry in entries {
             let batch = entry_to_batch(&entry).map_err(io_err)?;
             batches.push((batch, entry_id(&entry.log_id)));
-            notices.push(match &entry.payload {
-                EntryPayload::Normal(req) => req.on_local_flush.clone(),
-                _ => None,
-            });
+            let (notice, span) = match &entry.payload {
+                EntryPayload::Normal(req) => (req.on_local_flush.clone(), self.fsync_span(req, entry.log_id.index)),
+                _ => (None, None),
+            };
+            notices.push(notice);
+            spans.push(span);
         }
         let tickets = match self.log.submit_entries(batches).await {
             Ok(t) => t,
@@ -234,8 +266,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tokio::spawn(async move {
             let mut result = Ok(());
             let mut notices = notices.into_iter();
+            // A traced entry's span ends once its fsync is done (or dropped,
+            // ended, on an error).
+            let mut spans = spans.into_iter();
             for ticket in tickets {
                 let notice = notices.next().flatten();
+                let _span = spans.next().flatten();
                 match ticket.wait().await {
                     Ok(info) => {
                         if let Some(n) = notice {

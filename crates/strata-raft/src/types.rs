@@ -37,12 +37,17 @@ pub struct Request {
     /// entries travel and are stored as their batches only.
     #[serde(skip)]
     pub on_local_flush: Option<LocalFlush>,
+    /// The trace this entry's append is part of (see [`crate::trace`]): on
+    /// the leader, the produce request's span; on a follower, the leader's
+    /// replication span. In memory only.
+    #[serde(skip)]
+    pub trace: Option<crate::trace::EntryTrace>,
 }
 
 impl Request {
     /// A proposal acknowledged once committed (`acks=quorum`).
     pub fn new(batch: Bytes) -> Self {
-        Self { batch, on_local_flush: None }
+        Self { batch, on_local_flush: None, trace: None }
     }
 }
 

@@ -35,6 +35,8 @@
 //! value length and value; varint header count, then per header a varint key
 //! length, UTF-8 key, varint value length and value.
 
+pub mod traceparent;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Size of the fixed batch header.

@@ -15,6 +15,7 @@ mod replication;
 pub mod request_memory;
 mod service;
 pub mod status;
+mod tracing_spans;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,6 +145,12 @@ pub enum ServerError {
     Startup(String),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+/// Turns span recording on for this process, once the binary installed an
+/// OpenTelemetry tracer provider (see `strata_raft::trace`).
+pub fn enable_tracing() {
+    strata_raft::trace::enable();
 }
 
 /// A running node.

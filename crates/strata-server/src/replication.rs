@@ -871,6 +871,7 @@ impl Replication {
         partition: u32,
         batch: bytes::Bytes,
         acks: pb::Acks,
+        trace: Option<opentelemetry::trace::SpanContext>,
     ) -> Result<Pending, Status> {
         let group = GroupId { topic_id, partition };
         let Some(raft) = self.groups.get(group) else {
@@ -886,6 +887,7 @@ impl Replication {
         };
         let (responder, rx) = ProgressResponder::complete_only();
         let mut request = Request::new(batch);
+        request.trace = trace.map(strata_raft::trace::EntryTrace);
         let local = match acks {
             pb::Acks::Leader => {
                 let (notice, local) = LocalFlush::new();

@@ -25,6 +25,8 @@ use crate::convert;
 use crate::metrics::{Metrics, Operation as Op, RequestTimer};
 use crate::replication::{Pending, Replication};
 use crate::status::{from_storage, invalid};
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::Span as _;
 
 /// Default and upper bound of a fetch's `max_bytes`.
 pub const FETCH_MAX_BYTES_DEFAULT: usize = 1024 * 1024;
@@ -138,7 +140,10 @@ impl Services {
 
     /// Validates every batch of a request and proposes each to its
     /// partition's Raft group, in order.
-    async fn submit(&self, req: &pb::ProduceRequest) -> Result<Vec<Ticket>, Status> {
+    async fn submit(&self, req: &pb::ProduceRequest, span: Option<&BoxedSpan>) -> Result<Vec<Ticket>, Status> {
+        // Within a sampled trace, every entry carries the request span's
+        // context (replicas record their appends under it).
+        let traced = span.map(|s| s.span_context().clone()).filter(|cx| cx.is_sampled());
         let acks = pb::Acks::try_from(req.acks)
             .map_err(|_| invalid(format!("unknown acks value {} (ACKS_QUORUM = 1, ACKS_LEADER = 2)", req.acks)))?;
         let prepared = self.prepare(req)?;
@@ -148,9 +153,10 @@ impl Services {
             log.validate(&batch).await.map_err(from_storage)?;
             let bytes = batch.len() as u64;
             let proposed = Instant::now();
-            let proposal = self.replication.propose(topic_id, log.partition(), batch, acks).await?;
+            let commit_span = traced.as_ref().map(|cx| crate::tracing_spans::commit_span(cx, &log));
+            let proposal = self.replication.propose(topic_id, log.partition(), batch, acks, traced.clone()).await?;
             let commit_latency = (acks != pb::Acks::Leader).then(|| self.metrics.commit_latency.clone());
-            pending.push(Ticket { log, bytes, proposed, commit_latency, pending: proposal });
+            pending.push(Ticket { log, bytes, proposed, commit_latency, pending: proposal, commit_span });
         }
         Ok(pending)
     }
@@ -164,12 +170,18 @@ struct Ticket {
     /// `acks=quorum`: the commit latency is observed here.
     commit_latency: Option<prometheus_client::metrics::histogram::Histogram>,
     pending: Pending,
+    /// Within a sampled trace: `strata.commit`, ended with the answer.
+    commit_span: Option<BoxedSpan>,
 }
 
 async fn await_tickets(request_id: u64, tickets: Vec<Ticket>) -> Result<pb::ProduceResponse, Status> {
     let mut appends = Vec::with_capacity(tickets.len());
-    for t in tickets {
-        let info = t.pending.wait().await?;
+    for mut t in tickets {
+        let info = t.pending.wait().await;
+        if let (Some(span), Ok(info)) = (t.commit_span.as_mut(), &info) {
+            span.set_attribute(opentelemetry::KeyValue::new("strata.offset", info.base_offset as i64));
+        }
+        let info = info?;
         if let Some(h) = &t.commit_latency {
             h.observe(t.proposed.elapsed().as_secs_f64());
         }
@@ -198,14 +210,16 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::produce);
+        let mut span = crate::tracing_spans::produce_span(request.metadata(), request.get_ref());
         let result = async {
             self.auth.authorize(&request, Operation::Write, Resource::Topic(&request.get_ref().topic))?;
             let req = request.get_ref();
-            let tickets = self.submit(req).await?;
+            let tickets = self.submit(req, span.as_ref()).await?;
             await_tickets(req.request_id, tickets).await
         }
         .await;
         timer.finish(&self.metrics, &result);
+        crate::tracing_spans::end(span.as_mut(), &result);
         Ok(Response::new(result?))
     }
 
@@ -216,6 +230,7 @@ impl pb::producer_server::Producer for Services {
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let identity = identity_of(&request);
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
         let services = self.clone();
@@ -237,6 +252,7 @@ impl pb::producer_server::Producer for Services {
                 };
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
                 let timer = RequestTimer::start(&services.metrics, Op::produce);
+                let mut span = crate::tracing_spans::produce_span(&metadata, &req);
                 // Submitting here, in arrival order, fixes the offset order.
                 if tx.is_closed() {
                     break;
@@ -248,7 +264,7 @@ impl pb::producer_server::Producer for Services {
                 });
                 match async {
                     allowed?;
-                    services.submit(&req).await
+                    services.submit(&req, span.as_ref()).await
                 }
                 .await
                 {
@@ -258,13 +274,16 @@ impl pb::producer_server::Producer for Services {
                         tokio::spawn(async move {
                             let result = await_tickets(req.request_id, tickets).await;
                             timer.finish(&metrics, &result);
+                            crate::tracing_spans::end(span.as_mut(), &result);
                             let response = result.unwrap_or_else(|s| error_response(req.request_id, &s));
                             let _ = tx.send(Ok(response)).await;
                             drop(permit);
                         });
                     }
                     Err(status) => {
-                        timer.finish::<()>(&services.metrics, &Err(status.clone()));
+                        let failed = Err::<(), _>(status.clone());
+                        timer.finish(&services.metrics, &failed);
+                        crate::tracing_spans::end(span.as_mut(), &failed);
                         if tx.send(Ok(error_response(req.request_id, &status))).await.is_err() {
                             break;
                         }

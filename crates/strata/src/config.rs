@@ -31,6 +31,7 @@ pub struct ServerConfig {
     pub bootstrap_user: Option<String>,
     pub metrics_listen: String,
     pub metrics: Metrics,
+    pub traces: crate::traces::TracesConfig,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
     pub log_format: String,

@@ -10,6 +10,7 @@ mod failover;
 mod group;
 mod group_bench;
 mod security;
+mod traces;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -333,6 +334,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     // beside the node's certificate).
     init_logging(&config.log_format, &config.log_level);
     let node_config = config.node_config()?;
+    let tracer_provider = match traces::settings(&config.traces, &env)? {
+        Some(s) => {
+            let provider = traces::install(&s, config.node_id)?;
+            tracing::info!(endpoint = %s.endpoint, sampler = %s.sampler, ratio = s.ratio, "exporting traces over OTLP");
+            Some(provider)
+        }
+        None => None,
+    };
     let insecure = config.insecure_cluster && node_config.cluster.is_some();
     let client_tls = node_config.client_tls.is_some();
     let node = strata_server::Node::start(node_config).await?;
@@ -362,6 +371,10 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     };
     eprintln!("strata: shutting down");
     node.shutdown().await?;
+    if let Some(provider) = tracer_provider {
+        // The spans still buffered go out (bounded by the exporter's timeout).
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     match stopped {
         Some(reason) => anyhow::bail!("{reason}"),
         None => Ok(()),

@@ -165,7 +165,7 @@ impl Peers {
     /// The network of one group, for openraft; `log` is the group's log a
     /// snapshot sends entries from (`None`: snapshots are self-contained).
     pub fn network(&self, group: GroupId, log: Option<PartitionLog>) -> Network {
-        Network { peers: self.clone(), group, log }
+        Network { peers: self.clone(), group, log, traced: Arc::default() }
     }
 }
 
@@ -175,6 +175,16 @@ pub struct Network {
     peers: Peers,
     group: GroupId,
     log: Option<PartitionLog>,
+    /// The group's traced entries (its log store notes them).
+    traced: Arc<crate::trace::TracedEntries>,
+}
+
+impl Network {
+    /// Shares the group's traced entries with its log store.
+    pub fn with_traced(mut self, traced: Arc<crate::trace::TracedEntries>) -> Self {
+        self.traced = traced;
+        self
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -183,7 +193,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
         let client = self.peers.raft_client(target, &node.addr);
         let identity = Arc::clone(&self.peers.identity);
-        Connection { client, log: self.log.clone(), stamp: Addressing { group: self.group, target, identity } }
+        let partition = self.log.as_ref().map(|l| (Arc::from(l.topic()), l.partition()));
+        let stamp = Addressing {
+            group: self.group,
+            target,
+            identity,
+            traced: Arc::clone(&self.traced),
+            replicating: Replicating::default(),
+            partition,
+        };
+        Connection { client, log: self.log.clone(), stamp }
     }
 }
 
@@ -202,9 +221,66 @@ struct Addressing {
     group: GroupId,
     target: NodeId,
     identity: Arc<Identity>,
+    /// The group's traced entries, and the replication spans open to this
+    /// peer (see [`crate::trace`]).
+    traced: Arc<crate::trace::TracedEntries>,
+    replicating: Replicating,
+    /// The partition's topic and number (`None`: the controller).
+    partition: Option<(Arc<str>, u32)>,
+}
+
+/// `strata.replicate` spans sent to a peer and not yet answered, by the
+/// entry's index: each ends when the peer says it holds the entry (or,
+/// dropped, when the stream fails).
+#[derive(Clone, Default)]
+struct Replicating(Arc<std::sync::Mutex<Vec<(u64, opentelemetry::global::BoxedSpan)>>>);
+
+impl std::fmt::Debug for Replicating {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replicating")
+    }
+}
+
+impl Replicating {
+    /// The peer holds every entry up to `index`.
+    fn matched(&self, index: Option<u64>) {
+        let Some(index) = index else { return };
+        if let Ok(mut spans) = self.0.lock()
+            && !spans.is_empty()
+        {
+            spans.retain(|(i, _)| *i > index);
+        }
+    }
 }
 
 impl Addressing {
+    /// The traceparent to send with entry `index` (a new replication span's),
+    /// if the entry is traced.
+    fn replicate_span(&self, index: u64) -> String {
+        use opentelemetry::trace::{Span as _, SpanKind, Tracer};
+        if !crate::trace::enabled() || self.traced.is_empty() {
+            return String::new();
+        }
+        let Some(parent) = self.traced.get(index) else { return String::new() };
+        let mut attributes = match &self.partition {
+            Some((topic, p)) => crate::trace::partition_attributes(topic, *p),
+            None => Vec::new(),
+        };
+        attributes.push(opentelemetry::KeyValue::new("strata.raft.index", index as i64));
+        attributes.push(opentelemetry::KeyValue::new("strata.replica.node_id", self.target as i64));
+        let tracer = crate::trace::tracer();
+        let span = tracer
+            .span_builder(format!("strata.replicate to node {}", self.target))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &crate::trace::parent(&parent));
+        let traceparent = crate::trace::traceparent(span.span_context()).map(|t| t.format()).unwrap_or_default();
+        if let Ok(mut spans) = self.replicating.0.lock() {
+            spans.push((index, span));
+        }
+        traceparent
+    }
+
     fn append_request(
         &self,
         rpc: &AppendEntriesRequest<TypeConfig>,
@@ -213,7 +289,8 @@ impl Addressing {
         for e in &rpc.entries {
             let batch =
                 entry_to_batch(e).map_err(|e| TransportError { target: self.target, message: e.to_string() })?;
-            entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch });
+            let traceparent = self.replicate_span(e.log_id.index);
+            entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch, traceparent });
         }
         Ok(pb::AppendEntriesRequest {
             group: Some(self.group.into()),
@@ -326,7 +403,13 @@ impl Connection {
             Err(_) => return Err(Failure::Network(self.transport_error("opening the append stream timed out"))),
             Ok(r) => r.map_err(|s| self.failed(s))?.into_inner(),
         };
-        Ok(AppendAnswers { target: self.stamp.target, answers, sent, received: 0 })
+        Ok(AppendAnswers {
+            target: self.stamp.target,
+            answers,
+            sent,
+            received: 0,
+            replicating: self.stamp.replicating.clone(),
+        })
     }
 
     fn transport_error(&self, message: &str) -> TransportError {
@@ -365,6 +448,12 @@ impl Connection {
         }
         let resp = self.client()?.append_entries(request).await.map_err(|s| self.failed(s))?.into_inner();
         use pb::append_entries_response::Outcome;
+        let held = match Outcome::try_from(resp.outcome) {
+            Ok(Outcome::Success) => rpc.entries.last().map(|e| e.log_id.index),
+            Ok(Outcome::PartialSuccess) => resp.matching.as_ref().map(|m| m.index),
+            _ => None,
+        };
+        self.stamp.replicating.matched(held);
         Ok(match Outcome::try_from(resp.outcome).map_err(|_| self.malformed("unknown outcome"))? {
             Outcome::Success => AppendEntriesResponse::Success,
             Outcome::PartialSuccess => AppendEntriesResponse::PartialSuccess(resp.matching.map(log_id_from_pb)),
@@ -434,6 +523,7 @@ struct AppendAnswers {
     /// each must come within [`APPEND_TIMEOUT`] of the one before.
     sent: Arc<AtomicU64>,
     received: u64,
+    replicating: Replicating,
 }
 
 type AppendResults<'s> = BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
@@ -465,7 +555,10 @@ impl AppendAnswers {
         use pb::append_stream_response::Outcome;
         let malformed = |what| Some(Err(Failure::malformed(self.target, what)));
         Some(Ok(match Outcome::try_from(answer.outcome) {
-            Ok(Outcome::Matched) => Ok(answer.log_id.map(log_id_from_pb)),
+            Ok(Outcome::Matched) => {
+                self.replicating.matched(answer.log_id.as_ref().map(|l| l.index));
+                Ok(answer.log_id.map(log_id_from_pb))
+            }
             Ok(Outcome::Conflict) => match answer.log_id {
                 Some(prev) => Err(StreamAppendError::Conflict(log_id_from_pb(prev))),
                 None => return malformed("a conflict without its entry"),

@@ -45,7 +45,15 @@ pub(super) fn append_request_from_pb(
     let mut entries = Vec::with_capacity(req.entries.len());
     for e in req.entries {
         let id = entry_id(&log_id_from_pb(e.id.ok_or_else(|| Status::invalid_argument("an entry has no id"))?));
-        entries.push(batch_to_entry(id, e.batch).map_err(|e| Status::invalid_argument(e.to_string()))?);
+        let mut entry = batch_to_entry(id, e.batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !e.traceparent.is_empty()
+            && crate::trace::enabled()
+            && let openraft::EntryPayload::Normal(req) = &mut entry.payload
+        {
+            let parsed = strata_record::traceparent::TraceParent::parse(e.traceparent.as_bytes());
+            req.trace = parsed.map(|t| crate::trace::EntryTrace(crate::trace::span_context(&t)));
+        }
+        entries.push(entry);
     }
     Ok(AppendEntriesRequest {
         vote: vote_from_pb(req.vote)?,

@@ -410,7 +410,7 @@ impl Coordinator {
         // applied here, so the shard is reloaded on its next use.
         let term = st.term.take();
         let result = async {
-            let pending = self.replication.propose(view.topic_id, p, builder.build(), pb::Acks::Quorum).await?;
+            let pending = self.replication.propose(view.topic_id, p, builder.build(), pb::Acks::Quorum, None).await?;
             pending.wait().await
         }
         .await;

@@ -1,0 +1,138 @@
+//! OpenTelemetry spans of replication: a produce's trace continues through
+//! every replica's append and fsync.
+//!
+//! Off unless the node was started with an OTLP endpoint ([`enable`]):
+//! then each entry proposed within a sampled trace carries that trace's
+//! context ([`crate::Request::trace`], in memory only). The leader's log
+//! store notes it ([`TracedEntries`]) and records a `strata.fsync` span;
+//! the leader's connection to each follower records a `strata.replicate`
+//! span from sending the entry to the follower's answer, and passes that
+//! span's context along with the entry (`Entry.traceparent` on the wire);
+//! the follower's log store records its own `strata.fsync` under it.
+//! Untraced entries cost one relaxed atomic load.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use strata_record::traceparent::TraceParent;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns span recording on for this process (the binary does, once it has
+/// installed a tracer provider).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Release);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The process's tracer (the global provider's).
+pub fn tracer() -> opentelemetry::global::BoxedTracer {
+    opentelemetry::global::tracer("strata")
+}
+
+/// A remote parent from a `traceparent` value.
+pub fn span_context(t: &TraceParent) -> SpanContext {
+    SpanContext::new(
+        TraceId::from_bytes(t.trace_id),
+        SpanId::from_bytes(t.span_id),
+        TraceFlags::new(t.flags),
+        true,
+        TraceState::default(),
+    )
+}
+
+/// The `traceparent` of a span context (`None` when not valid).
+pub fn traceparent(cx: &SpanContext) -> Option<TraceParent> {
+    cx.is_valid().then(|| TraceParent {
+        trace_id: cx.trace_id().to_bytes(),
+        span_id: cx.span_id().to_bytes(),
+        flags: cx.trace_flags().to_u8(),
+    })
+}
+
+/// A context whose parent is `cx`.
+pub fn parent(cx: &SpanContext) -> Context {
+    Context::new().with_remote_span_context(cx.clone())
+}
+
+/// The attributes every span of a partition carries (OpenTelemetry
+/// messaging conventions).
+pub fn partition_attributes(topic: &str, partition: u32) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("messaging.system", "strata"),
+        KeyValue::new("messaging.destination.name", topic.to_owned()),
+        KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+    ]
+}
+
+/// A trace context travelling with an entry inside this node. Entries
+/// compare by their batch: the context is not part of what an entry is.
+#[derive(Debug, Clone)]
+pub struct EntryTrace(pub SpanContext);
+
+impl PartialEq for EntryTrace {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for EntryTrace {}
+
+/// Entries of one group being traced: log index and the context their
+/// spans go under, so that replication (which reads entries back from the
+/// log, without it) finds it. Bounded: the newest [`TRACED_MAX`], none
+/// older than [`TRACED_AGE`].
+#[derive(Debug, Default)]
+pub struct TracedEntries(Mutex<VecDeque<(u64, SpanContext, Instant)>>);
+
+/// Most traced entries remembered per group.
+pub const TRACED_MAX: usize = 256;
+/// How long a traced entry is remembered (its replication is done by then).
+pub const TRACED_AGE: Duration = Duration::from_secs(60);
+
+impl TracedEntries {
+    pub fn insert(&self, index: u64, cx: SpanContext) {
+        let Ok(mut q) = self.0.lock() else { return };
+        let now = Instant::now();
+        while q.front().is_some_and(|(_, _, at)| now.duration_since(*at) > TRACED_AGE) || q.len() >= TRACED_MAX {
+            q.pop_front();
+        }
+        q.push_back((index, cx, now));
+    }
+
+    /// The context entry `index` is traced under, if it is.
+    pub fn get(&self, index: u64) -> Option<SpanContext> {
+        let q = self.0.lock().ok()?;
+        if q.is_empty() {
+            return None;
+        }
+        q.iter().rev().find(|(i, _, _)| *i == index).map(|(_, cx, _)| cx.clone())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().map_or(true, |q| q.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traced_entries_are_bounded_and_found_by_index() {
+        let t = TracedEntries::default();
+        let tp = TraceParent { trace_id: [1; 16], span_id: [2; 8], flags: 1 };
+        for i in 0..(TRACED_MAX as u64 + 10) {
+            t.insert(i, span_context(&tp));
+        }
+        assert!(t.get(3).is_none(), "the oldest went");
+        assert_eq!(t.get(TRACED_MAX as u64 + 9).and_then(|c| traceparent(&c)), Some(tp));
+    }
+}
