@@ -12,6 +12,7 @@ pub mod incoming;
 mod internal;
 pub mod metrics;
 mod replication;
+pub mod request_log;
 pub mod request_memory;
 mod service;
 pub mod status;
@@ -94,6 +95,8 @@ pub struct NodeConfig {
     pub auth: auth::AuthConfig,
     /// The Prometheus metrics listener (`--metrics-listen`).
     pub metrics: metrics::MetricsConfig,
+    /// Where the request log goes (`request_log`); `None`: no request log.
+    pub request_log: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -115,6 +118,7 @@ impl NodeConfig {
             client_tls: None,
             auth: auth::AuthConfig::default(),
             metrics: metrics::MetricsConfig::default(),
+            request_log: None,
         }
     }
 }
@@ -170,6 +174,7 @@ pub struct Node {
     client_tls: Option<(strata_tls::ServingTls, JoinHandle<()>)>,
     logs: Arc<LogManager>,
     replication: Arc<Replication>,
+    request_log: Option<Arc<request_log::RequestLog>>,
 }
 
 impl Node {
@@ -232,13 +237,21 @@ impl Node {
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let auth = auth::Auth::new(config.auth.clone(), replication.metadata_watch());
         let metrics = Arc::new(metrics::Metrics::default());
+        let request_log =
+            match &config.request_log {
+                Some(path) => Some(request_log::RequestLog::open(path).map_err(|e| {
+                    ServerError::Startup(format!("cannot open the request log {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
         let services = Services::new(
             Arc::clone(&logs),
             Arc::clone(&replication),
             Arc::clone(&auth),
             streams_stop.clone(),
             Arc::clone(&metrics),
-        );
+        )
+        .with_request_log(request_log.clone());
         let connections = incoming::Connections::default();
         let coordinator = groups::Coordinator::new(
             Arc::clone(&logs),
@@ -255,7 +268,8 @@ impl Node {
                     Arc::clone(&coordinator),
                     connections.stats(),
                     config.metrics.partition_labels,
-                );
+                )
+                .with_request_log(request_log.clone());
                 let exposition = Arc::new(metrics::Exposition::new(&metrics, logs.metrics(), collector));
                 info!(addr = %at, "metrics served at http://{at}/metrics");
                 Some((at, tokio::spawn(metrics::http::serve(listener, exposition))))
@@ -366,7 +380,16 @@ impl Node {
             client_tls,
             logs,
             replication,
+            request_log,
         })
+    }
+
+    /// Closes and opens the request log's file again (after logrotate
+    /// moved it; `SIGHUP` does this).
+    pub fn reopen_request_log(&self) {
+        if let Some(log) = &self.request_log {
+            log.reopen();
+        }
     }
 
     /// Reads the client listener's certificate and key again if their files

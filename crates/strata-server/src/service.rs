@@ -18,7 +18,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Auth, Resource, identity_of};
+use crate::auth::{Auth, Identity, Resource, identity_of};
+use crate::request_log::{self, RequestLog};
 use strata_raft::security::Operation;
 
 use crate::convert;
@@ -48,6 +49,8 @@ pub struct Services {
     /// Becomes true when the node shuts down: streams and long polls end.
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    /// The request log, when the node keeps one.
+    request_log: Option<Arc<RequestLog>>,
 }
 
 pub(crate) fn shutting_down() -> Status {
@@ -67,7 +70,42 @@ impl Services {
         shutdown: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { logs, replication, auth, round_robin: Arc::new(AtomicU32::new(0)), shutdown, metrics }
+        let round_robin = Arc::new(AtomicU32::new(0));
+        Self { logs, replication, auth, round_robin, shutdown, metrics, request_log: None }
+    }
+
+    /// Writes a line per produce, fetch and subscription chunk to `log`.
+    pub fn with_request_log(mut self, log: Option<Arc<RequestLog>>) -> Self {
+        self.request_log = log;
+        self
+    }
+
+    /// The request log's line for a produce request that ended with `result`.
+    fn log_produce(
+        &self,
+        identity: &Identity,
+        req: &pb::ProduceRequest,
+        latency: Duration,
+        result: &Result<pb::ProduceResponse, Status>,
+    ) {
+        let Some(log) = &self.request_log else { return };
+        let mut line = request_log::line("produce", identity, &req.topic, latency);
+        line.bytes = if req.batch.is_empty() {
+            req.records.iter().map(|r| (r.value.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64).sum()
+        } else {
+            req.batch.len() as u64
+        };
+        match result {
+            Ok(r) => {
+                for a in &r.appends {
+                    let records = u64::from(a.record_count);
+                    line.parts.push(request_log::Part { partition: a.partition, offset: a.base_offset, records });
+                    line.records += records;
+                }
+            }
+            Err(s) => line = line.failed(s),
+        }
+        log.write(&line);
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
@@ -211,6 +249,7 @@ impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::produce);
         let mut span = crate::tracing_spans::produce_span(request.metadata(), request.get_ref());
+        let identity = identity_of(&request);
         let result = async {
             self.auth.authorize(&request, Operation::Write, Resource::Topic(&request.get_ref().topic))?;
             let req = request.get_ref();
@@ -218,6 +257,7 @@ impl pb::producer_server::Producer for Services {
             await_tickets(req.request_id, tickets).await
         }
         .await;
+        self.log_produce(&identity, request.get_ref(), timer.elapsed(), &result);
         timer.finish(&self.metrics, &result);
         crate::tracing_spans::end(span.as_mut(), &result);
         Ok(Response::new(result?))
@@ -270,10 +310,12 @@ impl pb::producer_server::Producer for Services {
                 {
                     Ok(tickets) => {
                         let tx = tx.clone();
-                        let metrics = Arc::clone(&services.metrics);
+                        let services = services.clone();
+                        let identity = identity.clone();
                         tokio::spawn(async move {
                             let result = await_tickets(req.request_id, tickets).await;
-                            timer.finish(&metrics, &result);
+                            services.log_produce(&identity, &req, timer.elapsed(), &result);
+                            timer.finish(&services.metrics, &result);
                             crate::tracing_spans::end(span.as_mut(), &result);
                             let response = result.unwrap_or_else(|s| error_response(req.request_id, &s));
                             let _ = tx.send(Ok(response)).await;
@@ -281,7 +323,8 @@ impl pb::producer_server::Producer for Services {
                         });
                     }
                     Err(status) => {
-                        let failed = Err::<(), _>(status.clone());
+                        let failed = Err(status.clone());
+                        services.log_produce(&identity, &req, timer.elapsed(), &failed);
                         timer.finish(&services.metrics, &failed);
                         crate::tracing_spans::end(span.as_mut(), &failed);
                         if tx.send(Ok(error_response(req.request_id, &status))).await.is_err() {
@@ -393,10 +436,43 @@ fn check_readable(topic: &str) -> Result<(), Status> {
     Ok(())
 }
 
+impl Services {
+    /// The request log's line for a fetch (or subscription chunk).
+    fn log_fetch(
+        &self,
+        op: &'static str,
+        identity: &Identity,
+        topic: &str,
+        partition: u32,
+        latency: Duration,
+        result: &Result<pb::FetchResponse, Status>,
+    ) {
+        let Some(log) = &self.request_log else { return };
+        let mut line = request_log::line(op, identity, topic, latency);
+        match result {
+            Ok(r) => {
+                let (records, bytes) = fetched(r);
+                let offset = r.records.first().map(|rec| rec.offset).unwrap_or(r.next_offset);
+                line.parts.push(request_log::Part { partition, offset, records });
+                (line.records, line.bytes) = (records, bytes);
+            }
+            Err(s) => line = line.failed(s),
+        }
+        log.write(&line);
+    }
+}
+
 /// Counts a fetch's answer in its partition's traffic: records (from the
 /// batch headers when the batches go as stored) and bytes.
 fn count_fetched(log: &PartitionLog, response: &pb::FetchResponse) {
-    let (records, bytes) = if response.records.is_empty() {
+    let (records, bytes) = fetched(response);
+    log.traffic().fetched(records, bytes);
+}
+
+/// Records and bytes a fetch's answer holds (records from the batch
+/// headers when the batches go as stored).
+fn fetched(response: &pb::FetchResponse) -> (u64, u64) {
+    if response.records.is_empty() {
         let records = response
             .batches
             .iter()
@@ -408,8 +484,7 @@ fn count_fetched(log: &PartitionLog, response: &pb::FetchResponse) {
     } else {
         let bytes = response.records.iter().map(|r| (r.value.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64);
         (response.records.len() as u64, bytes.sum())
-    };
-    log.traffic().fetched(records, bytes);
+    }
 }
 
 impl Services {
@@ -438,7 +513,11 @@ impl Services {
 impl pb::consumer_server::Consumer for Services {
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::fetch);
+        let logged = self.request_log.as_ref().map(|_| (identity_of(&request), request.get_ref().clone()));
         let result = self.fetch_once(request).await;
+        if let Some((identity, req)) = logged {
+            self.log_fetch("fetch", &identity, &req.topic, req.partition, timer.elapsed(), &result);
+        }
         timer.finish(&self.metrics, &result);
         Ok(Response::new(result?))
     }
@@ -462,6 +541,7 @@ impl pb::consumer_server::Consumer for Services {
         let first = log.read(req.offset, max_bytes).await.map_err(from_storage)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
         let shutdown = self.shutdown.clone();
+        let services = self.clone();
         tokio::spawn(async move {
             let mut offset = req.offset;
             let mut read = Ok(first);
@@ -485,6 +565,9 @@ impl pb::consumer_server::Consumer for Services {
                 match chunk {
                     Some(Ok(response)) => {
                         count_fetched(&log, &response);
+                        let result = Ok(response);
+                        services.log_fetch("subscribe", &identity, &req.topic, req.partition, Duration::ZERO, &result);
+                        let Ok(response) = result else { return };
                         offset = response.next_offset;
                         if tx.send(Ok(response)).await.is_err() {
                             return;

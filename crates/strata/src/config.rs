@@ -30,6 +30,7 @@ pub struct ServerConfig {
     #[serde(skip)]
     pub bootstrap_user: Option<String>,
     pub metrics_listen: String,
+    pub request_log: PathBuf,
     pub metrics: Metrics,
     pub traces: crate::traces::TracesConfig,
     pub data_dir: PathBuf,
@@ -228,6 +229,7 @@ impl ServerConfig {
             client_tls,
             auth,
             metrics: self.metrics_config()?,
+            request_log: (!self.request_log.as_os_str().is_empty()).then(|| self.request_log.clone()),
         })
     }
 

@@ -9,6 +9,7 @@ mod config;
 mod failover;
 mod group;
 mod group_bench;
+mod log_limit;
 mod security;
 mod traces;
 
@@ -219,6 +220,10 @@ struct ServerArgs {
     /// overrides the config; STRATA_METRICS_LISTEN). Empty: no metrics.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Write a JSON line per produce and consume request to this file
+    /// (overrides the config; STRATA_REQUEST_LOG). SIGHUP reopens it.
+    #[arg(long)]
+    request_log: Option<PathBuf>,
     /// Log format: text or json (overrides the config).
     #[arg(long)]
     log_format: Option<String>,
@@ -269,16 +274,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: &str, level: &str) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let limit = tracing_subscriber::filter::filter_fn(log_limit::allow);
+    let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let layer = if format == "json" { layer.json().boxed() } else { layer.boxed() };
+    tracing_subscriber::registry().with(layer.with_filter(limit).with_filter(filter)).init();
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
@@ -305,6 +310,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = addr;
+    }
+    if let Some(path) = args.request_log {
+        config.request_log = path;
     }
     if let Some(addr) = args.cluster_listen {
         config.cluster_listen = addr;
@@ -366,6 +374,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             // SIGHUP: read the client listener's certificate again now.
             _ = hangup.recv() => {
                 let _ = node.reload_certificates();
+                node.reopen_request_log();
             }
         }
     };

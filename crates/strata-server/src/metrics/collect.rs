@@ -113,6 +113,7 @@ pub struct NodeCollector {
     data_dir: PathBuf,
     partition_labels: bool,
     state: Mutex<ScrapeState>,
+    request_log: Option<Arc<crate::request_log::RequestLog>>,
 }
 
 impl std::fmt::Debug for NodeCollector {
@@ -168,7 +169,14 @@ impl NodeCollector {
             connections,
             partition_labels,
             state: Mutex::new(ScrapeState::default()),
+            request_log: None,
         }
+    }
+
+    /// Reports the request log's dropped lines too.
+    pub fn with_request_log(mut self, log: Option<Arc<crate::request_log::RequestLog>>) -> Self {
+        self.request_log = log;
+        self
     }
 
     fn key(&self, topic: &str, partition: u32) -> TopicKey {
@@ -410,6 +418,20 @@ impl NodeCollector {
             "grpc_connections_refused",
             "Client connections refused at a connection limit",
             one(self.connections.refused.load(Ordering::Relaxed)),
+        )?;
+        if let Some(log) = &self.request_log {
+            counter(
+                encoder,
+                "request_log_dropped",
+                "Request log lines dropped because the writer fell behind",
+                one(log.dropped.load(Ordering::Relaxed)),
+            )?;
+        }
+        counter(
+            encoder,
+            "log_events_suppressed",
+            "Warnings and errors not logged because the same message was logged too often",
+            one(super::LOG_EVENTS_SUPPRESSED.load(Ordering::Relaxed)),
         )?;
         if let Some((total, free)) = super::process::disk(&self.data_dir) {
             gauge(encoder, "disk_total_bytes", "Size of the data directory's file system", one(total))?;

@@ -29,6 +29,10 @@ use prometheus_client::registry::Registry;
 use strata_proto::v1 as pb;
 use tonic::Status;
 
+/// Warnings and errors the binary's log filter dropped (rate-limited per
+/// call site); reported as `strata_log_events_suppressed_total`.
+pub static LOG_EVENTS_SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Metrics settings of a node.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsConfig {
@@ -246,6 +250,10 @@ impl RequestTimer {
     pub fn start(metrics: &Metrics, operation: Operation) -> Self {
         metrics.request(operation);
         Self { operation, started: Instant::now() }
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// The request ended with `result`: its latency is observed, an error
