@@ -54,6 +54,10 @@ def main():
                 )
                 for shared in resp.records:
                     print(f" [x] Received {shared.record.value.decode(errors='replace')!r}", flush=True)
+                    # The producer's trace context, to link this processing to it.
+                    for h in shared.record.headers:
+                        if h.key == "traceparent":
+                            print(f" [x] trace {h.value.decode(errors='replace').split('-')[1]}", flush=True)
                     # ... process the record here, then acknowledge it.
                     ack = pb.Acknowledgement(partition=shared.partition, offset=shared.record.offset,
                                              kind=pb.ACK_KIND_ACCEPT)

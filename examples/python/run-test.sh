@@ -58,6 +58,8 @@ send_and_receive() {
   consumer_pid=$!
   wait_for "$work/consumer.out" " [x] Received 'Hello World!'" 30
   wait_for "$work/consumer.out" " [x] Done" 30
+  # The record carried the producer's trace context to the consumer.
+  wait_for "$work/consumer.out" "$(grep -F ' [x] trace ' "$work/producer.out")" 5
   kill -TERM "$consumer_pid"; wait "$consumer_pid" 2>/dev/null || true; consumer_pid=""
   cat "$work/consumer.out"
 }

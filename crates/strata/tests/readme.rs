@@ -273,6 +273,22 @@ fn the_readme_client_tls_example_runs_as_written() {
 }
 
 #[test]
+fn the_readme_observability_example_runs_as_written() {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+    let mut script = example_after(&readme, "how\nlong and how it ended:");
+    let ports = common::free_ports(2);
+    for (fixed, free) in [(7450, ports[0]), (7451, ports[1])] {
+        assert!(script.contains(&fixed.to_string()), "the example uses port {fixed}");
+        script = script.replace(&fixed.to_string(), &free.to_string());
+    }
+    let (status, output, _dir) = run_example("the README's observability example", &script);
+    assert!(status.success(), "the README's observability example failed ({status}):\n{output}");
+    assert!(output.contains(r#"strata_produce_records_total{topic="clicks"} 1"#), "the metric:\n{output}");
+    assert!(output.contains(r#""topic":"clicks""#), "the request log's line:\n{output}");
+}
+
+#[test]
 fn the_readme_cluster_example_runs_as_written() {
     let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
     let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
