@@ -224,7 +224,8 @@ def strata_cluster_supported(strata):
 SECURE_ADMIN = ("admin", "bench-admin-password")
 
 
-def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=False, secure_clients=False):
+def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=False, secure_clients=False,
+                         node_args=None, extra_env=None):
     """Starts N `strata server` processes on 127.0.0.1:base_port.. with node ids 1..N, their
     cluster listeners on base_port+100.., and the same --peers list each (the cluster listeners),
     data in workdir/nI; returns (addresses, processes) once every node listens. Nodes talk over
@@ -232,7 +233,8 @@ def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=Fa
     insecure_cluster, in plaintext (--insecure-cluster). With secure_clients, the client
     listeners serve TLS (workdir/tls/server.crt, trusted through workdir/tls/ca.crt) and require
     authentication; the superuser SECURE_ADMIN is bootstrapped. The caller stops them with
-    stop_all(processes) in a finally block."""
+    stop_all(processes) in a finally block. node_args(i) gives extra flags of node i (0-based);
+    extra_env, extra environment variables of every node."""
     addrs = [f"{HOST}:{base_port + i}" for i in range(n)]
     cluster_ports = [base_port + 100 + i for i in range(n)]
     require_free([base_port + i for i in range(n)] + cluster_ports)
@@ -249,7 +251,7 @@ def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=Fa
             subprocess.run([strata, "certs", "node", "--node-id", str(i + 1), "--ca-dir", ca, "--dir", tls,
                             "--force"], check=True, stdout=subprocess.DEVNULL)
         security = ["--cluster-tls-dir", tls]
-    env = {**os.environ, "RUST_LOG": "warn"}
+    env = {**os.environ, "RUST_LOG": "warn", **(extra_env or {})}
     if secure_clients:
         subprocess.run([strata, "certs", "server", "--host", HOST, "--ca-dir", ca, "--dir", tls, "--force"],
                        check=True, stdout=subprocess.DEVNULL)
@@ -261,7 +263,8 @@ def start_strata_cluster(n, workdir, strata, base_port=7979, insecure_cluster=Fa
         for i, addr in enumerate(addrs):
             procs.append(subprocess.Popen(
                 [strata, "server", "--node-id", str(i + 1), "--listen", addr, "--peers", peers,
-                 "--data-dir", os.path.join(workdir, f"n{i + 1}")] + security,
+                 "--data-dir", os.path.join(workdir, f"n{i + 1}")] + security
+                + (node_args(i) if node_args else []),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(workdir, f"n{i + 1}.log"), "w"), env=env))
         for i in range(n):

@@ -239,16 +239,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batches = Vec::new();
         let mut notices = Vec::new();
+        // Spans of traced entries, by the entry's position (none untraced).
         let mut spans = Vec::new();
         for entry in entries {
             let batch = entry_to_batch(&entry).map_err(io_err)?;
             batches.push((batch, entry_id(&entry.log_id)));
-            let (notice, span) = match &entry.payload {
-                EntryPayload::Normal(req) => (req.on_local_flush.clone(), self.fsync_span(req, entry.log_id.index)),
-                _ => (None, None),
-            };
-            notices.push(notice);
-            spans.push(span);
+            notices.push(match &entry.payload {
+                EntryPayload::Normal(req) => {
+                    if let Some(span) = self.fsync_span(req, entry.log_id.index) {
+                        spans.push((notices.len(), span));
+                    }
+                    req.on_local_flush.clone()
+                }
+                _ => None,
+            });
         }
         let tickets = match self.log.submit_entries(batches).await {
             Ok(t) => t,
@@ -268,10 +272,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut notices = notices.into_iter();
             // A traced entry's span ends once its fsync is done (or dropped,
             // ended, on an error).
-            let mut spans = spans.into_iter();
-            for ticket in tickets {
+            let mut spans = spans.into_iter().peekable();
+            for (i, ticket) in tickets.into_iter().enumerate() {
                 let notice = notices.next().flatten();
-                let _span = spans.next().flatten();
+                let _span = spans.next_if(|(at, _)| *at == i);
                 match ticket.wait().await {
                     Ok(info) => {
                         if let Some(n) = notice {

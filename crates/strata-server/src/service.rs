@@ -248,10 +248,12 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::produce);
-        let mut span = crate::tracing_spans::produce_span(request.metadata(), request.get_ref());
         let identity = identity_of(&request);
+        // Traced once allowed: a caller that may not write makes no span.
+        let mut span = None;
         let result = async {
             self.auth.authorize(&request, Operation::Write, Resource::Topic(&request.get_ref().topic))?;
+            span = crate::tracing_spans::produce_span(request.metadata(), request.get_ref());
             let req = request.get_ref();
             let tickets = self.submit(req, span.as_ref()).await?;
             await_tickets(req.request_id, tickets).await
@@ -292,7 +294,7 @@ impl pb::producer_server::Producer for Services {
                 };
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
                 let timer = RequestTimer::start(&services.metrics, Op::produce);
-                let mut span = crate::tracing_spans::produce_span(&metadata, &req);
+                let mut span = None;
                 // Submitting here, in arrival order, fixes the offset order.
                 if tx.is_closed() {
                     break;
@@ -304,6 +306,7 @@ impl pb::producer_server::Producer for Services {
                 });
                 match async {
                     allowed?;
+                    span = crate::tracing_spans::produce_span(&metadata, &req);
                     services.submit(&req, span.as_ref()).await
                 }
                 .await

@@ -244,7 +244,7 @@ impl std::fmt::Debug for Replicating {
 impl Replicating {
     /// The peer holds every entry up to `index`.
     fn matched(&self, index: Option<u64>) {
-        let Some(index) = index else { return };
+        let Some(index) = index.filter(|_| crate::trace::enabled()) else { return };
         if let Ok(mut spans) = self.0.lock()
             && !spans.is_empty()
         {

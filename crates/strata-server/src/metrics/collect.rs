@@ -257,6 +257,7 @@ impl NodeCollector {
         let registered = metadata.nodes.len() as u64;
         gauge(encoder, "cluster_nodes_registered", "Nodes registered with the controller", one(registered))?;
         let live = self.replication.live_members(LIVE_WITHIN);
+        let leads_controller = live.is_some();
         gauge(
             encoder,
             "cluster_nodes_live",
@@ -267,7 +268,7 @@ impl NodeCollector {
             encoder,
             "controller_leader",
             "1 when this node leads the cluster controller",
-            one(u64::from(self.replication.live_members(LIVE_WITHIN).is_some())),
+            one(u64::from(leads_controller)),
         )?;
         gauge(
             encoder,

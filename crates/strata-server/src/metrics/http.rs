@@ -75,6 +75,9 @@ pub async fn serve(listener: TcpListener, exposition: Arc<Exposition>) {
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                // One request per connection: an idle kept-alive connection
+                // would hold a slot (Prometheus reconnects at each scrape).
+                .keep_alive(false)
                 .max_buf_size(64 * 1024)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
