@@ -5,11 +5,13 @@
 #   build-essential      - a C++ compiler for the bundled RocksDB
 #   iproute2             - `ip`, for the fault-injection suite's network namespaces
 #   python3, python3-venv - the Python example's test (stubs generated from proto/)
+#   prometheus           - prometheus and promtool, for the metrics test (crates/strata/tests/prometheus.rs)
+#   curl                 - the README's metrics example
 # Installs them with apt-get when missing (as root, or through sudo);
 # otherwise prints the exact command to run.
 set -euo pipefail
 
-packages=(clang libclang-dev protobuf-compiler build-essential iproute2 python3 python3-venv)
+packages=(clang libclang-dev protobuf-compiler build-essential iproute2 python3 python3-venv prometheus curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -225,6 +225,10 @@ impl LogManager {
         Ok(manager)
     }
 
+    fn shared(&self) -> crate::log::NodeShared {
+        crate::log::NodeShared { files: Arc::clone(&self.files), metrics: self.metrics.clone() }
+    }
+
     /// The node's storage histograms (fsync latency, group-commit sizes).
     pub fn metrics(&self) -> &crate::StorageMetrics {
         &self.metrics
@@ -265,16 +269,7 @@ impl LogManager {
     fn open_partition(&self, record: &TopicRecord, dir: &Path, p: u32, config: LogConfig) -> Result<PartitionLog> {
         let index = Arc::new(self.db.partition(record.id, p));
         let dir = dir.join(p.to_string());
-        PartitionLog::open_in(
-            &record.name,
-            p,
-            &dir,
-            index,
-            config,
-            self.visibility,
-            Arc::clone(&self.files),
-            self.metrics.clone(),
-        )
+        PartitionLog::open_in(&record.name, p, &dir, index, config, self.visibility, self.shared())
     }
 
     fn open_topic(&self, record: TopicRecord) -> Result<Arc<Topic>> {
@@ -518,16 +513,7 @@ impl LogManager {
     pub fn open_controller_log(&self) -> Result<PartitionLog> {
         let index = Arc::new(self.db.partition(0, 0));
         let (config, dir) = (LogConfig::default(), self.root.join("controller"));
-        PartitionLog::open_in(
-            "__controller",
-            0,
-            &dir,
-            index,
-            config,
-            Visibility::Applied,
-            Arc::clone(&self.files),
-            self.metrics.clone(),
-        )
+        PartitionLog::open_in("__controller", 0, &dir, index, config, Visibility::Applied, self.shared())
     }
 
     /// Every partition of every topic, with its topic's id.

@@ -292,7 +292,11 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
             cluster_id: cluster_id.clone(),
             vote: Some(pb::Vote { term, voted_for: 2, committed: true }),
             prev_log_id: None,
-            entries: vec![pb::Entry { id: Some(pb::LogId { term: entry_term, index: 0 }), batch: record("x") }],
+            entries: vec![pb::Entry {
+                id: Some(pb::LogId { term: entry_term, index: 0 }),
+                batch: record("x"),
+                traceparent: String::new(),
+            }],
             leader_commit: None,
         };
         refused("an entry beyond the vote's term", raft.append_entries(append(1000, 1001)).await.map(drop));

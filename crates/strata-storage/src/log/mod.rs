@@ -225,6 +225,13 @@ pub(crate) struct Inner {
     start_pins: std::sync::atomic::AtomicUsize,
 }
 
+/// What every partition of a node shares.
+pub(crate) struct NodeShared {
+    /// Open files of sealed segments.
+    pub files: Arc<FileCache>,
+    pub metrics: crate::StorageMetrics,
+}
+
 /// Handle to a partition log; cheap to clone.
 #[derive(Clone)]
 pub struct PartitionLog {
@@ -279,11 +286,19 @@ impl PartitionLog {
         visibility: Visibility,
     ) -> Result<Self> {
         let files = FileCache::new(crate::StorageLimits::default().open_files());
-        Self::open_in(topic, partition, dir, index, config, visibility, files, crate::StorageMetrics::default())
+        Self::open_in(
+            topic,
+            partition,
+            dir,
+            index,
+            config,
+            visibility,
+            NodeShared { files, metrics: crate::StorageMetrics::default() },
+        )
     }
 
-    /// [`PartitionLog::open_with`], sharing a cache of open segment files
-    /// (the node's).
+    /// [`PartitionLog::open_with`], sharing the node's cache of open segment
+    /// files and its storage histograms.
     pub(crate) fn open_in(
         topic: &str,
         partition: u32,
@@ -291,9 +306,9 @@ impl PartitionLog {
         index: Arc<dyn LogIndex>,
         config: LogConfig,
         visibility: Visibility,
-        files: Arc<FileCache>,
-        metrics: crate::StorageMetrics,
+        shared: NodeShared,
     ) -> Result<Self> {
+        let NodeShared { files, metrics } = shared;
         std::fs::create_dir_all(dir).at(dir)?;
         let (hw, _) = watch::channel(0);
         let inner = Arc::new(Inner {
