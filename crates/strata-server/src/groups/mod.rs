@@ -139,6 +139,8 @@ pub struct GroupSample {
     pub epoch: u64,
     /// Committed offsets: (topic, partition, offset).
     pub committed: Vec<(String, u32, u64)>,
+    /// Topics the consumer group subscribes to.
+    pub subscribed: Vec<String>,
     /// Share groups: records acquired now, per topic.
     pub in_flight: Vec<(String, usize)>,
 }
@@ -737,14 +739,16 @@ impl Coordinator {
         out
     }
 
-    /// The groups this node coordinates, as the metrics scrape sees them:
-    /// only shards already loaded here are read (a scrape never loads one).
+    /// The groups this node coordinates, as the metrics scrape sees them.
+    /// A shard led here but not loaded yet (after a failover, before any
+    /// request for its groups) is loaded, as a request would: its groups'
+    /// lag must show while their consumers are away.
     pub async fn sample(&self) -> Vec<GroupSample> {
         let mut out = Vec::new();
         for p in 0..GROUPS_PARTITIONS {
             let Some(view) = self.replication.leadership(GROUPS_TOPIC, p).filter(|v| v.leading) else { continue };
-            let st = self.shards[p as usize].lock().await;
-            if st.term != Some(view.term) {
+            let mut st = self.shards[p as usize].lock().await;
+            if st.term != Some(view.term) && self.load(p, &view, &mut st).await.is_err() {
                 continue;
             }
             let mut names: BTreeSet<&String> = st.consumer.keys().collect();
@@ -762,6 +766,7 @@ impl Coordinator {
                     members: g.map_or(0, |g| g.members.len()),
                     epoch: g.map_or(0, |g| g.epoch),
                     committed,
+                    subscribed: g.map(|g| g.subscribed().into_iter().collect()).unwrap_or_default(),
                     in_flight: Vec::new(),
                 });
             }
@@ -776,6 +781,7 @@ impl Coordinator {
                     members: g.consumers.len(),
                     epoch: 0,
                     committed: Vec::new(),
+                    subscribed: Vec::new(),
                     in_flight: in_flight.into_iter().collect(),
                 });
             }

@@ -7,7 +7,7 @@
 //! change of leader seen to `strata_raft_leader_changes_total` (sampled: a
 //! leader that changes twice between two scrapes counts once).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -99,8 +99,9 @@ struct ScrapeState {
     elections: u64,
     leader_changes: u64,
     groups: Vec<GroupSample>,
-    /// End offsets of the partitions groups committed offsets of.
-    end_offsets: HashMap<(String, u32), u64>,
+    /// (log start, end offset) of the partitions groups subscribe to or
+    /// committed offsets of.
+    bounds: HashMap<(String, u32), (u64, u64)>,
 }
 
 /// The scrape-time collector of a node.
@@ -184,62 +185,61 @@ impl NodeCollector {
     }
 
     /// What the scrape needs that takes a query: the groups this node
-    /// coordinates, and the end offsets of the partitions they committed
-    /// (this node's replica where it holds one, else the leader's).
+    /// coordinates, and the log start and end offsets of the partitions
+    /// they subscribe to or committed (this node's replica where it holds
+    /// one, else the leader's).
     pub async fn refresh(&self) {
         let groups = self.coordinator.sample().await;
-        let mut wanted: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         for g in &groups {
             for (topic, p, _) in &g.committed {
-                wanted.entry(topic.clone()).or_default().push(*p);
+                wanted.entry(topic.clone()).or_default().insert(*p);
+            }
+            for topic in &g.subscribed {
+                if let Ok(count) = self.logs.partition_count(topic) {
+                    wanted.entry(topic.clone()).or_default().extend(0..count);
+                }
             }
         }
-        let mut end_offsets = HashMap::new();
-        let mut remote: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for (topic, mut partitions) in wanted {
-            partitions.sort_unstable();
-            partitions.dedup();
+        let mut bounds = HashMap::new();
+        let mut remote: Vec<(String, u32)> = Vec::new();
+        for (topic, partitions) in wanted {
             for p in partitions {
                 let here = self.replication.leadership(&topic, p).is_some_and(|l| l.here);
                 match self.logs.partition(&topic, p) {
                     Ok(log) if here => {
-                        end_offsets.insert((topic.clone(), p), log.high_watermark());
+                        bounds.insert((topic.clone(), p), (log.log_start_offset(), log.high_watermark()));
                     }
-                    _ => remote.entry(topic.clone()).or_default().push(p),
+                    _ => remote.push((topic.clone(), p)),
                 }
             }
         }
         if !remote.is_empty() {
-            let asked = tokio::time::timeout(END_OFFSETS_TIMEOUT, self.remote_end_offsets(&remote)).await;
-            match asked {
-                Ok(found) => end_offsets.extend(found),
-                Err(_) => {
-                    tracing::debug!("end offsets for consumer lag took over {END_OFFSETS_TIMEOUT:?}; lag left out")
-                }
+            let asked = tokio::time::timeout(END_OFFSETS_TIMEOUT, self.remote_bounds(&remote, &mut bounds)).await;
+            if asked.is_err() {
+                tracing::debug!("offsets for consumer lag took over {END_OFFSETS_TIMEOUT:?}; some lag left out");
             }
         }
         if let Ok(mut state) = self.state.lock() {
             state.groups = groups;
-            state.end_offsets = end_offsets;
+            state.bounds = bounds;
         }
     }
 
-    /// End offsets of partitions held elsewhere, from their leaders (one
-    /// request per partition; partitions whose leader cannot be asked are
-    /// left out).
-    async fn remote_end_offsets(&self, wanted: &BTreeMap<String, Vec<u32>>) -> Vec<((String, u32), u64)> {
-        let Ok(client) = self.coordinator.client().await else { return Vec::new() };
-        let mut out = Vec::new();
-        for (topic, partitions) in wanted {
-            for p in partitions {
-                let Ok(leader) = client.partition_leader(topic, *p).await else { continue };
-                let latest = leader.list_offsets(topic, &[*p], strata_proto::v1::OffsetSpec::Latest, 0).await;
-                if let Some(o) = latest.ok().and_then(|v| v.first().cloned()) {
-                    out.push(((topic.clone(), *p), o.offset));
-                }
+    /// Log start and end offsets of partitions held elsewhere, from their
+    /// leaders (partitions whose leader cannot be asked are left out).
+    async fn remote_bounds(&self, wanted: &[(String, u32)], out: &mut HashMap<(String, u32), (u64, u64)>) {
+        use strata_proto::v1::OffsetSpec;
+        let Ok(client) = self.coordinator.client().await else { return };
+        for (topic, p) in wanted {
+            let Ok(leader) = client.partition_leader(topic, *p).await else { continue };
+            let first = |v: Vec<strata_proto::v1::PartitionOffset>| v.first().map(|o| o.offset);
+            let start = leader.list_offsets(topic, &[*p], OffsetSpec::Earliest, 0).await.ok().and_then(first);
+            let end = leader.list_offsets(topic, &[*p], OffsetSpec::Latest, 0).await.ok().and_then(first);
+            if let (Some(start), Some(end)) = (start, end) {
+                out.insert((topic.clone(), *p), (start, end));
             }
         }
-        out
     }
 
     fn encode_all(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -456,11 +456,20 @@ impl NodeCollector {
             }
             members.push((Labels(vec![("group", g.group.clone()), ("kind", "consumer".into())]), g.members as u64));
             rebalances.push((group, g.epoch));
+            let mut seen = BTreeSet::new();
             for (topic, p, offset) in &g.committed {
                 let key = GroupKey { group: g.group.clone(), key: self.key(topic, *p) };
                 *committed.entry(key.clone()).or_default() += offset;
-                if let Some(end) = state.end_offsets.get(&(topic.clone(), *p)) {
+                if let Some((_, end)) = state.bounds.get(&(topic.clone(), *p)) {
                     *lag.entry(key).or_default() += end.saturating_sub(*offset);
+                }
+                seen.insert((topic.as_str(), *p));
+            }
+            // Subscribed partitions without a commit: all of their log.
+            for ((topic, p), (start, end)) in &state.bounds {
+                if g.subscribed.contains(topic) && !seen.contains(&(topic.as_str(), *p)) {
+                    let key = GroupKey { group: g.group.clone(), key: self.key(topic, *p) };
+                    *lag.entry(key).or_default() += end.saturating_sub(*start);
                 }
             }
         }
@@ -480,7 +489,7 @@ impl NodeCollector {
         gauge(
             encoder,
             "consumer_group_lag",
-            "Records the consumer groups have yet to commit: end offset minus committed offset (partitions with a commit)",
+            "Records the consumer groups have yet to commit: end offset minus the committed offset (the log start where none is)",
             lag,
         )?;
         gauge(encoder, "share_group_in_flight", "Share-group records acquired by a consumer now", in_flight)
