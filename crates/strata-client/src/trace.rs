@@ -50,9 +50,10 @@ pub fn context_of(record: &strata_record::Record) -> Option<Context> {
     TraceParent::of_record(record).map(|t| Context::new().with_remote_span_context(span_context(&t)))
 }
 
-/// The `traceparent` of the current context's span, if it is valid.
+/// The `traceparent` of the current context's span, if it is valid and
+/// sampled.
 pub(crate) fn current() -> Option<TraceParent> {
-    to_traceparent(Context::current().span().span_context())
+    to_traceparent(Context::current().span().span_context()).filter(TraceParent::sampled)
 }
 
 /// Adds `traceparent` to headers that hold none.
@@ -80,7 +81,9 @@ pub(crate) fn send_span(topic: &str, partition: Option<u32>, records: usize) -> 
         .with_kind(SpanKind::Producer)
         .with_attributes(attributes)
         .start_with_context(&tracer, &Context::current());
-    let t = to_traceparent(span.span_context())?;
+    // Only a sampled trace is propagated: a record carries its header only
+    // when the application records the trace.
+    let t = to_traceparent(span.span_context()).filter(TraceParent::sampled)?;
     Some((span, t))
 }
 

@@ -91,13 +91,13 @@ impl LogStore {
 
     /// A `strata.fsync` span for a traced entry (noted for replication),
     /// ended when the entry is durable here.
-    fn fsync_span(&self, req: &crate::Request, index: u64) -> Option<opentelemetry::global::BoxedSpan> {
+    fn fsync_span(&self, req: &crate::Request, term: u64, index: u64) -> Option<opentelemetry::global::BoxedSpan> {
         use opentelemetry::trace::{SpanKind, Tracer};
         let trace = req.trace.as_ref()?;
         if !crate::trace::enabled() {
             return None;
         }
-        self.traced.insert(index, trace.0.clone());
+        self.traced.insert(term, index, trace.0.clone());
         let mut attributes = crate::trace::partition_attributes(self.log.topic(), self.log.partition());
         attributes.push(opentelemetry::KeyValue::new("strata.raft.index", index as i64));
         let tracer = crate::trace::tracer();
@@ -105,7 +105,7 @@ impl LogStore {
             .span_builder("strata.fsync")
             .with_kind(SpanKind::Internal)
             .with_attributes(attributes)
-            .start_with_context(&tracer, &crate::trace::parent(&trace.0));
+            .start_with_context(tracer, &crate::trace::parent(&trace.0));
         Some(span)
     }
 
@@ -246,7 +246,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batches.push((batch, entry_id(&entry.log_id)));
             notices.push(match &entry.payload {
                 EntryPayload::Normal(req) => {
-                    if let Some(span) = self.fsync_span(req, entry.log_id.index) {
+                    if let Some(span) = self.fsync_span(req, entry.log_id.leader_id.term, entry.log_id.index) {
                         spans.push((notices.len(), span));
                     }
                     req.on_local_flush.clone()

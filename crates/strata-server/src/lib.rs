@@ -236,7 +236,11 @@ impl Node {
 
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let auth = auth::Auth::new(config.auth.clone(), replication.metadata_watch());
-        let metrics = Arc::new(metrics::Metrics::default());
+        let metrics = Arc::new(if config.metrics.listen.is_some() {
+            metrics::Metrics::default()
+        } else {
+            metrics::Metrics::off()
+        });
         let request_log =
             match &config.request_log {
                 Some(path) => Some(request_log::RequestLog::open(path).map_err(|e| {
@@ -253,12 +257,8 @@ impl Node {
         )
         .with_request_log(request_log.clone());
         let connections = incoming::Connections::default();
-        let coordinator = groups::Coordinator::new(
-            Arc::clone(&logs),
-            Arc::clone(&replication),
-            connections.in_process(),
-            Arc::clone(&metrics),
-        );
+        let coordinator =
+            groups::Coordinator::new(Arc::clone(&logs), Arc::clone(&replication), connections.in_process());
         let metrics_server = match metrics_listener {
             Some(listener) => {
                 let at = listener.local_addr().map_err(bind_error("the metrics listener".into()))?;

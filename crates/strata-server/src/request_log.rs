@@ -2,15 +2,18 @@
 //! subscription chunk, for finding out who produced or consumed what and
 //! when (`request_log = PATH`, off by default).
 //!
-//! Lines go through a bounded queue to a writer task: a request never
+//! Lines go through a bounded queue to a writer thread: a request never
 //! waits for the disk; when the queue is full (a disk slower than the
 //! traffic) lines are dropped and counted (`strata_request_log_dropped_total`).
-//! `SIGHUP` reopens the file (after logrotate moved it).
+//! Lines of failed requests are limited to [`FAILURES_PER_SECOND`] (a
+//! client failing every request cannot fill the disk with them); the rest
+//! are counted the same way. `SIGHUP` reopens the file (after logrotate
+//! moved it). The file itself is not bounded: rotate it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,6 +23,8 @@ use crate::auth::Identity;
 
 /// Lines queued for the writer at most.
 const QUEUE: usize = 8192;
+/// Lines of failed requests written per second at most (bursts as many).
+pub const FAILURES_PER_SECOND: f64 = 100.0;
 
 /// One partition's part of a request.
 #[derive(Debug, Serialize)]
@@ -54,7 +59,8 @@ pub struct Line {
 
 enum Message {
     Line(String),
-    Reopen,
+    /// Look at the reopen flag now.
+    Wake,
 }
 
 /// The node's request log.
@@ -62,6 +68,10 @@ enum Message {
 pub struct RequestLog {
     tx: mpsc::Sender<Message>,
     pub dropped: AtomicU64,
+    /// Set by `reopen`; the writer reopens the file before its next line.
+    reopen: Arc<AtomicBool>,
+    /// Tokens for failure lines, and when they were last counted.
+    failures: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for Message {
@@ -81,21 +91,45 @@ impl RequestLog {
         let file = open(path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let path = path.to_owned();
-        std::thread::Builder::new().name("strata-request-log".into()).spawn(move || write_loop(path, file, rx))?;
-        Ok(Arc::new(Self { tx, dropped: AtomicU64::new(0) }))
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&reopen);
+        std::thread::Builder::new()
+            .name("strata-request-log".into())
+            .spawn(move || write_loop(path, file, rx, flag))?;
+        let failures = std::sync::Mutex::new((FAILURES_PER_SECOND, std::time::Instant::now()));
+        Ok(Arc::new(Self { tx, dropped: AtomicU64::new(0), reopen, failures }))
     }
 
-    /// Queues a line (dropped, and counted, when the queue is full).
+    /// Queues a line (dropped, and counted, when the queue is full or the
+    /// failures' budget is spent).
     pub fn write(&self, line: &Line) {
+        if line.result != "OK" && !self.failure_allowed() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Ok(text) = serde_json::to_string(line) else { return };
         if self.tx.try_send(Message::Line(text)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Closes and opens the file again (after it was moved away).
+    fn failure_allowed(&self) -> bool {
+        let Ok(mut b) = self.failures.lock() else { return false };
+        let now = std::time::Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURES_PER_SECOND);
+        b.1 = now;
+        if b.0 < 1.0 {
+            return false;
+        }
+        b.0 -= 1.0;
+        true
+    }
+
+    /// Closes and opens the file again (after it was moved away), before
+    /// the next line is written.
     pub fn reopen(&self) {
-        let _ = self.tx.try_send(Message::Reopen);
+        self.reopen.store(true, Ordering::Release);
+        let _ = self.tx.try_send(Message::Wake);
     }
 }
 
@@ -129,15 +163,21 @@ impl Line {
 
 /// Writes lines as they come, flushing whenever the queue runs dry. A
 /// write error is logged (once until writes work again) and the line lost.
-fn write_loop(path: PathBuf, file: std::fs::File, mut rx: mpsc::Receiver<Message>) {
+fn write_loop(path: PathBuf, file: std::fs::File, mut rx: mpsc::Receiver<Message>, reopen: Arc<AtomicBool>) {
     let mut out = std::io::BufWriter::new(file);
     let mut failing = false;
     while let Some(message) = rx.blocking_recv() {
         let mut next = Some(message);
         while let Some(m) = next.take() {
+            if reopen.swap(false, Ordering::AcqRel) {
+                let reopened = out.flush().and_then(|()| open(&path)).map(|f| out = std::io::BufWriter::new(f));
+                if let Err(e) = reopened {
+                    tracing::error!(path = %path.display(), error = %e, "cannot reopen the request log");
+                }
+            }
             let written = match m {
                 Message::Line(text) => writeln!(out, "{text}"),
-                Message::Reopen => out.flush().and_then(|()| open(&path)).map(|f| out = std::io::BufWriter::new(f)),
+                Message::Wake => Ok(()),
             };
             match written {
                 Err(e) if !failing => {
@@ -194,5 +234,11 @@ mod tests {
         let second: serde_json::Value =
             serde_json::from_str(std::fs::read_to_string(&path).expect("read").trim()).expect("json");
         assert_eq!((second["op"].as_str(), second["result"].as_str()), (Some("fetch"), Some("UNAVAILABLE")));
+        // A flood of failures is cut at the budget, and counted.
+        let failed = line("fetch", &identity, "orders", Duration::ZERO).failed(&tonic::Status::permission_denied("x"));
+        for _ in 0..1000 {
+            log.write(&failed);
+        }
+        assert!(log.dropped.load(Ordering::Relaxed) >= 1000 - FAILURES_PER_SECOND as u64 - 20);
     }
 }

@@ -79,35 +79,57 @@ impl Services {
         self.request_log = log;
         self
     }
+}
 
-    /// The request log's line for a produce request that ended with `result`.
-    fn log_produce(
-        &self,
-        identity: &Identity,
-        req: &pb::ProduceRequest,
-        latency: Duration,
-        result: &Result<pb::ProduceResponse, Status>,
-    ) {
-        let Some(log) = &self.request_log else { return };
-        let mut line = request_log::line("produce", identity, &req.topic, latency);
-        line.bytes = if req.batch.is_empty() {
-            req.records.iter().map(|r| (r.value.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64).sum()
-        } else {
-            req.batch.len() as u64
-        };
-        match result {
-            Ok(r) => {
-                for a in &r.appends {
-                    let records = u64::from(a.record_count);
-                    line.parts.push(request_log::Part { partition: a.partition, offset: a.base_offset, records });
-                    line.records += records;
-                }
+/// The request log's line for a produce request that ended with `result`.
+fn log_produce(
+    log: Option<&RequestLog>,
+    identity: &Identity,
+    req: &pb::ProduceRequest,
+    latency: Duration,
+    result: &Result<pb::ProduceResponse, Status>,
+) {
+    let Some(log) = log else { return };
+    let mut line = request_log::line("produce", identity, &req.topic, latency);
+    line.bytes = if req.batch.is_empty() {
+        req.records.iter().map(|r| (r.value.len() + r.key.as_ref().map_or(0, |k| k.len())) as u64).sum()
+    } else {
+        req.batch.len() as u64
+    };
+    match result {
+        Ok(r) => {
+            for a in &r.appends {
+                let records = u64::from(a.record_count);
+                line.parts.push(request_log::Part { partition: a.partition, offset: a.base_offset, records });
+                line.records += records;
             }
-            Err(s) => line = line.failed(s),
         }
-        log.write(&line);
+        Err(s) => line = line.failed(s),
     }
+    log.write(&line);
+}
 
+/// Writes the request log's line of a unary produce whose handler was
+/// dropped before it answered (the client reset the call or its deadline
+/// passed): the records may have been written all the same.
+struct Unanswered<'a> {
+    log: Option<&'a RequestLog>,
+    identity: &'a Identity,
+    req: &'a pb::ProduceRequest,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let why = Status::cancelled("the client went away before its answer; the records may have been written");
+            log_produce(self.log, self.identity, self.req, self.started.elapsed(), &Err(why));
+        }
+    }
+}
+
+impl Services {
     fn partition(&self, topic: &str, partition: u32) -> Result<PartitionLog, Status> {
         self.logs.partition(topic, partition).map_err(from_storage)
     }
@@ -193,7 +215,8 @@ impl Services {
             let proposed = Instant::now();
             let commit_span = traced.as_ref().map(|cx| crate::tracing_spans::commit_span(cx, &log));
             let proposal = self.replication.propose(topic_id, log.partition(), batch, acks, traced.clone()).await?;
-            let commit_latency = (acks != pb::Acks::Leader).then(|| self.metrics.commit_latency.clone());
+            let commit_latency =
+                (acks != pb::Acks::Leader && self.metrics.enabled()).then(|| self.metrics.commit_latency.clone());
             pending.push(Ticket { log, bytes, proposed, commit_latency, pending: proposal, commit_span });
         }
         Ok(pending)
@@ -216,8 +239,11 @@ async fn await_tickets(request_id: u64, tickets: Vec<Ticket>) -> Result<pb::Prod
     let mut appends = Vec::with_capacity(tickets.len());
     for mut t in tickets {
         let info = t.pending.wait().await;
-        if let (Some(span), Ok(info)) = (t.commit_span.as_mut(), &info) {
-            span.set_attribute(opentelemetry::KeyValue::new("strata.offset", info.base_offset as i64));
+        if let Some(span) = t.commit_span.as_mut() {
+            match &info {
+                Ok(info) => span.set_attribute(opentelemetry::KeyValue::new("strata.offset", info.base_offset as i64)),
+                Err(s) => span.set_status(opentelemetry::trace::Status::error(s.message().to_owned())),
+            }
         }
         let info = info?;
         if let Some(h) = &t.commit_latency {
@@ -249,6 +275,13 @@ impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::produce);
         let identity = identity_of(&request);
+        let mut unanswered = Unanswered {
+            log: self.request_log.as_deref(),
+            identity: &identity,
+            req: request.get_ref(),
+            started: Instant::now(),
+            answered: false,
+        };
         // Traced once allowed: a caller that may not write makes no span.
         let mut span = None;
         let result = async {
@@ -259,7 +292,8 @@ impl pb::producer_server::Producer for Services {
             await_tickets(req.request_id, tickets).await
         }
         .await;
-        self.log_produce(&identity, request.get_ref(), timer.elapsed(), &result);
+        unanswered.answered = true;
+        log_produce(self.request_log.as_deref(), &identity, request.get_ref(), timer.elapsed(), &result);
         timer.finish(&self.metrics, &result);
         crate::tracing_spans::end(span.as_mut(), &result);
         Ok(Response::new(result?))
@@ -313,12 +347,15 @@ impl pb::producer_server::Producer for Services {
                 {
                     Ok(tickets) => {
                         let tx = tx.clone();
-                        let services = services.clone();
-                        let identity = identity.clone();
+                        let metrics = Arc::clone(&services.metrics);
+                        // Only what the request log needs is copied.
+                        let log = services.request_log.clone().map(|log| (log, identity.clone()));
                         tokio::spawn(async move {
                             let result = await_tickets(req.request_id, tickets).await;
-                            services.log_produce(&identity, &req, timer.elapsed(), &result);
-                            timer.finish(&services.metrics, &result);
+                            if let Some((log, identity)) = &log {
+                                log_produce(Some(log), identity, &req, timer.elapsed(), &result);
+                            }
+                            timer.finish(&metrics, &result);
                             crate::tracing_spans::end(span.as_mut(), &result);
                             let response = result.unwrap_or_else(|s| error_response(req.request_id, &s));
                             let _ = tx.send(Ok(response)).await;
@@ -327,7 +364,7 @@ impl pb::producer_server::Producer for Services {
                     }
                     Err(status) => {
                         let failed = Err(status.clone());
-                        services.log_produce(&identity, &req, timer.elapsed(), &failed);
+                        log_produce(services.request_log.as_deref(), &identity, &req, timer.elapsed(), &failed);
                         timer.finish(&services.metrics, &failed);
                         crate::tracing_spans::end(span.as_mut(), &failed);
                         if tx.send(Ok(error_response(req.request_id, &status))).await.is_err() {
@@ -446,7 +483,7 @@ impl Services {
         op: &'static str,
         identity: &Identity,
         topic: &str,
-        partition: u32,
+        (partition, offset): (u32, u64),
         latency: Duration,
         result: &Result<pb::FetchResponse, Status>,
     ) {
@@ -455,7 +492,6 @@ impl Services {
         match result {
             Ok(r) => {
                 let (records, bytes) = fetched(r);
-                let offset = r.records.first().map(|rec| rec.offset).unwrap_or(r.next_offset);
                 line.parts.push(request_log::Part { partition, offset, records });
                 (line.records, line.bytes) = (records, bytes);
             }
@@ -519,7 +555,7 @@ impl pb::consumer_server::Consumer for Services {
         let logged = self.request_log.as_ref().map(|_| (identity_of(&request), request.get_ref().clone()));
         let result = self.fetch_once(request).await;
         if let Some((identity, req)) = logged {
-            self.log_fetch("fetch", &identity, &req.topic, req.partition, timer.elapsed(), &result);
+            self.log_fetch("fetch", &identity, &req.topic, (req.partition, req.offset), timer.elapsed(), &result);
         }
         timer.finish(&self.metrics, &result);
         Ok(Response::new(result?))
@@ -569,7 +605,8 @@ impl pb::consumer_server::Consumer for Services {
                     Some(Ok(response)) => {
                         count_fetched(&log, &response);
                         let result = Ok(response);
-                        services.log_fetch("subscribe", &identity, &req.topic, req.partition, Duration::ZERO, &result);
+                        let at = (req.partition, offset);
+                        services.log_fetch("subscribe", &identity, &req.topic, at, Duration::ZERO, &result);
                         let Ok(response) = result else { return };
                         offset = response.next_offset;
                         if tx.send(Ok(response)).await.is_err() {

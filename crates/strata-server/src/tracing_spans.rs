@@ -51,7 +51,7 @@ pub(crate) fn produce_span(metadata: &tonic::metadata::MetadataMap, req: &pb::Pr
             .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
-            .start_with_context(&tracer, &parent),
+            .start_with_context(tracer, &parent),
     )
 }
 
@@ -62,7 +62,7 @@ pub(crate) fn commit_span(parent: &SpanContext, log: &PartitionLog) -> BoxedSpan
         .span_builder("strata.commit")
         .with_kind(SpanKind::Internal)
         .with_attributes(trace::partition_attributes(log.topic(), log.partition()))
-        .start_with_context(&tracer, &trace::parent(parent))
+        .start_with_context(tracer, &trace::parent(parent))
 }
 
 /// Ends a request span with its outcome.

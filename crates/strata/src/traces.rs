@@ -19,6 +19,7 @@ pub struct TracesConfig {
     pub sampler: String,
     pub sampler_arg: f64,
     pub service_name: String,
+    pub max_traces_per_second: u32,
 }
 
 /// What is installed: the endpoint, the sampler and the service's name.
@@ -28,6 +29,8 @@ pub struct TraceSettings {
     pub sampler: String,
     pub ratio: f64,
     pub service_name: String,
+    /// At most this many requests a second start a sampled trace here.
+    pub max_per_second: u32,
 }
 
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`,
@@ -53,7 +56,8 @@ pub fn settings(config: &TracesConfig, env: &[(String, String)]) -> anyhow::Resu
         bail!("the sampling ratio {ratio} is not between 0 and 1");
     }
     let service_name = var("OTEL_SERVICE_NAME").unwrap_or_else(|| config.service_name.trim().to_owned());
-    let settings = TraceSettings { endpoint, sampler, ratio, service_name };
+    let settings =
+        TraceSettings { endpoint, sampler, ratio, service_name, max_per_second: config.max_traces_per_second };
     sampler_of(&settings)?;
     Ok(Some(settings))
 }
@@ -88,14 +92,77 @@ pub fn install(s: &TraceSettings, node_id: u64) -> anyhow::Result<SdkTracerProvi
             KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         ])
         .build();
+    let sampler = Capped::new(sampler_of(s)?, s.max_per_second);
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(sampler_of(s)?)
+        .with_sampler(sampler)
         .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     strata_server::enable_tracing();
     Ok(provider)
+}
+
+/// A sampler that decides as `inner` does, but lets at most `per_second`
+/// requests a second (server spans: the `send` span of a produce) be
+/// sampled, with bursts of as many. The caller's sampled flag is honoured
+/// (parent-based), so without this a client could have every one of its
+/// requests traced, on every replica. The spans under a request's (its
+/// commit, fsyncs, replication, the followers' fsyncs) follow its decision.
+#[derive(Debug, Clone)]
+struct Capped {
+    inner: Sampler,
+    per_second: f64,
+    /// Tokens left, and when they were last counted.
+    bucket: std::sync::Arc<std::sync::Mutex<(f64, std::time::Instant)>>,
+}
+
+impl Capped {
+    fn new(inner: Sampler, per_second: u32) -> Self {
+        let per_second = f64::from(per_second);
+        Self {
+            inner,
+            per_second,
+            bucket: std::sync::Arc::new(std::sync::Mutex::new((per_second, std::time::Instant::now()))),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let Ok(mut b) = self.bucket.lock() else { return false };
+        let now = std::time::Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.per_second).min(self.per_second);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl opentelemetry_sdk::trace::ShouldSample for Capped {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        kind: &opentelemetry::trace::SpanKind,
+        attributes: &[KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry_sdk::trace::SamplingDecision;
+        let result = self.inner.should_sample(parent, trace_id, name, kind, attributes, links);
+        if *kind == SpanKind::Server && result.decision == SamplingDecision::RecordAndSample && !self.take() {
+            return opentelemetry_sdk::trace::SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: result.trace_state,
+            };
+        }
+        result
+    }
 }
 
 #[cfg(test)]
@@ -108,7 +175,29 @@ mod tests {
             sampler: "parentbased_traceidratio".into(),
             sampler_arg: 0.01,
             service_name: "strata".into(),
+            max_traces_per_second: 100,
         }
+    }
+
+    #[test]
+    fn a_caller_cannot_have_more_requests_traced_than_the_cap() {
+        use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let capped = Capped::new(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01))), 10);
+        let sampled = SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sampled);
+        let decide = |kind: SpanKind| {
+            capped.should_sample(Some(&cx), TraceId::from_bytes([1; 16]), "send orders", &kind, &[], &[]).decision
+        };
+        let requests = (0..100).filter(|_| decide(SpanKind::Server) == SamplingDecision::RecordAndSample).count();
+        assert!((10..=11).contains(&requests), "{requests} of 100 sampled requests traced, cap 10 a second");
+        assert_eq!(decide(SpanKind::Internal), SamplingDecision::RecordAndSample, "spans under a request follow it");
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

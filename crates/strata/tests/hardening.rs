@@ -295,7 +295,7 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
             entries: vec![pb::Entry {
                 id: Some(pb::LogId { term: entry_term, index: 0 }),
                 batch: record("x"),
-                traceparent: String::new(),
+                traceparent: Default::default(),
             }],
             leader_commit: None,
         };

@@ -8,10 +8,20 @@
 //!   produce, plain fetches, a consumer group that commits, a share group,
 //!   one failing fetch), every expression of the Grafana dashboard returns
 //!   data, and every metric an alert rule names exists.
+//! - `strata_consumer_group_lag` is what the groups did not commit: for
+//!   `billing` (no members left, every partition committed), the end
+//!   offsets minus its commits; for a group that committed some partitions
+//!   only and has a member subscribed to the whole topic (joined, then
+//!   silent, as a consumer that hung), also the partitions never committed,
+//!   from their log start. Each group's lag comes from one node, its
+//!   coordinator, and agrees with `describe_group`.
 //! - With the cluster healthy, the node-down, leaderless and
-//!   under-replicated alerts are not firing; `kill -9` of a node fires
-//!   StrataNodeDown and StrataUnderReplicatedPartitions; restarted (same
-//!   data directory and ports), both clear.
+//!   under-replicated alerts are not firing; `kill -9` of that group's
+//!   coordinator fires StrataNodeDown and StrataUnderReplicatedPartitions,
+//!   and within [`FAILOVER_PATIENCE`] another node exports both groups' lag,
+//!   unchanged, with no client asking anything of the groups meanwhile (the
+//!   new coordinator loads the group's shard to be scraped); restarted
+//!   (same data directory and ports), both alerts clear.
 //!
 //! Without `prometheus`/`promtool` on the PATH the test fails when `CI` is
 //! `true` (scripts/ensure-deps.sh installs them), and is skipped otherwise.
@@ -42,6 +52,9 @@ const PARTITIONS: u32 = 3;
 const TEST_FOR: &str = "3s";
 /// Longest wait for any one condition (alerts firing, clearing, data).
 const PATIENCE: Duration = Duration::from_secs(90);
+/// Longest wait, after its coordinator was killed, for a consumer group's
+/// lag to be exported again by another node.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Metrics whose series only exist once something happened (a failed
 /// request, a share group used): a dashboard expression over them may be
@@ -128,6 +141,9 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
         leader_of(&client, TOPIC, p).await;
     }
     let mut produced = 0u64;
+    // Records produced to each partition: its end offset (nothing else
+    // writes to the topic).
+    let mut produced_to: BTreeMap<u32, u64> = BTreeMap::new();
     for p in 0..PARTITIONS {
         for b in 0..rng.random_range(8..14) {
             let n = rng.random_range(50..150);
@@ -141,6 +157,7 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
                 .collect();
             client.produce_batch(TOPIC, p, strata_record::encode(&records, Compression::None)).await.expect("produce");
             produced += n;
+            *produced_to.entry(p).or_default() += n;
         }
     }
     for p in 0..PARTITIONS {
@@ -171,8 +188,11 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
         let end = ends.entry(r.partition).or_default();
         *end = (*end).max(r.record.offset + 1);
     }
+    assert_eq!(ends, produced_to, "the group read every partition to its end");
     let half: Vec<_> = read.into_iter().filter(|r| r.record.offset < ends[&r.partition] / 2).collect();
     consumer.commit_through(&half).await.expect("commit");
+    // Its lag once it has no members: what it did not commit.
+    let billing_lag: u64 = ends.values().map(|end| end - end / 2).sum();
 
     // A share group: records held, one released and delivered again, one
     // rejected to the dead-letter topic.
@@ -270,6 +290,46 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
     eprintln!("dashboard and alert expressions checked ({:?})", started.elapsed());
     consumer.close().await.expect("leave the group");
 
+    // Consumer-group lag. `billing` has no members now and committed every
+    // partition. Another group commits only some partitions (as a tool,
+    // while it has no members), then a member subscribed to the whole topic
+    // joins it at its coordinator and says nothing more (a consumer that
+    // hung: no heartbeat, no leave, no join elsewhere): the partitions the
+    // group never committed count from their log start.
+    let group = format!("audit-{}", rng.random_range(0..1000));
+    let mut uncommitted: Vec<u32> = (0..PARTITIONS).collect();
+    let mut commits = Vec::new();
+    for _ in 0..rng.random_range(1..PARTITIONS) {
+        let p = uncommitted.remove(rng.random_range(0..uncommitted.len()));
+        commits.push((TOPIC.to_owned(), p, rng.random_range(1..ends[&p])));
+    }
+    client.commit_offsets(&group, "", 0, &commits).await.expect("commit as a tool");
+    let mut group_lag: u64 = commits.iter().map(|(_, p, offset)| ends[p] - offset).sum();
+    for &p in &uncommitted {
+        let leader = client.partition_leader(TOPIC, p).await.expect("leader");
+        let start = leader.list_offsets(TOPIC, &[p], pb::OffsetSpec::Earliest, 0).await.expect("log start");
+        group_lag += ends[&p] - start.first().expect("an offset").offset;
+    }
+    let coordinator = client.describe_group(&group).await.expect("describe").coordinator;
+    assert!((1..=NODES).contains(&coordinator), "{group}'s coordinator: {coordinator}");
+    let member = IdleMember::join(&nodes.ports.addr(coordinator), &group, TOPIC).await;
+    let described = client.describe_group(&group).await.expect("describe");
+    assert_eq!(described.coordinator, coordinator, "{group}'s coordinator moved: {described:?}");
+    assert_eq!(described.members.len(), 1, "{described:?}");
+    assert_eq!(described.partitions.iter().map(|p| p.lag).sum::<u64>(), group_lag, "{described:?}");
+    eprintln!(
+        "{group}: coordinated by node {coordinator}, commits {commits:?}, never committed {uncommitted:?}, \
+         one idle member ({}); lag {group_lag}; billing's {billing_lag}",
+        member.id
+    );
+    let coordinator_metrics = nodes.metrics_addr(coordinator);
+    let lags = [(group.as_str(), group_lag), ("billing", billing_lag)];
+    let exported = until_lags(&prom, &lags, None, PATIENCE).await;
+    assert!(
+        exported[&group].contains_key(&coordinator_metrics),
+        "{group}'s lag comes from its coordinator: {exported:?}"
+    );
+
     // Healthy: neither node-down, leaderless nor under-replicated firing.
     let health = ["StrataNodeDown", "StrataLeaderlessPartitions", "StrataUnderReplicatedPartitions"];
     poll("a healthy cluster without the health alerts", PATIENCE, || async {
@@ -278,13 +338,25 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
     })
     .await;
 
-    // kill -9 of a node: it is down, its partitions under-replicated.
-    let victim = rng.random_range(1..=NODES);
-    let victim_metrics = nodes.metrics_addr(victim);
+    // kill -9 of the group's coordinator: it is down, its partitions
+    // under-replicated; another node coordinates the group and exports its
+    // lag, unchanged, with no client asking anything of the group (its
+    // member stays silent).
+    let victim = coordinator;
+    let victim_metrics = coordinator_metrics;
     eprintln!("kill -9 node {victim} (metrics at {victim_metrics}) ({:?})", started.elapsed());
     if let Some(node) = nodes.running[victim as usize - 1].take() {
         node.kill();
     }
+    let killed = Instant::now();
+    until_lags(&prom, &lags, Some(victim_metrics.as_str()), FAILOVER_PATIENCE).await;
+    let members: Vec<String> = query(&prom, &format!("strata_group_members{{group=\"{group}\"}}"))
+        .await
+        .iter()
+        .map(|s| format!("{} at {}", s["value"][1], s["metric"]["instance"]))
+        .collect();
+    eprintln!("both groups' lag back after {:?}; {group}'s members: {members:?}", killed.elapsed());
+    drop(member);
     poll("StrataNodeDown and StrataUnderReplicatedPartitions firing", PATIENCE, || async {
         let firing = firing(&prom).await;
         let down = firing.iter().any(|(a, l)| a == "StrataNodeDown" && l["instance"] == victim_metrics.as_str());
@@ -308,6 +380,56 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
         eprintln!("longest scrape of {}: {} s", s["metric"]["instance"], s["value"][1]);
     }
     drop(prometheus);
+}
+
+/// A member of a consumer group that joined at its coordinator and then
+/// says nothing (a consumer that hung): no heartbeat, no leave, and no join
+/// elsewhere once its coordinator is gone. Its session timeout is the
+/// longest there is (300 s), so that the coordinator keeps it through the
+/// test. The coordinator's answers are read and dropped.
+struct IdleMember {
+    id: String,
+    _requests: tokio::sync::mpsc::Sender<pb::GroupSessionRequest>,
+    answers: tokio::task::JoinHandle<()>,
+}
+
+impl IdleMember {
+    async fn join(addr: &str, group: &str, topic: &str) -> Self {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to the coordinator");
+        let (requests, rx) = tokio::sync::mpsc::channel(1);
+        let join = pb::GroupJoin {
+            group: group.to_owned(),
+            topics: vec![topic.to_owned()],
+            session_timeout_ms: 300_000,
+            client_id: "idle".to_owned(),
+            ..Default::default()
+        };
+        let first = pb::GroupSessionRequest { kind: Some(pb::group_session_request::Kind::Join(join)) };
+        requests.send(first).await.expect("queue the join");
+        let mut stream = pb::groups_client::GroupsClient::new(channel)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open a group session")
+            .into_inner();
+        let answer = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("the join answered in time")
+            .expect("the join accepted")
+            .expect("an answer to the join");
+        let answers = tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+        Self { id: answer.member_id, _requests: requests, answers }
+    }
+}
+
+impl Drop for IdleMember {
+    fn drop(&mut self) {
+        self.answers.abort();
+    }
 }
 
 /// `prometheus` and `promtool` from the PATH.
@@ -717,6 +839,55 @@ async fn scalar(prom: &str, expr: &str) -> Option<f64> {
     match query(prom, expr).await.as_slice() {
         [one] => one["value"][1].as_str().and_then(|v| v.parse().ok()),
         _ => None,
+    }
+}
+
+/// `strata_consumer_group_lag` of `group` summed per exporting node
+/// (instance).
+async fn group_lag_by_instance(prom: &str, group: &str) -> BTreeMap<String, f64> {
+    let expr = format!("sum by (instance) (strata_consumer_group_lag{{group=\"{group}\"}})");
+    query(prom, &expr)
+        .await
+        .iter()
+        .filter_map(|s| {
+            let instance = s["metric"]["instance"].as_str()?.to_owned();
+            Some((instance, s["value"][1].as_str()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Polls Prometheus (every 250 ms, at most `within`) until each group's
+/// `strata_consumer_group_lag` is exported by exactly one node, not
+/// `except`, and sums to the group's expected lag; prints what Prometheus
+/// answers as it changes. Each group's lag by exporting node.
+async fn until_lags(
+    prom: &str,
+    lags: &[(&str, u64)],
+    except: Option<&str>,
+    within: Duration,
+) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let started = Instant::now();
+    let mut seen: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    loop {
+        let mut all = true;
+        for &(group, expected) in lags {
+            let by_node = group_lag_by_instance(prom, group).await;
+            if seen.get(group) != Some(&by_node) {
+                eprintln!("  {:.1?}: {group}'s lag by node {by_node:?} (expected {expected})", started.elapsed());
+            }
+            all &= matches!(by_node.iter().next(), Some((node, v)) if by_node.len() == 1
+                && Some(node.as_str()) != except && *v == expected as f64);
+            seen.insert(group.to_owned(), by_node);
+        }
+        if all {
+            return seen;
+        }
+        assert!(
+            started.elapsed() < within,
+            "after {within:?}, Prometheus has the groups' lag by node {seen:?}; expected {lags:?}, \
+             each from one node other than {except:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

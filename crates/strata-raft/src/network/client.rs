@@ -230,8 +230,9 @@ struct Addressing {
 }
 
 /// `strata.replicate` spans sent to a peer and not yet answered, by the
-/// entry's index: each ends when the peer says it holds the entry (or,
-/// dropped, when the stream fails).
+/// entry's index: each ends when the peer says it holds the entry, or with
+/// an error status when the attempt fails (the entry is sent again, under
+/// a new span). At most [`crate::trace::TRACED_MAX`] open.
 #[derive(Clone, Default)]
 struct Replicating(Arc<std::sync::Mutex<Vec<(u64, opentelemetry::global::BoxedSpan)>>>);
 
@@ -242,6 +243,36 @@ impl std::fmt::Debug for Replicating {
 }
 
 impl Replicating {
+    /// Records a span for entry `index`: a span still open for the same
+    /// entry (an earlier attempt) ends first, as does the oldest beyond the
+    /// bound.
+    fn sent(&self, index: u64, span: opentelemetry::global::BoxedSpan) {
+        use opentelemetry::trace::Span as _;
+        let Ok(mut spans) = self.0.lock() else { return };
+        if let Some(at) = spans.iter().position(|(i, _)| *i == index) {
+            let (_, mut old) = spans.remove(at);
+            old.set_status(opentelemetry::trace::Status::error("sent again"));
+        }
+        if spans.len() >= crate::trace::TRACED_MAX {
+            let (_, mut old) = spans.remove(0);
+            old.set_status(opentelemetry::trace::Status::error("no answer"));
+        }
+        spans.push((index, span));
+    }
+
+    /// The attempt failed: every open span ends with `why`.
+    fn failed(&self, why: &str) {
+        use opentelemetry::trace::Span as _;
+        if !crate::trace::enabled() {
+            return;
+        }
+        if let Ok(mut spans) = self.0.lock() {
+            for (_, mut span) in spans.drain(..) {
+                span.set_status(opentelemetry::trace::Status::error(why.to_owned()));
+            }
+        }
+    }
+
     /// The peer holds every entry up to `index`.
     fn matched(&self, index: Option<u64>) {
         let Some(index) = index.filter(|_| crate::trace::enabled()) else { return };
@@ -254,14 +285,14 @@ impl Replicating {
 }
 
 impl Addressing {
-    /// The traceparent to send with entry `index` (a new replication span's),
-    /// if the entry is traced.
-    fn replicate_span(&self, index: u64) -> String {
+    /// The traceparent to send with entry (`term`, `index`) (a new
+    /// replication span's), if the entry is traced; empty otherwise.
+    fn replicate_span(&self, term: u64, index: u64) -> Vec<u8> {
         use opentelemetry::trace::{Span as _, SpanKind, Tracer};
         if !crate::trace::enabled() || self.traced.is_empty() {
-            return String::new();
+            return Vec::new();
         }
-        let Some(parent) = self.traced.get(index) else { return String::new() };
+        let Some(parent) = self.traced.get(term, index) else { return Vec::new() };
         let mut attributes = match &self.partition {
             Some((topic, p)) => crate::trace::partition_attributes(topic, *p),
             None => Vec::new(),
@@ -273,11 +304,10 @@ impl Addressing {
             .span_builder(format!("strata.replicate to node {}", self.target))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
-            .start_with_context(&tracer, &crate::trace::parent(&parent));
-        let traceparent = crate::trace::traceparent(span.span_context()).map(|t| t.format()).unwrap_or_default();
-        if let Ok(mut spans) = self.replicating.0.lock() {
-            spans.push((index, span));
-        }
+            .start_with_context(tracer, &crate::trace::parent(&parent));
+        let traceparent =
+            crate::trace::traceparent(span.span_context()).map(|t| t.format().into_bytes()).unwrap_or_default();
+        self.replicating.sent(index, span);
         traceparent
     }
 
@@ -289,8 +319,8 @@ impl Addressing {
         for e in &rpc.entries {
             let batch =
                 entry_to_batch(e).map_err(|e| TransportError { target: self.target, message: e.to_string() })?;
-            let traceparent = self.replicate_span(e.log_id.index);
-            entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch, traceparent });
+            let traceparent = self.replicate_span(e.log_id.leader_id.term, e.log_id.index);
+            entries.push(pb::Entry { id: Some(log_id_to_pb(&e.log_id)), batch, traceparent: traceparent.into() });
         }
         Ok(pb::AppendEntriesRequest {
             group: Some(self.group.into()),
@@ -446,7 +476,13 @@ impl Connection {
             // and backs the stream off. Heartbeats keep the short deadline.
             request.set_timeout(option.hard_ttl().max(APPEND_TIMEOUT));
         }
-        let resp = self.client()?.append_entries(request).await.map_err(|s| self.failed(s))?.into_inner();
+        let resp = match self.client()?.append_entries(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                self.stamp.replicating.failed("replication failed");
+                return Err(self.failed(s));
+            }
+        };
         use pb::append_entries_response::Outcome;
         let held = match Outcome::try_from(resp.outcome) {
             Ok(Outcome::Success) => rpc.entries.last().map(|e| e.log_id.index),
@@ -577,8 +613,14 @@ impl AppendAnswers {
             let mut answers = state?;
             match answers.next().await? {
                 Ok(Ok(matching)) => Some((Ok(Ok(matching)), Some(answers))),
-                Ok(Err(refused)) => Some((Ok(Err(refused)), None)),
-                Err(failure) => Some((Err(failure.rpc()), None)),
+                Ok(Err(refused)) => {
+                    answers.replicating.failed("refused by the follower");
+                    Some((Ok(Err(refused)), None))
+                }
+                Err(failure) => {
+                    answers.replicating.failed("replication failed");
+                    Some((Err(failure.rpc()), None))
+                }
             }
         })
         .boxed()

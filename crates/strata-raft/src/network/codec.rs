@@ -50,7 +50,7 @@ pub(super) fn append_request_from_pb(
             && crate::trace::enabled()
             && let openraft::EntryPayload::Normal(req) = &mut entry.payload
         {
-            let parsed = strata_record::traceparent::TraceParent::parse(e.traceparent.as_bytes());
+            let parsed = strata_record::traceparent::TraceParent::parse(&e.traceparent);
             req.trace = parsed.map(|t| crate::trace::EntryTrace(crate::trace::span_context(&t)));
         }
         entries.push(entry);

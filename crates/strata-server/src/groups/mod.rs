@@ -97,6 +97,16 @@ pub struct ShareGroup {
     /// Records rejected whose dead-letter write failed: the timer writes
     /// them again (in memory only; after a reload they are redelivered).
     pub rejected: BTreeSet<(String, u32, u64)>,
+    /// Per topic: redeliveries and dead letters since this coordinator
+    /// loaded the group (in memory only; for the metrics).
+    pub stats: BTreeMap<String, ShareStats>,
+}
+
+/// What a share group did with a topic's records (see [`ShareGroup::stats`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShareStats {
+    pub redeliveries: u64,
+    pub dead_letters: u64,
 }
 
 /// A member's live session on this coordinator.
@@ -141,8 +151,9 @@ pub struct GroupSample {
     pub committed: Vec<(String, u32, u64)>,
     /// Topics the consumer group subscribes to.
     pub subscribed: Vec<String>,
-    /// Share groups: records acquired now, per topic.
-    pub in_flight: Vec<(String, usize)>,
+    /// Share groups, per topic: records acquired now, and what the group
+    /// did with its records.
+    pub share_topics: Vec<(String, usize, ShareStats)>,
 }
 
 /// A live session, as the service holds it.
@@ -168,8 +179,6 @@ pub struct Coordinator {
     /// its shard's lock (a long operation holding the lock must not make a
     /// live member look expired).
     heard: std::sync::Mutex<HashMap<(String, String), Instant>>,
-    /// Share-group redeliveries and dead letters are counted here.
-    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -220,12 +229,7 @@ impl Coordinator {
     /// `local`: an in-process channel to this node's services (its own
     /// client reaches this node through it, and its peers over their
     /// cluster listeners: see `internal.rs`).
-    pub fn new(
-        logs: Arc<LogManager>,
-        replication: Arc<Replication>,
-        local: tonic::transport::Channel,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Arc<Self> {
+    pub fn new(logs: Arc<LogManager>, replication: Arc<Replication>, local: tonic::transport::Channel) -> Arc<Self> {
         let shards = (0..GROUPS_PARTITIONS).map(|_| Mutex::new(ShardState::default())).collect();
         let dialer = Arc::new(crate::internal::NodeDialer::new(Arc::clone(&replication), local));
         Arc::new(Self {
@@ -237,7 +241,6 @@ impl Coordinator {
             tokens: AtomicU64::new(1),
             share_changed: tokio::sync::Notify::new(),
             heard: std::sync::Mutex::default(),
-            metrics,
         })
     }
 
@@ -767,13 +770,14 @@ impl Coordinator {
                     epoch: g.map_or(0, |g| g.epoch),
                     committed,
                     subscribed: g.map(|g| g.subscribed().into_iter().collect()).unwrap_or_default(),
-                    in_flight: Vec::new(),
+                    share_topics: Vec::new(),
                 });
             }
             for (name, g) in &st.share {
-                let mut in_flight: BTreeMap<String, usize> = g.topics.keys().map(|t| (t.clone(), 0)).collect();
+                let mut topics: BTreeMap<String, (usize, ShareStats)> =
+                    g.topics.keys().map(|t| (t.clone(), (0, g.stats.get(t).copied().unwrap_or_default()))).collect();
                 for (topic, _, _) in g.locks.keys() {
-                    *in_flight.entry(topic.clone()).or_default() += 1;
+                    topics.entry(topic.clone()).or_default().0 += 1;
                 }
                 out.push(GroupSample {
                     group: name.clone(),
@@ -782,7 +786,7 @@ impl Coordinator {
                     epoch: 0,
                     committed: Vec::new(),
                     subscribed: Vec::new(),
-                    in_flight: in_flight.into_iter().collect(),
+                    share_topics: topics.into_iter().map(|(t, (n, s))| (t, n, s)).collect(),
                 });
             }
         }

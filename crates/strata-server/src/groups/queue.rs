@@ -12,7 +12,6 @@ use tracing::{info, warn};
 
 use super::share::{DEFAULT_PREFETCH, Outcome, ShareConfig, SharePartition};
 use super::{Coordinator, Entry, RESERVED_PREFIX, ShardState, ShareGroup, client_status, reserved};
-use crate::metrics::GroupTopic;
 use crate::replication::Leadership;
 use crate::service::MAX_WAIT_LIMIT;
 use crate::status::{from_storage, invalid};
@@ -189,8 +188,7 @@ impl Coordinator {
                     Ok(r) => {
                         let Some(record) = r.records.into_iter().find(|rec| rec.offset == offset) else { continue };
                         state.redeliver(offset);
-                        let labels = GroupTopic { group: req.group.clone(), topic: req.topic.clone() };
-                        self.metrics.share_redeliveries.get_or_create(&labels).inc();
+                        g.stats.entry(req.topic.clone()).or_default().redeliveries += 1;
                         let deliveries = state.deliveries(offset).unwrap_or(1);
                         g.locks.insert((req.topic.clone(), p, offset), (req.consumer_id.clone(), lock_until));
                         out.push(shared(p, record, deliveries));
@@ -325,7 +323,11 @@ impl Coordinator {
             }
             g.locks.remove(&key);
         }
-        if let Err(e) = self.dead_letter(group, topic, &config, &dead).await {
+        let written = self.dead_letter(group, topic, &config, &dead).await;
+        if let Ok(n) = written {
+            g.stats.entry(topic.to_owned()).or_default().dead_letters += n;
+        }
+        if let Err(e) = written {
             // The other acknowledgements apply; these records are held by
             // nobody, expired, so the timer writes them to the dead-letter
             // topic again (never delivered meanwhile).
@@ -365,16 +367,17 @@ impl Coordinator {
 
     /// Writes records to the dead-letter topic (before they are marked
     /// done: a crash in between dead-letters a record twice, never zero
-    /// times).
+    /// times); returns how many were written (those gone to retention are
+    /// not).
     async fn dead_letter(
         &self,
         group: &str,
         topic: &str,
         config: &ShareConfig,
         dead: &[DeadLetter],
-    ) -> Result<(), Status> {
+    ) -> Result<u64, Status> {
         if dead.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let dlq = &config.dead_letter_topic;
         if self.logs.partition_count(dlq).is_err() {
@@ -416,13 +419,11 @@ impl Coordinator {
             info!(group, topic, partition = d.partition, offset = d.offset, reason = d.reason, deliveries = d.deliveries, dlq = %dlq, "record dead-lettered");
         }
         if builder.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let written = u64::from(builder.len());
         client.produce_batch(dlq, 0, builder.build()).await.map_err(client_status)?;
-        let labels = GroupTopic { group: group.to_owned(), topic: topic.to_owned() };
-        self.metrics.share_dead_letters.get_or_create(&labels).inc_by(written);
-        Ok(())
+        Ok(written)
     }
 
     /// Locks that expired go back (or to the dead-letter topic after the
@@ -463,7 +464,11 @@ impl Coordinator {
             let mut entries = Vec::new();
             for (topic, dead) in by_topic {
                 let Some((config, _)) = g.topics.get(&topic).cloned() else { continue };
-                if let Err(e) = self.dead_letter(&name, &topic, &config, &dead).await {
+                let written = self.dead_letter(&name, &topic, &config, &dead).await;
+                if let Ok(n) = written {
+                    g.stats.entry(topic.clone()).or_default().dead_letters += n;
+                }
+                if let Err(e) = written {
                     warn!(group = %name, topic, error = %e.message(), "could not dead-letter records; retrying later");
                     // Put the locks back as expired: retried on the next tick.
                     for d in &dead {
@@ -568,4 +573,5 @@ fn keep_runtime(st: &mut ShardState, group: &str, g: ShareGroup) {
     entry.locks = g.locks;
     entry.consumers = g.consumers;
     entry.rejected = g.rejected;
+    entry.stats = g.stats;
 }

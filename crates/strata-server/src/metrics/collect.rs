@@ -99,9 +99,9 @@ struct ScrapeState {
     elections: u64,
     leader_changes: u64,
     groups: Vec<GroupSample>,
-    /// (log start, end offset) of the partitions groups subscribe to or
-    /// committed offsets of.
-    bounds: HashMap<(String, u32), (u64, u64)>,
+    /// Per topic and partition: (log start, end offset) of the partitions
+    /// groups subscribe to or committed offsets of.
+    bounds: HashMap<String, BTreeMap<u32, (u64, u64)>>,
 }
 
 /// The scrape-time collector of a node.
@@ -201,14 +201,15 @@ impl NodeCollector {
                 }
             }
         }
-        let mut bounds = HashMap::new();
+        let mut bounds: HashMap<String, BTreeMap<u32, (u64, u64)>> = HashMap::new();
         let mut remote: Vec<(String, u32)> = Vec::new();
         for (topic, partitions) in wanted {
             for p in partitions {
                 let here = self.replication.leadership(&topic, p).is_some_and(|l| l.here);
                 match self.logs.partition(&topic, p) {
                     Ok(log) if here => {
-                        bounds.insert((topic.clone(), p), (log.log_start_offset(), log.high_watermark()));
+                        let b = (log.log_start_offset(), log.high_watermark());
+                        bounds.entry(topic.clone()).or_default().insert(p, b);
                     }
                     _ => remote.push((topic.clone(), p)),
                 }
@@ -228,7 +229,7 @@ impl NodeCollector {
 
     /// Log start and end offsets of partitions held elsewhere, from their
     /// leaders (partitions whose leader cannot be asked are left out).
-    async fn remote_bounds(&self, wanted: &[(String, u32)], out: &mut HashMap<(String, u32), (u64, u64)>) {
+    async fn remote_bounds(&self, wanted: &[(String, u32)], out: &mut HashMap<String, BTreeMap<u32, (u64, u64)>>) {
         use strata_proto::v1::OffsetSpec;
         let Ok(client) = self.coordinator.client().await else { return };
         for (topic, p) in wanted {
@@ -237,7 +238,7 @@ impl NodeCollector {
             let start = leader.list_offsets(topic, &[*p], OffsetSpec::Earliest, 0).await.ok().and_then(first);
             let end = leader.list_offsets(topic, &[*p], OffsetSpec::Latest, 0).await.ok().and_then(first);
             if let (Some(start), Some(end)) = (start, end) {
-                out.insert((topic.clone(), *p), (start, end));
+                out.entry(topic.clone()).or_default().insert(*p, (start, end));
             }
         }
     }
@@ -293,7 +294,9 @@ impl NodeCollector {
                     state.leader_changes += 1;
                 }
             }
-            seen.insert(s.group, (s.term, s.leader));
+            // The last leader known: X, none, then X again is no change.
+            let known = s.leader.or_else(|| state.seen.get(&s.group).and_then(|(_, l)| *l));
+            seen.insert(s.group, (s.term, known));
             let Some(name) = names.get(&s.group.topic_id) else { continue };
             let agg = topics.entry(self.key(name, s.group.partition)).or_default();
             agg.replicas += 1;
@@ -444,32 +447,38 @@ impl NodeCollector {
     fn encode_groups(&self, encoder: &mut DescriptorEncoder, state: &ScrapeState) -> Result<(), std::fmt::Error> {
         let mut committed: BTreeMap<GroupKey, u64> = BTreeMap::new();
         let mut lag: BTreeMap<GroupKey, u64> = BTreeMap::new();
-        let (mut members, mut rebalances, mut in_flight) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut members, mut rebalances) = (Vec::new(), Vec::new());
+        let (mut in_flight, mut redeliveries, mut dead_letters) = (Vec::new(), Vec::new(), Vec::new());
         for g in &state.groups {
-            let group = Labels(vec![("group", g.group.clone())]);
+            let kind = if g.share { "share" } else { "consumer" };
+            members.push((Labels(vec![("group", g.group.clone()), ("kind", kind.into())]), g.members as u64));
+            for (topic, n, stats) in &g.share_topics {
+                let labels = Labels(vec![("group", g.group.clone()), ("topic", topic.clone())]);
+                in_flight.push((labels.clone(), *n as u64));
+                redeliveries.push((labels.clone(), stats.redeliveries));
+                dead_letters.push((labels, stats.dead_letters));
+            }
             if g.share {
-                members.push((Labels(vec![("group", g.group.clone()), ("kind", "share".into())]), g.members as u64));
-                for (topic, n) in &g.in_flight {
-                    in_flight.push((Labels(vec![("group", g.group.clone()), ("topic", topic.clone())]), *n as u64));
-                }
                 continue;
             }
-            members.push((Labels(vec![("group", g.group.clone()), ("kind", "consumer".into())]), g.members as u64));
-            rebalances.push((group, g.epoch));
+            rebalances.push((Labels(vec![("group", g.group.clone())]), g.epoch));
             let mut seen = BTreeSet::new();
             for (topic, p, offset) in &g.committed {
                 let key = GroupKey { group: g.group.clone(), key: self.key(topic, *p) };
                 *committed.entry(key.clone()).or_default() += offset;
-                if let Some((_, end)) = state.bounds.get(&(topic.clone(), *p)) {
+                if let Some((_, end)) = state.bounds.get(topic.as_str()).and_then(|b| b.get(p)) {
                     *lag.entry(key).or_default() += end.saturating_sub(*offset);
                 }
                 seen.insert((topic.as_str(), *p));
             }
             // Subscribed partitions without a commit: all of their log.
-            for ((topic, p), (start, end)) in &state.bounds {
-                if g.subscribed.contains(topic) && !seen.contains(&(topic.as_str(), *p)) {
-                    let key = GroupKey { group: g.group.clone(), key: self.key(topic, *p) };
-                    *lag.entry(key).or_default() += end.saturating_sub(*start);
+            for topic in &g.subscribed {
+                let Some(partitions) = state.bounds.get(topic.as_str()) else { continue };
+                for (p, (start, end)) in partitions {
+                    if !seen.contains(&(topic.as_str(), *p)) {
+                        let key = GroupKey { group: g.group.clone(), key: self.key(topic, *p) };
+                        *lag.entry(key).or_default() += end.saturating_sub(*start);
+                    }
                 }
             }
         }
@@ -492,7 +501,19 @@ impl NodeCollector {
             "Records the consumer groups have yet to commit: end offset minus the committed offset (the log start where none is)",
             lag,
         )?;
-        gauge(encoder, "share_group_in_flight", "Share-group records acquired by a consumer now", in_flight)
+        gauge(encoder, "share_group_in_flight", "Share-group records acquired by a consumer now", in_flight)?;
+        counter(
+            encoder,
+            "share_group_redeliveries",
+            "Share-group records made available again after a delivery (since the coordinator loaded the group)",
+            redeliveries,
+        )?;
+        counter(
+            encoder,
+            "share_group_dead_letters",
+            "Share-group records written to their dead-letter topic (since the coordinator loaded the group)",
+            dead_letters,
+        )
     }
 }
 

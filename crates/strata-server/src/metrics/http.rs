@@ -2,9 +2,12 @@
 //! OpenMetrics text. Loopback by default; it shows topic and group names,
 //! so bind it to an interface only operators reach (no authentication).
 //!
-//! Bounded like every listener: at most [`MAX_CONNECTIONS`] at once, a
-//! request's head within [`HEADER_TIMEOUT`], no request body read; anything
-//! but `/metrics` is 404, any method but GET and HEAD 405.
+//! Bounded like every listener: at most [`MAX_CONNECTIONS`] at once, one
+//! request each, a request's head within [`HEADER_TIMEOUT`], the whole
+//! connection within [`CONNECTION_TIMEOUT`], no request body read; the node
+//! gathers at most once a second however often it is asked
+//! ([`super::SCRAPE_REUSE`]); anything but `/metrics` is 404, any method but
+//! GET and HEAD 405.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ use super::{CONTENT_TYPE, Exposition};
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long a connection may take to send a request's head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may last in all (its one request and answer).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -52,7 +57,7 @@ async fn handle(
         }
     };
     let body = exposition.scrape().await;
-    Ok(respond(StatusCode::OK, CONTENT_TYPE, if head { String::new() } else { body }))
+    Ok(respond(StatusCode::OK, CONTENT_TYPE, if head { Bytes::new() } else { Bytes::from(body.to_string()) }))
 }
 
 /// Serves `/metrics` on `listener` until the task is aborted.
@@ -72,17 +77,19 @@ pub async fn serve(listener: TcpListener, exposition: Arc<Exposition>) {
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| handle(Arc::clone(&exposition), req));
-            let served = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 // One request per connection: an idle kept-alive connection
                 // would hold a slot (Prometheus reconnects at each scrape).
                 .keep_alive(false)
                 .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "a metrics connection ended with an error");
+                .serve_connection(TokioIo::new(stream), service);
+            // A scraper that never reads its answer does not keep the slot.
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "a metrics connection ended with an error"),
+                Err(_) => tracing::debug!(%peer, "a metrics connection took over {CONNECTION_TIMEOUT:?}; closed"),
+                Ok(Ok(())) => {}
             }
         });
     }

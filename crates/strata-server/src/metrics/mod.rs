@@ -68,16 +68,11 @@ struct ErrorLabels {
     reason: String,
 }
 
-/// A (group, topic) pair of a share group's counters.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GroupTopic {
-    pub group: String,
-    pub topic: String,
-}
-
-/// The node's hot-path metrics. Cheap to clone.
+/// The node's hot-path metrics. Cheap to clone. A node without a metrics
+/// listener measures nothing here ([`Metrics::off`]).
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    enabled: bool,
     requests: Family<OperationLabels, Counter>,
     produce_requests: Counter,
     fetch_requests: Counter,
@@ -90,10 +85,6 @@ pub struct Metrics {
     /// Seconds from a batch's proposal to its commit (replicated, fsync'd
     /// on a quorum and applied on the leader; `acks=quorum` only).
     pub commit_latency: Histogram,
-    /// Share-group records delivered again (lock expired, released).
-    pub share_redeliveries: Family<GroupTopic, Counter>,
-    /// Share-group records written to their dead-letter topic.
-    pub share_dead_letters: Family<GroupTopic, Counter>,
 }
 
 /// Buckets of the request latency histograms: 250 µs to about 16 s.
@@ -107,6 +98,7 @@ impl Default for Metrics {
         let produce_requests = requests.get_or_create_owned(&OperationLabels { operation: Operation::produce });
         let fetch_requests = requests.get_or_create_owned(&OperationLabels { operation: Operation::fetch });
         Self {
+            enabled: true,
             requests,
             produce_requests,
             fetch_requests,
@@ -114,8 +106,6 @@ impl Default for Metrics {
             produce_latency: Histogram::new(latency_buckets()),
             fetch_latency: Histogram::new(latency_buckets()),
             commit_latency: Histogram::new(latency_buckets()),
-            share_redeliveries: Family::default(),
-            share_dead_letters: Family::default(),
         }
     }
 }
@@ -155,8 +145,17 @@ pub fn reason_name(status: &Status) -> String {
 }
 
 impl Metrics {
+    /// Metrics that measure nothing (no listener would show them).
+    pub fn off() -> Self {
+        Self { enabled: false, ..Self::default() }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// A request arrived.
-    pub fn request(&self, operation: Operation) {
+    fn request(&self, operation: Operation) {
         match operation {
             Operation::produce => self.produce_requests.inc(),
             Operation::fetch => self.fetch_requests.inc(),
@@ -211,16 +210,6 @@ impl Metrics {
             self.commit_latency.clone(),
         );
         registry.register(
-            "share_group_redeliveries",
-            "Share-group records made available again after a delivery (lock expired or released)",
-            self.share_redeliveries.clone(),
-        );
-        registry.register(
-            "share_group_dead_letters",
-            "Share-group records written to their dead-letter topic",
-            self.share_dead_letters.clone(),
-        );
-        registry.register(
             "storage_fsync_seconds",
             "Seconds per fdatasync of a segment file",
             storage.fsync_seconds.clone(),
@@ -248,7 +237,9 @@ pub struct RequestTimer {
 
 impl RequestTimer {
     pub fn start(metrics: &Metrics, operation: Operation) -> Self {
-        metrics.request(operation);
+        if metrics.enabled {
+            metrics.request(operation);
+        }
         Self { operation, started: Instant::now() }
     }
 
@@ -259,6 +250,9 @@ impl RequestTimer {
     /// The request ended with `result`: its latency is observed, an error
     /// counted.
     pub fn finish<T>(self, metrics: &Metrics, result: &Result<T, Status>) {
+        if !metrics.enabled {
+            return;
+        }
         let histogram = match self.operation {
             Operation::produce => &metrics.produce_latency,
             Operation::fetch => &metrics.fetch_latency,
@@ -277,10 +271,19 @@ pub struct Exposition {
     strata: Registry,
     process: Registry,
     collector: Arc<collect::NodeCollector>,
-    /// One scrape at a time: concurrent scrapes wait rather than multiply
-    /// the cost.
-    scraping: tokio::sync::Mutex<()>,
+    /// One scrape at a time (concurrent scrapes wait rather than multiply
+    /// the cost), and the last one's text: a scrape within
+    /// [`SCRAPE_REUSE`] of the last gets it again.
+    scraping: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
 }
+
+/// A scrape this soon after the last one answers the last one's text:
+/// however often `/metrics` is asked, the node gathers at most once a
+/// second.
+pub const SCRAPE_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a scrape waits for what takes a query (the groups' shards and
+/// their partitions' offsets); past it the last values found are used.
+pub const REFRESH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl std::fmt::Debug for Exposition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -299,14 +302,32 @@ impl Exposition {
         strata.register_collector(Box::new(Arc::clone(&collector)));
         let mut process = Registry::default();
         process.register_collector(Box::new(process::ProcessCollector));
-        Self { strata, process, collector, scraping: tokio::sync::Mutex::new(()) }
+        Self { strata, process, collector, scraping: tokio::sync::Mutex::new(None) }
     }
 
     /// Every metric, as OpenMetrics text. Refreshes what needs a query
-    /// first (consumer-group end offsets), then encodes.
-    pub async fn scrape(&self) -> String {
-        let _one = self.scraping.lock().await;
-        self.collector.refresh().await;
+    /// first (groups, their partitions' offsets; at most
+    /// [`REFRESH_TIMEOUT`]), then encodes on a blocking thread (a node with
+    /// thousands of partitions takes milliseconds).
+    pub async fn scrape(self: &Arc<Self>) -> Arc<str> {
+        let mut last = self.scraping.lock().await;
+        if let Some((at, text)) = &*last
+            && at.elapsed() < SCRAPE_REUSE
+        {
+            return Arc::clone(text);
+        }
+        if tokio::time::timeout(REFRESH_TIMEOUT, self.collector.refresh()).await.is_err() {
+            tracing::warn!(
+                "the groups' metrics took over {REFRESH_TIMEOUT:?} to gather; the last values found are served"
+            );
+        }
+        let me = Arc::clone(self);
+        let text: Arc<str> = tokio::task::spawn_blocking(move || me.encode()).await.unwrap_or_default().into();
+        *last = Some((Instant::now(), Arc::clone(&text)));
+        text
+    }
+
+    fn encode(&self) -> String {
         let mut out = String::with_capacity(64 * 1024);
         // Writing to a String cannot fail; an encoder error would be a bug
         // in a label value, logged and the rest still sent.
