@@ -123,9 +123,11 @@ async fn a_produce_is_traced_from_the_client_through_every_replica_and_the_consu
     let app = provider.tracer("orders-app");
     let checkout = app.start("checkout");
     let cx = opentelemetry::Context::current_with_span(checkout);
+    // `produce_records` goes to the node it is called on: the leader's.
+    let at_leader = client.partition_leader("orders", 0).await.expect("the leader's client");
     let appends = {
         let _attached = cx.clone().attach();
-        client.produce_records("orders", Some(0), vec![record]).await.expect("produce")
+        at_leader.produce_records("orders", Some(0), vec![record]).await.expect("produce")
     };
     assert_eq!(appends.len(), 1);
     cx.span().end();
