@@ -206,16 +206,26 @@ async fn prometheus_scrapes_the_dashboard_queries_answer_and_alerts_fire_and_cle
         acks,
         ..Default::default()
     };
-    let held = client.share_fetch(share("a", 6, vec![])).await.expect("share fetch");
-    assert!(held.records.len() >= 2, "{held:?}");
     let ack = |r: &pb::SharedRecord, kind: pb::AckKind| pb::Acknowledgement {
         partition: r.partition,
         offset: r.record.as_ref().map_or(0, |x| x.offset),
         kind: kind as i32,
     };
-    let acks = vec![ack(&held.records[0], pb::AckKind::Release), ack(&held.records[1], pb::AckKind::Reject)];
-    let failed = client.share_ack("workers", TOPIC, "a", &acks).await.expect("share ack");
-    assert!(failed.is_empty(), "{failed:?}");
+    // Who holds a record is not saved: if the share group's coordinator
+    // fails over in between (a loaded machine can miss heartbeats), the
+    // acknowledgement is refused with RECORD_NOT_ACQUIRED, by design; the
+    // records are then available again, fetched and acknowledged anew.
+    for attempt in 1..=5 {
+        let held = client.share_fetch(share("a", 6, vec![])).await.expect("share fetch");
+        assert!(held.records.len() >= 2, "{held:?}");
+        let acks = vec![ack(&held.records[0], pb::AckKind::Release), ack(&held.records[1], pb::AckKind::Reject)];
+        let failed = client.share_ack("workers", TOPIC, "a", &acks).await.expect("share ack");
+        if failed.is_empty() {
+            break;
+        }
+        assert!(failed.iter().all(|f| f.reason == "RECORD_NOT_ACQUIRED") && attempt < 5, "{failed:?}");
+        eprintln!("attempt {attempt}: the acknowledgement was refused ({failed:?}); the coordinator moved");
+    }
     // Another consumer gets the released record again (after others, maybe:
     // what it gets it accepts).
     let mut accepted = Vec::new();

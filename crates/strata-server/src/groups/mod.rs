@@ -149,7 +149,8 @@ pub struct GroupSample {
     pub epoch: u64,
     /// Committed offsets: (topic, partition, offset).
     pub committed: Vec<(String, u32, u64)>,
-    /// Topics the consumer group subscribes to.
+    /// Topics the consumer group's members subscribe to, and those it
+    /// committed offsets of.
     pub subscribed: Vec<String>,
     /// Share groups, per topic: records acquired now, and what the group
     /// did with its records.
@@ -758,18 +759,23 @@ impl Coordinator {
             names.extend(st.offsets.keys());
             for name in names {
                 let g = st.consumer.get(name);
-                let committed = st
+                let committed: Vec<(String, u32, u64)> = st
                     .offsets
                     .get(name)
                     .map(|o| o.iter().map(|((t, p), c)| (t.clone(), *p, c.offset)).collect())
                     .unwrap_or_default();
+                // As `describe` counts lag: the members' topics and every
+                // topic with a commit (a group whose consumers are all away
+                // still lags on all of them).
+                let mut subscribed = g.map(ConsumerGroup::subscribed).unwrap_or_default();
+                subscribed.extend(committed.iter().map(|(t, _, _)| t.clone()));
                 out.push(GroupSample {
                     group: name.clone(),
                     share: false,
                     members: g.map_or(0, |g| g.members.len()),
                     epoch: g.map_or(0, |g| g.epoch),
                     committed,
-                    subscribed: g.map(|g| g.subscribed().into_iter().collect()).unwrap_or_default(),
+                    subscribed: subscribed.into_iter().collect(),
                     share_topics: Vec::new(),
                 });
             }
