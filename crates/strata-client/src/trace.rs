@@ -14,8 +14,8 @@
 //!   parent the application's processing span.
 
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Link, Span, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer};
-use opentelemetry::{Context, KeyValue, trace::SpanId, trace::TraceId};
+use opentelemetry::trace::{Link, Span, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use strata_record::traceparent::{HEADER, TraceParent};
 
 /// Most links one receive span carries (the OpenTelemetry SDK's default
@@ -26,34 +26,16 @@ fn tracer() -> opentelemetry::global::BoxedTracer {
     opentelemetry::global::tracer("strata-client")
 }
 
-fn to_traceparent(cx: &SpanContext) -> Option<TraceParent> {
-    cx.is_valid().then(|| TraceParent {
-        trace_id: cx.trace_id().to_bytes(),
-        span_id: cx.span_id().to_bytes(),
-        flags: cx.trace_flags().to_u8(),
-    })
-}
-
-fn span_context(t: &TraceParent) -> SpanContext {
-    SpanContext::new(
-        TraceId::from_bytes(t.trace_id),
-        SpanId::from_bytes(t.span_id),
-        TraceFlags::new(t.flags),
-        true,
-        TraceState::default(),
-    )
-}
-
 /// The trace context a record carries (its `traceparent` header), to
 /// parent or link the application's own spans.
 pub fn context_of(record: &strata_record::Record) -> Option<Context> {
-    TraceParent::of_record(record).map(|t| Context::new().with_remote_span_context(span_context(&t)))
+    TraceParent::of_record(record).map(|t| Context::new().with_remote_span_context(t.span_context()))
 }
 
 /// The `traceparent` of the current context's span, if it is valid and
 /// sampled.
 pub(crate) fn current() -> Option<TraceParent> {
-    to_traceparent(Context::current().span().span_context()).filter(TraceParent::sampled)
+    TraceParent::of_span(Context::current().span().span_context()).filter(TraceParent::sampled)
 }
 
 /// Adds `traceparent` to headers that hold none.
@@ -83,7 +65,7 @@ pub(crate) fn send_span(topic: &str, partition: Option<u32>, records: usize) -> 
         .start_with_context(&tracer, &Context::current());
     // Only a sampled trace is propagated: a record carries its header only
     // when the application records the trace.
-    let t = to_traceparent(span.span_context()).filter(TraceParent::sampled)?;
+    let t = TraceParent::of_span(span.span_context()).filter(TraceParent::sampled)?;
     Some((span, t))
 }
 
@@ -103,7 +85,7 @@ pub fn receive_span(topic: &str, partition: u32, records: &[strata_record::Recor
         .iter()
         .filter_map(TraceParent::of_record)
         .take(MAX_LINKS)
-        .map(|t| Link::with_context(span_context(&t)))
+        .map(|t| Link::with_context(t.span_context()))
         .collect();
     if links.is_empty() {
         return None;

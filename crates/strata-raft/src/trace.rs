@@ -18,9 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
-use strata_record::traceparent::TraceParent;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TRACER: std::sync::OnceLock<opentelemetry::global::BoxedTracer> = std::sync::OnceLock::new();
@@ -39,26 +38,6 @@ pub fn enabled() -> bool {
 /// The process's tracer (the global provider's, looked up once).
 pub fn tracer() -> &'static opentelemetry::global::BoxedTracer {
     TRACER.get_or_init(|| opentelemetry::global::tracer("strata"))
-}
-
-/// A remote parent from a `traceparent` value.
-pub fn span_context(t: &TraceParent) -> SpanContext {
-    SpanContext::new(
-        TraceId::from_bytes(t.trace_id),
-        SpanId::from_bytes(t.span_id),
-        TraceFlags::new(t.flags),
-        true,
-        TraceState::default(),
-    )
-}
-
-/// The `traceparent` of a span context (`None` when not valid).
-pub fn traceparent(cx: &SpanContext) -> Option<TraceParent> {
-    cx.is_valid().then(|| TraceParent {
-        trace_id: cx.trace_id().to_bytes(),
-        span_id: cx.span_id().to_bytes(),
-        flags: cx.trace_flags().to_u8(),
-    })
 }
 
 /// A context whose parent is `cx`.
@@ -94,7 +73,10 @@ impl Eq for EntryTrace {}
 /// log, without it) finds it. Bounded: the newest [`TRACED_MAX`], none
 /// older than [`TRACED_AGE`].
 #[derive(Debug, Default)]
-pub struct TracedEntries(Mutex<VecDeque<((u64, u64), SpanContext, Instant)>>);
+pub struct TracedEntries(Mutex<VecDeque<Traced>>);
+
+/// A traced entry: (term, index), its context, when it was noted.
+type Traced = ((u64, u64), SpanContext, Instant);
 
 /// Most traced entries remembered per group.
 pub const TRACED_MAX: usize = 256;
@@ -129,12 +111,15 @@ mod tests {
     #[test]
     fn traced_entries_are_bounded_and_found_by_index() {
         let t = TracedEntries::default();
-        let tp = TraceParent { trace_id: [1; 16], span_id: [2; 8], flags: 1 };
+        let tp = strata_record::traceparent::TraceParent { trace_id: [1; 16], span_id: [2; 8], flags: 1 };
         for i in 0..(TRACED_MAX as u64 + 10) {
-            t.insert(2, i, span_context(&tp));
+            t.insert(2, i, tp.span_context());
         }
         assert!(t.get(2, 3).is_none(), "the oldest went");
         assert!(t.get(1, TRACED_MAX as u64 + 9).is_none(), "another term's entry at that index is not it");
-        assert_eq!(t.get(2, TRACED_MAX as u64 + 9).and_then(|c| traceparent(&c)), Some(tp));
+        assert_eq!(
+            t.get(2, TRACED_MAX as u64 + 9).and_then(|c| strata_record::traceparent::TraceParent::of_span(&c)),
+            Some(tp)
+        );
     }
 }

@@ -74,6 +74,30 @@ impl TraceParent {
     }
 }
 
+#[cfg(feature = "otel")]
+impl TraceParent {
+    /// OpenTelemetry's span context of this (remote) parent.
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::default(),
+        )
+    }
+
+    /// The traceparent of a span context (`None` when it is not valid).
+    pub fn of_span(cx: &opentelemetry::trace::SpanContext) -> Option<Self> {
+        cx.is_valid().then(|| Self {
+            trace_id: cx.trace_id().to_bytes(),
+            span_id: cx.span_id().to_bytes(),
+            flags: cx.trace_flags().to_u8(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

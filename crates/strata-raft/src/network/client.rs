@@ -305,8 +305,9 @@ impl Addressing {
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &crate::trace::parent(&parent));
-        let traceparent =
-            crate::trace::traceparent(span.span_context()).map(|t| t.format().into_bytes()).unwrap_or_default();
+        let traceparent = strata_record::traceparent::TraceParent::of_span(span.span_context())
+            .map(|t| t.format().into_bytes())
+            .unwrap_or_default();
         self.replicating.sent(index, span);
         traceparent
     }

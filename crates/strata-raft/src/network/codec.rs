@@ -51,7 +51,7 @@ pub(super) fn append_request_from_pb(
             && let openraft::EntryPayload::Normal(req) = &mut entry.payload
         {
             let parsed = strata_record::traceparent::TraceParent::parse(&e.traceparent);
-            req.trace = parsed.map(|t| crate::trace::EntryTrace(crate::trace::span_context(&t)));
+            req.trace = parsed.map(|t| crate::trace::EntryTrace(t.span_context()));
         }
         entries.push(entry);
     }
