@@ -283,9 +283,7 @@ impl PartitionConsumer {
             self.client.fetch_retrying(topic, partition, self.next, self.max_bytes, self.max_wait, retry).await?;
         self.next = chunk.next_offset;
         self.resuming = true;
-        if let Some(mut span) = crate::trace::receive_span(topic, partition, &chunk.records) {
-            opentelemetry::trace::Span::end(&mut span);
-        }
+        crate::trace::received(topic, partition, &chunk.records);
         Ok(chunk.records)
     }
 }

@@ -447,6 +447,7 @@ impl GroupConsumer {
         let mut out = Vec::new();
         for (topic, partition, r) in futures::future::join_all(fetches).await {
             if let Some(r) = self.out_of_range((topic.clone(), partition), r).await? {
+                crate::trace::received(&topic, partition, &r.records);
                 out.extend(r.records.into_iter().map(|record| GroupRecord { topic: topic.clone(), partition, record }));
             }
         }
@@ -470,6 +471,7 @@ impl GroupConsumer {
             () = assignment_changed => return Ok(Vec::new()),
         };
         let records = self.out_of_range((topic.clone(), partition), r).await?.map(|r| r.records).unwrap_or_default();
+        crate::trace::received(&topic, partition, &records);
         Ok(records.into_iter().map(|record| GroupRecord { topic: topic.clone(), partition, record }).collect())
     }
 

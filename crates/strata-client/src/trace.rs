@@ -105,3 +105,10 @@ pub fn receive_span(topic: &str, partition: u32, records: &[strata_record::Recor
         .start_with_context(&tracer, &Context::current());
     span.span_context().is_sampled().then_some(span)
 }
+
+/// Records [`receive_span`] for records a consumer just fetched.
+pub(crate) fn received(topic: &str, partition: u32, records: &[strata_record::Record]) {
+    if let Some(mut span) = receive_span(topic, partition, records) {
+        span.end();
+    }
+}
