@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What observability costs, and what a scrape of many partitions costs, with the same release build:
 
-1. Produce throughput on 3 nodes (replication factor 3) with metrics on (every node's /metrics
+1. Produce throughput on 3 nodes (replication factor 3; --nodes 1: one node) with metrics on (every node's /metrics
    scraped every --scrape-every seconds, as Prometheus would) and traces exported over OTLP at 1%
    (parentbased_traceidratio 0.01, to otlp_sink.py, a real OTLP/gRPC receiver) against both off
    (`--metrics-listen ""`, no endpoint), alternating round by round on fresh clusters. The
@@ -97,7 +97,7 @@ def throughput(args, strata):
         for on in (False, True):
             work = os.path.join(args.workdir, f"r{rnd}-{'on' if on else 'off'}")
             shutil.rmtree(work, ignore_errors=True)
-            metrics_ports = [args.port + 200 + i for i in range(3)]
+            metrics_ports = [args.port + 200 + i for i in range(args.nodes)]
             if on:
                 node_args = lambda i: ["--metrics-listen", f"127.0.0.1:{metrics_ports[i]}"]  # noqa: E731
                 sink = start_sink(py, args.port + 300)
@@ -106,7 +106,7 @@ def throughput(args, strata):
             else:
                 node_args = lambda i: ["--metrics-listen", ""]  # noqa: E731
                 sink, env = None, {}
-            addrs, procs = cluster.start_strata_cluster(3, work, strata, args.port, node_args=node_args,
+            addrs, procs = cluster.start_strata_cluster(args.nodes, work, strata, args.port, node_args=node_args,
                                                         extra_env=env)
             scraper = Scraper([f"http://127.0.0.1:{p}/metrics" for p in metrics_ports], args.scrape_every) \
                 if on else None
@@ -114,7 +114,7 @@ def throughput(args, strata):
                 if scraper:
                     scraper.start()
                 produced = run_json([strata, "bench", "produce", "--server", addrs[0], "--topic", f"obs-r{rnd}",
-                                     "--partitions", str(args.partitions), "--replication-factor", "3"]
+                                     "--partitions", str(args.partitions), "--replication-factor", str(args.nodes)]
                                     + common_args(args, args.concurrency), load_timeout(args))
             finally:
                 if scraper:
@@ -171,6 +171,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--nodes", type=int, choices=(1, 3), default=3)
     ap.add_argument("--scrape-every", type=float, default=5.0)
     ap.add_argument("--scrape-partitions", type=int, default=0)
     ap.add_argument("--port", type=int, default=7979)

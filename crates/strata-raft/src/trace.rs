@@ -20,15 +20,49 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
+use strata_record::traceparent::TraceParent;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TRACER: std::sync::OnceLock<opentelemetry::global::BoxedTracer> = std::sync::OnceLock::new();
+static HEAD: std::sync::OnceLock<HeadSampling> = std::sync::OnceLock::new();
+
+/// Which requests start (or continue) a trace on this node, decided before
+/// any span is made: an untraced request costs no span at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadSampling {
+    /// The share of requests without a sampled caller that are traced.
+    pub ratio: f64,
+    /// A caller's decision (its `traceparent`'s sampled flag) is followed.
+    pub follow_parent: bool,
+}
+
+impl HeadSampling {
+    /// Whether a request whose caller sent `caller` is traced, and under
+    /// which parent (the caller's, or none: a new trace).
+    pub fn decide(&self, caller: Option<&TraceParent>) -> Option<Context> {
+        match caller {
+            Some(t) if self.follow_parent => t.sampled().then(|| parent(&t.span_context())),
+            _ => (self.ratio > 0.0 && (self.ratio >= 1.0 || rand::random::<f64>() < self.ratio)).then(Context::new),
+        }
+    }
+}
 
 /// Turns span recording on for this process (the binary does, once it has
-/// installed a tracer provider).
-pub fn enable() {
+/// installed a tracer provider whose sampler records what `head` lets
+/// through).
+pub fn enable(head: HeadSampling) {
     tracer();
+    let _ = HEAD.set(head);
     ENABLED.store(true, Ordering::Release);
+}
+
+/// The head-sampling decision for a request (`None`: not traced, or tracing
+/// is off).
+pub fn head_sample(caller: Option<&TraceParent>) -> Option<Context> {
+    if !enabled() {
+        return None;
+    }
+    HEAD.get()?.decide(caller)
 }
 
 pub fn enabled() -> bool {
@@ -109,17 +143,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn head_sampling_follows_a_sampled_caller_and_samples_the_ratio_of_the_rest() {
+        let sampled = TraceParent { trace_id: [1; 16], span_id: [2; 8], flags: 1 };
+        let unsampled = TraceParent { flags: 0, ..sampled };
+        let parent_based = HeadSampling { ratio: 0.01, follow_parent: true };
+        let cx = parent_based.decide(Some(&sampled)).expect("a sampled caller is followed");
+        assert_eq!(TraceParent::of_span(&cx.span().span_context().clone()), Some(sampled));
+        assert!(parent_based.decide(Some(&unsampled)).is_none(), "an unsampled caller is followed too");
+        let roots = (0..100_000).filter(|_| parent_based.decide(None).is_some()).count();
+        assert!((700..1300).contains(&roots), "{roots} of 100,000 new traces at 1%");
+        let ignore_parent = HeadSampling { ratio: 0.0, follow_parent: false };
+        assert!(ignore_parent.decide(Some(&sampled)).is_none());
+        assert!(HeadSampling { ratio: 1.0, follow_parent: false }.decide(Some(&unsampled)).is_some());
+    }
+
+    #[test]
     fn traced_entries_are_bounded_and_found_by_index() {
         let t = TracedEntries::default();
-        let tp = strata_record::traceparent::TraceParent { trace_id: [1; 16], span_id: [2; 8], flags: 1 };
+        let tp = TraceParent { trace_id: [1; 16], span_id: [2; 8], flags: 1 };
         for i in 0..(TRACED_MAX as u64 + 10) {
             t.insert(2, i, tp.span_context());
         }
         assert!(t.get(2, 3).is_none(), "the oldest went");
         assert!(t.get(1, TRACED_MAX as u64 + 9).is_none(), "another term's entry at that index is not it");
-        assert_eq!(
-            t.get(2, TRACED_MAX as u64 + 9).and_then(|c| strata_record::traceparent::TraceParent::of_span(&c)),
-            Some(tp)
-        );
+        assert_eq!(t.get(2, TRACED_MAX as u64 + 9).and_then(|c| TraceParent::of_span(&c)), Some(tp));
     }
 }

@@ -36,6 +36,7 @@ use tracing::info;
 pub use cluster::{ClusterConfig, ClusterError, NodeIdentity};
 pub use replication::{DEFAULT_REPLICATION_FACTOR, Replication};
 pub use service::{FETCH_MAX_BYTES_DEFAULT, FETCH_MAX_BYTES_LIMIT, MAX_WAIT_LIMIT, Services};
+pub use strata_raft::trace::HeadSampling;
 pub use strata_storage::{LogConfig, StorageLimits};
 
 /// Largest gRPC message accepted or sent (above the largest batch allowed).
@@ -152,9 +153,10 @@ pub enum ServerError {
 }
 
 /// Turns span recording on for this process, once the binary installed an
-/// OpenTelemetry tracer provider (see `strata_raft::trace`).
-pub fn enable_tracing() {
-    strata_raft::trace::enable();
+/// OpenTelemetry tracer provider (see `strata_raft::trace`): `head` says
+/// which produce requests are traced.
+pub fn enable_tracing(head: strata_raft::trace::HeadSampling) {
+    strata_raft::trace::enable(head);
 }
 
 /// A running node.

@@ -28,7 +28,8 @@ pub(crate) fn produce_span(metadata: &tonic::metadata::MetadataMap, req: &pb::Pr
     if !trace::enabled() {
         return None;
     }
-    let parent = caller(metadata, req).map(|t| trace::parent(&t.span_context())).unwrap_or_default();
+    // Decided first: a request not traced costs no span.
+    let parent = trace::head_sample(caller(metadata, req).as_ref())?;
     // A name the client chose goes into the span name only once it is a
     // valid topic name (bounded, plain characters).
     let valid = strata_storage::validate_topic_name(&req.topic).is_ok();

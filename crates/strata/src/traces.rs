@@ -62,6 +62,20 @@ pub fn settings(config: &TracesConfig, env: &[(String, String)]) -> anyhow::Resu
     Ok(Some(settings))
 }
 
+/// The head-sampling rule of the configured sampler: the share of new
+/// traces, and whether a caller's decision is followed.
+fn head_sampling(s: &TraceSettings) -> strata_server::HeadSampling {
+    let (ratio, follow_parent) = match s.sampler.as_str() {
+        "always_on" => (1.0, false),
+        "always_off" => (0.0, false),
+        "traceidratio" => (s.ratio, false),
+        "parentbased_always_on" => (1.0, true),
+        "parentbased_always_off" => (0.0, true),
+        _ => (s.ratio, true),
+    };
+    strata_server::HeadSampling { ratio, follow_parent }
+}
+
 fn sampler_of(s: &TraceSettings) -> anyhow::Result<Sampler> {
     Ok(match s.sampler.as_str() {
         "always_on" => Sampler::AlwaysOn,
@@ -92,14 +106,19 @@ pub fn install(s: &TraceSettings, node_id: u64) -> anyhow::Result<SdkTracerProvi
             KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         ])
         .build();
-    let sampler = Capped::new(sampler_of(s)?, s.max_per_second);
+    // Produce requests are sampled at their head (strata_raft::trace, by
+    // the configured sampler's rule, before any span is made); the SDK
+    // records what gets through, and whatever follows a sampled parent,
+    // within the cap.
+    sampler_of(s)?;
+    let sampler = Capped::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), s.max_per_second);
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(sampler)
         .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    strata_server::enable_tracing();
+    strata_server::enable_tracing(head_sampling(s));
     Ok(provider)
 }
 
