@@ -90,6 +90,17 @@ class Scraper(threading.Thread):
                     cluster.log(f"scrape of {u} failed: {e}")
 
 
+def cpu_seconds(procs):
+    """User and system CPU seconds the processes used so far (/proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in procs:
+        with open(f"/proc/{p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def throughput(args, strata):
     py = sink_python()
     runs = []
@@ -98,24 +109,32 @@ def throughput(args, strata):
             work = os.path.join(args.workdir, f"r{rnd}-{'on' if on else 'off'}")
             shutil.rmtree(work, ignore_errors=True)
             metrics_ports = [args.port + 200 + i for i in range(args.nodes)]
-            if on:
+            metrics_on = on and args.on in ("both", "metrics")
+            traces_on = on and args.on in ("both", "traces")
+            if metrics_on:
                 node_args = lambda i: ["--metrics-listen", f"127.0.0.1:{metrics_ports[i]}"]  # noqa: E731
+            else:
+                node_args = lambda i: ["--metrics-listen", ""]  # noqa: E731
+            sink, env = None, {}
+            if traces_on:
                 sink = start_sink(py, args.port + 300)
                 env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{args.port + 300}",
                        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
-            else:
-                node_args = lambda i: ["--metrics-listen", ""]  # noqa: E731
-                sink, env = None, {}
             addrs, procs = cluster.start_strata_cluster(args.nodes, work, strata, args.port, node_args=node_args,
                                                         extra_env=env)
             scraper = Scraper([f"http://127.0.0.1:{p}/metrics" for p in metrics_ports], args.scrape_every) \
-                if on else None
+                if metrics_on else None
             try:
                 if scraper:
                     scraper.start()
+                cpu_before = cpu_seconds(procs)
                 produced = run_json([strata, "bench", "produce", "--server", addrs[0], "--topic", f"obs-r{rnd}",
                                      "--partitions", str(args.partitions), "--replication-factor", str(args.nodes)]
                                     + common_args(args, args.concurrency), load_timeout(args))
+                # The nodes' CPU per record (warm-up included on both sides):
+                # steadier than throughput on a machine shared with others.
+                produced["server_cpu_us_per_record"] = 1e6 * (cpu_seconds(procs) - cpu_before) / max(
+                    1, produced["records_per_sec"] * (args.duration + args.warmup))
             finally:
                 if scraper:
                     scraper.stop.set()
@@ -125,7 +144,8 @@ def throughput(args, strata):
                 shutil.rmtree(work, ignore_errors=True)
             scrapes = scraper.times if scraper else []
             cluster.log(f"round {rnd} observability {'on' if on else 'off'}: {produced['records_per_sec']:.0f} "
-                        f"records/s (p99 {produced['latency_ms_p99']:.1f} ms), {spans} spans exported, "
+                        f"records/s (p99 {produced['latency_ms_p99']:.1f} ms, "
+                        f"{produced['server_cpu_us_per_record']:.2f} µs of server CPU per record), {spans} spans exported, "
                         f"{len(scrapes)} scrapes")
             runs.append({"round": rnd, "on": on, "produce": produced, "spans": spans, "scrapes": scrapes})
     return runs
@@ -150,7 +170,12 @@ def many_partitions(args, strata):
                                 addrs[0]], check=True, capture_output=True, timeout=600)
             created = time.monotonic() - started
             scrape(f"http://{metrics}/metrics")  # warm
-            timed = [scrape(f"http://{metrics}/metrics") for _ in range(5)]
+            timed = []
+            for _ in range(5):
+                # A node answers scrapes within a second of the last one
+                # from what it gathered then: each timed one gathers anew.
+                time.sleep(1.2)
+                timed.append(scrape(f"http://{metrics}/metrics"))
         finally:
             cluster.stop_all(procs)
             shutil.rmtree(work, ignore_errors=True)
@@ -172,6 +197,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--nodes", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--on", choices=("both", "metrics", "traces"), default="both",
+                    help="what the 'on' runs turn on (to tell the two costs apart)")
     ap.add_argument("--scrape-every", type=float, default=5.0)
     ap.add_argument("--scrape-partitions", type=int, default=0)
     ap.add_argument("--port", type=int, default=7979)
@@ -188,17 +215,23 @@ def main():
     print(f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, {m['date']}.\n")
     runs = results["runs"]
     if runs:
-        print("| round | both off, records/s | metrics + traces 1%, records/s | change | spans exported |")
-        print("|---|---|---|---|---|")
+        print("| round | off, records/s | on, records/s | change | off, server CPU µs/record | on | change | "
+              "spans exported |")
+        print("|---|---|---|---|---|---|---|---|")
+        cpu = "server_cpu_us_per_record"
         for rnd in sorted({r["round"] for r in runs}):
             off = next(r for r in runs if r["round"] == rnd and not r["on"])
             on = next(r for r in runs if r["round"] == rnd and r["on"])
             a, b = off["produce"]["records_per_sec"], on["produce"]["records_per_sec"]
-            print(f"| {rnd} | {a:,.0f} | {b:,.0f} | {100 * (b / a - 1):+.1f}% | {on['spans']} |")
+            c, d = off["produce"][cpu], on["produce"][cpu]
+            print(f"| {rnd} | {a:,.0f} | {b:,.0f} | {100 * (b / a - 1):+.1f}% | {c:.2f} | {d:.2f} | "
+                  f"{100 * (d / c - 1):+.1f}% | {on['spans']} |")
         med = {on: statistics.median(r["produce"]["records_per_sec"] for r in runs if r["on"] == on)
                for on in (False, True)}
+        mcpu = {on: statistics.median(r["produce"][cpu] for r in runs if r["on"] == on) for on in (False, True)}
         scrapes = [t for r in runs for t in r["scrapes"]]
-        print(f"| median | {med[False]:,.0f} | {med[True]:,.0f} | {100 * (med[True] / med[False] - 1):+.1f}% | |")
+        print(f"| median | {med[False]:,.0f} | {med[True]:,.0f} | {100 * (med[True] / med[False] - 1):+.1f}% | "
+              f"{mcpu[False]:.2f} | {mcpu[True]:.2f} | {100 * (mcpu[True] / mcpu[False] - 1):+.1f}% | |")
         if scrapes:
             print(f"\nScrapes under load: {len(scrapes)}, median {1000 * statistics.median(scrapes):.1f} ms, "
                   f"max {1000 * max(scrapes):.1f} ms.")
