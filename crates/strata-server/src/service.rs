@@ -113,8 +113,8 @@ fn log_produce(
 /// dropped before it answered (the client reset the call or its deadline
 /// passed): the records may have been written all the same.
 struct Unanswered<'a> {
-    log: Option<&'a RequestLog>,
-    identity: &'a Identity,
+    /// The request log and who called (only when the node keeps a log).
+    log: Option<(&'a RequestLog, Identity)>,
     req: &'a pb::ProduceRequest,
     started: Instant,
     answered: bool,
@@ -122,9 +122,9 @@ struct Unanswered<'a> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if !self.answered {
+        if let (false, Some((log, identity))) = (self.answered, &self.log) {
             let why = Status::cancelled("the client went away before its answer; the records may have been written");
-            log_produce(self.log, self.identity, self.req, self.started.elapsed(), &Err(why));
+            log_produce(Some(log), identity, self.req, self.started.elapsed(), &Err(why));
         }
     }
 }
@@ -274,10 +274,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::produce);
-        let identity = identity_of(&request);
         let mut unanswered = Unanswered {
-            log: self.request_log.as_deref(),
-            identity: &identity,
+            log: self.request_log.as_deref().map(|log| (log, identity_of(&request))),
             req: request.get_ref(),
             started: Instant::now(),
             answered: false,
@@ -293,7 +291,9 @@ impl pb::producer_server::Producer for Services {
         }
         .await;
         unanswered.answered = true;
-        log_produce(self.request_log.as_deref(), &identity, request.get_ref(), timer.elapsed(), &result);
+        if let Some((log, identity)) = &unanswered.log {
+            log_produce(Some(log), identity, request.get_ref(), timer.elapsed(), &result);
+        }
         timer.finish(&self.metrics, &result);
         crate::tracing_spans::end(span.as_mut(), &result);
         Ok(Response::new(result?))
