@@ -713,15 +713,22 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Shard `p`'s state if this node leads it, loaded (now, if it was not
+    /// since this node took it over).
+    async fn led_shard(&self, p: u32) -> Option<MutexGuard<'_, ShardState>> {
+        let view = self.replication.leadership(GROUPS_TOPIC, p).filter(|v| v.leading)?;
+        let mut st = self.shards[p as usize].lock().await;
+        if st.term != Some(view.term) && self.load(p, &view, &mut st).await.is_err() {
+            return None;
+        }
+        Some(st)
+    }
+
     /// Groups coordinated here (this node's shards it leads).
     pub async fn list_local(&self) -> Vec<pb::GroupSummary> {
         let mut out = Vec::new();
         for p in 0..GROUPS_PARTITIONS {
-            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p).filter(|v| v.leading) else { continue };
-            let mut st = self.shards[p as usize].lock().await;
-            if st.term != Some(view.term) && self.load(p, &view, &mut st).await.is_err() {
-                continue;
-            }
+            let Some(st) = self.led_shard(p).await else { continue };
             let mut names: BTreeSet<&String> = st.consumer.keys().collect();
             names.extend(st.offsets.keys());
             for name in names {
@@ -750,11 +757,7 @@ impl Coordinator {
     pub async fn sample(&self) -> Vec<GroupSample> {
         let mut out = Vec::new();
         for p in 0..GROUPS_PARTITIONS {
-            let Some(view) = self.replication.leadership(GROUPS_TOPIC, p).filter(|v| v.leading) else { continue };
-            let mut st = self.shards[p as usize].lock().await;
-            if st.term != Some(view.term) && self.load(p, &view, &mut st).await.is_err() {
-                continue;
-            }
+            let Some(st) = self.led_shard(p).await else { continue };
             let mut names: BTreeSet<&String> = st.consumer.keys().collect();
             names.extend(st.offsets.keys());
             for name in names {
