@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// Consumer groups: consume throughput of a 3-member group, rebalance
     /// time (a member joins, a member dies), share-group ack throughput.
     Groups(crate::group_bench::GroupsBench),
+    /// Starts a local cluster with many partitions: creation rate, idle CPU
+    /// and memory per node, failover time per partition of a killed leader.
+    Partitions(crate::partitions_bench::PartitionsBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,6 +120,7 @@ pub async fn run(opts: &ClientOpts, command: BenchCommand) -> anyhow::Result<()>
         BenchCommand::Consume(args) => consume(opts, args).await,
         BenchCommand::Failover(args) => crate::failover::run(args).await,
         BenchCommand::Groups(args) => crate::group_bench::run(opts, args).await,
+        BenchCommand::Partitions(args) => crate::partitions_bench::run(args).await,
     }
 }
 

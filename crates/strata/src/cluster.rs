@@ -389,6 +389,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Node `node`'s process id, while it runs.
+    pub fn pid(&self, node: u16) -> Option<u32> {
+        self.children.get(usize::from(node).checked_sub(1)?)?.as_ref()?.id()
+    }
+
     /// SIGKILL of node `node`, waiting until it is gone.
     pub async fn kill(&mut self, node: u16) -> anyhow::Result<()> {
         if let Some(mut child) = self.children[node as usize - 1].take() {

@@ -10,6 +10,7 @@ mod failover;
 mod group;
 mod group_bench;
 mod log_limit;
+mod partitions_bench;
 mod security;
 mod traces;
 

@@ -1,0 +1,282 @@
+//! `strata bench partitions`: what many partitions cost a cluster.
+//!
+//! Starts its own loopback cluster (`--nodes`, every partition replicated
+//! `--replication-factor` times), then:
+//! - creates `--partitions` partitions (topics of `--per-topic`), timed:
+//!   partitions per second, until every one has a leader;
+//! - lets the cluster idle for `--idle` and reads each node's CPU time and
+//!   resident memory from `/proc` (a share of one core, MiB);
+//! - kills (SIGKILL) the node that leads the most partitions and, for each
+//!   of those partitions, writes one record at a time until one is
+//!   acknowledged: the time from the kill to that acknowledgement, per
+//!   partition (p50, p99, max).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use strata_client::{Client, Compression, Record, TopicConfig};
+
+use crate::cli::OutputFormat;
+use crate::cluster::LocalCluster;
+
+#[derive(Args, Debug)]
+pub struct PartitionsBench {
+    /// Partitions to create in all.
+    #[arg(long, default_value_t = 1000)]
+    partitions: u32,
+    /// Partitions per topic (topics `parts-0`, `parts-1`, ...).
+    #[arg(long, default_value_t = 100)]
+    per_topic: u32,
+    /// Nodes of the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Replicas per partition.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    replication_factor: u32,
+    /// How long the cluster idles while its CPU is measured.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// Skip the failover measurement.
+    #[arg(long)]
+    no_failover: bool,
+    /// Port of node 1; node N listens on this + N - 1.
+    #[arg(long, default_value_t = 7701)]
+    base_port: u16,
+    /// Where the nodes keep their data (removed at the end).
+    #[arg(long, default_value = "/var/tmp/strata-partitions")]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: OutputFormat,
+}
+
+/// Every wait is bounded by this.
+const LIMIT: Duration = Duration::from_secs(300);
+/// Partitions written to at once during the failover.
+const FAILOVER_WRITERS: usize = 64;
+
+/// One node's idle figures.
+#[derive(Debug, serde::Serialize)]
+struct Idle {
+    node: u16,
+    cpu_percent_of_a_core: f64,
+    rss_mib: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    nodes: u16,
+    partitions: u32,
+    replication_factor: u32,
+    create_seconds: f64,
+    partitions_per_second: f64,
+    idle_seconds: f64,
+    idle: Vec<Idle>,
+    idle_cpu_percent_of_machine: f64,
+    killed_node: Option<u16>,
+    failover_partitions: usize,
+    failover_ms_p50: f64,
+    failover_ms_p99: f64,
+    failover_ms_max: f64,
+    failover_not_recovered: usize,
+}
+
+pub async fn run(args: PartitionsBench) -> anyhow::Result<()> {
+    if args.per_topic == 0 || args.partitions == 0 {
+        bail!("--partitions and --per-topic must be at least 1");
+    }
+    if args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot clear {}", args.data_dir.display()))?;
+    }
+    let cluster_base = args.base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?;
+    let mut cluster = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir, false).await?;
+    let result = measure(&args, &mut cluster).await;
+    cluster.stop().await;
+    let _ = std::fs::remove_dir_all(&args.data_dir);
+    let report = result?;
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Text => print_text(&report),
+    }
+    Ok(())
+}
+
+fn topics(args: &PartitionsBench) -> Vec<(String, u32)> {
+    let mut left = args.partitions;
+    let mut out = Vec::new();
+    while left > 0 {
+        let n = left.min(args.per_topic);
+        out.push((format!("parts-{}", out.len()), n));
+        left -= n;
+    }
+    out
+}
+
+async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::Result<Report> {
+    let client = Client::connect(&cluster.bootstrap()).await?.with_timeout(Duration::from_secs(30));
+    let topics = topics(args);
+    let started = Instant::now();
+    for (i, (name, n)) in topics.iter().enumerate() {
+        client.create_topic_replicated(name, *n, Some(args.replication_factor), TopicConfig::default()).await?;
+        eprintln!("created {name} ({n} partitions; {} of {} topics)", i + 1, topics.len());
+    }
+    let leaders = wait_leaders(&client, &topics).await?;
+    let create = started.elapsed();
+    eprintln!("{} partitions created and led after {:.1} s", args.partitions, create.as_secs_f64());
+
+    eprintln!("idling for {:?}", args.idle);
+    let before: Vec<_> = (1..=args.nodes).map(|n| cluster.pid(n).and_then(cpu_seconds)).collect();
+    let idle_started = Instant::now();
+    tokio::time::sleep(args.idle).await;
+    let window = idle_started.elapsed().as_secs_f64();
+    let mut idle = Vec::new();
+    for (i, b) in before.iter().enumerate() {
+        let node = i as u16 + 1;
+        let pid = cluster.pid(node);
+        let (Some(b), Some(a)) = (b, pid.and_then(cpu_seconds)) else { continue };
+        let rss = pid.and_then(rss_bytes).unwrap_or(0) as f64 / (1024.0 * 1024.0);
+        idle.push(Idle { node, cpu_percent_of_a_core: 100.0 * (a - b) / window, rss_mib: rss });
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let machine = idle.iter().map(|i| i.cpu_percent_of_a_core).sum::<f64>() / cores;
+
+    let mut report = Report {
+        nodes: args.nodes,
+        partitions: args.partitions,
+        replication_factor: args.replication_factor,
+        create_seconds: create.as_secs_f64(),
+        partitions_per_second: f64::from(args.partitions) / create.as_secs_f64(),
+        idle_seconds: window,
+        idle,
+        idle_cpu_percent_of_machine: machine,
+        killed_node: None,
+        failover_partitions: 0,
+        failover_ms_p50: 0.0,
+        failover_ms_p99: 0.0,
+        failover_ms_max: 0.0,
+        failover_not_recovered: 0,
+    };
+    if !args.no_failover && args.nodes >= 3 {
+        failover(cluster, &leaders, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Waits until every partition has a leader; returns them.
+async fn wait_leaders(client: &Client, topics: &[(String, u32)]) -> anyhow::Result<Vec<(String, u32, u64)>> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let names: Vec<&str> = topics.iter().map(|(n, _)| n.as_str()).collect();
+        let meta = client.metadata(&names).await?;
+        let led: Vec<(String, u32, u64)> = meta
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.clone(), p.partition, p.leader)))
+            .collect();
+        let total: u32 = topics.iter().map(|(_, n)| n).sum();
+        if led.len() == total as usize && led.iter().all(|(_, _, l)| *l != 0) {
+            return Ok(led);
+        }
+        if Instant::now() > deadline {
+            bail!("not every partition had a leader after {LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills the node leading the most partitions; per partition it led, the
+/// time from the kill to a write acknowledged by a new leader.
+async fn failover(
+    cluster: &mut LocalCluster,
+    leaders: &[(String, u32, u64)],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut counts = std::collections::BTreeMap::<u64, usize>::new();
+    for (_, _, l) in leaders {
+        *counts.entry(*l).or_default() += 1;
+    }
+    let (victim, _) = counts.iter().max_by_key(|(_, n)| **n).context("no leaders")?;
+    let victim = u16::try_from(*victim).context("node id out of range")?;
+    let led: Vec<(String, u32)> =
+        leaders.iter().filter(|(_, _, l)| *l == u64::from(victim)).map(|(t, p, _)| (t.clone(), *p)).collect();
+    // A client that does not go through the victim.
+    let survivors: Vec<String> = (1..=report.nodes).filter(|n| *n != victim).map(|n| cluster.addr(n)).collect();
+    let writer = Client::connect(&survivors.join(",")).await?.with_timeout(Duration::from_secs(5));
+    eprintln!("killing node {victim}, the leader of {} partitions", led.len());
+    let killed = Instant::now();
+    cluster.kill(victim).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(FAILOVER_WRITERS));
+    let mut tasks = Vec::with_capacity(led.len());
+    for (topic, p) in led {
+        let (writer, slots) = (writer.clone(), Arc::clone(&slots));
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.ok()?;
+            let record = Record { value: bytes::Bytes::from_static(b"failover"), ..Record::default() };
+            while killed.elapsed() < LIMIT {
+                let batch = strata_record::encode(std::slice::from_ref(&record), Compression::None);
+                if writer.produce_batch(&topic, p, batch).await.is_ok() {
+                    return Some(killed.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None
+        }));
+    }
+    let mut times = Vec::new();
+    let mut lost = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Some(d)) => times.push(d.as_secs_f64() * 1000.0),
+            _ => lost += 1,
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |q: f64| times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
+    report.killed_node = Some(victim);
+    report.failover_partitions = times.len() + lost;
+    report.failover_ms_p50 = pct(0.5);
+    report.failover_ms_p99 = pct(0.99);
+    report.failover_ms_max = times.last().copied().unwrap_or(0.0);
+    report.failover_not_recovered = lost;
+    Ok(())
+}
+
+/// User and system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ: 100 on Linux
+    let (u, s): (f64, f64) = (rest.get(11)?.parse().ok()?, rest.get(12)?.parse().ok()?);
+    Some((u + s) / ticks)
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn print_text(r: &Report) {
+    println!(
+        "{} partitions (RF {}) on {} nodes: created and led in {:.1} s ({:.0} partitions/s)",
+        r.partitions, r.replication_factor, r.nodes, r.create_seconds, r.partitions_per_second
+    );
+    for i in &r.idle {
+        println!("  node {}: idle CPU {:.1}% of a core, RSS {:.0} MiB", i.node, i.cpu_percent_of_a_core, i.rss_mib);
+    }
+    println!("  idle, all nodes: {:.1}% of the machine's CPU", r.idle_cpu_percent_of_machine);
+    if let Some(node) = r.killed_node {
+        println!(
+            "  kill -9 of node {node} (leader of {} partitions): writes acknowledged again after p50 {:.0} ms, \
+             p99 {:.0} ms, max {:.0} ms; {} not within {:?}",
+            r.failover_partitions,
+            r.failover_ms_p50,
+            r.failover_ms_p99,
+            r.failover_ms_max,
+            r.failover_not_recovered,
+            LIMIT
+        );
+    }
+}
