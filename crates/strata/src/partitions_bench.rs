@@ -115,11 +115,11 @@ fn topics(args: &PartitionsBench) -> Vec<(String, u32)> {
 }
 
 async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::Result<Report> {
-    let client = Client::connect(&cluster.bootstrap()).await?.with_timeout(Duration::from_secs(30));
+    let client = Client::connect(&cluster.bootstrap()).await?.with_timeout(Duration::from_secs(60));
     let topics = topics(args);
     let started = Instant::now();
     for (i, (name, n)) in topics.iter().enumerate() {
-        client.create_topic_replicated(name, *n, Some(args.replication_factor), TopicConfig::default()).await?;
+        create(&client, name, *n, args.replication_factor).await?;
         eprintln!("created {name} ({n} partitions; {} of {} topics)", i + 1, topics.len());
     }
     let leaders = wait_leaders(&client, &topics).await?;
@@ -162,6 +162,20 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
         failover(cluster, &leaders, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Creates a topic; a creation that timed out (a busy cluster) is asked
+/// again, and one that had happened meanwhile counts.
+async fn create(client: &Client, name: &str, partitions: u32, rf: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match client.create_topic_replicated(name, partitions, Some(rf), TopicConfig::default()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("already exists") => return Ok(()),
+            Err(e) if Instant::now() < deadline => eprintln!("creating {name}: {e}; again"),
+            Err(e) => return Err(e).with_context(|| format!("cannot create {name}")),
+        }
+    }
 }
 
 /// Waits until every partition has a leader; returns them.
