@@ -485,7 +485,7 @@ impl Services {
         topic: &str,
         (partition, offset): (u32, u64),
         latency: Duration,
-        result: &Result<pb::FetchResponse, Status>,
+        result: Result<&pb::FetchResponse, &Status>,
     ) {
         let Some(log) = &self.request_log else { return };
         let mut line = request_log::line(op, identity, topic, latency);
@@ -552,10 +552,13 @@ impl Services {
 impl pb::consumer_server::Consumer for Services {
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let timer = RequestTimer::start(&self.metrics, Op::fetch);
-        let logged = self.request_log.as_ref().map(|_| (identity_of(&request), request.get_ref().clone()));
+        let logged = self.request_log.as_ref().map(|_| {
+            let req = request.get_ref();
+            (identity_of(&request), req.topic.clone(), (req.partition, req.offset))
+        });
         let result = self.fetch_once(request).await;
-        if let Some((identity, req)) = logged {
-            self.log_fetch("fetch", &identity, &req.topic, (req.partition, req.offset), timer.elapsed(), &result);
+        if let Some((identity, topic, at)) = logged {
+            self.log_fetch("fetch", &identity, &topic, at, timer.elapsed(), result.as_ref());
         }
         timer.finish(&self.metrics, &result);
         Ok(Response::new(result?))
@@ -604,10 +607,8 @@ impl pb::consumer_server::Consumer for Services {
                 match chunk {
                     Some(Ok(response)) => {
                         count_fetched(&log, &response);
-                        let result = Ok(response);
                         let at = (req.partition, offset);
-                        services.log_fetch("subscribe", &identity, &req.topic, at, Duration::ZERO, &result);
-                        let Ok(response) = result else { return };
+                        services.log_fetch("subscribe", &identity, &req.topic, at, Duration::ZERO, Ok(&response));
                         offset = response.next_offset;
                         if tx.send(Ok(response)).await.is_err() {
                             return;

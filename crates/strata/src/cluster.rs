@@ -3,7 +3,7 @@
 //! cluster of N nodes in one command).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -387,6 +387,27 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// Runs `f` on a fresh cluster of `nodes` (plaintext clients, node i's
+    /// client listener on `base_port + i - 1`, its cluster listener 100
+    /// above) with its data in `data_dir`, cleared first and removed after;
+    /// the cluster is stopped whatever `f` returns. What the benches use.
+    pub async fn scratch<T>(
+        nodes: u16,
+        base_port: u16,
+        data_dir: &Path,
+        f: impl AsyncFnOnce(&mut LocalCluster) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if data_dir.exists() {
+            std::fs::remove_dir_all(data_dir).with_context(|| format!("cannot clear {}", data_dir.display()))?;
+        }
+        let cluster_base = base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?;
+        let mut cluster = Self::start(nodes, base_port, cluster_base, data_dir, false).await?;
+        let result = f(&mut cluster).await;
+        cluster.stop().await;
+        let _ = std::fs::remove_dir_all(data_dir);
+        result
     }
 
     /// Node `node`'s process id, while it runs.

@@ -49,15 +49,8 @@ pub async fn run(args: FailoverBench) -> anyhow::Result<()> {
     if args.nodes < 3 {
         bail!("--nodes must be at least 3 (a leader must be killable with a majority left)");
     }
-    if args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot clear {}", args.data_dir.display()))?;
-    }
-    let cluster_base = args.base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?;
-    let mut cluster = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir, false).await?;
-    let result = measure(&args, &mut cluster).await;
-    cluster.stop().await;
-    let _ = std::fs::remove_dir_all(&args.data_dir);
-    let times = result?;
+    let times =
+        LocalCluster::scratch(args.nodes, args.base_port, &args.data_dir, async |c| measure(&args, c).await).await?;
     report(&args, &times)
 }
 

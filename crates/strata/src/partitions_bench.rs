@@ -87,15 +87,8 @@ pub async fn run(args: PartitionsBench) -> anyhow::Result<()> {
     if args.per_topic == 0 || args.partitions == 0 {
         bail!("--partitions and --per-topic must be at least 1");
     }
-    if args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot clear {}", args.data_dir.display()))?;
-    }
-    let cluster_base = args.base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?;
-    let mut cluster = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir, false).await?;
-    let result = measure(&args, &mut cluster).await;
-    cluster.stop().await;
-    let _ = std::fs::remove_dir_all(&args.data_dir);
-    let report = result?;
+    let report =
+        LocalCluster::scratch(args.nodes, args.base_port, &args.data_dir, async |c| measure(&args, c).await).await?;
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
         OutputFormat::Text => print_text(&report),
@@ -259,17 +252,11 @@ async fn failover(
 
 /// User and system CPU seconds of a process.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ: 100 on Linux
-    let (u, s): (f64, f64) = (rest.get(11)?.parse().ok()?, rest.get(12)?.parse().ok()?);
-    Some((u + s) / ticks)
+    strata_server::metrics::process::stats_of(&pid.to_string()).map(|s| s.cpu_seconds)
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(kib * 1024)
+    strata_server::metrics::process::stats_of(&pid.to_string()).map(|s| s.resident_bytes)
 }
 
 fn print_text(r: &Report) {

@@ -288,15 +288,15 @@ impl NodeCollector {
             if s.group == GroupId::CONTROLLER {
                 continue;
             }
-            if let Some(&(term, leader)) = state.seen.get(&s.group) {
+            let before = state.seen.get(&s.group).copied();
+            if let Some((term, leader)) = before {
                 state.elections += s.term.saturating_sub(term);
                 if s.leader.is_some() && s.leader != leader {
                     state.leader_changes += 1;
                 }
             }
             // The last leader known: X, none, then X again is no change.
-            let known = s.leader.or_else(|| state.seen.get(&s.group).and_then(|(_, l)| *l));
-            seen.insert(s.group, (s.term, known));
+            seen.insert(s.group, (s.term, s.leader.or(before.and_then(|(_, l)| l))));
             let Some(name) = names.get(&s.group.topic_id) else { continue };
             let agg = topics.entry(self.key(name, s.group.partition)).or_default();
             agg.replicas += 1;

@@ -16,7 +16,7 @@
 
 pub mod collect;
 pub mod http;
-mod process;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Instant;

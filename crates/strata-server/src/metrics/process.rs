@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 #[derive(Debug)]
 pub struct ProcessCollector;
 
-/// What `/proc/self` says.
+/// What `/proc/<pid>` says of a process.
 #[derive(Debug, Default, PartialEq)]
 pub struct ProcessStats {
     pub cpu_seconds: f64,
@@ -26,14 +26,20 @@ pub struct ProcessStats {
     pub max_fds: u64,
 }
 
-/// Fields of `/proc/self/stat` after the command name: state is field 3,
+/// Fields of `/proc/<pid>/stat` after the command name: state is field 3,
 /// so field N is at index N - 3.
 fn stat_field(rest: &[&str], n: usize) -> Option<u64> {
     rest.get(n - 3)?.parse().ok()
 }
 
+/// This process's figures.
 pub fn process_stats() -> Option<ProcessStats> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stats_of("self")
+}
+
+/// The figures of process `pid` (a number, or `self`).
+pub fn stats_of(pid: &str) -> Option<ProcessStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces.
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = rustix::param::clock_ticks_per_second() as f64;
@@ -48,8 +54,14 @@ pub fn process_stats() -> Option<ProcessStats> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))?;
-    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
-    let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    // "Max open files  <soft>  <hard>  files" ("unlimited" or a number).
+    let max_fds = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next())
+        .map_or(u64::MAX, |soft| soft.parse().unwrap_or(u64::MAX));
     Some(ProcessStats {
         cpu_seconds: (utime + stime) as f64 / ticks,
         resident_bytes: rss_pages * page,
