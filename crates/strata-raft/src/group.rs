@@ -54,6 +54,15 @@ pub fn config(cluster: &str) -> Result<Arc<Config>, GroupError> {
     Ok(Arc::new(config.validate().map_err(|e| GroupError::Config(Box::new(e)))?))
 }
 
+/// [`config`] for partition groups: their ticker starts parked, and the
+/// node's [`crate::quiesce::Quiescer`] runs it only while the group needs
+/// heartbeats or an election.
+pub fn partition_config(cluster: &str) -> Result<Arc<Config>, GroupError> {
+    let mut config = Config::clone(&*config(cluster)?);
+    config.enable_tick = false;
+    Ok(Arc::new(config))
+}
+
 /// Starts the group `group` of this node on `log` (recovering its Raft state
 /// from the log and RocksDB) and registers it for incoming messages.
 pub async fn start(

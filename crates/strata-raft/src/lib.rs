@@ -20,8 +20,10 @@
 pub mod coalesce;
 pub mod controller;
 pub mod group;
+pub mod liveness;
 pub mod log_store;
 pub mod network;
+pub mod quiesce;
 pub mod retention;
 pub mod security;
 pub mod state_machine;

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader};
@@ -25,6 +26,7 @@ use openraft::raft::ClientWriteResult;
 use strata_proto::v1 as pb;
 use strata_raft::controller::{Command, Metadata, NodeRecord, Rejected, encode_command};
 use strata_raft::group::PartitionRaft;
+use strata_raft::quiesce::{QuiesceStats, Quiescer};
 use strata_raft::types::{LocalFlush, LocalFlushResult};
 use strata_raft::{GroupId, Groups, Identity, NodeId, NodeInfo, Peers, RaftService, Request, TypeConfig, group};
 use strata_storage::{AppendInfo, LogManager, PartitionLog, StorageError, TopicOverrides};
@@ -49,6 +51,8 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
 const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// A peer that does not answer within this is not live (for placement).
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Partition replicas of a topic started at once.
+const PARALLEL_STARTS: usize = 32;
 /// Default replicas per partition (at most the cluster's size).
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 
@@ -89,6 +93,9 @@ pub struct Replication {
     reconciling: tokio::sync::Mutex<()>,
     /// Set when this node must stop (it found it must not take part).
     fatal: watch::Sender<Option<String>>,
+    /// The liveness calls to peers and the quiescer (stopped at shutdown).
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    quiesce: Arc<QuiesceStats>,
 }
 
 fn raft_error(e: impl std::fmt::Display) -> ServerError {
@@ -122,12 +129,17 @@ impl Replication {
         let raft_identity = Identity::new(cluster.node_id, cluster.members(), identity.cluster_id.clone());
         let peers = Peers::new(raft_identity, cluster.peers.clone(), tls);
         let groups = Groups::default();
-        let config = group::config("strata").map_err(raft_error)?;
+        let controller_config = group::config("strata").map_err(raft_error)?;
+        let config = group::partition_config("strata").map_err(raft_error)?;
         let (tx, metadata) = watch::channel(Arc::new(Metadata::default()));
         let log = logs.open_controller_log()?;
-        let controller = group::start_controller(cluster.node_id, log, tx, Arc::clone(&config), &peers, &groups)
+        let controller = group::start_controller(cluster.node_id, log, tx, controller_config, &peers, &groups)
             .await
             .map_err(raft_error)?;
+        let quiescer = Quiescer::new(Arc::clone(peers.identity()), groups.clone());
+        let quiesce = quiescer.stats();
+        let mut background = peers.keep_liveness();
+        background.push(quiescer.spawn());
         if !controller.is_initialized().await.map_err(raft_error)? {
             controller.initialize(Self::members_of(&cluster, &cluster.members())).await.map_err(raft_error)?;
         }
@@ -147,6 +159,8 @@ impl Replication {
             metadata,
             reconciling: tokio::sync::Mutex::new(()),
             fatal,
+            background: Mutex::new(background),
+            quiesce,
         }))
     }
 
@@ -462,14 +476,24 @@ impl Replication {
             }
             Err(e) => return Err(from_storage(e)),
         }
+        // Started a few at a time: each start waits on its own fsyncs (the
+        // first entry, the vote), which overlap.
+        let mut starts = Vec::new();
         for (p, replicas) in topic.replicas.iter().enumerate() {
             let group = GroupId { topic_id: topic.id, partition: p as u32 };
-            if replicas.contains(&me) && self.groups.get(group).is_none() {
+            if replicas.contains(&me) && !self.groups.contains(group) {
                 let log = self.logs.partition(&topic.name, p as u32).map_err(from_storage)?;
-                self.start_partition(group, log, replicas).await?;
+                starts.push(self.start_partition(group, log, replicas));
             }
         }
-        Ok(())
+        let mut started = futures::stream::iter(starts).buffer_unordered(PARALLEL_STARTS);
+        let mut first_error = None;
+        while let Some(result) = started.next().await {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Starts (recovering) a partition's group; a new one is initialised
@@ -507,8 +531,18 @@ impl Replication {
         }
     }
 
+    /// What the quiescer did (for metrics).
+    pub fn quiesce_stats(&self) -> &QuiesceStats {
+        &self.quiesce
+    }
+
     /// Stops every group (node shutdown).
     pub async fn shutdown(&self) {
+        if let Ok(mut tasks) = self.background.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
         for raft in self.groups.drain() {
             let _ = raft.shutdown().await;
         }

@@ -29,6 +29,7 @@ use super::server::propose_local;
 use super::{APPEND_TIMEOUT, GroupId, Identity, MAX_MESSAGE_BYTES, Written};
 use crate::coalesce::Coalesce;
 use crate::group::PartitionRaft;
+use crate::liveness::{DEAD_AFTER, PING_EVERY};
 use crate::state_machine::{PartitionSnapshot, Snapshot};
 use crate::transfer;
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote, entry_to_batch};
@@ -95,6 +96,46 @@ impl Peers {
         request.set_timeout(timeout);
         let resp = self.raft_client(target, &addr)?.identify(request).await.map_err(|s| s.message().to_owned())?;
         Ok(resp.into_inner())
+    }
+
+    /// Calls every peer's `Liveness` every [`PING_EVERY`] until the
+    /// returned tasks are aborted, recording each answer in this node's
+    /// [`crate::liveness::Liveness`] (one task per peer: a slow peer
+    /// delays only its own calls).
+    pub fn keep_liveness(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let me = self.identity.node_id;
+        let targets = self.addresses.keys().copied().filter(|id| *id != me).collect::<Vec<_>>();
+        targets
+            .into_iter()
+            .map(|target| {
+                let peers = self.clone();
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(PING_EVERY);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                        if let Ok(answer) = peers.ping(target).await
+                            && answer.node_id == target
+                        {
+                            peers.identity.liveness.heard(target, answer.incarnation);
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self, target: NodeId) -> Result<pb::LivenessResponse, String> {
+        let addr = self.address(target).ok_or_else(|| format!("node {target} has no configured address"))?.to_owned();
+        let mut request = Request::new(pb::LivenessRequest {
+            from: self.identity.node_id,
+            target,
+            cluster_id: self.identity.cluster_id(),
+            incarnation: self.identity.liveness.incarnation(),
+        });
+        request.set_timeout(DEAD_AFTER / 2);
+        let answer = self.raft_client(target, &addr)?.liveness(request).await.map_err(|s| s.message().to_owned())?;
+        Ok(answer.into_inner())
     }
 
     /// Proposes `batch` to `group`: on this node if it leads the group,

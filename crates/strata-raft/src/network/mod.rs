@@ -142,6 +142,8 @@ pub struct Identity {
     cluster_id: RwLock<String>,
     /// Snapshot transfers this node's connections and service completed.
     pub transfers: Transfers,
+    /// Which peers are up, and which run of each (see [`crate::liveness`]).
+    pub liveness: crate::liveness::Liveness,
 }
 
 /// Snapshot transfers completed (partition snapshots, with their log).
@@ -158,6 +160,7 @@ impl Identity {
             members,
             cluster_id: RwLock::new(cluster_id.unwrap_or_default()),
             transfers: Transfers::default(),
+            liveness: crate::liveness::Liveness::new(),
         })
     }
 

@@ -369,6 +369,36 @@ impl pb::raft_server::Raft for RaftService {
         }))
     }
 
+    /// A peer says it is up (see [`crate::liveness`]). Heard only from a
+    /// member, other than this node, that its certificate names (when the
+    /// cluster has certificates) and of this cluster.
+    async fn liveness(&self, request: Request<pb::LivenessRequest>) -> Result<Response<pb::LivenessResponse>, Status> {
+        let peer = Self::peer(&request);
+        let req = request.into_inner();
+        let me = self.identity.node_id;
+        if req.target != me {
+            return Err(Status::failed_precondition(format!(
+                "this is node {me}, not node {}: check the cluster's peer addresses",
+                req.target
+            )));
+        }
+        self.identity.check_cluster(&req.cluster_id)?;
+        if req.from == me || !self.identity.members.contains(&req.from) {
+            return Err(Status::invalid_argument(format!("refused: node {} is not a peer of node {me}", req.from)));
+        }
+        if peer.is_some_and(|p| p != req.from) {
+            return Err(Status::permission_denied(format!(
+                "refused: the sender's certificate does not name node {}",
+                req.from
+            )));
+        }
+        if req.incarnation == 0 {
+            return Err(Status::invalid_argument("refused: incarnation 0"));
+        }
+        self.identity.liveness.heard(req.from, req.incarnation);
+        Ok(Response::new(pb::LivenessResponse { node_id: me, incarnation: self.identity.liveness.incarnation() }))
+    }
+
     /// A controller command forwarded by a member to the controller's
     /// leader: checked as this node would check its own before proposing.
     /// Partitions take proposals only through the client API, which

@@ -362,6 +362,25 @@ impl NodeCollector {
                 (Labels(vec![("direction", "received".into())]), t.received.load(Ordering::Relaxed)),
             ],
         )?;
+        let q = self.replication.quiesce_stats();
+        gauge(
+            encoder,
+            "raft_groups_ticking",
+            "Partition groups here whose Raft timers run (busy leaders, followers without a live leader)",
+            one(q.ticking.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            encoder,
+            "raft_groups_quiescent",
+            "Partition groups here that are idle: no heartbeats, no election timer",
+            one(q.quiet.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            encoder,
+            "raft_group_wakeups",
+            "Times a quiescent partition group here started its Raft timers again",
+            one(q.wakeups.load(Ordering::Relaxed)),
+        )?;
         let rows = |f: fn(&TopicAgg) -> u64| topics.iter().map(move |(k, a)| (k.clone(), f(a))).collect::<Vec<_>>();
         gauge(encoder, "raft_term", "Highest Raft term among the topic's replicas here", rows(|a| a.max_term))?;
         gauge(

@@ -1,0 +1,156 @@
+//! Node liveness: whether each peer's process is up, and which run of it.
+//!
+//! Every node calls each peer's `Liveness` RPC every [`PING_EVERY`]; both
+//! the answers it gets and the calls it receives are evidence that the peer
+//! is up. A peer is live while it was heard from within [`DEAD_AFTER`]
+//! (counted from this process's start for a peer not heard from yet, so a
+//! node that just started does not think everyone dead). Each process draws
+//! a random *incarnation* when it starts: a peer heard with a new one has
+//! restarted, even if it came back within [`DEAD_AFTER`].
+//!
+//! This is what lets idle partition groups stop their Raft timers
+//! ([`crate::quiesce`]): one message per node pair and interval stands in for
+//! one heartbeat per group, pair and interval.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::types::NodeId;
+
+/// How often a node calls each peer.
+pub const PING_EVERY: Duration = Duration::from_millis(100);
+/// A peer not heard from for this long is not live. Matches the groups'
+/// longest election timeout: a dead leader's followers start electing about
+/// when they would have without quiescing.
+pub const DEAD_AFTER: Duration = Duration::from_millis(1000);
+
+/// What this node knows of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    pub live: bool,
+    /// The peer's incarnation as last heard (0: never heard).
+    pub incarnation: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    heard: Option<Instant>,
+    incarnation: u64,
+}
+
+/// This node's view of its peers' liveness.
+#[derive(Debug)]
+pub struct Liveness {
+    started: Instant,
+    incarnation: u64,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Woken when a peer restarts (a new incarnation) or is heard again
+    /// after it was not live.
+    changed: Notify,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Liveness {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            incarnation: rand::random::<u64>().max(1),
+            peers: Mutex::default(),
+            changed: Notify::new(),
+        }
+    }
+
+    /// This process's incarnation (never 0).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// How long this process has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records that `peer`, in `incarnation`, was heard from now.
+    pub fn heard(&self, peer: NodeId, incarnation: u64) {
+        if incarnation == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut peers) = self.peers.lock() else { return };
+        let entry = peers.entry(peer).or_insert(Peer { heard: None, incarnation: 0 });
+        let was_live = entry.heard.is_some_and(|h| now.duration_since(h) < DEAD_AFTER);
+        let restarted = entry.incarnation != 0 && entry.incarnation != incarnation;
+        let first = entry.incarnation == 0;
+        *entry = Peer { heard: Some(now), incarnation };
+        drop(peers);
+        if restarted || (!was_live && !first) {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// What is known of `peer` now.
+    pub fn view(&self, peer: NodeId) -> PeerView {
+        let now = Instant::now();
+        let known = self.peers.lock().ok().and_then(|p| p.get(&peer).copied());
+        let (heard, incarnation) = known.map_or((None, 0), |p| (p.heard, p.incarnation));
+        let since = now.duration_since(heard.unwrap_or(self.started).max(self.started));
+        PeerView { live: since < DEAD_AFTER, incarnation }
+    }
+
+    /// Resolves the next time a peer restarts or comes back.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_is_live_until_it_is_silent_for_the_dead_time() {
+        let l = Liveness::new();
+        assert_eq!(l.view(2), PeerView { live: true, incarnation: 0 }, "not dead before it could be heard");
+        tokio::time::advance(DEAD_AFTER).await;
+        assert!(!l.view(2).live, "never heard since this node started");
+        l.heard(2, 7);
+        assert_eq!(l.view(2), PeerView { live: true, incarnation: 7 });
+        tokio::time::advance(DEAD_AFTER - Duration::from_millis(1)).await;
+        assert!(l.view(2).live);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(l.view(2), PeerView { live: false, incarnation: 7 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_or_a_return_wakes_the_watchers() {
+        let l = std::sync::Arc::new(Liveness::new());
+        l.heard(2, 7);
+        let woken = |l: &std::sync::Arc<Liveness>| {
+            let l = std::sync::Arc::clone(l);
+            tokio::spawn(async move { l.changed().await })
+        };
+        let w = woken(&l);
+        tokio::task::yield_now().await;
+        l.heard(2, 7);
+        tokio::task::yield_now().await;
+        assert!(!w.is_finished(), "heard again, same run: nothing changed");
+        l.heard(2, 8);
+        w.await.expect("a restart wakes");
+        let w = woken(&l);
+        tokio::task::yield_now().await;
+        tokio::time::advance(DEAD_AFTER * 2).await;
+        l.heard(2, 8);
+        w.await.expect("a return wakes");
+        l.heard(3, 0);
+        assert_eq!(l.view(3).incarnation, 0, "incarnation 0 is no evidence");
+    }
+}

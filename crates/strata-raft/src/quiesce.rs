@@ -1,0 +1,433 @@
+//! Quiescing idle partition groups: an idle group costs no CPU.
+//!
+//! openraft drives each group with a ticker (every ~20 ms for a 100 ms
+//! heartbeat interval): the leader heartbeats its followers, a follower
+//! checks its election timer. With thousands of groups per node those
+//! wake-ups and messages were the whole cost of an idle cluster. Here every
+//! partition group starts with its ticker parked (`enable_tick = false`,
+//! [`crate::group::partition_config`]) and one task per node, the
+//! [`Quiescer`], decides every [`SWEEP_EVERY`] which groups tick:
+//!
+//! - **A leader** ticks (heartbeats) while it is busy: its log grew, or a
+//!   follower has not matched its last entry, within [`QUIET_AFTER`]. Then
+//!   it stops. Entries, commits and catching a follower up do not need the
+//!   ticker: openraft replicates them as they come.
+//! - **A follower** does not tick while it *trusts* its leader: the leader's
+//!   vote is committed here, the leader's node is live by node liveness
+//!   ([`crate::liveness`]: one message per node pair every 100 ms instead of
+//!   one per group), and that node has not restarted since this group first
+//!   trusted it in this term. Otherwise (no leader known, a candidate, the
+//!   leader's node silent for [`crate::liveness::DEAD_AFTER`] or restarted)
+//!   it ticks, and openraft's election timer runs as usual. One replica
+//!   (the live voter with the lowest id, other than the leader it stopped
+//!   trusting) starts after [`FIRST_CANDIDATE_WAIT`], the others after
+//!   [`OTHER_CANDIDATES_WAIT`], so that they rarely split the vote.
+//! - No group of a process that has just started starts an election within
+//!   [`STARTUP_GRACE`]: its peers learn of the restart first and send a
+//!   heartbeat to every group they lead with it, so a follower that
+//!   restarted learns its leader instead of disrupting it.
+//!
+//! Quiescing only ever withholds heartbeats and elections, which Raft's
+//! safety does not rest on: votes, terms, log matching and commit rules are
+//! openraft's, unchanged. What it changes is liveness, and the rules above
+//! are there to keep it: a group whose leader's node dies elects a new
+//! leader about [`crate::liveness::DEAD_AFTER`] + [`FIRST_CANDIDATE_WAIT`]
+//! later, as it would have with heartbeats. The controller's group is not
+//! quiesced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::time::Instant;
+
+use crate::group::PartitionRaft;
+use crate::liveness::{Liveness, PeerView};
+use crate::network::{GroupId, Groups, Identity};
+use crate::types::NodeId;
+
+/// How often the quiescer looks at every group (and at once when a peer
+/// restarts or comes back).
+pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// A leader whose group saw no new entry and whose followers all hold its
+/// last one for this long stops heartbeating.
+pub const QUIET_AFTER: Duration = Duration::from_secs(2);
+/// How long a group without a trusted leader waits before the replica
+/// chosen to stand first may start an election: long enough for the
+/// replica asked to lead a new partition to win first.
+pub const FIRST_CANDIDATE_WAIT: Duration = Duration::from_millis(300);
+/// ... and before the other replicas may.
+pub const OTHER_CANDIDATES_WAIT: Duration = Duration::from_millis(900);
+/// No election in a process younger than this (see the module's notes).
+pub const STARTUP_GRACE: Duration = Duration::from_millis(1200);
+
+/// What the quiescer has done, for metrics.
+#[derive(Debug, Default)]
+pub struct QuiesceStats {
+    /// Partition groups whose ticker runs, and whose ticker is parked, as
+    /// of the last sweep.
+    pub ticking: AtomicU64,
+    pub quiet: AtomicU64,
+    /// Times a group's ticker was started again.
+    pub wakeups: AtomicU64,
+}
+
+/// The quiescer's memory of one group.
+#[derive(Debug)]
+struct Pace {
+    ticking: bool,
+    /// Leader: the last log index seen, and until when it counts as busy.
+    last_log: Option<u64>,
+    busy_until: Instant,
+    /// Follower: the leader trusted in a term, and its node's incarnation
+    /// then (0: not heard yet).
+    trusted: Option<(u64, NodeId, u64)>,
+    /// A leader of this term or an earlier one is not trusted (its node
+    /// restarted while it led).
+    distrust_upto: Option<u64>,
+    /// Since when the group has had no trusted leader.
+    leaderless_since: Option<Instant>,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Self {
+            ticking: false,
+            last_log: None,
+            busy_until: now,
+            trusted: None,
+            distrust_upto: None,
+            leaderless_since: None,
+        }
+    }
+}
+
+/// What the sweep needs of a group's metrics.
+#[derive(Debug, Clone)]
+struct Seen {
+    state: ServerState,
+    term: u64,
+    leader: Option<NodeId>,
+    last_log: Option<u64>,
+    /// Leader: every replica holds the last entry.
+    caught_up: bool,
+    voters: Vec<NodeId>,
+}
+
+fn seen(raft: &PartitionRaft) -> Seen {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    let caught_up = m
+        .replication
+        .as_ref()
+        .is_none_or(|r| r.values().all(|matched| matched.as_ref().map(|l| l.index) >= m.last_log_index));
+    let voters = if m.state == ServerState::Leader {
+        Vec::new()
+    } else {
+        m.membership_config.membership().voter_ids().collect()
+    };
+    Seen {
+        state: m.state,
+        term: m.current_term,
+        leader: m.current_leader,
+        last_log: m.last_log_index,
+        caught_up,
+        voters,
+    }
+}
+
+/// Decides which partition groups of this node tick (see the module).
+pub struct Quiescer {
+    me: NodeId,
+    groups: Groups,
+    identity: Arc<Identity>,
+    paces: HashMap<GroupId, Pace>,
+    /// Each peer as the previous sweep saw it.
+    peers_seen: HashMap<NodeId, PeerView>,
+    stats: Arc<QuiesceStats>,
+}
+
+impl Quiescer {
+    pub fn new(identity: Arc<Identity>, groups: Groups) -> Self {
+        Self {
+            me: identity.node_id,
+            groups,
+            identity,
+            paces: HashMap::new(),
+            peers_seen: HashMap::new(),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<QuiesceStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Sweeps until the task is aborted.
+    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let identity = Arc::clone(&self.identity);
+            loop {
+                self.sweep(Instant::now());
+                tokio::select! {
+                    () = tokio::time::sleep(SWEEP_EVERY) => {}
+                    () = identity.liveness.changed() => {}
+                }
+            }
+        })
+    }
+
+    fn liveness(&self) -> &Liveness {
+        &self.identity.liveness
+    }
+
+    /// One look at every group: starts or parks its ticker, and sends a
+    /// heartbeat from every group led here to a peer that just restarted
+    /// or came back.
+    fn sweep(&mut self, now: Instant) {
+        let returned = self.returned_peers();
+        let mut all = Vec::new();
+        self.groups.for_each(|id, raft| {
+            if id != GroupId::CONTROLLER {
+                all.push((id, raft.clone()));
+            }
+        });
+        let (mut ticking, mut quiet) = (0, 0);
+        let mut live = std::collections::HashSet::with_capacity(all.len());
+        for (id, raft) in all {
+            live.insert(id);
+            let seen = seen(&raft);
+            let pace = self.paces.entry(id).or_insert_with(|| Pace::new(now));
+            let want = decide(self.me, &self.identity.liveness, pace, &seen, now);
+            if want != pace.ticking {
+                raft.runtime_config().tick(want);
+                pace.ticking = want;
+                if want {
+                    self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if want {
+                ticking += 1;
+            } else {
+                quiet += 1;
+            }
+            if seen.state == ServerState::Leader && !returned.is_empty() {
+                tokio::spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+            }
+        }
+        self.paces.retain(|id, _| live.contains(id));
+        self.stats.ticking.store(ticking, Ordering::Relaxed);
+        self.stats.quiet.store(quiet, Ordering::Relaxed);
+    }
+
+    /// Peers that restarted, or became live again, since the last sweep.
+    fn returned_peers(&mut self) -> Vec<NodeId> {
+        let mut returned = Vec::new();
+        for &peer in &self.identity.members {
+            if peer == self.me {
+                continue;
+            }
+            let now = self.liveness().view(peer);
+            let before = self.peers_seen.insert(peer, now);
+            let back = match before {
+                Some(b) => now.live && (!b.live || (b.incarnation != 0 && b.incarnation != now.incarnation)),
+                None => false,
+            };
+            if back {
+                returned.push(peer);
+            }
+        }
+        returned
+    }
+}
+
+/// Whether a group's ticker should run now (see the module), updating what
+/// is remembered of it.
+fn decide(me: NodeId, liveness: &Liveness, pace: &mut Pace, seen: &Seen, now: Instant) -> bool {
+    if seen.state == ServerState::Leader {
+        pace.trusted = None;
+        pace.leaderless_since = None;
+        if seen.last_log != pace.last_log || !seen.caught_up {
+            pace.busy_until = now + QUIET_AFTER;
+        }
+        pace.last_log = seen.last_log;
+        return now < pace.busy_until;
+    }
+    pace.last_log = None;
+    let suspect = seen.leader.filter(|l| *l != me);
+    if let Some(leader) = suspect
+        && trusts(liveness, pace, seen.term, leader)
+    {
+        pace.leaderless_since = None;
+        return false;
+    }
+    if liveness.uptime() < STARTUP_GRACE {
+        pace.leaderless_since = None;
+        return false;
+    }
+    let since = *pace.leaderless_since.get_or_insert(now);
+    let first =
+        seen.voters.iter().copied().filter(|v| Some(*v) != suspect && (*v == me || liveness.view(*v).live)).min();
+    let wait = if first == Some(me) { FIRST_CANDIDATE_WAIT } else { OTHER_CANDIDATES_WAIT };
+    now.duration_since(since) >= wait
+}
+
+/// Whether a follower in `term` may go on trusting `leader` without
+/// heartbeats.
+fn trusts(liveness: &Liveness, pace: &mut Pace, term: u64, leader: NodeId) -> bool {
+    if pace.distrust_upto.is_some_and(|t| term <= t) {
+        return false;
+    }
+    let view = liveness.view(leader);
+    if !view.live {
+        return false;
+    }
+    match &mut pace.trusted {
+        Some((t, l, incarnation)) if *t == term && *l == leader => {
+            if *incarnation == 0 {
+                *incarnation = view.incarnation;
+            } else if view.incarnation != 0 && view.incarnation != *incarnation {
+                // The leader's node restarted: its group no longer leads
+                // (a restarted node starts as a follower).
+                pace.distrust_upto = Some(term);
+                pace.trusted = None;
+                return false;
+            }
+            true
+        }
+        _ => {
+            pace.trusted = Some((term, leader, view.incarnation));
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::DEAD_AFTER;
+
+    const ME: NodeId = 1;
+
+    fn leader(last_log: u64, caught_up: bool) -> Seen {
+        Seen {
+            state: ServerState::Leader,
+            term: 2,
+            leader: Some(ME),
+            last_log: Some(last_log),
+            caught_up,
+            voters: Vec::new(),
+        }
+    }
+
+    fn follower(term: u64, leader: Option<NodeId>) -> Seen {
+        Seen { state: ServerState::Follower, term, leader, last_log: Some(5), caught_up: true, voters: vec![1, 2, 3] }
+    }
+
+    async fn past_startup() -> Liveness {
+        let l = Liveness::new();
+        tokio::time::advance(STARTUP_GRACE).await;
+        l.heard(2, 20);
+        l.heard(3, 30);
+        l
+    }
+
+    /// Advances paused time, keeping `alive` heard from.
+    async fn advance(l: &Liveness, by: Duration, alive: &[(NodeId, u64)]) {
+        let step = Duration::from_millis(100);
+        let mut left = by;
+        while !left.is_zero() {
+            let d = left.min(step);
+            tokio::time::advance(d).await;
+            left -= d;
+            for (peer, incarnation) in alive {
+                l.heard(*peer, *incarnation);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_ticks_while_busy_and_stops_once_idle_and_caught_up() {
+        let l = past_startup().await;
+        let mut pace = Pace::new(Instant::now());
+        assert!(decide(ME, &l, &mut pace, &leader(1, true), Instant::now()), "a new leader ticks");
+        advance(&l, QUIET_AFTER - Duration::from_millis(100), &[]).await;
+        assert!(decide(ME, &l, &mut pace, &leader(1, true), Instant::now()));
+        advance(&l, Duration::from_millis(100), &[]).await;
+        assert!(!decide(ME, &l, &mut pace, &leader(1, true), Instant::now()), "idle for QUIET_AFTER");
+        assert!(decide(ME, &l, &mut pace, &leader(2, true), Instant::now()), "a new entry wakes it");
+        advance(&l, QUIET_AFTER * 3, &[]).await;
+        assert!(decide(ME, &l, &mut pace, &leader(2, false), Instant::now()), "a follower behind keeps it busy");
+        advance(&l, QUIET_AFTER, &[]).await;
+        assert!(!decide(ME, &l, &mut pace, &leader(2, true), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_is_quiet_while_its_leaders_node_lives_and_stands_when_it_dies() {
+        let l = past_startup().await;
+        let mut pace = Pace::new(Instant::now());
+        let seen = follower(2, Some(3));
+        for _ in 0..20 {
+            assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()));
+            advance(&l, Duration::from_millis(500), &[(2, 20), (3, 30)]).await;
+        }
+        // Node 3 stops answering: the group ticks once it is found dead,
+        // and, this node being the lowest live voter, after the first wait.
+        advance(&l, DEAD_AFTER - Duration::from_millis(100), &[(2, 20)]).await;
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "not dead yet");
+        advance(&l, Duration::from_millis(100), &[(2, 20)]).await;
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "dead, waiting its turn");
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20)]).await;
+        assert!(decide(ME, &l, &mut pace, &seen, Instant::now()), "the first candidate stands");
+        // Node 2 (as seen with node 1 live), not the lowest, waits longer.
+        l.heard(1, 10);
+        let mut pace2 = Pace::new(Instant::now());
+        let seen2 = follower(2, Some(3));
+        assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now()));
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(1, 10)]).await;
+        assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now()));
+        advance(&l, OTHER_CANDIDATES_WAIT - FIRST_CANDIDATE_WAIT, &[(1, 10)]).await;
+        assert!(decide(2, &l, &mut pace2, &seen2, Instant::now()));
+        // A new leader, live: quiet again.
+        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(2)), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_restarted_is_not_trusted_in_its_old_term() {
+        let l = past_startup().await;
+        let mut pace = Pace::new(Instant::now());
+        assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now()));
+        // Node 3 comes back within the dead time, as a new process.
+        advance(&l, Duration::from_millis(300), &[(2, 20), (3, 31)]).await;
+        assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now()), "waiting its turn");
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 31)]).await;
+        assert!(decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now()), "term 2's leader is gone");
+        // Node 3 leads again in a later term: trusted.
+        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now()));
+        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_election_without_a_leader_right_after_a_start() {
+        let l = Liveness::new();
+        let mut pace = Pace::new(Instant::now());
+        let seen = follower(2, None);
+        advance(&l, STARTUP_GRACE - Duration::from_millis(100), &[]).await;
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "within the grace");
+        advance(&l, Duration::from_millis(100), &[]).await;
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "the wait starts after the grace");
+        advance(&l, FIRST_CANDIDATE_WAIT, &[]).await;
+        // Nodes 2 and 3 were never heard: not live, so this node is first.
+        assert!(decide(ME, &l, &mut pace, &seen, Instant::now()));
+        let mut candidate = Pace::new(Instant::now());
+        let seen = Seen { state: ServerState::Candidate, ..follower(3, None) };
+        assert!(!decide(ME, &l, &mut candidate, &seen, Instant::now()));
+        advance(&l, FIRST_CANDIDATE_WAIT, &[]).await;
+        assert!(decide(ME, &l, &mut candidate, &seen, Instant::now()), "a candidate keeps its timer");
+    }
+}
