@@ -21,7 +21,10 @@
 //!   it ticks, and openraft's election timer runs as usual. One replica
 //!   (the live voter with the lowest id, other than the leader it stopped
 //!   trusting) starts after [`FIRST_CANDIDATE_WAIT`], the others after
-//!   [`OTHER_CANDIDATES_WAIT`], so that they rarely split the vote.
+//!   [`OTHER_CANDIDATES_WAIT`], so that they rarely split the vote. A group
+//!   that never had a leader (a new partition, whose preferred leader stands
+//!   at once) waits [`NEW_GROUP_WAIT`].
+//! - A group whose only voter is this node ticks until it leads.
 //! - No group of a process that has just started starts an election within
 //!   [`STARTUP_GRACE`]: its peers learn of the restart first and send a
 //!   heartbeat to every group they lead with it, so a follower that
@@ -51,7 +54,7 @@ use crate::types::NodeId;
 
 /// How often the quiescer looks at every group (and at once when a peer
 /// restarts or comes back).
-pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
+pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
 /// A leader whose group saw no new entry and whose followers all hold its
 /// last one for this long stops heartbeating.
 pub const QUIET_AFTER: Duration = Duration::from_secs(2);
@@ -61,6 +64,10 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(2);
 pub const FIRST_CANDIDATE_WAIT: Duration = Duration::from_millis(300);
 /// ... and before the other replicas may.
 pub const OTHER_CANDIDATES_WAIT: Duration = Duration::from_millis(900);
+/// ... and before any replica of a group that never had a leader may (a
+/// new partition: its preferred leader stands at once and again until it
+/// wins, and should not have to compete).
+pub const NEW_GROUP_WAIT: Duration = Duration::from_secs(2);
 /// No election in a process younger than this (see the module's notes).
 pub const STARTUP_GRACE: Duration = Duration::from_millis(1200);
 
@@ -90,6 +97,9 @@ struct Pace {
     distrust_upto: Option<u64>,
     /// Since when the group has had no trusted leader.
     leaderless_since: Option<Instant>,
+    /// A leader (any, this node too) was known at some sweep: the group is
+    /// not a new one whose first leader is still being elected.
+    had_leader: bool,
 }
 
 impl Pace {
@@ -101,6 +111,7 @@ impl Pace {
             trusted: None,
             distrust_upto: None,
             leaderless_since: None,
+            had_leader: false,
         }
     }
 }
@@ -114,29 +125,32 @@ struct Seen {
     last_log: Option<u64>,
     /// Leader: every replica holds the last entry.
     caught_up: bool,
-    voters: Vec<NodeId>,
+    /// Leader: the followers that do not.
+    lagging: Vec<NodeId>,
 }
 
 fn seen(raft: &PartitionRaft) -> Seen {
     let m = raft.metrics();
     let m = m.borrow_watched();
-    let caught_up = m
-        .replication
-        .as_ref()
-        .is_none_or(|r| r.values().all(|matched| matched.as_ref().map(|l| l.index) >= m.last_log_index));
-    let voters = if m.state == ServerState::Leader {
-        Vec::new()
-    } else {
-        m.membership_config.membership().voter_ids().collect()
-    };
+    let lagging: Vec<NodeId> = m.replication.as_ref().map_or_else(Vec::new, |r| {
+        r.iter()
+            .filter(|(_, matched)| matched.as_ref().map(|l| l.index) < m.last_log_index)
+            .map(|(id, _)| *id)
+            .collect()
+    });
     Seen {
         state: m.state,
         term: m.current_term,
         leader: m.current_leader,
         last_log: m.last_log_index,
-        caught_up,
-        voters,
+        caught_up: lagging.is_empty(),
+        lagging,
     }
+}
+
+/// The group's voters (read only when the sweep needs them: rarely).
+fn voters(raft: &PartitionRaft) -> Vec<NodeId> {
+    raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect()
 }
 
 /// Decides which partition groups of this node tick (see the module).
@@ -201,7 +215,7 @@ impl Quiescer {
             live.insert(id);
             let seen = seen(&raft);
             let pace = self.paces.entry(id).or_insert_with(|| Pace::new(now));
-            let want = decide(self.me, &self.identity.liveness, pace, &seen, now);
+            let want = decide(self.me, &self.identity.liveness, pace, &seen, now, || voters(&raft));
             if want != pace.ticking {
                 raft.runtime_config().tick(want);
                 pace.ticking = want;
@@ -214,9 +228,23 @@ impl Quiescer {
             } else {
                 quiet += 1;
             }
-            if seen.state == ServerState::Leader && !returned.is_empty() {
+            if seen.state != ServerState::Leader {
+                continue;
+            }
+            // Replication to a live follower that failed (its node did not
+            // run the group yet, or was away) is retried at once rather
+            // than after openraft's backoff (up to 2 s).
+            let retry: Vec<NodeId> =
+                seen.lagging.iter().copied().filter(|f| *f != self.me && self.liveness().view(*f).live).collect();
+            if !returned.is_empty() || !retry.is_empty() {
+                let heartbeat = !returned.is_empty();
                 tokio::spawn(async move {
-                    let _ = raft.trigger().heartbeat().await;
+                    if heartbeat {
+                        let _ = raft.trigger().heartbeat().await;
+                    }
+                    if !retry.is_empty() {
+                        let _ = raft.trigger().reset_backoff(retry).await;
+                    }
                 });
             }
         }
@@ -248,7 +276,14 @@ impl Quiescer {
 
 /// Whether a group's ticker should run now (see the module), updating what
 /// is remembered of it.
-fn decide(me: NodeId, liveness: &Liveness, pace: &mut Pace, seen: &Seen, now: Instant) -> bool {
+fn decide(
+    me: NodeId,
+    liveness: &Liveness,
+    pace: &mut Pace,
+    seen: &Seen,
+    now: Instant,
+    voters: impl FnOnce() -> Vec<NodeId>,
+) -> bool {
     if seen.state == ServerState::Leader {
         pace.trusted = None;
         pace.leaderless_since = None;
@@ -259,6 +294,9 @@ fn decide(me: NodeId, liveness: &Liveness, pace: &mut Pace, seen: &Seen, now: In
         return now < pace.busy_until;
     }
     pace.last_log = None;
+    // Term 0 is no leader's: openraft's initialize gives every replica a
+    // vote for itself in it.
+    pace.had_leader |= seen.leader.is_some() && seen.term > 0;
     let suspect = seen.leader.filter(|l| *l != me);
     if let Some(leader) = suspect
         && trusts(liveness, pace, seen.term, leader)
@@ -266,14 +304,24 @@ fn decide(me: NodeId, liveness: &Liveness, pace: &mut Pace, seen: &Seen, now: In
         pace.leaderless_since = None;
         return false;
     }
+    let voters = voters();
+    if voters == [me] {
+        // Its only voter: no one to wait for or to disrupt.
+        return true;
+    }
     if liveness.uptime() < STARTUP_GRACE {
         pace.leaderless_since = None;
         return false;
     }
     let since = *pace.leaderless_since.get_or_insert(now);
-    let first =
-        seen.voters.iter().copied().filter(|v| Some(*v) != suspect && (*v == me || liveness.view(*v).live)).min();
-    let wait = if first == Some(me) { FIRST_CANDIDATE_WAIT } else { OTHER_CANDIDATES_WAIT };
+    let first = voters.iter().copied().filter(|v| Some(*v) != suspect && (*v == me || liveness.view(*v).live)).min();
+    let wait = if !pace.had_leader {
+        NEW_GROUP_WAIT
+    } else if first == Some(me) {
+        FIRST_CANDIDATE_WAIT
+    } else {
+        OTHER_CANDIDATES_WAIT
+    };
     now.duration_since(since) >= wait
 }
 
@@ -314,6 +362,10 @@ mod tests {
 
     const ME: NodeId = 1;
 
+    fn three() -> Vec<NodeId> {
+        vec![1, 2, 3]
+    }
+
     fn leader(last_log: u64, caught_up: bool) -> Seen {
         Seen {
             state: ServerState::Leader,
@@ -321,12 +373,12 @@ mod tests {
             leader: Some(ME),
             last_log: Some(last_log),
             caught_up,
-            voters: Vec::new(),
+            lagging: if caught_up { Vec::new() } else { vec![2] },
         }
     }
 
     fn follower(term: u64, leader: Option<NodeId>) -> Seen {
-        Seen { state: ServerState::Follower, term, leader, last_log: Some(5), caught_up: true, voters: vec![1, 2, 3] }
+        Seen { state: ServerState::Follower, term, leader, last_log: Some(5), caught_up: true, lagging: Vec::new() }
     }
 
     async fn past_startup() -> Liveness {
@@ -355,16 +407,16 @@ mod tests {
     async fn a_leader_ticks_while_busy_and_stops_once_idle_and_caught_up() {
         let l = past_startup().await;
         let mut pace = Pace::new(Instant::now());
-        assert!(decide(ME, &l, &mut pace, &leader(1, true), Instant::now()), "a new leader ticks");
+        assert!(decide(ME, &l, &mut pace, &leader(1, true), Instant::now(), three), "a new leader ticks");
         advance(&l, QUIET_AFTER - Duration::from_millis(100), &[]).await;
-        assert!(decide(ME, &l, &mut pace, &leader(1, true), Instant::now()));
+        assert!(decide(ME, &l, &mut pace, &leader(1, true), Instant::now(), three));
         advance(&l, Duration::from_millis(100), &[]).await;
-        assert!(!decide(ME, &l, &mut pace, &leader(1, true), Instant::now()), "idle for QUIET_AFTER");
-        assert!(decide(ME, &l, &mut pace, &leader(2, true), Instant::now()), "a new entry wakes it");
+        assert!(!decide(ME, &l, &mut pace, &leader(1, true), Instant::now(), three), "idle for QUIET_AFTER");
+        assert!(decide(ME, &l, &mut pace, &leader(2, true), Instant::now(), three), "a new entry wakes it");
         advance(&l, QUIET_AFTER * 3, &[]).await;
-        assert!(decide(ME, &l, &mut pace, &leader(2, false), Instant::now()), "a follower behind keeps it busy");
+        assert!(decide(ME, &l, &mut pace, &leader(2, false), Instant::now(), three), "a follower behind keeps it busy");
         advance(&l, QUIET_AFTER, &[]).await;
-        assert!(!decide(ME, &l, &mut pace, &leader(2, true), Instant::now()));
+        assert!(!decide(ME, &l, &mut pace, &leader(2, true), Instant::now(), three));
     }
 
     #[tokio::test(start_paused = true)]
@@ -373,43 +425,51 @@ mod tests {
         let mut pace = Pace::new(Instant::now());
         let seen = follower(2, Some(3));
         for _ in 0..20 {
-            assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()));
+            assert!(!decide(ME, &l, &mut pace, &seen, Instant::now(), three));
             advance(&l, Duration::from_millis(500), &[(2, 20), (3, 30)]).await;
         }
         // Node 3 stops answering: the group ticks once it is found dead,
         // and, this node being the lowest live voter, after the first wait.
         advance(&l, DEAD_AFTER - Duration::from_millis(100), &[(2, 20)]).await;
-        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "not dead yet");
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now(), three), "not dead yet");
         advance(&l, Duration::from_millis(100), &[(2, 20)]).await;
-        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "dead, waiting its turn");
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now(), three), "dead, waiting its turn");
         advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20)]).await;
-        assert!(decide(ME, &l, &mut pace, &seen, Instant::now()), "the first candidate stands");
+        assert!(decide(ME, &l, &mut pace, &seen, Instant::now(), three), "the first candidate stands");
         // Node 2 (as seen with node 1 live), not the lowest, waits longer.
         l.heard(1, 10);
         let mut pace2 = Pace::new(Instant::now());
         let seen2 = follower(2, Some(3));
-        assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now()));
+        assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now(), three));
         advance(&l, FIRST_CANDIDATE_WAIT, &[(1, 10)]).await;
-        assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now()));
+        assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now(), three));
         advance(&l, OTHER_CANDIDATES_WAIT - FIRST_CANDIDATE_WAIT, &[(1, 10)]).await;
-        assert!(decide(2, &l, &mut pace2, &seen2, Instant::now()));
+        assert!(decide(2, &l, &mut pace2, &seen2, Instant::now(), three));
         // A new leader, live: quiet again.
-        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(2)), Instant::now()));
+        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(2)), Instant::now(), three));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_leader_that_restarted_is_not_trusted_in_its_old_term() {
         let l = past_startup().await;
         let mut pace = Pace::new(Instant::now());
-        assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now()));
+        assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now(), three));
         // Node 3 comes back within the dead time, as a new process.
         advance(&l, Duration::from_millis(300), &[(2, 20), (3, 31)]).await;
-        assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now()), "waiting its turn");
+        assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now(), three), "waiting its turn");
         advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 31)]).await;
-        assert!(decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now()), "term 2's leader is gone");
+        assert!(decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now(), three), "term 2's leader is gone");
         // Node 3 leads again in a later term: trusted.
-        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now()));
-        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now()));
+        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now(), three));
+        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now(), three));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_of_one_voter_ticks_until_it_leads() {
+        let l = Liveness::new();
+        let mut pace = Pace::new(Instant::now());
+        let alone = follower(2, Some(ME));
+        assert!(decide(ME, &l, &mut pace, &alone, Instant::now(), || vec![ME]), "even right after a start");
     }
 
     #[tokio::test(start_paused = true)]
@@ -418,16 +478,18 @@ mod tests {
         let mut pace = Pace::new(Instant::now());
         let seen = follower(2, None);
         advance(&l, STARTUP_GRACE - Duration::from_millis(100), &[]).await;
-        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "within the grace");
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now(), three), "within the grace");
         advance(&l, Duration::from_millis(100), &[]).await;
-        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now()), "the wait starts after the grace");
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now(), three), "the wait starts after the grace");
         advance(&l, FIRST_CANDIDATE_WAIT, &[]).await;
-        // Nodes 2 and 3 were never heard: not live, so this node is first.
-        assert!(decide(ME, &l, &mut pace, &seen, Instant::now()));
+        assert!(!decide(ME, &l, &mut pace, &seen, Instant::now(), three), "never had a leader: a new group");
+        advance(&l, NEW_GROUP_WAIT - FIRST_CANDIDATE_WAIT, &[]).await;
+        assert!(decide(ME, &l, &mut pace, &seen, Instant::now(), three));
         let mut candidate = Pace::new(Instant::now());
+        candidate.had_leader = true;
         let seen = Seen { state: ServerState::Candidate, ..follower(3, None) };
-        assert!(!decide(ME, &l, &mut candidate, &seen, Instant::now()));
+        assert!(!decide(ME, &l, &mut candidate, &seen, Instant::now(), three));
         advance(&l, FIRST_CANDIDATE_WAIT, &[]).await;
-        assert!(decide(ME, &l, &mut candidate, &seen, Instant::now()), "a candidate keeps its timer");
+        assert!(decide(ME, &l, &mut candidate, &seen, Instant::now(), three), "a candidate keeps its timer");
     }
 }

@@ -51,6 +51,13 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
 const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// A peer that does not answer within this is not live (for placement).
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// A new partition's preferred leader asks for an election this often
+/// until a leader is known (its peers may not run the group yet: their
+/// nodes start it when they apply the topic), at most [`STAND_FIRST_TRIES`]
+/// times; then the groups' own timers take over.
+const STAND_FIRST_EVERY: Duration = Duration::from_millis(600);
+const STAND_FIRST_TRIES: u32 = 10;
+const STAND_FIRST_DELAY: Duration = Duration::from_millis(250);
 /// Partition replicas of a topic started at once.
 const PARALLEL_STARTS: usize = 32;
 /// Default replicas per partition (at most the cluster's size).
@@ -96,6 +103,26 @@ pub struct Replication {
     /// The liveness calls to peers and the quiescer (stopped at shutdown).
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     quiesce: Arc<QuiesceStats>,
+}
+
+/// A new partition's preferred leader: stands for election at once, and
+/// again every [`STAND_FIRST_EVERY`] while no leader is known (a vote asked
+/// of a peer that does not run the group yet fails at once).
+async fn stand_first(raft: PartitionRaft) {
+    // The other replicas' nodes start the group as they apply the topic,
+    // about when this one does: standing a moment later finds them running
+    // it, rather than leading with one of them and replicating to the
+    // other only after openraft's backoff.
+    tokio::time::sleep(STAND_FIRST_DELAY).await;
+    for _ in 0..STAND_FIRST_TRIES {
+        if raft.trigger().elect(false).await.is_err() {
+            return;
+        }
+        let led = raft.wait(Some(STAND_FIRST_EVERY)).metrics(|m| m.current_leader.is_some(), "a leader").await;
+        if led.is_ok() {
+            return;
+        }
+    }
 }
 
 fn raft_error(e: impl std::fmt::Display) -> ServerError {
@@ -508,7 +535,7 @@ impl Replication {
             match raft.initialize(Self::members_of(&self.cluster, replicas)).await {
                 Ok(()) => {
                     if replicas.first() == Some(&self.node_id()) {
-                        raft.trigger().elect(false).await.map_err(|e| internal(&e))?;
+                        tokio::spawn(stand_first(raft.clone()));
                     }
                 }
                 // Another replica initialised the group first and this one

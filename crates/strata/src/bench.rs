@@ -195,10 +195,54 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
         "bench produce: topic {} ({partitions} partitions), {} workers x {} records of {} bytes per request, compression {:?}, {:?} mode, acks {:?}, seed {}",
         c.topic, c.concurrency, args.batch, args.record_size, args.compression, args.mode, args.acks, args.seed
     );
-    let mut workers = Vec::with_capacity(c.concurrency.max(1));
-    for w in 0..c.concurrency.max(1) {
+    let workers = produce_workers(&clients, &c.topic, partitions, c.concurrency, &Shape::of(&args)).await?;
+    let label = format!("strata produce c={} b={} p={partitions} {:?}", c.concurrency, args.batch, args.mode);
+    let report = strata_bench::run(
+        &label,
+        workers,
+        Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) },
+    )
+    .await?;
+    report.print(matches!(c.format, OutputFormat::Json))
+}
+
+/// What a producer worker sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub record_size: usize,
+    pub batch: usize,
+    pub compression: Compression,
+    pub seed: u64,
+    pub mode: ProduceMode,
+    pub acks: AcksArg,
+}
+
+impl Shape {
+    fn of(args: &ProduceBench) -> Self {
+        Self {
+            record_size: args.record_size,
+            batch: args.batch,
+            compression: args.compression,
+            seed: args.seed,
+            mode: args.mode,
+            acks: args.acks,
+        }
+    }
+}
+
+/// `concurrency` producers of `args`' batches to `topic`, worker `w` to
+/// partition `w % partitions` at its leader, over `clients` in turn.
+pub(crate) async fn produce_workers(
+    clients: &[Client],
+    topic: &str,
+    partitions: u32,
+    concurrency: usize,
+    args: &Shape,
+) -> anyhow::Result<Vec<impl Worker + use<>>> {
+    let mut workers = Vec::with_capacity(concurrency.max(1));
+    for w in 0..concurrency.max(1) {
         // Each worker talks to its partition's leader.
-        let client = clients[w % clients.len()].partition_leader(&c.topic, w as u32 % partitions).await?;
+        let client = clients[w % clients.len()].partition_leader(topic, w as u32 % partitions).await?;
         let stream = match args.mode {
             ProduceMode::Stream => Some(client.produce_stream(1).await?),
             ProduceMode::Unary => None,
@@ -206,7 +250,7 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
         workers.push(ProduceWorker {
             client,
             stream,
-            topic: c.topic.clone(),
+            topic: topic.to_owned(),
             partition: w as u32 % partitions,
             values: (0..args.batch.max(1))
                 .map(|i| {
@@ -218,14 +262,7 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
             acks: args.acks.into(),
         });
     }
-    let label = format!("strata produce c={} b={} p={partitions} {:?}", c.concurrency, args.batch, args.mode);
-    let report = strata_bench::run(
-        &label,
-        workers,
-        Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) },
-    )
-    .await?;
-    report.print(matches!(c.format, OutputFormat::Json))
+    Ok(workers)
 }
 
 struct ConsumeWorker {

@@ -4,8 +4,13 @@
 //! `--replication-factor` times), then:
 //! - creates `--partitions` partitions (topics of `--per-topic`), timed:
 //!   partitions per second, until every one has a leader;
-//! - lets the cluster idle for `--idle` and reads each node's CPU time and
+//! - lets the cluster settle for 5 s, then idle for `--idle`, and reads each node's CPU time and
 //!   resident memory from `/proc` (a share of one core, MiB);
+//! - times a metadata request for every topic (what `topic describe` and
+//!   clients' routing ask);
+//! - with `--load`, produces to the first topic's first `--load-partitions`
+//!   partitions for that long (one producer each, 64 records of 1 KiB per
+//!   request, acks=quorum): records per second with the others idle;
 //! - kills (SIGKILL) the node that leads the most partitions and, for each
 //!   of those partitions, writes one record at a time until one is
 //!   acknowledged: the time from the kill to that acknowledgement, per
@@ -42,6 +47,13 @@ pub struct PartitionsBench {
     /// Skip the failover measurement.
     #[arg(long)]
     no_failover: bool,
+    /// Produce to some partitions for this long (after the idle
+    /// measurement); 0 s: no load.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    load: Duration,
+    /// Partitions of the first topic produced to under `--load`.
+    #[arg(long, default_value_t = 100)]
+    load_partitions: u32,
     /// Port of node 1; node N listens on this + N - 1.
     #[arg(long, default_value_t = 7701)]
     base_port: u16,
@@ -54,6 +66,9 @@ pub struct PartitionsBench {
 
 /// Every wait is bounded by this.
 const LIMIT: Duration = Duration::from_secs(300);
+/// Time left after creation before the idle measurement (partition groups
+/// stop heartbeating 2 s after their last entry).
+const SETTLE: Duration = Duration::from_secs(5);
 /// Partitions written to at once during the failover.
 const FAILOVER_WRITERS: usize = 64;
 
@@ -63,6 +78,8 @@ struct Idle {
     node: u16,
     cpu_percent_of_a_core: f64,
     rss_mib: f64,
+    threads: u64,
+    open_fds: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -75,6 +92,10 @@ struct Report {
     idle_seconds: f64,
     idle: Vec<Idle>,
     idle_cpu_percent_of_machine: f64,
+    metadata_all_topics_ms: f64,
+    load_partitions: u32,
+    load_records_per_second: f64,
+    load_latency_ms_p99: f64,
     killed_node: Option<u16>,
     failover_partitions: usize,
     failover_ms_p50: f64,
@@ -112,14 +133,22 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
     let topics = topics(args);
     let started = Instant::now();
     for (i, (name, n)) in topics.iter().enumerate() {
+        let one = Instant::now();
         create(&client, name, *n, args.replication_factor).await?;
-        eprintln!("created {name} ({n} partitions; {} of {} topics)", i + 1, topics.len());
+        eprintln!(
+            "created {name} ({n} partitions in {:.2} s; {} of {} topics)",
+            one.elapsed().as_secs_f64(),
+            i + 1,
+            topics.len()
+        );
     }
     let leaders = wait_leaders(&client, &topics).await?;
     let create = started.elapsed();
     eprintln!("{} partitions created and led after {:.1} s", args.partitions, create.as_secs_f64());
 
-    eprintln!("idling for {:?}", args.idle);
+    // Groups go quiet once idle for a moment: measure the steady state.
+    eprintln!("settling for {SETTLE:?}, then idling for {:?}", args.idle);
+    tokio::time::sleep(SETTLE).await;
     let before: Vec<_> = (1..=args.nodes).map(|n| cluster.pid(n).and_then(cpu_seconds)).collect();
     let idle_started = Instant::now();
     tokio::time::sleep(args.idle).await;
@@ -127,10 +156,15 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
     let mut idle = Vec::new();
     for (i, b) in before.iter().enumerate() {
         let node = i as u16 + 1;
-        let pid = cluster.pid(node);
-        let (Some(b), Some(a)) = (b, pid.and_then(cpu_seconds)) else { continue };
-        let rss = pid.and_then(rss_bytes).unwrap_or(0) as f64 / (1024.0 * 1024.0);
-        idle.push(Idle { node, cpu_percent_of_a_core: 100.0 * (a - b) / window, rss_mib: rss });
+        let stats = cluster.pid(node).and_then(|pid| strata_server::metrics::process::stats_of(&pid.to_string()));
+        let (Some(b), Some(a)) = (b, stats) else { continue };
+        idle.push(Idle {
+            node,
+            cpu_percent_of_a_core: 100.0 * (a.cpu_seconds - b) / window,
+            rss_mib: a.resident_bytes as f64 / (1024.0 * 1024.0),
+            threads: a.threads,
+            open_fds: a.open_fds,
+        });
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let machine = idle.iter().map(|i| i.cpu_percent_of_a_core).sum::<f64>() / cores;
@@ -144,6 +178,10 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
         idle_seconds: window,
         idle,
         idle_cpu_percent_of_machine: machine,
+        metadata_all_topics_ms: metadata_ms(&client, &topics).await?,
+        load_partitions: 0,
+        load_records_per_second: 0.0,
+        load_latency_ms_p99: 0.0,
         killed_node: None,
         failover_partitions: 0,
         failover_ms_p50: 0.0,
@@ -151,10 +189,64 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
         failover_ms_max: 0.0,
         failover_not_recovered: 0,
     };
+    if !args.load.is_zero() {
+        load(args, cluster, &topics, &mut report).await?;
+    }
     if !args.no_failover && args.nodes >= 3 {
         failover(cluster, &leaders, &mut report).await?;
     }
     Ok(report)
+}
+
+/// The median time of a metadata request naming every topic (of 5).
+async fn metadata_ms(client: &Client, topics: &[(String, u32)]) -> anyhow::Result<f64> {
+    let names: Vec<&str> = topics.iter().map(|(n, _)| n.as_str()).collect();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        client.metadata(&names).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Produces to the first `--load-partitions` partitions of the first topic
+/// for `--load` (3 s of warm-up first, not measured).
+async fn load(
+    args: &PartitionsBench,
+    cluster: &LocalCluster,
+    topics: &[(String, u32)],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (topic, n) = topics.first().context("no topic")?;
+    let partitions = args.load_partitions.min(*n).max(1);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Client::connect(&cluster.bootstrap()).await?.with_timeout(Duration::from_secs(30)));
+    }
+    let shape = crate::bench::Shape {
+        record_size: 1024,
+        batch: 64,
+        compression: Compression::None,
+        seed: 1,
+        mode: crate::bench::ProduceMode::Stream,
+        acks: crate::cli::AcksArg::Quorum,
+    };
+    let workers = crate::bench::produce_workers(&clients, topic, partitions, partitions as usize, &shape).await?;
+    eprintln!("producing to {partitions} partitions of {topic} for {:?}", args.load);
+    let limits = strata_bench::Limits {
+        records: None,
+        duration: Some(args.load),
+        max_duration: args.load + Duration::from_secs(60),
+        warmup: Duration::from_secs(3),
+        rate: None,
+    };
+    let r = strata_bench::run(&format!("{partitions} loaded partitions"), workers, limits).await?;
+    report.load_partitions = partitions;
+    report.load_records_per_second = r.records_per_sec;
+    report.load_latency_ms_p99 = r.latency_ms_p99;
+    Ok(())
 }
 
 /// Creates a topic; a creation that timed out (a busy cluster) is asked
@@ -255,19 +347,25 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     strata_server::metrics::process::stats_of(&pid.to_string()).map(|s| s.cpu_seconds)
 }
 
-fn rss_bytes(pid: u32) -> Option<u64> {
-    strata_server::metrics::process::stats_of(&pid.to_string()).map(|s| s.resident_bytes)
-}
-
 fn print_text(r: &Report) {
     println!(
         "{} partitions (RF {}) on {} nodes: created and led in {:.1} s ({:.0} partitions/s)",
         r.partitions, r.replication_factor, r.nodes, r.create_seconds, r.partitions_per_second
     );
     for i in &r.idle {
-        println!("  node {}: idle CPU {:.1}% of a core, RSS {:.0} MiB", i.node, i.cpu_percent_of_a_core, i.rss_mib);
+        println!(
+            "  node {}: idle CPU {:.1}% of a core, RSS {:.0} MiB, {} threads, {} open files",
+            i.node, i.cpu_percent_of_a_core, i.rss_mib, i.threads, i.open_fds
+        );
     }
     println!("  idle, all nodes: {:.1}% of the machine's CPU", r.idle_cpu_percent_of_machine);
+    println!("  metadata of every topic: {:.1} ms", r.metadata_all_topics_ms);
+    if r.load_partitions > 0 {
+        println!(
+            "  load on {} partitions: {:.0} records/s, p99 {:.1} ms per request",
+            r.load_partitions, r.load_records_per_second, r.load_latency_ms_p99
+        );
+    }
     if let Some(node) = r.killed_node {
         println!(
             "  kill -9 of node {node} (leader of {} partitions): writes acknowledged again after p50 {:.0} ms, \

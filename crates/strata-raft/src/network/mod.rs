@@ -81,6 +81,8 @@ impl From<pb::GroupId> for GroupId {
 #[derive(Clone, Default)]
 pub struct Groups {
     inner: Arc<RwLock<HashMap<GroupId, PartitionRaft>>>,
+    /// Woken whenever a group is added.
+    added: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Groups {
@@ -94,6 +96,23 @@ impl Groups {
     pub fn insert(&self, group: GroupId, raft: PartitionRaft) {
         if let Ok(mut g) = self.inner.write() {
             g.insert(group, raft);
+        }
+        self.added.notify_waiters();
+    }
+
+    /// `group`, waiting up to `wait` for it to be added.
+    pub async fn wait_for(&self, group: GroupId, wait: std::time::Duration) -> Option<PartitionRaft> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(raft) = self.get(group) {
+                return Some(raft);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return None;
+            }
         }
     }
 

@@ -48,6 +48,10 @@ impl std::fmt::Debug for RaftService {
 /// Metadata key of a "not the leader" status naming the leader's node id.
 pub const LEADER_HEADER: &str = "x-strata-leader";
 
+/// How long a message for a group this node does not run waits for it to
+/// start before it is answered `NOT_FOUND`.
+const GROUP_START_WAIT: Duration = Duration::from_millis(500);
+
 /// A snapshot stream that sends nothing for this long is given up.
 const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(60);
 
@@ -100,7 +104,11 @@ impl RaftService {
         Sender { members: &self.identity.members, node, current_term }
     }
 
-    fn route(
+    /// The group a message is for. One this node does not run yet is
+    /// waited for a moment: a new partition's replicas start on each node
+    /// as it applies the topic, and its first leader's messages may come
+    /// first (answered at once, they would make it back off).
+    async fn route(
         &self,
         group: Option<pb::GroupId>,
         target: NodeId,
@@ -114,8 +122,11 @@ impl RaftService {
         }
         self.identity.check_cluster(cluster)?;
         let group: GroupId = group.ok_or_else(|| Status::invalid_argument("the message names no group"))?.into();
-        let raft =
-            self.groups.get(group).ok_or_else(|| Status::not_found(format!("node {me} does not run {group}")))?;
+        let raft = self
+            .groups
+            .wait_for(group, GROUP_START_WAIT)
+            .await
+            .ok_or_else(|| Status::not_found(format!("node {me} does not run {group}")))?;
         Ok((group, raft))
     }
 }
@@ -173,7 +184,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (_, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let (_, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = append_request_from_pb(req)?;
         self.sender(node, &raft).check_append(&rpc).map_err(refused)?;
         use pb::append_entries_response::Outcome;
@@ -208,7 +219,7 @@ impl pb::raft_server::Raft for RaftService {
         let members = self.identity.members.clone();
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("an empty append stream"))?;
-        let (group, raft) = self.route(first.group, first.target, &first.cluster_id)?;
+        let (group, raft) = self.route(first.group, first.target, &first.cluster_id).await?;
         let first = append_request_from_pb(first)?;
         self.sender(node, &raft).check_append(&first).map_err(refused)?;
         let metrics = raft.metrics();
@@ -274,7 +285,7 @@ impl pb::raft_server::Raft for RaftService {
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (_, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let (_, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
         let resp = raft.vote(rpc).await.map_err(raft_failed)?;
@@ -284,7 +295,7 @@ impl pb::raft_server::Raft for RaftService {
     async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (_, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let (_, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
         let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;
@@ -301,7 +312,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (group, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let vote = vote_from_pb(req.vote)?;
         let (meta, data) =
             snapshot_parts(&self.sender(node, &raft), &raft, group, &vote, &req.meta_json, &req.data_json)?;
@@ -322,7 +333,7 @@ impl pb::raft_server::Raft for RaftService {
         let mut chunks = request.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
         let header = first.header.ok_or_else(|| Status::invalid_argument("the first chunk has no header"))?;
-        let (group, raft) = self.route(header.group, header.target, &header.cluster_id)?;
+        let (group, raft) = self.route(header.group, header.target, &header.cluster_id).await?;
         let sender = self.sender(node, &raft);
         if group == GroupId::CONTROLLER {
             return Err(refused(Invalid::Snapshot("the controller's snapshots are not streamed".into())));
@@ -405,7 +416,7 @@ impl pb::raft_server::Raft for RaftService {
     /// validates each batch first.
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = request.into_inner();
-        let (group, raft) = self.route(req.group, req.target, &req.cluster_id)?;
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         if group != GroupId::CONTROLLER {
             return Err(Status::invalid_argument(format!("refused: proposals to {group} go through the client API")));
         }
