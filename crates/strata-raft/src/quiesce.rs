@@ -25,6 +25,9 @@
 //!   that never had a leader (a new partition, whose preferred leader stands
 //!   at once) waits [`NEW_GROUP_WAIT`].
 //! - A group whose only voter is this node ticks until it leads.
+//! - A quiescent leader's lease (openraft takes writes only from a leader a
+//!   quorum acknowledged within the last second) has run out: a write first
+//!   renews it with one heartbeat round ([`renew_lease`]).
 //! - No group of a process that has just started starts an election within
 //!   [`STARTUP_GRACE`]: its peers learn of the restart first and send a
 //!   heartbeat to every group they lead with it, so a follower that
@@ -62,14 +65,45 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// chosen to stand first may start an election: long enough for the
 /// replica asked to lead a new partition to win first.
 pub const FIRST_CANDIDATE_WAIT: Duration = Duration::from_millis(300);
-/// ... and before the other replicas may.
-pub const OTHER_CANDIDATES_WAIT: Duration = Duration::from_millis(900);
+/// ... and before the other replicas may (only if the first has not won
+/// by then: when it stands for many groups at once, that takes a while).
+pub const OTHER_CANDIDATES_WAIT: Duration = Duration::from_secs(3);
+/// At most this many groups start their election timers in one sweep.
+pub const STANDS_PER_SWEEP: usize = 200;
 /// ... and before any replica of a group that never had a leader may (a
 /// new partition: its preferred leader stands at once and again until it
 /// wins, and should not have to compete).
 pub const NEW_GROUP_WAIT: Duration = Duration::from_secs(2);
 /// No election in a process younger than this (see the module's notes).
 pub const STARTUP_GRACE: Duration = Duration::from_millis(1200);
+
+/// A leader whose last quorum acknowledgement is older than this renews
+/// its lease before a write (openraft's lease is the longest election
+/// timeout, 1 s).
+const LEASE_RENEW_AFTER: Duration = Duration::from_millis(700);
+/// How long a write waits for the renewal.
+const LEASE_RENEW_WAIT: Duration = Duration::from_secs(2);
+
+/// Renews a quiescent leader's lease before a write. openraft takes writes
+/// only from a leader that a quorum acknowledged within its lease, and a
+/// quiescent leader sends nothing that would be acknowledged: the first
+/// write to an idle partition would be refused. One heartbeat round (a
+/// round trip to the followers) renews it. Does nothing for a busy leader
+/// or a node that does not lead.
+pub async fn renew_lease(raft: &PartitionRaft) {
+    let stale = |m: &openraft::RaftMetrics<crate::types::TypeConfig>| {
+        m.state == ServerState::Leader
+            && m.last_quorum_acked.as_ref().is_none_or(|t| openraft::Instant::elapsed(&**t) > LEASE_RENEW_AFTER)
+    };
+    if !stale(&raft.metrics().borrow_watched()) {
+        return;
+    }
+    if raft.trigger().heartbeat().await.is_err() {
+        return;
+    }
+    // A leader that lost its place answers the write with NOT_LEADER.
+    let _ = raft.wait(Some(LEASE_RENEW_WAIT)).metrics(|m| !stale(m), "a renewed lease").await;
+}
 
 /// What the quiescer has done, for metrics.
 #[derive(Debug, Default)]
@@ -209,13 +243,24 @@ impl Quiescer {
                 all.push((id, raft.clone()));
             }
         });
-        let (mut ticking, mut quiet) = (0, 0);
+        let (mut ticking, mut quiet, mut standing) = (0, 0, 0);
         let mut live = std::collections::HashSet::with_capacity(all.len());
         for (id, raft) in all {
             live.insert(id);
             let seen = seen(&raft);
             let pace = self.paces.entry(id).or_insert_with(|| Pace::new(now));
-            let want = decide(self.me, &self.identity.liveness, pace, &seen, now, || voters(&raft));
+            let mut want = decide(self.me, &self.identity.liveness, pace, &seen, now, || voters(&raft));
+            if want && !pace.ticking && seen.state != ServerState::Leader {
+                // Elections are paced: a node that lost many leaders at once
+                // starts at most this many a sweep (the rest the next), so
+                // that votes and first entries are not all fsync'd at once
+                // and liveness calls are not starved.
+                if standing >= STANDS_PER_SWEEP {
+                    want = false;
+                } else {
+                    standing += 1;
+                }
+            }
             if want != pace.ticking {
                 raft.runtime_config().tick(want);
                 pace.ticking = want;
@@ -441,9 +486,9 @@ mod tests {
         let mut pace2 = Pace::new(Instant::now());
         let seen2 = follower(2, Some(3));
         assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now(), three));
-        advance(&l, FIRST_CANDIDATE_WAIT, &[(1, 10)]).await;
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(1, 10), (2, 20)]).await;
         assert!(!decide(2, &l, &mut pace2, &seen2, Instant::now(), three));
-        advance(&l, OTHER_CANDIDATES_WAIT - FIRST_CANDIDATE_WAIT, &[(1, 10)]).await;
+        advance(&l, OTHER_CANDIDATES_WAIT - FIRST_CANDIDATE_WAIT, &[(1, 10), (2, 20)]).await;
         assert!(decide(2, &l, &mut pace2, &seen2, Instant::now(), three));
         // A new leader, live: quiet again.
         assert!(!decide(ME, &l, &mut pace, &follower(3, Some(2)), Instant::now(), three));

@@ -957,6 +957,7 @@ impl Replication {
             }
             pb::Acks::Quorum | pb::Acks::Unspecified => None,
         };
+        strata_raft::quiesce::renew_lease(&raft).await;
         raft.client_write_ff(request, Some(responder)).await.map_err(|e| shutting_down(&e))?;
         Ok(Pending { group, rx, local, directory: self.directory.clone() })
     }

@@ -17,7 +17,6 @@
 //!   partition (p50, p99, max).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -69,8 +68,12 @@ const LIMIT: Duration = Duration::from_secs(300);
 /// Time left after creation before the idle measurement (partition groups
 /// stop heartbeating 2 s after their last entry).
 const SETTLE: Duration = Duration::from_secs(5);
-/// Partitions written to at once during the failover.
-const FAILOVER_WRITERS: usize = 64;
+/// Connections the failover's writers share (each carries at most 256
+/// requests at once): every partition of the killed node is written to at
+/// once, so that each one's time is its own, not its place in a queue.
+const FAILOVER_CONNECTIONS: usize = 16;
+/// Deadline of each failover write attempt.
+const FAILOVER_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// One node's idle figures.
 #[derive(Debug, serde::Serialize)]
@@ -302,16 +305,17 @@ async fn failover(
         leaders.iter().filter(|(_, _, l)| *l == u64::from(victim)).map(|(t, p, _)| (t.clone(), *p)).collect();
     // A client that does not go through the victim.
     let survivors: Vec<String> = (1..=report.nodes).filter(|n| *n != victim).map(|n| cluster.addr(n)).collect();
-    let writer = Client::connect(&survivors.join(",")).await?.with_timeout(Duration::from_secs(5));
+    let mut writers = Vec::with_capacity(FAILOVER_CONNECTIONS);
+    for _ in 0..FAILOVER_CONNECTIONS {
+        writers.push(Client::connect(&survivors.join(",")).await?.with_timeout(FAILOVER_ATTEMPT));
+    }
     eprintln!("killing node {victim}, the leader of {} partitions", led.len());
     let killed = Instant::now();
     cluster.kill(victim).await?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(FAILOVER_WRITERS));
     let mut tasks = Vec::with_capacity(led.len());
-    for (topic, p) in led {
-        let (writer, slots) = (writer.clone(), Arc::clone(&slots));
+    for (i, (topic, p)) in led.into_iter().enumerate() {
+        let writer = writers[i % writers.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await.ok()?;
             let record = Record { value: bytes::Bytes::from_static(b"failover"), ..Record::default() };
             while killed.elapsed() < LIMIT {
                 let batch = strata_record::encode(std::slice::from_ref(&record), Compression::None);

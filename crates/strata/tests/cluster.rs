@@ -698,3 +698,90 @@ async fn group_offsets_and_acknowledgements_survive_kill_9_of_every_node() {
     assert!(offsets.iter().any(|o| o.partition == 1 && o.offset == 4), "{offsets:?}");
     assert!(offsets.iter().any(|o| o.partition == 0 && o.offset == 3), "{offsets:?}");
 }
+
+/// A node's value of an unlabelled metric, from its `/metrics`.
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (status, body) = common::http_get(addr, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Idle partitions go quiescent (no Raft heartbeats or election timers) on
+/// every node; a write to each is still acknowledged at once (the leader
+/// renews its lease first); kill -9 of the node leading the most of them
+/// still moves every one to a new leader that takes writes; the node,
+/// restarted, follows them and its groups go quiet again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_partitions_go_quiet_and_still_fail_over() {
+    const N: u32 = 12;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = ClusterPorts::new(3);
+    let metrics: Vec<String> = common::free_ports(3).into_iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let env_of = |id: u64| vec![("STRATA_METRICS_LISTEN".to_owned(), metrics[id as usize - 1].clone())];
+    let nodes = (1..=3u64)
+        .map(|id| Some(ServerProcess::start_node_with(&Cluster::dir_of(&dir, id), id, &ports, &env_of(id))))
+        .collect();
+    let mut cluster = Cluster { ports, nodes, env: Vec::new(), _dir: dir };
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect").with_timeout(Duration::from_secs(5));
+    let topic = "quiet";
+    client.create_topic_replicated(topic, N, Some(3), TopicConfig::default()).await.expect("create");
+    let all_quiet = |ids: Vec<u64>| {
+        let metrics = metrics.clone();
+        async move {
+            ids.iter().all(|id| {
+                let addr = &metrics[*id as usize - 1];
+                metric(addr, "strata_raft_groups_quiescent") == Some(f64::from(N))
+                    && metric(addr, "strata_raft_groups_ticking") == Some(0.0)
+            })
+        }
+    };
+    eventually("every partition group on every node is quiescent", || all_quiet(vec![1, 2, 3])).await;
+
+    // Writes to quiescent partitions: each acknowledged.
+    for p in 0..N {
+        client.produce_batch(topic, p, one_record(&format!("first-{p}"))).await.expect("a write to a quiet partition");
+    }
+    eventually("quiescent again after the writes", || all_quiet(vec![1, 2, 3])).await;
+
+    // kill -9 of the node leading the most partitions: each of its
+    // partitions takes a write from a new leader.
+    let mut led = HashMap::<u64, Vec<u32>>::new();
+    for p in 0..N {
+        led.entry(leader_of(&client, topic, p).await).or_default().push(p);
+    }
+    let (victim, partitions) = led.into_iter().max_by_key(|(_, ps)| ps.len()).expect("leaders");
+    cluster.kill(victim);
+    let survivors: Vec<String> = (1..=3).filter(|id| *id != victim).map(|id| cluster.addr(id)).collect();
+    let writer = Client::connect(&survivors.join(",")).await.expect("connect").with_timeout(Duration::from_secs(5));
+    let deadline = Instant::now() + WAIT;
+    for p in &partitions {
+        loop {
+            match writer.produce_batch(topic, *p, one_record(&format!("after-{p}"))).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "partition {p} took no write within {WAIT:?}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    eprintln!("node {victim} killed: {} partitions it led took writes from new leaders", partitions.len());
+
+    // Restarted, the node follows: every group quiet on every node again,
+    // and every replica holds the same records.
+    let node = ServerProcess::start_node_with(
+        &Cluster::dir_of(&cluster._dir, victim),
+        victim,
+        &cluster.ports,
+        &env_of(victim),
+    );
+    cluster.nodes[victim as usize - 1] = Some(node);
+    eventually("quiescent on every node after the restart", || all_quiet(vec![1, 2, 3])).await;
+    for p in 0..N {
+        replicas_agree(&client, &cluster, topic, p).await;
+    }
+    let wakeups: f64 = metrics.iter().filter_map(|m| metric(m, "strata_raft_group_wakeups_total")).sum();
+    assert!(wakeups > 0.0, "the failover started some groups' timers again");
+}

@@ -31,8 +31,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -524,7 +522,7 @@ impl Prometheus {
             .expect("spawn prometheus");
         let mut p = Self { child, addr, log };
         let deadline = Instant::now() + PATIENCE;
-        while !matches!(http_get(&p.addr, "/-/ready"), Ok((200, _))) {
+        while !matches!(common::http_get(&p.addr, "/-/ready"), Ok((200, _))) {
             assert!(p.child.try_wait().expect("try_wait").is_none(), "prometheus exited (see its log below)");
             assert!(Instant::now() < deadline, "prometheus not ready after {PATIENCE:?}");
             std::thread::sleep(Duration::from_millis(100));
@@ -761,55 +759,10 @@ fn known(metric: &str, names: &BTreeSet<String>, declared: &BTreeSet<String>) ->
 // Prometheus's HTTP API, over a minimal HTTP/1.1 client.
 // ---------------------------------------------------------------------------
 
-/// `GET PATH` at `addr` (one request, `Connection: close`): the status and
-/// the body (chunked transfer decoded).
-fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    let at: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut stream = TcpStream::connect_timeout(&at, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of the response head")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let status =
-        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no status in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        body = dechunk(&body)?;
-    }
-    Ok((status, String::from_utf8(body).map_err(|e| e.to_string())?))
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("a truncated chunk size")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or_default().trim(), 16)
-            .map_err(|e| format!("chunk size {size_text:?}: {e}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err("a truncated chunk".into());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
 /// [`http_get`] off the async runtime; the body of a 200.
 async fn get_ok(addr: &str, path: &str) -> String {
     let (a, p) = (addr.to_owned(), path.to_owned());
-    let got = tokio::task::spawn_blocking(move || http_get(&a, &p)).await.expect("join");
+    let got = tokio::task::spawn_blocking(move || common::http_get(&a, &p)).await.expect("join");
     match got {
         Ok((200, body)) => body,
         Ok((status, body)) => panic!("GET {path} at {addr}: {status}: {body}"),
