@@ -91,8 +91,11 @@ const LEASE_RENEW_WAIT: Duration = Duration::from_secs(2);
 /// round trip to the followers) renews it. Does nothing for a busy leader
 /// or a node that does not lead.
 pub async fn renew_lease(raft: &PartitionRaft) {
+    // A group whose only voter is its leader needs no acknowledgement
+    // (openraft's lease check passes at once; its clock never moves).
     let stale = |m: &openraft::RaftMetrics<crate::types::TypeConfig>| {
         m.state == ServerState::Leader
+            && m.membership_config.membership().voter_ids().nth(1).is_some()
             && m.last_quorum_acked.as_ref().is_none_or(|t| openraft::Instant::elapsed(&**t) > LEASE_RENEW_AFTER)
     };
     if !stale(&raft.metrics().borrow_watched()) {
@@ -247,7 +250,11 @@ impl Quiescer {
         let mut live = std::collections::HashSet::with_capacity(all.len());
         for (id, raft) in all {
             live.insert(id);
-            let seen = seen(&raft);
+            let mut seen = seen(&raft);
+            // A follower whose node is down does not keep its leaders busy
+            // (it is caught up when it returns; see `returned_peers`).
+            seen.lagging.retain(|f| *f == self.me || self.identity.liveness.view(*f).live);
+            seen.caught_up = seen.lagging.is_empty();
             let pace = self.paces.entry(id).or_insert_with(|| Pace::new(now));
             let mut want = decide(self.me, &self.identity.liveness, pace, &seen, now, || voters(&raft));
             if want && !pace.ticking && seen.state != ServerState::Leader {
@@ -279,8 +286,7 @@ impl Quiescer {
             // Replication to a live follower that failed (its node did not
             // run the group yet, or was away) is retried at once rather
             // than after openraft's backoff (up to 2 s).
-            let retry: Vec<NodeId> =
-                seen.lagging.iter().copied().filter(|f| *f != self.me && self.liveness().view(*f).live).collect();
+            let retry: Vec<NodeId> = seen.lagging.iter().copied().filter(|f| *f != self.me).collect();
             if !returned.is_empty() || !retry.is_empty() {
                 let heartbeat = !returned.is_empty();
                 tokio::spawn(async move {
