@@ -15,8 +15,10 @@
 //! - **A follower** does not tick while it *trusts* its leader: the leader's
 //!   vote is committed here, the leader's node is live by node liveness
 //!   ([`crate::liveness`]: one message per node pair every 100 ms instead of
-//!   one per group), and that node has not restarted since this group first
-//!   trusted it in this term. Otherwise (no leader known, a candidate, the
+//!   one per group), and this replica heard an append from that leader in
+//!   this term, sent by the process its node runs now (each append carries
+//!   its sender's incarnation; a restarted node starts as a follower, so an
+//!   append from its previous run vouches for nothing). Otherwise (no leader known, a candidate, the
 //!   leader's node silent for [`crate::liveness::DEAD_AFTER`] or restarted)
 //!   it ticks, and openraft's election timer runs as usual. One replica
 //!   (the live voter with the lowest id, other than the leader it stopped
@@ -52,7 +54,7 @@ use tokio::time::Instant;
 
 use crate::group::PartitionRaft;
 use crate::liveness::{Liveness, PeerView};
-use crate::network::{GroupId, Groups, Identity};
+use crate::network::{GroupId, Groups, HeardFrom, Identity};
 use crate::types::NodeId;
 
 /// How often the quiescer looks at every group (and at once when a peer
@@ -126,12 +128,6 @@ struct Pace {
     /// Leader: the last log index seen, and until when it counts as busy.
     last_log: Option<u64>,
     busy_until: Instant,
-    /// Follower: the leader trusted in a term, and its node's incarnation
-    /// then (0: not heard yet).
-    trusted: Option<(u64, NodeId, u64)>,
-    /// A leader of this term or an earlier one is not trusted (its node
-    /// restarted while it led).
-    distrust_upto: Option<u64>,
     /// Since when the group has had no trusted leader.
     leaderless_since: Option<Instant>,
     /// A leader (any, this node too) was known at some sweep: the group is
@@ -141,15 +137,7 @@ struct Pace {
 
 impl Pace {
     fn new(now: Instant) -> Self {
-        Self {
-            ticking: false,
-            last_log: None,
-            busy_until: now,
-            trusted: None,
-            distrust_upto: None,
-            leaderless_since: None,
-            had_leader: false,
-        }
+        Self { ticking: false, last_log: None, busy_until: now, leaderless_since: None, had_leader: false }
     }
 }
 
@@ -164,9 +152,11 @@ struct Seen {
     caught_up: bool,
     /// Leader: the followers that do not.
     lagging: Vec<NodeId>,
+    /// Follower: (term, leader, incarnation) of the last append heard.
+    heard: (u64, NodeId, u64),
 }
 
-fn seen(raft: &PartitionRaft) -> Seen {
+fn seen(raft: &PartitionRaft, heard: &HeardFrom) -> Seen {
     let m = raft.metrics();
     let m = m.borrow_watched();
     let lagging: Vec<NodeId> = m.replication.as_ref().map_or_else(Vec::new, |r| {
@@ -182,6 +172,7 @@ fn seen(raft: &PartitionRaft) -> Seen {
         last_log: m.last_log_index,
         caught_up: lagging.is_empty(),
         lagging,
+        heard: heard.get(),
     }
 }
 
@@ -240,17 +231,13 @@ impl Quiescer {
     /// or came back.
     fn sweep(&mut self, now: Instant) {
         let returned = self.returned_peers();
-        let mut all = Vec::new();
-        self.groups.for_each(|id, raft| {
-            if id != GroupId::CONTROLLER {
-                all.push((id, raft.clone()));
-            }
-        });
+        let mut all = self.groups.all_heard();
+        all.retain(|(id, _, _)| *id != GroupId::CONTROLLER);
         let (mut ticking, mut quiet, mut standing) = (0, 0, 0);
         let mut live = std::collections::HashSet::with_capacity(all.len());
-        for (id, raft) in all {
+        for (id, raft, heard) in all {
             live.insert(id);
-            let mut seen = seen(&raft);
+            let mut seen = seen(&raft, &heard);
             // A follower whose node is down does not keep its leaders busy
             // (it is caught up when it returns; see `returned_peers`).
             seen.lagging.retain(|f| *f == self.me || self.identity.liveness.view(*f).live);
@@ -336,7 +323,6 @@ fn decide(
     voters: impl FnOnce() -> Vec<NodeId>,
 ) -> bool {
     if seen.state == ServerState::Leader {
-        pace.trusted = None;
         pace.leaderless_since = None;
         if seen.last_log != pace.last_log || !seen.caught_up {
             pace.busy_until = now + QUIET_AFTER;
@@ -350,7 +336,7 @@ fn decide(
     pace.had_leader |= seen.leader.is_some() && seen.term > 0;
     let suspect = seen.leader.filter(|l| *l != me);
     if let Some(leader) = suspect
-        && trusts(liveness, pace, seen.term, leader)
+        && trusts(liveness, seen.heard, seen.term, leader)
     {
         pace.leaderless_since = None;
         return false;
@@ -376,34 +362,12 @@ fn decide(
     now.duration_since(since) >= wait
 }
 
-/// Whether a follower in `term` may go on trusting `leader` without
-/// heartbeats.
-fn trusts(liveness: &Liveness, pace: &mut Pace, term: u64, leader: NodeId) -> bool {
-    if pace.distrust_upto.is_some_and(|t| term <= t) {
-        return false;
-    }
+/// Whether a follower in `term` may trust `leader` without heartbeats:
+/// its node is live, and this replica heard an append from it in this term
+/// from the process that node runs now.
+fn trusts(liveness: &Liveness, heard: (u64, NodeId, u64), term: u64, leader: NodeId) -> bool {
     let view = liveness.view(leader);
-    if !view.live {
-        return false;
-    }
-    match &mut pace.trusted {
-        Some((t, l, incarnation)) if *t == term && *l == leader => {
-            if *incarnation == 0 {
-                *incarnation = view.incarnation;
-            } else if view.incarnation != 0 && view.incarnation != *incarnation {
-                // The leader's node restarted: its group no longer leads
-                // (a restarted node starts as a follower).
-                pace.distrust_upto = Some(term);
-                pace.trusted = None;
-                return false;
-            }
-            true
-        }
-        _ => {
-            pace.trusted = Some((term, leader, view.incarnation));
-            true
-        }
-    }
+    view.live && view.incarnation != 0 && heard == (term, leader, view.incarnation)
 }
 
 #[cfg(test)]
@@ -425,11 +389,23 @@ mod tests {
             last_log: Some(last_log),
             caught_up,
             lagging: if caught_up { Vec::new() } else { vec![2] },
+            heard: (0, 0, 0),
         }
     }
 
+    /// A follower that heard an append from `leader` (node N runs as
+    /// incarnation N * 10) in `term`.
     fn follower(term: u64, leader: Option<NodeId>) -> Seen {
-        Seen { state: ServerState::Follower, term, leader, last_log: Some(5), caught_up: true, lagging: Vec::new() }
+        let heard = leader.map_or((0, 0, 0), |l| (term, l, l * 10));
+        Seen {
+            state: ServerState::Follower,
+            term,
+            leader,
+            last_log: Some(5),
+            caught_up: true,
+            lagging: Vec::new(),
+            heard,
+        }
     }
 
     async fn past_startup() -> Liveness {
@@ -510,9 +486,17 @@ mod tests {
         assert!(!decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now(), three), "waiting its turn");
         advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 31)]).await;
         assert!(decide(ME, &l, &mut pace, &follower(2, Some(3)), Instant::now(), three), "term 2's leader is gone");
-        // Node 3 leads again in a later term: trusted.
-        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now(), three));
-        assert!(!decide(ME, &l, &mut pace, &follower(3, Some(3)), Instant::now(), three));
+        // The restarted node's append of a later term: trusted.
+        let new_run = Seen { heard: (3, 3, 31), ..follower(3, Some(3)) };
+        assert!(!decide(ME, &l, &mut pace, &new_run, Instant::now(), three));
+        // A leader named by a stored vote but not heard from in this run of
+        // its node (after every node restarted) is not trusted.
+        let mut stored = Pace::new(Instant::now());
+        stored.had_leader = true;
+        let unheard = Seen { heard: (0, 0, 0), ..follower(3, Some(3)) };
+        assert!(!decide(ME, &l, &mut stored, &unheard, Instant::now(), three));
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 31)]).await;
+        assert!(decide(ME, &l, &mut stored, &unheard, Instant::now(), three), "it stands");
     }
 
     #[tokio::test(start_paused = true)]

@@ -197,13 +197,13 @@ async fn produce(opts: &ClientOpts, args: ProduceBench) -> anyhow::Result<()> {
     );
     let workers = produce_workers(&clients, &c.topic, partitions, c.concurrency, &Shape::of(&args)).await?;
     let label = format!("strata produce c={} b={} p={partitions} {:?}", c.concurrency, args.batch, args.mode);
-    let report = strata_bench::run(
-        &label,
-        workers,
-        Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) },
-    )
-    .await?;
-    report.print(matches!(c.format, OutputFormat::Json))
+    run_and_print(&label, workers, c).await
+}
+
+/// Runs `workers` to the limits the common flags set and prints the report.
+async fn run_and_print<W: Worker>(label: &str, workers: Vec<W>, c: &Common) -> anyhow::Result<()> {
+    let limits = Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) };
+    strata_bench::run(label, workers, limits).await?.print(matches!(c.format, OutputFormat::Json))
 }
 
 /// What a producer worker sends.
@@ -308,11 +308,5 @@ async fn consume(opts: &ClientOpts, args: ConsumeBench) -> anyhow::Result<()> {
     let total: u64 = workers.iter().map(|w| w.end - w.next).sum();
     eprintln!("bench consume: topic {} ({} partitions, {total} records)", c.topic, workers.len());
     let label = format!("strata consume p={}", workers.len());
-    let report = strata_bench::run(
-        &label,
-        workers,
-        Limits { rate: c.rate, ..Limits::from_flags(c.records, c.duration, c.warmup) },
-    )
-    .await?;
-    report.print(matches!(c.format, OutputFormat::Json))
+    run_and_print(&label, workers, c).await
 }

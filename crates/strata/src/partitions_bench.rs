@@ -145,7 +145,7 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
             topics.len()
         );
     }
-    let leaders = wait_leaders(&client, &topics).await?;
+    wait_leaders(&client, &topics).await?;
     let create = started.elapsed();
     eprintln!("{} partitions created and led after {:.1} s", args.partitions, create.as_secs_f64());
 
@@ -196,6 +196,8 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
         load(args, cluster, &topics, &mut report).await?;
     }
     if !args.no_failover && args.nodes >= 3 {
+        // Leaders as they are now (they may have moved since creation).
+        let leaders = wait_leaders(&client, &topics).await?;
         failover(cluster, &leaders, &mut report).await?;
     }
     Ok(report)

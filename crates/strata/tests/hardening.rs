@@ -298,6 +298,7 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
                 traceparent: Default::default(),
             }],
             leader_commit: None,
+            sender_incarnation: 1,
         };
         refused("an entry beyond the vote's term", raft.append_entries(append(1000, 1001)).await.map(drop));
         refused("an append of term u64::MAX", raft.append_entries(append(u64::MAX, 1)).await.map(drop));

@@ -372,6 +372,7 @@ impl Addressing {
             prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_pb),
             entries,
             leader_commit: rpc.leader_commit.as_ref().map(log_id_to_pb),
+            sender_incarnation: self.identity.liveness.incarnation(),
         })
     }
 }

@@ -77,10 +77,40 @@ impl From<pb::GroupId> for GroupId {
     }
 }
 
+/// A group this node runs, and the leader it last heard an append from.
+struct Registered {
+    raft: PartitionRaft,
+    heard: Arc<HeardFrom>,
+}
+
+/// The leader a group last heard an append from here: its term, its node
+/// and that node's process incarnation (as the append said). A quiescent
+/// follower trusts a leader only while this names it in the current term
+/// and its node still runs in that incarnation ([`crate::quiesce`]).
+#[derive(Debug, Default)]
+pub struct HeardFrom(std::sync::Mutex<(u64, NodeId, u64)>);
+
+impl HeardFrom {
+    /// Records an append of `term` from `leader` in `incarnation`; an
+    /// older term (a deposed leader's late append) changes nothing.
+    pub fn record(&self, term: u64, leader: NodeId, incarnation: u64) {
+        if let Ok(mut h) = self.0.lock()
+            && term >= h.0
+        {
+            *h = (term, leader, incarnation);
+        }
+    }
+
+    /// (term, leader, incarnation); zeros when nothing was heard.
+    pub fn get(&self) -> (u64, NodeId, u64) {
+        self.0.lock().map(|h| *h).unwrap_or_default()
+    }
+}
+
 /// The Raft groups this node runs, by group: where incoming messages go.
 #[derive(Clone, Default)]
 pub struct Groups {
-    inner: Arc<RwLock<HashMap<GroupId, PartitionRaft>>>,
+    inner: Arc<RwLock<HashMap<GroupId, Registered>>>,
     /// Woken whenever a group is added.
     added: Arc<tokio::sync::Notify>,
 }
@@ -95,7 +125,7 @@ impl std::fmt::Debug for Groups {
 impl Groups {
     pub fn insert(&self, group: GroupId, raft: PartitionRaft) {
         if let Ok(mut g) = self.inner.write() {
-            g.insert(group, raft);
+            g.insert(group, Registered { raft, heard: Arc::default() });
         }
         self.added.notify_waiters();
     }
@@ -122,31 +152,44 @@ impl Groups {
     }
 
     pub fn get(&self, group: GroupId) -> Option<PartitionRaft> {
-        self.inner.read().ok().and_then(|g| g.get(&group).cloned())
+        self.inner.read().ok().and_then(|g| g.get(&group).map(|r| r.raft.clone()))
     }
 
     pub fn remove(&self, group: GroupId) -> Option<PartitionRaft> {
-        self.inner.write().ok().and_then(|mut g| g.remove(&group))
+        self.inner.write().ok().and_then(|mut g| g.remove(&group)).map(|r| r.raft)
     }
 
     /// Calls `f` with every group (under the table's read lock: `f` must
     /// be short and must not touch the table).
     pub fn for_each(&self, mut f: impl FnMut(GroupId, &PartitionRaft)) {
         if let Ok(g) = self.inner.read() {
-            for (id, raft) in g.iter() {
-                f(*id, raft);
+            for (id, r) in g.iter() {
+                f(*id, &r.raft);
             }
         }
     }
 
+    /// Who `group` last heard an append from (`None`: not run here).
+    pub fn heard(&self, group: GroupId) -> Option<Arc<HeardFrom>> {
+        self.inner.read().ok().and_then(|g| g.get(&group).map(|r| Arc::clone(&r.heard)))
+    }
+
+    /// Every group, with who it last heard an append from.
+    pub fn all_heard(&self) -> Vec<(GroupId, PartitionRaft, Arc<HeardFrom>)> {
+        self.inner
+            .read()
+            .map(|g| g.iter().map(|(id, r)| (*id, r.raft.clone(), Arc::clone(&r.heard))).collect())
+            .unwrap_or_default()
+    }
+
     /// Every group.
     pub fn all(&self) -> Vec<PartitionRaft> {
-        self.inner.read().map(|g| g.values().cloned().collect()).unwrap_or_default()
+        self.inner.read().map(|g| g.values().map(|r| r.raft.clone()).collect()).unwrap_or_default()
     }
 
     /// Removes and returns every group.
     pub fn drain(&self) -> Vec<PartitionRaft> {
-        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r).collect()).unwrap_or_default()
+        self.inner.write().map(|mut g| g.drain().map(|(_, r)| r.raft).collect()).unwrap_or_default()
     }
 }
 

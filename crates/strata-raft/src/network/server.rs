@@ -184,9 +184,13 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (_, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
+        let incarnation = req.sender_incarnation;
         let rpc = append_request_from_pb(req)?;
         self.sender(node, &raft).check_append(&rpc).map_err(refused)?;
+        if let Some(heard) = self.groups.heard(group) {
+            heard.record(rpc.vote.leader_id.term, rpc.vote.leader_id.voted_for, incarnation);
+        }
         use pb::append_entries_response::Outcome;
         let response = match raft.append_entries(rpc).await.map_err(raft_failed)? {
             AppendEntriesResponse::Success => {
@@ -220,8 +224,12 @@ impl pb::raft_server::Raft for RaftService {
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("an empty append stream"))?;
         let (group, raft) = self.route(first.group, first.target, &first.cluster_id).await?;
+        let incarnation = first.sender_incarnation;
         let first = append_request_from_pb(first)?;
         self.sender(node, &raft).check_append(&first).map_err(refused)?;
+        // Who the group hears from (one stream: one leader, one vote).
+        let heard = self.groups.heard(group).unwrap_or_default();
+        heard.record(first.vote.leader_id.term, first.vote.leader_id.voted_for, incarnation);
         let metrics = raft.metrics();
         // Later requests go to the same group. The stream ends at the first
         // one that is malformed or refused, names another group or does not
@@ -235,9 +243,11 @@ impl pb::raft_server::Raft for RaftService {
                     None
                 }
                 Ok(req) if req.group.map(GroupId::from) == Some(group) => {
+                    let incarnation = req.sender_incarnation;
                     let checked = append_request_from_pb(req).and_then(|rpc| {
                         let current_term = metrics.borrow_watched().current_term;
                         Sender { members: &members, node, current_term }.check_append(&rpc).map_err(refused)?;
+                        heard.record(rpc.vote.leader_id.term, rpc.vote.leader_id.voted_for, incarnation);
                         Ok(rpc)
                     });
                     match checked {
