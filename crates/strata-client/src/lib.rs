@@ -84,6 +84,11 @@ pub struct Client {
     router: Arc<Router>,
 }
 
+/// A topic's leaders are asked for at most this often (a caller that finds
+/// them stale sooner retries with what is known, after its backoff; a
+/// `NOT_LEADER` answer names the leader when the node knows it).
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Where partition requests go.
 #[derive(Debug, Default)]
 struct Router {
@@ -99,6 +104,10 @@ struct Router {
     alive: Arc<()>,
     /// The leader's address per (topic, partition), as last learnt.
     leaders: Mutex<HashMap<(String, u32), String>>,
+    /// Per topic: when its leaders were last learnt. Held while they are
+    /// asked for, so that the requests of every partition whose leader
+    /// moved share one metadata request.
+    refreshed: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     /// Nodes that refused a connection, and when: asked for metadata only
     /// after the others, until one answers again.
     down: Mutex<HashMap<String, Instant>>,
@@ -270,8 +279,22 @@ impl Client {
     /// Learns the leaders of `topic`'s partitions (a partition whose leader
     /// the answering node does not know goes to its first replica, which
     /// names the leader if it is not).
+    ///
+    /// Callers that ask while a refresh is in flight wait for it and use its
+    /// answer: after a leader dies, the requests of all its partitions
+    /// would otherwise each ask for the whole topic, again at every retry.
     async fn refresh(&self, topic: &str) -> Result<()> {
+        let asked = Instant::now();
+        let gate = {
+            let mut gates = self.router.refreshed.lock().map_err(|_| poisoned())?;
+            Arc::clone(gates.entry(topic.to_owned()).or_default())
+        };
+        let mut last = gate.lock().await;
+        if last.is_some_and(|at| at >= asked || at.elapsed() < REFRESH_MIN_INTERVAL) {
+            return Ok(());
+        }
         let meta = self.metadata(&[topic]).await?;
+        *last = Some(Instant::now());
         let addr_of: HashMap<u64, String> = meta.brokers.into_iter().map(|b| (b.node_id, b.addr)).collect();
         let mut leaders = self.router.leaders.lock().map_err(|_| poisoned())?;
         for t in meta.topics {

@@ -1,8 +1,10 @@
 //! Node liveness: whether each peer's process is up, and which run of it.
 //!
-//! Every node calls each peer's `Liveness` RPC every [`PING_EVERY`]; both
-//! the answers it gets and the calls it receives are evidence that the peer
-//! is up. A peer is live while it was heard from within [`DEAD_AFTER`]
+//! Every node calls each peer's `Liveness` RPC every [`PING_EVERY`], from a
+//! thread of its own over a connection of its own (a node busy with
+//! thousands of elections must not starve them); the answers it gets, the
+//! calls it receives and every Raft message a peer sends are evidence that
+//! the peer is up. A peer is live while it was heard from within [`DEAD_AFTER`]
 //! (counted from this process's start for a peer not heard from yet, so a
 //! node that just started does not think everyone dead). Each process draws
 //! a random *incarnation* when it starts: a peer heard with a new one has
@@ -97,6 +99,17 @@ impl Liveness {
         }
     }
 
+    /// Records that `peer` was heard from now through a message that does
+    /// not say which run of it sent it (a Raft message): it is up, in the
+    /// incarnation last heard. A peer never heard from is left alone (its
+    /// first call or answer says its incarnation).
+    pub fn touch(&self, peer: NodeId) {
+        let incarnation = self.peers.lock().ok().and_then(|p| p.get(&peer).map(|p| p.incarnation));
+        if let Some(incarnation) = incarnation {
+            self.heard(peer, incarnation);
+        }
+    }
+
     /// What is known of `peer` now.
     pub fn view(&self, peer: NodeId) -> PeerView {
         let now = Instant::now();
@@ -152,5 +165,10 @@ mod tests {
         w.await.expect("a return wakes");
         l.heard(3, 0);
         assert_eq!(l.view(3).incarnation, 0, "incarnation 0 is no evidence");
+        tokio::time::advance(DEAD_AFTER).await;
+        l.touch(3);
+        assert!(!l.view(3).live, "a message from a peer never heard says nothing of its run");
+        l.touch(2);
+        assert_eq!(l.view(2), PeerView { live: true, incarnation: 8 }, "a Raft message keeps a peer live");
     }
 }

@@ -19,7 +19,7 @@ use crate::types::{Entry, LogId, TypeConfig, Vote, batch_to_entry, entry_id, ent
 /// Bytes read from the segments per step when openraft asks for a range.
 const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-const VOTE: &str = "raft.vote";
+pub(crate) const VOTE: &str = "raft.vote";
 const COMMITTED: &str = "raft.committed";
 /// The last entry openraft purged: it no longer reads or replicates up to
 /// there. The entries stay in the log until retention deletes them (a

@@ -31,6 +31,8 @@ struct Node {
     /// The groups this node's Raft service answers for.
     registry: Groups,
     server: JoinHandle<()>,
+    /// The node's liveness calls to its peers (quiescent nodes only).
+    _liveness: Option<JoinHandle<()>>,
     _db: Arc<IndexDb>,
     _dir: tempfile::TempDir,
 }
@@ -60,6 +62,22 @@ async fn start_nodes_configured(
     group_ids: &[GroupId],
     log_config: LogConfig,
 ) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
+    start_nodes_as(n, group_ids, log_config, false).await
+}
+
+/// Nodes whose groups run as a server's partition groups do: no ticker
+/// ([`group::partition_config`]), pre-votes, and node liveness calls
+/// between the nodes (no quiescer: the test drives elections).
+async fn start_quiescent_nodes(n: u64) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
+    start_nodes_as(n, &[GROUP], LogConfig::default(), true).await
+}
+
+async fn start_nodes_as(
+    n: u64,
+    group_ids: &[GroupId],
+    log_config: LogConfig,
+    quiescent: bool,
+) -> (Vec<Node>, BTreeMap<NodeId, NodeInfo>) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=n {
@@ -68,13 +86,17 @@ async fn start_nodes_configured(
         members.insert(id, NodeInfo { addr: addr.to_string() });
         listeners.push((id, listener));
     }
-    let config = group::config("test").expect("config");
+    let config = if quiescent { group::partition_config("test") } else { group::config("test") }.expect("config");
+    // Liveness calls go to configured addresses only.
+    let addresses: BTreeMap<NodeId, String> =
+        if quiescent { members.iter().map(|(id, m)| (*id, m.addr.clone())).collect() } else { BTreeMap::new() };
     let mut nodes = Vec::new();
     for (id, listener) in listeners {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = IndexDb::open(&dir.path().join("index")).expect("index");
         let identity = Identity::new(id, members.keys().copied().collect(), Some("test-cluster".into()));
-        let (groups, peers) = (Groups::default(), Peers::new(Arc::clone(&identity), BTreeMap::new(), None));
+        let (groups, peers) = (Groups::default(), Peers::new(Arc::clone(&identity), addresses.clone(), None));
+        let liveness = quiescent.then(|| peers.keep_liveness().expect("liveness thread"));
         let mut started = Vec::new();
         for g in group_ids {
             let index = Arc::new(db.partition(g.topic_id, g.partition));
@@ -90,7 +112,7 @@ async fn start_nodes_configured(
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
-        nodes.push(Node { id, groups: started, registry: groups, server, _db: db, _dir: dir });
+        nodes.push(Node { id, groups: started, registry: groups, server, _liveness: liveness, _db: db, _dir: dir });
     }
     (nodes, members)
 }
@@ -425,5 +447,47 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
     for n in nodes {
         n.server.abort();
         let _ = n.raft().shutdown().await;
+    }
+}
+
+/// A quiescent group's leader sends no heartbeats, so openraft's own leader
+/// lease runs out on its followers a second after the last append. A
+/// follower that wrongly suspects the leader must still not unseat it:
+/// the leader refuses its pre-vote, and so does the other follower, which
+/// trusts the leader (its node answers liveness calls and it heard an
+/// append from it in this term). No term rises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiescent_groups_leader_is_not_unseated_while_it_serves() {
+    let (nodes, members) = start_quiescent_nodes(3).await;
+    nodes[0].raft().initialize(members).await.expect("initialize");
+    // No ticker: node 1 stands by hand.
+    nodes[0].raft().trigger().elect(false).await.expect("elect");
+    write(&nodes[0], 0..3).await;
+    let led = nodes[0].raft().metrics().borrow_watched().clone();
+    assert_eq!(led.state, ServerState::Leader);
+    for n in &nodes[1..] {
+        n.raft()
+            .wait(Some(WAIT))
+            .metrics(|m| m.current_leader == Some(1) && m.last_log_index == led.last_log_index, "following node 1")
+            .await
+            .expect("the followers hold node 1's entries");
+    }
+    // Node 2 stands again and again, for three times openraft's lease.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        nodes[1].raft().trigger().elect(true).await.expect("pre-vote");
+        let term = |n: &Node| n.raft().metrics().borrow_watched().current_term;
+        for n in &nodes {
+            assert_eq!(term(n), led.current_term, "node {}'s term rose: node 1 was unseated", n.id);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(nodes[0].raft().metrics().borrow_watched().state, ServerState::Leader, "node 1 still leads");
+    // And takes writes (its lease renewed first, as a server does).
+    strata_raft::quiesce::renew_lease(nodes[0].raft()).await;
+    write(&nodes[0], 3..4).await;
+    for n in nodes {
+        n.server.abort();
+        n.raft().shutdown().await.expect("shutdown");
     }
 }

@@ -475,6 +475,11 @@ struct PublicServices {
     auth: Arc<auth::Auth>,
 }
 
+/// Calls a peer may have reset (or this node refused) at once on one
+/// cluster connection before the node closes it (h2's defaults: 20 and
+/// 1,024).
+const CLUSTER_MAX_RESET_STREAMS: usize = 16 * 1024;
+
 fn serve_cluster(
     listener: tokio::net::TcpListener,
     security: strata_tls::Security,
@@ -491,6 +496,13 @@ fn serve_cluster(
             // A peer that vanished (power loss, cut cable) is noticed.
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            // Peers reset the calls whose deadline passed; a node behind on
+            // thousands of elections has many such calls at once. h2's
+            // defaults (against rapid-reset floods from strangers) would
+            // then close the whole connection, failing every other call on
+            // it, and make the node fall further behind.
+            .http2_max_pending_accept_reset_streams(Some(CLUSTER_MAX_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(CLUSTER_MAX_RESET_STREAMS))
             .layer(auth::AuthLayer::new(public.auth))
             .add_service(service)
             .add_service(

@@ -165,8 +165,10 @@ impl Replication {
             .map_err(raft_error)?;
         let quiescer = Quiescer::new(Arc::clone(peers.identity()), groups.clone());
         let quiesce = quiescer.stats();
-        let mut background = peers.keep_liveness();
-        background.push(quiescer.spawn());
+        let liveness = peers
+            .keep_liveness()
+            .map_err(|e| ServerError::Startup(format!("cannot start the liveness thread: {e}")))?;
+        let background = vec![liveness, quiescer.spawn()];
         if !controller.is_initialized().await.map_err(raft_error)? {
             controller.initialize(Self::members_of(&cluster, &cluster.members())).await.map_err(raft_error)?;
         }
@@ -523,18 +525,26 @@ impl Replication {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Starts (recovering) a partition's group; a new one is initialised
-    /// with its replicas, and its preferred leader asks for an election at
-    /// once instead of waiting for a timeout.
+    /// Starts (recovering) a partition's group; a new one is given its
+    /// membership ([`group::bootstrap`]), and its preferred leader asks for
+    /// an election at once instead of waiting for a timeout.
     async fn start_partition(&self, group: GroupId, log: PartitionLog, replicas: &[NodeId]) -> Result<(), Status> {
         let internal = |e: &dyn std::fmt::Display| Status::internal(format!("{group}: {e}"));
+        let members = Self::members_of(&self.cluster, replicas);
+        let new = group::bootstrap(group, &log, members.clone()).await.map_err(|e| internal(&e))?;
         let raft = group::start(self.node_id(), group, log, Arc::clone(&self.config), &self.peers, &self.groups)
             .await
             .map_err(|e| internal(&e))?;
+        let preferred = replicas.first() == Some(&self.node_id());
+        if new && preferred {
+            tokio::spawn(stand_first(raft.clone()));
+        }
+        // A replica that voted before it held any entry (a version that
+        // initialised every replica): initialised as it was then.
         if !raft.is_initialized().await.map_err(|e| internal(&e))? {
-            match raft.initialize(Self::members_of(&self.cluster, replicas)).await {
+            match raft.initialize(members).await {
                 Ok(()) => {
-                    if replicas.first() == Some(&self.node_id()) {
+                    if preferred {
                         tokio::spawn(stand_first(raft.clone()));
                     }
                 }
@@ -912,6 +922,11 @@ impl Replication {
         out.into_iter().collect()
     }
 
+    /// Whether `node` answers this node's liveness calls.
+    fn peer_live(&self, node: NodeId) -> bool {
+        self.peers.identity().liveness.view(node).live
+    }
+
     /// Replicas, the leader (as this node knows it; 0 when not) and, when
     /// this node leads it, the replicas in sync of a partition.
     pub fn placement(&self, topic: &str, partition: u32) -> (Vec<NodeId>, NodeId, Vec<NodeId>) {
@@ -920,8 +935,9 @@ impl Replication {
         let replicas = t.replicas.get(partition as usize).cloned().unwrap_or_default();
         let group = GroupId { topic_id: t.id, partition };
         let Some(raft) = self.groups.get(group) else { return (replicas, 0, Vec::new()) };
-        let metrics = raft.metrics().borrow_watched().clone();
-        (replicas, metrics.current_leader.unwrap_or(0), in_sync(&metrics, self.node_id()))
+        let watch = raft.metrics();
+        let m = watch.borrow_watched();
+        (replicas, m.current_leader.unwrap_or(0), in_sync(&m, self.node_id(), |n| self.peer_live(n)))
     }
 
     /// Proposes a validated batch to its partition's group; the proposal
@@ -984,7 +1000,7 @@ impl Replication {
                     .filter(|(id, _)| **id != me)
                     .map(|(id, matched)| (*id, matched.map_or(0, |l| l.index)))
                     .collect();
-                (followers, in_sync(&m, me).len())
+                (followers, in_sync(&m, me, |n| self.peer_live(n)).len())
             } else {
                 (Vec::new(), 0)
             };
@@ -1097,19 +1113,23 @@ const IN_SYNC_LAG_TIME: Duration = Duration::from_secs(10);
 const IN_SYNC_LAG_ENTRIES: u64 = 1000;
 
 /// The replicas in sync with this node, if it leads (see the proto's
-/// `PartitionDescription.in_sync`).
-fn in_sync(metrics: &openraft::RaftMetrics<TypeConfig>, me: NodeId) -> Vec<NodeId> {
+/// `PartitionDescription.in_sync`). A quiescent leader hears nothing from
+/// its followers while the partition is idle: a follower that holds its
+/// last entry and whose node is `live` (node liveness) is in sync too.
+fn in_sync(metrics: &openraft::RaftMetrics<TypeConfig>, me: NodeId, live: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
     use openraft::Instant as _;
     if metrics.state != ServerState::Leader {
         return Vec::new();
     }
     let committed = metrics.cluster_committed.as_ref().map_or(0, |c| c.index);
+    let last = metrics.last_log_index;
     let mut out = vec![me];
     if let (Some(matched), Some(acked)) = (&metrics.replication, &metrics.heartbeat) {
         for (id, m) in matched {
             let recent = acked.get(id).and_then(Option::as_ref).is_some_and(|t| t.elapsed() <= IN_SYNC_LAG_TIME);
             let close = m.map_or(0, |l| l.index).saturating_add(IN_SYNC_LAG_ENTRIES) >= committed;
-            if *id != me && recent && close {
+            let holds_all = m.map(|l| l.index) == last;
+            if *id != me && close && (recent || (holds_all && live(*id))) {
                 out.push(*id);
             }
         }
@@ -1227,5 +1247,41 @@ impl Pending {
                 format!("{group} could not commit the batch: {e}"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_raft::types::LogId;
+
+    /// A leader (node 1) at entry 9 whose followers acknowledged nothing
+    /// lately (a quiescent leader sends nothing): node 2 holds entry 9,
+    /// node 3 entry 7.
+    fn quiescent_leader() -> openraft::RaftMetrics<TypeConfig> {
+        let mut m = openraft::RaftMetrics::new_initial(1);
+        m.state = ServerState::Leader;
+        m.last_log_index = Some(9);
+        m.cluster_committed = Some(LogId::new_term_index(2, 9));
+        m.replication = Some(
+            [
+                (1, Some(LogId::new_term_index(2, 9))),
+                (2, Some(LogId::new_term_index(2, 9))),
+                (3, Some(LogId::new_term_index(2, 7))),
+            ]
+            .into(),
+        );
+        m.heartbeat = Some([(2, None), (3, None)].into());
+        m
+    }
+
+    #[test]
+    fn an_idle_follower_that_holds_every_entry_on_a_live_node_is_in_sync() {
+        let m = quiescent_leader();
+        assert_eq!(in_sync(&m, 1, |_| true), [1, 2], "node 3 lacks entries 8 and 9");
+        assert_eq!(in_sync(&m, 1, |n| n != 2), [1], "node 2's node is down");
+        let mut follower = m.clone();
+        follower.state = ServerState::Follower;
+        assert!(in_sync(&follower, 1, |_| true).is_empty(), "only a leader knows");
     }
 }

@@ -120,7 +120,7 @@ pub async fn run(opts: &ClientOpts, command: BenchCommand) -> anyhow::Result<()>
         BenchCommand::Consume(args) => consume(opts, args).await,
         BenchCommand::Failover(args) => crate::failover::run(args).await,
         BenchCommand::Groups(args) => crate::group_bench::run(opts, args).await,
-        BenchCommand::Partitions(args) => crate::partitions_bench::run(args).await,
+        BenchCommand::Partitions(args) => crate::partitions_bench::run(opts, args).await,
     }
 }
 

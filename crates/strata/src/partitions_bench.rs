@@ -1,7 +1,11 @@
 //! `strata bench partitions`: what many partitions cost a cluster.
 //!
 //! Starts its own loopback cluster (`--nodes`, every partition replicated
-//! `--replication-factor` times), then:
+//! `--replication-factor` times), or with `--existing` uses the cluster at
+//! `--server` (with the client's TLS and credential flags; idle figures
+//! from each node's `--metrics` endpoint; no failover: the bench kills only
+//! nodes it started; its topics are deleted at the end unless `--keep`),
+//! then:
 //! - creates `--partitions` partitions (topics of `--per-topic`), timed:
 //!   partitions per second, until every one has a leader;
 //! - lets the cluster settle for 5 s, then idle for `--idle`, and reads each node's CPU time and
@@ -12,9 +16,9 @@
 //!   partitions for that long (one producer each, 64 records of 1 KiB per
 //!   request, acks=quorum): records per second with the others idle;
 //! - kills (SIGKILL) the node that leads the most partitions and, for each
-//!   of those partitions, writes one record at a time until one is
-//!   acknowledged: the time from the kill to that acknowledgement, per
-//!   partition (p50, p99, max).
+//!   of those partitions, writes one record at a time (100 ms between
+//!   attempts) until one is acknowledged: the time from the kill to that
+//!   acknowledgement, per partition (p50, p99, max).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use strata_client::{Client, Compression, Record, TopicConfig};
 
+use crate::ClientOpts;
 use crate::cli::OutputFormat;
 use crate::cluster::LocalCluster;
 
@@ -59,6 +64,19 @@ pub struct PartitionsBench {
     /// Where the nodes keep their data (removed at the end).
     #[arg(long, default_value = "/var/tmp/strata-partitions")]
     data_dir: PathBuf,
+    /// Use the cluster at --server instead of starting one.
+    #[arg(long)]
+    existing: bool,
+    /// With --existing: a node's metrics endpoint, HOST:PORT (repeatable),
+    /// read for its CPU time, memory, threads and open files.
+    #[arg(long = "metrics", value_name = "HOST:PORT", requires = "existing")]
+    metrics: Vec<String>,
+    /// Names of the topics: PREFIX-0, PREFIX-1, ...
+    #[arg(long, default_value = "parts")]
+    topic_prefix: String,
+    /// With --existing: leave the topics in place (deleted otherwise).
+    #[arg(long, requires = "existing")]
+    keep: bool,
     #[arg(long, value_enum, default_value = "text")]
     format: OutputFormat,
 }
@@ -72,13 +90,18 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// requests at once): every partition of the killed node is written to at
 /// once, so that each one's time is its own, not its place in a queue.
 const FAILOVER_CONNECTIONS: usize = 16;
+/// Pause after a failed failover write before the next attempt (a Kafka
+/// producer's default `retry.backoff.ms`): thousands of writers retrying
+/// at once are load the survivors would otherwise spend answering them.
+const FAILOVER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Deadline of each failover write attempt.
 const FAILOVER_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// One node's idle figures.
 #[derive(Debug, serde::Serialize)]
 struct Idle {
-    node: u16,
+    /// `node N` of a cluster the bench started, or a metrics endpoint.
+    node: String,
     cpu_percent_of_a_core: f64,
     rss_mib: f64,
     threads: u64,
@@ -94,12 +117,16 @@ struct Report {
     partitions_per_second: f64,
     idle_seconds: f64,
     idle: Vec<Idle>,
-    idle_cpu_percent_of_machine: f64,
+    /// All nodes together, as a share of this machine (nodes the bench
+    /// started only).
+    idle_cpu_percent_of_machine: Option<f64>,
     metadata_all_topics_ms: f64,
     load_partitions: u32,
     load_records_per_second: f64,
     load_latency_ms_p99: f64,
     killed_node: Option<u16>,
+    /// Why failover was not measured, when it was not.
+    failover_skipped: Option<String>,
     failover_partitions: usize,
     failover_ms_p50: f64,
     failover_ms_p99: f64,
@@ -107,12 +134,35 @@ struct Report {
     failover_not_recovered: usize,
 }
 
-pub async fn run(args: PartitionsBench) -> anyhow::Result<()> {
+pub async fn run(opts: &ClientOpts, args: PartitionsBench) -> anyhow::Result<()> {
     if args.per_topic == 0 || args.partitions == 0 {
         bail!("--partitions and --per-topic must be at least 1");
     }
-    let report =
-        LocalCluster::scratch(args.nodes, args.base_port, &args.data_dir, async |c| measure(&args, c).await).await?;
+    let report = if args.existing {
+        let client = crate::cli::connect(opts).await?.with_timeout(Duration::from_secs(60));
+        let mut target = Target::Existing { opts, metrics: &args.metrics };
+        let taken: Vec<String> = topics(&args).into_iter().map(|(n, _)| n).collect();
+        for name in &taken {
+            if client.describe_topic(name).await.is_ok() {
+                bail!("topic {name} exists already: choose another --topic-prefix (or delete it)");
+            }
+        }
+        let report = measure(&args, &mut target).await;
+        if !args.keep {
+            eprintln!("deleting the bench's {} topics", taken.len());
+            for name in &taken {
+                if let Err(e) = client.delete_topic(name).await {
+                    eprintln!("cannot delete topic {name}: {e}");
+                }
+            }
+        }
+        report?
+    } else {
+        LocalCluster::scratch(args.nodes, args.base_port, &args.data_dir, async |c| {
+            measure(&args, &mut Target::Local(c)).await
+        })
+        .await?
+    };
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
         OutputFormat::Text => print_text(&report),
@@ -120,19 +170,95 @@ pub async fn run(args: PartitionsBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster measured.
+enum Target<'a> {
+    /// Started by the bench: its nodes' processes are read and killed.
+    Local(&'a mut LocalCluster),
+    /// Already running: reached with the client's flags; figures of a node
+    /// only from its metrics endpoint.
+    Existing { opts: &'a ClientOpts, metrics: &'a [String] },
+}
+
+impl Target<'_> {
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(match self {
+            Self::Local(c) => Client::connect(&c.bootstrap()).await?,
+            Self::Existing { opts, .. } => crate::cli::connect(opts).await?,
+        })
+    }
+
+    /// Each node's process figures now (a node that cannot be read is
+    /// left out, and said so).
+    async fn stats(&self, nodes: u16) -> Vec<(String, strata_server::metrics::process::ProcessStats)> {
+        let mut out = Vec::new();
+        match self {
+            Self::Local(c) => {
+                for n in 1..=nodes {
+                    match c.pid(n).and_then(|pid| strata_server::metrics::process::stats_of(&pid.to_string())) {
+                        Some(s) => out.push((format!("node {n}"), s)),
+                        None => eprintln!("cannot read node {n}'s process figures"),
+                    }
+                }
+            }
+            Self::Existing { metrics, .. } => {
+                for at in *metrics {
+                    match scrape(at).await {
+                        Ok(s) => out.push((at.clone(), s)),
+                        Err(e) => eprintln!("cannot read the metrics at {at}: {e:#}"),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A node's process figures from its Prometheus endpoint (plain HTTP).
+async fn scrape(at: &str) -> anyhow::Result<strata_server::metrics::process::ProcessStats> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(at).await?;
+        stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {at}\r\n\r\n").as_bytes()).await?;
+        let mut raw = Vec::new();
+        // A scrape is a few hundred KiB at most; bounded all the same.
+        stream.take(64 << 20).read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), fetch).await.context("no answer within 10 s")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("not an HTTP response")?;
+    if !head.split_whitespace().nth(1).is_some_and(|s| s == "200") {
+        bail!("answered {}", head.lines().next().unwrap_or_default());
+    }
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .with_context(|| format!("no {name}"))
+    };
+    Ok(strata_server::metrics::process::ProcessStats {
+        cpu_seconds: value("process_cpu_seconds_total")?,
+        resident_bytes: value("process_resident_memory_bytes")? as u64,
+        threads: value("process_threads")? as u64,
+        open_fds: value("process_open_fds")? as u64,
+        ..Default::default()
+    })
+}
+
 fn topics(args: &PartitionsBench) -> Vec<(String, u32)> {
     let mut left = args.partitions;
     let mut out = Vec::new();
     while left > 0 {
         let n = left.min(args.per_topic);
-        out.push((format!("parts-{}", out.len()), n));
+        out.push((format!("{}-{}", args.topic_prefix, out.len()), n));
         left -= n;
     }
     out
 }
 
-async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::Result<Report> {
-    let client = Client::connect(&cluster.bootstrap()).await?.with_timeout(Duration::from_secs(60));
+async fn measure(args: &PartitionsBench, target: &mut Target<'_>) -> anyhow::Result<Report> {
+    let client = target.client().await?.with_timeout(Duration::from_secs(60));
     let topics = topics(args);
     let started = Instant::now();
     for (i, (name, n)) in topics.iter().enumerate() {
@@ -152,28 +278,34 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
     // Groups go quiet once idle for a moment: measure the steady state.
     eprintln!("settling for {SETTLE:?}, then idling for {:?}", args.idle);
     tokio::time::sleep(SETTLE).await;
-    let before: Vec<_> = (1..=args.nodes).map(|n| cluster.pid(n).and_then(cpu_seconds)).collect();
+    let before = target.stats(args.nodes).await;
     let idle_started = Instant::now();
     tokio::time::sleep(args.idle).await;
     let window = idle_started.elapsed().as_secs_f64();
+    let after = target.stats(args.nodes).await;
     let mut idle = Vec::new();
-    for (i, b) in before.iter().enumerate() {
-        let node = i as u16 + 1;
-        let stats = cluster.pid(node).and_then(|pid| strata_server::metrics::process::stats_of(&pid.to_string()));
-        let (Some(b), Some(a)) = (b, stats) else { continue };
+    for (node, b) in &before {
+        let Some((_, a)) = after.iter().find(|(n, _)| n == node) else { continue };
         idle.push(Idle {
-            node,
-            cpu_percent_of_a_core: 100.0 * (a.cpu_seconds - b) / window,
+            node: node.clone(),
+            cpu_percent_of_a_core: 100.0 * (a.cpu_seconds - b.cpu_seconds) / window,
             rss_mib: a.resident_bytes as f64 / (1024.0 * 1024.0),
             threads: a.threads,
             open_fds: a.open_fds,
         });
     }
+    // Nodes the bench started share this machine; an existing cluster's
+    // may not.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let machine = idle.iter().map(|i| i.cpu_percent_of_a_core).sum::<f64>() / cores;
+    let machine =
+        matches!(target, Target::Local(_)).then(|| idle.iter().map(|i| i.cpu_percent_of_a_core).sum::<f64>() / cores);
+    let nodes = match target {
+        Target::Local(_) => args.nodes,
+        Target::Existing { .. } => u16::try_from(client.metadata(&[]).await?.brokers.len()).unwrap_or(u16::MAX),
+    };
 
     let mut report = Report {
-        nodes: args.nodes,
+        nodes,
         partitions: args.partitions,
         replication_factor: args.replication_factor,
         create_seconds: create.as_secs_f64(),
@@ -186,6 +318,7 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
         load_records_per_second: 0.0,
         load_latency_ms_p99: 0.0,
         killed_node: None,
+        failover_skipped: None,
         failover_partitions: 0,
         failover_ms_p50: 0.0,
         failover_ms_p99: 0.0,
@@ -193,12 +326,19 @@ async fn measure(args: &PartitionsBench, cluster: &mut LocalCluster) -> anyhow::
         failover_not_recovered: 0,
     };
     if !args.load.is_zero() {
-        load(args, cluster, &topics, &mut report).await?;
+        load(args, target, &topics, &mut report).await?;
     }
-    if !args.no_failover && args.nodes >= 3 {
-        // Leaders as they are now (they may have moved since creation).
-        let leaders = wait_leaders(&client, &topics).await?;
-        failover(cluster, &leaders, &mut report).await?;
+    match target {
+        _ if args.no_failover => report.failover_skipped = Some("--no-failover".into()),
+        Target::Existing { .. } => {
+            report.failover_skipped = Some("the bench kills only nodes of a cluster it started".into());
+        }
+        Target::Local(_) if args.nodes < 3 => report.failover_skipped = Some("fewer than 3 nodes".into()),
+        Target::Local(cluster) => {
+            // Leaders as they are now (they may have moved since creation).
+            let leaders = wait_leaders(&client, &topics).await?;
+            failover(cluster, &leaders, &mut report).await?;
+        }
     }
     Ok(report)
 }
@@ -220,7 +360,7 @@ async fn metadata_ms(client: &Client, topics: &[(String, u32)]) -> anyhow::Resul
 /// for `--load` (3 s of warm-up first, not measured).
 async fn load(
     args: &PartitionsBench,
-    cluster: &LocalCluster,
+    target: &Target<'_>,
     topics: &[(String, u32)],
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -228,7 +368,7 @@ async fn load(
     let partitions = args.load_partitions.min(*n).max(1);
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(Client::connect(&cluster.bootstrap()).await?.with_timeout(Duration::from_secs(30)));
+        clients.push(target.client().await?.with_timeout(Duration::from_secs(30)));
     }
     let shape = crate::bench::Shape {
         record_size: 1024,
@@ -315,7 +455,12 @@ async fn failover(
     let killed = Instant::now();
     cluster.kill(victim).await?;
     let mut tasks = Vec::with_capacity(led.len());
-    for (i, (topic, p)) in led.into_iter().enumerate() {
+    let topics: Vec<String> =
+        led.iter().map(|(t, _)| t.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    for (topic, p) in led {
+        // One client per topic, as a producer application would have: the
+        // writes of a topic share its metadata.
+        let i = topics.binary_search(&topic).unwrap_or(0);
         let writer = writers[i % writers.len()].clone();
         tasks.push(tokio::spawn(async move {
             let record = Record { value: bytes::Bytes::from_static(b"failover"), ..Record::default() };
@@ -324,7 +469,7 @@ async fn failover(
                 if writer.produce_batch(&topic, p, batch).await.is_ok() {
                     return Some(killed.elapsed());
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(FAILOVER_RETRY_BACKOFF).await;
             }
             None
         }));
@@ -348,11 +493,6 @@ async fn failover(
     Ok(())
 }
 
-/// User and system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    strata_server::metrics::process::stats_of(&pid.to_string()).map(|s| s.cpu_seconds)
-}
-
 fn print_text(r: &Report) {
     println!(
         "{} partitions (RF {}) on {} nodes: created and led in {:.1} s ({:.0} partitions/s)",
@@ -360,17 +500,22 @@ fn print_text(r: &Report) {
     );
     for i in &r.idle {
         println!(
-            "  node {}: idle CPU {:.1}% of a core, RSS {:.0} MiB, {} threads, {} open files",
+            "  {}: idle CPU {:.1}% of a core, RSS {:.0} MiB, {} threads, {} open files",
             i.node, i.cpu_percent_of_a_core, i.rss_mib, i.threads, i.open_fds
         );
     }
-    println!("  idle, all nodes: {:.1}% of the machine's CPU", r.idle_cpu_percent_of_machine);
+    if let Some(machine) = r.idle_cpu_percent_of_machine {
+        println!("  idle, all nodes: {machine:.1}% of the machine's CPU");
+    }
     println!("  metadata of every topic: {:.1} ms", r.metadata_all_topics_ms);
     if r.load_partitions > 0 {
         println!(
             "  load on {} partitions: {:.0} records/s, p99 {:.1} ms per request",
             r.load_partitions, r.load_records_per_second, r.load_latency_ms_p99
         );
+    }
+    if let Some(why) = &r.failover_skipped {
+        println!("  failover not measured: {why}");
     }
     if let Some(node) = r.killed_node {
         println!(

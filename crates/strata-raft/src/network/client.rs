@@ -99,43 +99,63 @@ impl Peers {
     }
 
     /// Calls every peer's `Liveness` every [`PING_EVERY`] until the
-    /// returned tasks are aborted, recording each answer in this node's
-    /// [`crate::liveness::Liveness`] (one task per peer: a slow peer
-    /// delays only its own calls).
-    pub fn keep_liveness(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    /// returned task is aborted, recording each answer in this node's
+    /// [`crate::liveness::Liveness`]. The calls run on a thread of their
+    /// own, each peer over a connection of its own: a node whose runtime is
+    /// saturated (thousands of elections after a peer died) or whose Raft
+    /// connection is queued up still hears its peers, and is still heard,
+    /// rather than finding them dead and disrupting their groups. One loop
+    /// per peer: a slow peer delays only its own calls.
+    pub fn keep_liveness(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let me = self.identity.node_id;
         let targets = self.addresses.keys().copied().filter(|id| *id != me).collect::<Vec<_>>();
-        targets
-            .into_iter()
-            .map(|target| {
-                let peers = self.clone();
-                tokio::spawn(async move {
-                    let mut every = tokio::time::interval(PING_EVERY);
-                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        every.tick().await;
-                        if let Ok(answer) = peers.ping(target).await
-                            && answer.node_id == target
-                        {
-                            peers.identity.liveness.heard(target, answer.incarnation);
-                        }
-                    }
-                })
-            })
-            .collect()
+        let (stop, mut stopped) = tokio::sync::watch::channel(());
+        let peers = self.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("strata-liveness".into()).spawn(move || {
+            runtime.block_on(async move {
+                let calls = targets.into_iter().map(|target| peers.ping_forever(target));
+                tokio::select! {
+                    _ = futures::future::join_all(calls) => {}
+                    _ = stopped.changed() => {}
+                }
+            });
+        })?;
+        // Aborting this task drops `stop`, which ends the thread.
+        Ok(tokio::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        }))
     }
 
-    async fn ping(&self, target: NodeId) -> Result<pb::LivenessResponse, String> {
-        let addr = self.address(target).ok_or_else(|| format!("node {target} has no configured address"))?.to_owned();
-        let mut request = Request::new(pb::LivenessRequest {
-            from: self.identity.node_id,
-            target,
-            cluster_id: self.identity.cluster_id(),
-            incarnation: self.identity.liveness.incarnation(),
-        });
-        request.set_timeout(DEAD_AFTER / 2);
-        let answer = self.raft_client(target, &addr)?.liveness(request).await.map_err(|s| s.message().to_owned())?;
-        Ok(answer.into_inner())
+    async fn ping_forever(&self, target: NodeId) {
+        // Its own connection (created on the calling runtime, whose tasks
+        // then drive it): never queued behind Raft's streams.
+        let channel = match self.new_channel_to(target) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target, error = %e, "no liveness calls to this peer");
+                return;
+            }
+        };
+        let client = pb::raft_client::RaftClient::new(channel);
+        let mut every = tokio::time::interval(PING_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let mut request = Request::new(pb::LivenessRequest {
+                from: self.identity.node_id,
+                target,
+                cluster_id: self.identity.cluster_id(),
+                incarnation: self.identity.liveness.incarnation(),
+            });
+            request.set_timeout(DEAD_AFTER / 2);
+            if let Ok(answer) = client.clone().liveness(request).await
+                && answer.get_ref().node_id == target
+            {
+                self.identity.liveness.heard(target, answer.get_ref().incarnation);
+            }
+        }
     }
 
     /// Proposes `batch` to `group`: on this node if it leads the group,
@@ -422,7 +442,18 @@ impl Failure {
 }
 
 impl Connection {
+    /// The peer's client; a peer known to be down (heard from before, then
+    /// silent for [`DEAD_AFTER`]) fails at once, as unreachable: a node
+    /// that lost a peer does not queue a call per group on a connection
+    /// that is reconnecting, each waiting out its deadline (openraft backs
+    /// off; liveness says when the peer is back).
     fn client(&self) -> Result<pb::raft_client::RaftClient<Channel>, Failure> {
+        let target = self.stamp.target;
+        let view = self.stamp.identity.liveness.view(target);
+        if view.incarnation != 0 && !view.live {
+            let message = format!("node {target} is down: it has not answered liveness calls for {DEAD_AFTER:?}");
+            return Err(Failure::Unreachable(TransportError { target, message }));
+        }
         self.client
             .clone()
             .map_err(|message| Failure::Unreachable(TransportError { target: self.stamp.target, message }))

@@ -131,6 +131,58 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// The answer to a (pre-)vote request from `candidate` that this
+    /// replica refuses without asking openraft, if it does: a partition
+    /// replica does not help unseat a leader it has reason to think is
+    /// serving, as openraft's leader lease would do if quiescent groups
+    /// heartbeat (their followers' leases run out while all is well):
+    ///
+    /// - it leads the group itself (and heartbeats at once, so that the
+    ///   candidate hears from it and goes quiet again);
+    /// - it follows a leader it trusts ([`crate::quiesce::trusts`]: the
+    ///   leader's node is live and an append from its current run was
+    ///   heard in this term).
+    ///
+    /// A quiescent follower that wrongly found its leader's node dead (a
+    /// lost liveness call) then disturbs nothing: partition groups run a
+    /// pre-vote first, which these refusals fail without raising any term.
+    /// Refusing a vote is always safe; only a group whose leader's node is
+    /// live but whose leader cannot serve would wait (see ARCHITECTURE's
+    /// known limits).
+    fn refuse_vote(&self, group: GroupId, raft: &PartitionRaft, candidate: NodeId) -> Option<pb::VoteResponse> {
+        if group == GroupId::CONTROLLER {
+            return None;
+        }
+        let me = self.identity.node_id;
+        let (state, vote, leader) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (m.state, m.vote, m.current_leader)
+        };
+        self.identity.liveness.touch(candidate);
+        let refuse = if state == openraft::ServerState::Leader {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let _ = raft.trigger().heartbeat().await;
+            });
+            true
+        } else {
+            let heard = self.groups.heard(group).map(|h| h.get()).unwrap_or_default();
+            leader.is_some_and(|l| {
+                l != candidate
+                    && l != me
+                    && crate::quiesce::trusts(&self.identity.liveness, heard, vote.leader_id.term, l)
+            })
+        };
+        if !refuse {
+            return None;
+        }
+        tracing::debug!(%group, candidate, ?leader, "vote refused: this replica's leader is serving");
+        Some(pb::VoteResponse { vote: Some(vote_to_pb(&vote)), vote_granted: false, last_log_id: None })
+    }
+}
+
 fn raft_failed(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
@@ -188,6 +240,7 @@ impl pb::raft_server::Raft for RaftService {
         let incarnation = req.sender_incarnation;
         let rpc = append_request_from_pb(req)?;
         self.sender(node, &raft).check_append(&rpc).map_err(refused)?;
+        self.identity.liveness.touch(rpc.vote.leader_id.voted_for);
         if let Some(heard) = self.groups.heard(group) {
             heard.record(rpc.vote.leader_id.term, rpc.vote.leader_id.voted_for, incarnation);
         }
@@ -227,6 +280,7 @@ impl pb::raft_server::Raft for RaftService {
         let incarnation = first.sender_incarnation;
         let first = append_request_from_pb(first)?;
         self.sender(node, &raft).check_append(&first).map_err(refused)?;
+        self.identity.liveness.touch(first.vote.leader_id.voted_for);
         // Who the group hears from (one stream: one leader, one vote).
         let heard = self.groups.heard(group).unwrap_or_default();
         heard.record(first.vote.leader_id.term, first.vote.leader_id.voted_for, incarnation);
@@ -236,6 +290,7 @@ impl pb::raft_server::Raft for RaftService {
         // arrive, or once this node no longer runs the group (the sender sees
         // its answers stop, and opens a new stream, which is routed afresh).
         let groups = self.groups.clone();
+        let identity = Arc::clone(&self.identity);
         let rest = inbound.scan((), move |(), next| {
             let next = match next {
                 Ok(_) if !groups.contains(group) => {
@@ -248,6 +303,7 @@ impl pb::raft_server::Raft for RaftService {
                         let current_term = metrics.borrow_watched().current_term;
                         Sender { members: &members, node, current_term }.check_append(&rpc).map_err(refused)?;
                         heard.record(rpc.vote.leader_id.term, rpc.vote.leader_id.voted_for, incarnation);
+                        identity.liveness.touch(rpc.vote.leader_id.voted_for);
                         Ok(rpc)
                     });
                     match checked {
@@ -295,9 +351,12 @@ impl pb::raft_server::Raft for RaftService {
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (_, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for) {
+            return Ok(Response::new(refusal));
+        }
         let resp = raft.vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(vote_response_to_pb(&resp)))
     }
@@ -305,9 +364,12 @@ impl pb::raft_server::Raft for RaftService {
     async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         let node = Self::peer(&request);
         let req = request.into_inner();
-        let (_, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for) {
+            return Ok(Response::new(refusal));
+        }
         let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(vote_response_to_pb(&resp)))
     }

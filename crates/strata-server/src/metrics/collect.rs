@@ -366,7 +366,7 @@ impl NodeCollector {
         gauge(
             encoder,
             "raft_groups_ticking",
-            "Partition groups here whose Raft timers run (busy leaders, followers without a live leader)",
+            "Partition groups here whose Raft timers run (busy leaders, groups of one voter)",
             one(q.ticking.load(Ordering::Relaxed)),
         )?;
         gauge(
@@ -380,6 +380,18 @@ impl NodeCollector {
             "raft_group_wakeups",
             "Times a quiescent partition group here started its Raft timers again",
             one(q.wakeups.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            encoder,
+            "raft_candidacies",
+            "Times a partition replica here stood for election (a pre-vote, then the vote if a quorum would grant it)",
+            one(q.elections.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            encoder,
+            "raft_candidacies_pending",
+            "Partition replicas here standing for election or queued to (at most 64 stand at once)",
+            one(q.electing.load(Ordering::Relaxed)),
         )?;
         let rows = |f: fn(&TopicAgg) -> u64| topics.iter().map(move |(k, a)| (k.clone(), f(a))).collect::<Vec<_>>();
         gauge(encoder, "raft_term", "Highest Raft term among the topic's replicas here", rows(|a| a.max_term))?;

@@ -778,13 +778,14 @@ impl PartitionLog {
     }
 
     pub fn status(&self) -> PartitionStatus {
-        let segments = self.inner.segments.read().map(|s| s.clone()).unwrap_or_default();
+        let (segments, size_bytes) =
+            self.inner.segments.read().map(|s| (s.len() as u32, s.iter().map(|s| s.len()).sum())).unwrap_or_default();
         PartitionStatus {
             partition: self.inner.partition,
             log_start_offset: self.log_start_offset(),
             high_watermark: self.high_watermark(),
-            segments: segments.len() as u32,
-            size_bytes: segments.iter().map(|s| s.len()).sum(),
+            segments,
+            size_bytes,
             failure: self.inner.failure().map(|f| f.to_string()),
         }
     }
