@@ -293,8 +293,11 @@ impl Client {
         if last.is_some_and(|at| at >= asked || at.elapsed() < REFRESH_MIN_INTERVAL) {
             return Ok(());
         }
-        let meta = self.metadata(&[topic]).await?;
+        // Whatever the answer: the callers that waited retry after their
+        // backoff, rather than each ask again in turn.
+        let meta = self.metadata(&[topic]).await;
         *last = Some(Instant::now());
+        let meta = meta?;
         let addr_of: HashMap<u64, String> = meta.brokers.into_iter().map(|b| (b.node_id, b.addr)).collect();
         let mut leaders = self.router.leaders.lock().map_err(|_| poisoned())?;
         for t in meta.topics {

@@ -30,6 +30,11 @@ pub const PING_EVERY: Duration = Duration::from_millis(100);
 /// when they would have without quiescing.
 pub const DEAD_AFTER: Duration = Duration::from_millis(1000);
 
+/// A node whose main runtime has not run its beat for this long stops
+/// calling its peers (see [`Liveness::runtime_stalled`]): twice the dead
+/// time, so that a runtime only slowed by load keeps its node live.
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+
 /// What this node knows of one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerView {
@@ -50,6 +55,8 @@ pub struct Liveness {
     started: Instant,
     incarnation: u64,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// When the main runtime last beat, in ms since `started`.
+    main_beat: std::sync::atomic::AtomicU64,
     /// Woken when a peer restarts (a new incarnation) or is heard again
     /// after it was not live.
     changed: Notify,
@@ -67,6 +74,7 @@ impl Liveness {
             started: Instant::now(),
             incarnation: rand::random::<u64>().max(1),
             peers: Mutex::default(),
+            main_beat: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -83,12 +91,28 @@ impl Liveness {
 
     /// Records that `peer`, in `incarnation`, was heard from now.
     pub fn heard(&self, peer: NodeId, incarnation: u64) {
-        if incarnation == 0 {
-            return;
+        if incarnation != 0 {
+            self.record(peer, Some(incarnation));
         }
+    }
+
+    /// Records that `peer` was heard from now through a message that does
+    /// not say which run of it sent it (a vote request): it is up, in the
+    /// incarnation last heard. A peer never heard from is left alone (its
+    /// first call or answer says its incarnation).
+    pub fn touch(&self, peer: NodeId) {
+        self.record(peer, None);
+    }
+
+    fn record(&self, peer: NodeId, incarnation: Option<u64>) {
         let now = Instant::now();
         let Ok(mut peers) = self.peers.lock() else { return };
         let entry = peers.entry(peer).or_insert(Peer { heard: None, incarnation: 0 });
+        let incarnation = match incarnation {
+            Some(i) => i,
+            None if entry.incarnation == 0 => return,
+            None => entry.incarnation,
+        };
         let was_live = entry.heard.is_some_and(|h| now.duration_since(h) < DEAD_AFTER);
         let restarted = entry.incarnation != 0 && entry.incarnation != incarnation;
         let first = entry.incarnation == 0;
@@ -99,15 +123,21 @@ impl Liveness {
         }
     }
 
-    /// Records that `peer` was heard from now through a message that does
-    /// not say which run of it sent it (a Raft message): it is up, in the
-    /// incarnation last heard. A peer never heard from is left alone (its
-    /// first call or answer says its incarnation).
-    pub fn touch(&self, peer: NodeId) {
-        let incarnation = self.peers.lock().ok().and_then(|p| p.get(&peer).map(|p| p.incarnation));
-        if let Some(incarnation) = incarnation {
-            self.heard(peer, incarnation);
-        }
+    /// Called every [`PING_EVERY`] from the node's main runtime: the
+    /// liveness calls (made from a thread of their own) go out only while
+    /// it is recent ([`Self::runtime_stalled`]).
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.main_beat.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The node's main runtime has not beaten for [`STALL_AFTER`]: it
+    /// serves no Raft messages, so this node must not look live to its
+    /// peers (they would go on trusting its leaders, and refusing votes to
+    /// replace them), and stops calling them.
+    pub fn runtime_stalled(&self) -> bool {
+        let last = Duration::from_millis(self.main_beat.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) > STALL_AFTER
     }
 
     /// What is known of `peer` now.
@@ -170,5 +200,18 @@ mod tests {
         assert!(!l.view(3).live, "a message from a peer never heard says nothing of its run");
         l.touch(2);
         assert_eq!(l.view(2), PeerView { live: true, incarnation: 8 }, "a Raft message keeps a peer live");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_that_stops_beating_is_stalled() {
+        let l = Liveness::new();
+        l.beat();
+        tokio::time::advance(STALL_AFTER).await;
+        assert!(!l.runtime_stalled());
+        l.beat();
+        tokio::time::advance(STALL_AFTER + Duration::from_millis(1)).await;
+        assert!(l.runtime_stalled(), "no beat for longer than STALL_AFTER");
+        l.beat();
+        assert!(!l.runtime_stalled());
     }
 }

@@ -105,21 +105,27 @@ pub struct Replication {
     quiesce: Arc<QuiesceStats>,
 }
 
-/// A new partition's preferred leader: stands for election at once, and
-/// again every [`STAND_FIRST_EVERY`] while no leader is known (a vote asked
-/// of a peer that does not run the group yet fails at once).
+/// A new partition's preferred leader: stands for election (a pre-vote,
+/// then the vote) a moment after it starts, and again every
+/// [`STAND_FIRST_EVERY`] while its attempt went nowhere (no leader known,
+/// no term raised: a peer that did not run the group yet answers nothing).
+/// Once its term moved, the quiescer's rules take over.
 async fn stand_first(raft: PartitionRaft) {
     // The other replicas' nodes start the group as they apply the topic,
     // about when this one does: standing a moment later finds them running
     // it, rather than leading with one of them and replicating to the
     // other only after openraft's backoff.
     tokio::time::sleep(STAND_FIRST_DELAY).await;
+    let term = raft.metrics().borrow_watched().current_term;
     for _ in 0..STAND_FIRST_TRIES {
-        if raft.trigger().elect(false).await.is_err() {
+        if raft.trigger().elect(true).await.is_err() {
             return;
         }
-        let led = raft.wait(Some(STAND_FIRST_EVERY)).metrics(|m| m.current_leader.is_some(), "a leader").await;
-        if led.is_ok() {
+        let moved = raft
+            .wait(Some(STAND_FIRST_EVERY))
+            .metrics(|m| m.current_leader.is_some() || m.current_term > term, "a leader or a new term")
+            .await;
+        if moved.is_ok() {
             return;
         }
     }

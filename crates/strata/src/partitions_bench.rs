@@ -143,8 +143,10 @@ pub async fn run(opts: &ClientOpts, args: PartitionsBench) -> anyhow::Result<()>
         let mut target = Target::Existing { opts, metrics: &args.metrics };
         let taken: Vec<String> = topics(&args).into_iter().map(|(n, _)| n).collect();
         for name in &taken {
-            if client.describe_topic(name).await.is_ok() {
-                bail!("topic {name} exists already: choose another --topic-prefix (or delete it)");
+            match client.describe_topic(name).await {
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => {}
+                Ok(_) => bail!("topic {name} exists already: choose another --topic-prefix (or delete it)"),
+                Err(e) => return Err(e).with_context(|| format!("cannot tell whether topic {name} exists")),
             }
         }
         let report = measure(&args, &mut target).await;
@@ -227,7 +229,7 @@ async fn scrape(at: &str) -> anyhow::Result<strata_server::metrics::process::Pro
     let raw = tokio::time::timeout(Duration::from_secs(10), fetch).await.context("no answer within 10 s")??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").context("not an HTTP response")?;
-    if !head.split_whitespace().nth(1).is_some_and(|s| s == "200") {
+    if head.split_whitespace().nth(1) != Some("200") {
         bail!("answered {}", head.lines().next().unwrap_or_default());
     }
     let value = |name: &str| {

@@ -121,10 +121,17 @@ impl Peers {
                 }
             });
         })?;
-        // Aborting this task drops `stop`, which ends the thread.
+        // This task runs on the node's main runtime: its beat tells the
+        // thread that the runtime serves. Aborting it drops `stop`, which
+        // ends the thread.
+        let identity = Arc::clone(&self.identity);
         Ok(tokio::spawn(async move {
             let _stop = stop;
-            std::future::pending::<()>().await;
+            let mut every = tokio::time::interval(PING_EVERY);
+            loop {
+                every.tick().await;
+                identity.liveness.beat();
+            }
         }))
     }
 
@@ -143,6 +150,9 @@ impl Peers {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
+            if self.identity.liveness.runtime_stalled() {
+                continue;
+            }
             let mut request = Request::new(pb::LivenessRequest {
                 from: self.identity.node_id,
                 target,

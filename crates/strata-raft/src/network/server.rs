@@ -138,8 +138,10 @@ impl RaftService {
     /// serving, as openraft's leader lease would do if quiescent groups
     /// heartbeat (their followers' leases run out while all is well):
     ///
-    /// - it leads the group itself (and heartbeats at once, so that the
-    ///   candidate hears from it and goes quiet again);
+    /// - it leads the group itself (and, asked for a pre-vote, heartbeats at
+    ///   once, so that the candidate hears from it and goes quiet again; a
+    ///   candidate of a real vote already holds a higher term, which a
+    ///   heartbeat would only carry back to depose this leader);
     /// - it follows a leader it trusts ([`crate::quiesce::trusts`]: the
     ///   leader's node is live and an append from its current run was
     ///   heard in this term).
@@ -150,7 +152,13 @@ impl RaftService {
     /// Refusing a vote is always safe; only a group whose leader's node is
     /// live but whose leader cannot serve would wait (see ARCHITECTURE's
     /// known limits).
-    fn refuse_vote(&self, group: GroupId, raft: &PartitionRaft, candidate: NodeId) -> Option<pb::VoteResponse> {
+    fn refuse_vote(
+        &self,
+        group: GroupId,
+        raft: &PartitionRaft,
+        candidate: NodeId,
+        pre_vote: bool,
+    ) -> Option<pb::VoteResponse> {
         if group == GroupId::CONTROLLER {
             return None;
         }
@@ -162,10 +170,12 @@ impl RaftService {
         };
         self.identity.liveness.touch(candidate);
         let refuse = if state == openraft::ServerState::Leader {
-            let raft = raft.clone();
-            tokio::spawn(async move {
-                let _ = raft.trigger().heartbeat().await;
-            });
+            if pre_vote {
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+            }
             true
         } else {
             let heard = self.groups.heard(group).map(|h| h.get()).unwrap_or_default();
@@ -240,7 +250,7 @@ impl pb::raft_server::Raft for RaftService {
         let incarnation = req.sender_incarnation;
         let rpc = append_request_from_pb(req)?;
         self.sender(node, &raft).check_append(&rpc).map_err(refused)?;
-        self.identity.liveness.touch(rpc.vote.leader_id.voted_for);
+        self.identity.liveness.heard(rpc.vote.leader_id.voted_for, incarnation);
         if let Some(heard) = self.groups.heard(group) {
             heard.record(rpc.vote.leader_id.term, rpc.vote.leader_id.voted_for, incarnation);
         }
@@ -280,7 +290,7 @@ impl pb::raft_server::Raft for RaftService {
         let incarnation = first.sender_incarnation;
         let first = append_request_from_pb(first)?;
         self.sender(node, &raft).check_append(&first).map_err(refused)?;
-        self.identity.liveness.touch(first.vote.leader_id.voted_for);
+        self.identity.liveness.heard(first.vote.leader_id.voted_for, incarnation);
         // Who the group hears from (one stream: one leader, one vote).
         let heard = self.groups.heard(group).unwrap_or_default();
         heard.record(first.vote.leader_id.term, first.vote.leader_id.voted_for, incarnation);
@@ -303,7 +313,7 @@ impl pb::raft_server::Raft for RaftService {
                         let current_term = metrics.borrow_watched().current_term;
                         Sender { members: &members, node, current_term }.check_append(&rpc).map_err(refused)?;
                         heard.record(rpc.vote.leader_id.term, rpc.vote.leader_id.voted_for, incarnation);
-                        identity.liveness.touch(rpc.vote.leader_id.voted_for);
+                        identity.liveness.heard(rpc.vote.leader_id.voted_for, incarnation);
                         Ok(rpc)
                     });
                     match checked {
@@ -354,7 +364,7 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for) {
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, false) {
             return Ok(Response::new(refusal));
         }
         let resp = raft.vote(rpc).await.map_err(raft_failed)?;
@@ -367,7 +377,7 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for) {
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true) {
             return Ok(Response::new(refusal));
         }
         let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;

@@ -32,7 +32,10 @@
 //!   dead node share its groups) stands after [`FIRST_CANDIDATE_WAIT`], the
 //!   others after [`OTHER_CANDIDATES_WAIT`], so that they rarely split the
 //!   vote. A group that never had a leader (a new partition, whose
-//!   preferred leader stands at once) waits [`NEW_GROUP_WAIT`].
+//!   preferred leader stands at once) waits [`NEW_GROUP_WAIT`] (its first
+//!   replica) or [`NEW_GROUP_WAIT`] + [`OTHER_CANDIDATES_WAIT`] (the
+//!   others). No replica stands while fewer than a quorum of the voters are
+//!   live.
 //! - A replica that leads a group, or follows a leader it trusts, refuses
 //!   a (pre-)vote to anyone else ([`crate::network::RaftService`]): a
 //!   replica that wrongly found the leader dead does not unseat it.
@@ -395,17 +398,24 @@ fn decide(
         pace.leaderless_since = None;
         return Want::Quiet;
     }
+    let live = |v: NodeId| v == me || liveness.view(v).live;
+    if voters.iter().filter(|v| live(**v)).count() <= voters.len() / 2 {
+        // No quorum of live voters: no election can be won (the wait
+        // starts once there is one).
+        pace.leaderless_since = None;
+        return Want::Quiet;
+    }
     let since = *pace.leaderless_since.get_or_insert(now);
-    let mut standing: Vec<NodeId> =
-        voters.iter().copied().filter(|v| Some(*v) != suspect && (*v == me || liveness.view(*v).live)).collect();
+    let mut standing: Vec<NodeId> = voters.iter().copied().filter(|v| Some(*v) != suspect && live(*v)).collect();
     standing.sort_unstable();
     let first = (!standing.is_empty()).then(|| standing[(turn % standing.len() as u64) as usize]);
-    let wait = if !pace.had_leader {
-        NEW_GROUP_WAIT
-    } else if first == Some(me) {
-        FIRST_CANDIDATE_WAIT
-    } else {
-        OTHER_CANDIDATES_WAIT
+    let wait = match (pace.had_leader, first == Some(me)) {
+        (true, true) => FIRST_CANDIDATE_WAIT,
+        (true, false) => OTHER_CANDIDATES_WAIT,
+        // A new group: its preferred leader stands at once (it is not
+        // known here); if it has not won, one replica after the other.
+        (false, true) => NEW_GROUP_WAIT,
+        (false, false) => NEW_GROUP_WAIT + OTHER_CANDIDATES_WAIT,
     };
     if now.duration_since(since) >= wait { Want::Stand } else { Want::Quiet }
 }
@@ -558,19 +568,19 @@ mod tests {
         let l = Liveness::new();
         let mut pace = Pace::new(Instant::now());
         let seen = follower(2, None);
-        advance(&l, STARTUP_GRACE - Duration::from_millis(100), &[]).await;
+        advance(&l, STARTUP_GRACE - Duration::from_millis(100), &[(2, 20), (3, 30)]).await;
         assert!(!on(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three)), "within the grace");
-        advance(&l, Duration::from_millis(100), &[]).await;
+        advance(&l, Duration::from_millis(100), &[(2, 20), (3, 30)]).await;
         assert!(!on(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three)), "the wait starts after the grace");
-        advance(&l, FIRST_CANDIDATE_WAIT, &[]).await;
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 30)]).await;
         assert!(!on(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three)), "never had a leader: a new group");
-        advance(&l, NEW_GROUP_WAIT - FIRST_CANDIDATE_WAIT, &[]).await;
+        advance(&l, NEW_GROUP_WAIT - FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 30)]).await;
         assert!(on(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three)));
         let mut candidate = Pace::new(Instant::now());
         candidate.had_leader = true;
         let seen = Seen { state: ServerState::Candidate, ..follower(3, None) };
         assert!(!on(decide(ME, &l, &mut candidate, &seen, Instant::now(), 0, three)));
-        advance(&l, FIRST_CANDIDATE_WAIT, &[]).await;
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20), (3, 30)]).await;
         assert!(on(decide(ME, &l, &mut candidate, &seen, Instant::now(), 0, three)), "a candidate stands again");
     }
 
@@ -590,15 +600,31 @@ mod tests {
             for (me, pace) in [1, 2].into_iter().zip(&mut paces) {
                 assert_eq!(decide(me, &l, pace, &seen, Instant::now(), turn, three), Want::Quiet);
             }
-            let standing: Vec<NodeId> = [1, 2]
-                .into_iter()
-                .zip(&mut paces)
-                .filter(|(me, pace)| decide(*me, &l, pace, &seen, now, turn, three) == Want::Stand)
-                .map(|(me, _)| me)
-                .collect();
+            let mut standing = Vec::new();
+            for (me, pace) in [1, 2].into_iter().zip(&mut paces) {
+                if decide(me, &l, pace, &seen, now, turn, three) == Want::Stand {
+                    standing.push(me);
+                }
+            }
             assert_eq!(standing.len(), 1, "one replica stands first: {standing:?}");
             first.push(standing[0]);
         }
         assert_eq!(first, [1, 2, 1, 2], "by the group's turn");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_replica_stands_without_a_quorum_of_live_voters() {
+        let l = past_startup().await;
+        let mut pace = Pace::new(Instant::now());
+        pace.had_leader = true;
+        let seen = follower(2, Some(3));
+        // Nodes 2 and 3 fall silent: node 1 alone cannot win.
+        advance(&l, DEAD_AFTER + OTHER_CANDIDATES_WAIT * 2, &[]).await;
+        assert_eq!(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three), Want::Quiet);
+        // Node 2 answers again: a quorum (1 and 2) can elect.
+        l.heard(2, 20);
+        assert_eq!(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three), Want::Quiet, "its wait starts");
+        advance(&l, FIRST_CANDIDATE_WAIT, &[(2, 20)]).await;
+        assert_eq!(decide(ME, &l, &mut pace, &seen, Instant::now(), 0, three), Want::Stand);
     }
 }
