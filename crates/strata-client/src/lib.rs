@@ -84,11 +84,6 @@ pub struct Client {
     router: Arc<Router>,
 }
 
-/// A topic's leaders are asked for at most this often (a caller that finds
-/// them stale sooner retries with what is known, after its backoff; a
-/// `NOT_LEADER` answer names the leader when the node knows it).
-const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(50);
-
 /// Where partition requests go.
 #[derive(Debug, Default)]
 struct Router {
@@ -290,7 +285,7 @@ impl Client {
             Arc::clone(gates.entry(topic.to_owned()).or_default())
         };
         let mut last = gate.lock().await;
-        if last.is_some_and(|at| at >= asked || at.elapsed() < REFRESH_MIN_INTERVAL) {
+        if last.is_some_and(|at| at >= asked) {
             return Ok(());
         }
         // Whatever the answer: the callers that waited retry after their

@@ -849,7 +849,7 @@ impl Replication {
             leading: m.state == ServerState::Leader && m.current_leader == Some(self.node_id()),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            leader: m.current_leader,
+            leader: self.known_leader(GroupId { topic_id, partition }, &m),
             replicas,
             here: true,
         })
@@ -933,6 +933,23 @@ impl Replication {
         self.peers.identity().liveness.view(node).live
     }
 
+    /// A partition group's leader as far as this node can tell: itself when
+    /// it leads, otherwise the leader this replica trusts
+    /// ([`strata_raft::quiesce::trusts`]: its node is live and this replica
+    /// heard an append from its current run in this term), else none. A
+    /// quiescent follower keeps naming the leader whose vote it holds after
+    /// that leader's node died or restarted, and with no quorum left to
+    /// elect another it would name it forever.
+    fn known_leader(&self, group: GroupId, m: &openraft::RaftMetrics<TypeConfig>) -> Option<NodeId> {
+        let me = self.node_id();
+        let leader = m.current_leader?;
+        if group == GroupId::CONTROLLER || (leader == me && m.state == ServerState::Leader) {
+            return Some(leader);
+        }
+        let heard = self.groups.heard(group).map(|h| h.get()).unwrap_or_default();
+        strata_raft::quiesce::trusts(&self.peers.identity().liveness, heard, m.current_term, leader).then_some(leader)
+    }
+
     /// Replicas, the leader (as this node knows it; 0 when not) and, when
     /// this node leads it, the replicas in sync of a partition.
     pub fn placement(&self, topic: &str, partition: u32) -> (Vec<NodeId>, NodeId, Vec<NodeId>) {
@@ -943,7 +960,7 @@ impl Replication {
         let Some(raft) = self.groups.get(group) else { return (replicas, 0, Vec::new()) };
         let watch = raft.metrics();
         let m = watch.borrow_watched();
-        (replicas, m.current_leader.unwrap_or(0), in_sync(&m, self.node_id(), |n| self.peer_live(n)))
+        (replicas, self.known_leader(group, &m).unwrap_or(0), in_sync(&m, self.node_id(), |n| self.peer_live(n)))
     }
 
     /// Proposes a validated batch to its partition's group; the proposal
@@ -993,7 +1010,8 @@ impl Replication {
     pub fn sample_groups(&self) -> Vec<GroupSample> {
         let me = self.node_id();
         let mut out = Vec::new();
-        self.groups.for_each(|group, raft| {
+        // Not under the group table's lock: `known_leader` reads it too.
+        for (group, raft, _) in self.groups.all_heard() {
             let watch = raft.metrics();
             let m = watch.borrow_watched();
             let leading = m.state == ServerState::Leader && m.current_leader == Some(me);
@@ -1014,14 +1032,14 @@ impl Replication {
             out.push(GroupSample {
                 group,
                 term: m.current_term,
-                leader: m.current_leader,
+                leader: self.known_leader(group, &m),
                 leading,
                 voters,
                 in_sync,
                 last_log_index,
                 followers,
             });
-        });
+        }
         out
     }
 

@@ -423,7 +423,7 @@ fn decide(
 /// Whether a follower in `term` may trust `leader` without heartbeats:
 /// its node is live, and this replica heard an append from it in this term
 /// from the process that node runs now.
-pub(crate) fn trusts(liveness: &Liveness, heard: (u64, NodeId, u64), term: u64, leader: NodeId) -> bool {
+pub fn trusts(liveness: &Liveness, heard: (u64, NodeId, u64), term: u64, leader: NodeId) -> bool {
     let view = liveness.view(leader);
     view.live && view.incarnation != 0 && heard == (term, leader, view.incarnation)
 }
