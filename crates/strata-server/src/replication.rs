@@ -54,7 +54,7 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
 /// A new partition's preferred leader asks for an election this often
 /// until a leader is known (its peers may not run the group yet: their
 /// nodes start it when they apply the topic), at most [`STAND_FIRST_TRIES`]
-/// times; then the groups' own timers take over.
+/// times; then the quiescer's elections take over (see `stand_first`).
 const STAND_FIRST_EVERY: Duration = Duration::from_millis(600);
 const STAND_FIRST_TRIES: u32 = 10;
 const STAND_FIRST_DELAY: Duration = Duration::from_millis(250);

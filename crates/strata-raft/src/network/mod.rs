@@ -159,16 +159,6 @@ impl Groups {
         self.inner.write().ok().and_then(|mut g| g.remove(&group)).map(|r| r.raft)
     }
 
-    /// Calls `f` with every group (under the table's read lock: `f` must
-    /// be short and must not touch the table).
-    pub fn for_each(&self, mut f: impl FnMut(GroupId, &PartitionRaft)) {
-        if let Ok(g) = self.inner.read() {
-            for (id, r) in g.iter() {
-                f(*id, &r.raft);
-            }
-        }
-    }
-
     /// Who `group` last heard an append from (`None`: not run here).
     pub fn heard(&self, group: GroupId) -> Option<Arc<HeardFrom>> {
         self.inner.read().ok().and_then(|g| g.get(&group).map(|r| Arc::clone(&r.heard)))

@@ -138,10 +138,10 @@ pub struct QuiesceStats {
     pub quiet: AtomicU64,
     /// Times a group's ticker was started again.
     pub wakeups: AtomicU64,
-    /// Elections this node ran or queued (one attempt each).
-    pub elections: AtomicU64,
-    /// Elections queued or running, as of the last sweep.
-    pub electing: AtomicU64,
+    /// Candidacies this node queued (one attempt to be elected each).
+    pub candidacies: AtomicU64,
+    /// Candidacies queued or running, as of the last sweep.
+    pub candidacies_pending: AtomicU64,
 }
 
 /// The quiescer's memory of one group.
@@ -294,7 +294,7 @@ impl Quiescer {
             }
             if want == Want::Stand && now >= pace.next_stand {
                 if self.elections.stand(id, raft.clone(), Arc::clone(&heard)) {
-                    self.stats.elections.fetch_add(1, Ordering::Relaxed);
+                    self.stats.candidacies.fetch_add(1, Ordering::Relaxed);
                 }
                 // Asked again once this attempt has had its time.
                 let jitter = Duration::from_millis(rand::random::<u64>() % RETRY_JITTER_MS);
@@ -319,7 +319,7 @@ impl Quiescer {
         self.paces.retain(|id, _| live.contains(id));
         self.stats.ticking.store(ticking, Ordering::Relaxed);
         self.stats.quiet.store(quiet, Ordering::Relaxed);
-        self.stats.electing.store(self.elections.pending() as u64, Ordering::Relaxed);
+        self.stats.candidacies_pending.store(self.elections.pending() as u64, Ordering::Relaxed);
     }
 
     /// Peers that restarted, or became live again, since the last sweep.

@@ -366,7 +366,7 @@ impl NodeCollector {
         gauge(
             encoder,
             "raft_groups_ticking",
-            "Partition groups here whose Raft timers run (busy leaders, groups of one voter)",
+            "Partition groups here whose Raft timers run (groups of one voter; leaders do not heartbeat)",
             one(q.ticking.load(Ordering::Relaxed)),
         )?;
         gauge(
@@ -385,13 +385,13 @@ impl NodeCollector {
             encoder,
             "raft_candidacies",
             "Times a partition replica here stood for election (a pre-vote, then the vote if a quorum would grant it)",
-            one(q.elections.load(Ordering::Relaxed)),
+            one(q.candidacies.load(Ordering::Relaxed)),
         )?;
         gauge(
             encoder,
             "raft_candidacies_pending",
             "Partition replicas here standing for election or queued to (at most 64 stand at once)",
-            one(q.electing.load(Ordering::Relaxed)),
+            one(q.candidacies_pending.load(Ordering::Relaxed)),
         )?;
         let rows = |f: fn(&TopicAgg) -> u64| topics.iter().map(move |(k, a)| (k.clone(), f(a))).collect::<Vec<_>>();
         gauge(encoder, "raft_term", "Highest Raft term among the topic's replicas here", rows(|a| a.max_term))?;
