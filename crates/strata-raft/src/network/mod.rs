@@ -113,6 +113,9 @@ pub struct Groups {
     inner: Arc<RwLock<HashMap<GroupId, Registered>>>,
     /// Woken whenever a group is added.
     added: Arc<tokio::sync::Notify>,
+    /// Groups this node stopped running (at most [`REMOVED_REMEMBERED`]):
+    /// a message for one is not waited for ([`Groups::wait_for`]).
+    removed: Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
 }
 
 impl std::fmt::Debug for Groups {
@@ -122,16 +125,27 @@ impl std::fmt::Debug for Groups {
     }
 }
 
+/// Removed groups remembered; past this many the memory is cleared (a
+/// message for a forgotten one then only waits, as for a group not started).
+const REMOVED_REMEMBERED: usize = 65_536;
+
 impl Groups {
     pub fn insert(&self, group: GroupId, raft: PartitionRaft) {
         if let Ok(mut g) = self.inner.write() {
             g.insert(group, Registered { raft, heard: Arc::default() });
         }
+        if let Ok(mut r) = self.removed.lock() {
+            r.remove(&group);
+        }
         self.added.notify_waiters();
     }
 
-    /// `group`, waiting up to `wait` for it to be added.
+    /// `group`, waiting up to `wait` for it to be added: a group about to
+    /// start (a new partition), not one this node stopped running.
     pub async fn wait_for(&self, group: GroupId, wait: std::time::Duration) -> Option<PartitionRaft> {
+        if self.removed.lock().is_ok_and(|r| r.contains(&group)) {
+            return self.get(group);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let added = self.added.notified();
@@ -156,7 +170,16 @@ impl Groups {
     }
 
     pub fn remove(&self, group: GroupId) -> Option<PartitionRaft> {
-        self.inner.write().ok().and_then(|mut g| g.remove(&group)).map(|r| r.raft)
+        let removed = self.inner.write().ok().and_then(|mut g| g.remove(&group)).map(|r| r.raft);
+        if removed.is_some()
+            && let Ok(mut r) = self.removed.lock()
+        {
+            if r.len() >= REMOVED_REMEMBERED {
+                r.clear();
+            }
+            r.insert(group);
+        }
+        removed
     }
 
     /// Who `group` last heard an append from (`None`: not run here).

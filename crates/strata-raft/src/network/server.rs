@@ -107,7 +107,8 @@ impl RaftService {
     /// The group a message is for. One this node does not run yet is
     /// waited for a moment: a new partition's replicas start on each node
     /// as it applies the topic, and its first leader's messages may come
-    /// first (answered at once, they would make it back off).
+    /// first (answered at once, they would make it back off). One this
+    /// node stopped running is not waited for.
     async fn route(
         &self,
         group: Option<pb::GroupId>,
