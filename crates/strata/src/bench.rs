@@ -144,6 +144,9 @@ type ProduceStream = (
 );
 
 struct ProduceWorker {
+    /// The client the worker was given, which finds leaders ...
+    root: Client,
+    /// ... and its handle on the partition's leader.
     client: Client,
     /// Set in stream mode: the worker's open ProduceStream.
     stream: Option<ProduceStream>,
@@ -171,14 +174,25 @@ impl Worker for ProduceWorker {
                 let req = strata_client::proto::ProduceRequest {
                     topic: self.topic.clone(),
                     partition: Some(self.partition),
-                    batch,
+                    batch: batch.clone(),
                     acks: self.acks as i32,
                     ..Default::default()
                 };
                 requests.send(req).await.context("the produce stream closed")?;
                 let resp = responses.message().await?.context("the server ended the produce stream")?;
-                if let Some(e) = resp.error {
-                    anyhow::bail!("produce failed: {} ({})", e.message, e.reason);
+                match resp.error {
+                    None => {}
+                    // The leader moved, or is renewing its lease: the batch
+                    // goes again by the client's routed path (which finds
+                    // the leader and backs off, as the Producer does), and
+                    // the stream is opened again at that leader. The
+                    // operation's latency includes all of it.
+                    Some(e) if e.reason == "NOT_LEADER" => {
+                        self.client.produce_batch_with(&self.topic, self.partition, batch, self.acks).await?;
+                        self.client = self.root.partition_leader(&self.topic, self.partition).await?;
+                        self.stream = Some(self.client.produce_stream(1).await?);
+                    }
+                    Some(e) => anyhow::bail!("produce failed: {} ({})", e.message, e.reason),
                 }
             }
         }
@@ -242,12 +256,14 @@ pub(crate) async fn produce_workers(
     let mut workers = Vec::with_capacity(concurrency.max(1));
     for w in 0..concurrency.max(1) {
         // Each worker talks to its partition's leader.
-        let client = clients[w % clients.len()].partition_leader(topic, w as u32 % partitions).await?;
+        let root = clients[w % clients.len()].clone();
+        let client = root.partition_leader(topic, w as u32 % partitions).await?;
         let stream = match args.mode {
             ProduceMode::Stream => Some(client.produce_stream(1).await?),
             ProduceMode::Unary => None,
         };
         workers.push(ProduceWorker {
+            root,
             client,
             stream,
             topic: topic.to_owned(),
