@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use futures::StreamExt;
 use strata_client::Client;
 
 use crate::ClientOpts;
@@ -26,6 +27,9 @@ pub enum ClusterCommand {
     },
 }
 
+/// Replicas `cluster status` asks at once for their applied index.
+const STATUS_CALLS: usize = 32;
+
 /// What one replica says about its copy of a partition.
 #[derive(Debug, Clone, Copy)]
 struct Replica {
@@ -37,48 +41,73 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
     let client = connect(opts).await?;
     let names: Vec<&str> = topic.iter().map(String::as_str).collect();
     let meta = client.metadata(&names).await?;
-    // Each node answers for itself: alive, and the leaders it knows.
+    // Each node answers for itself: alive, and the leaders (and, where it
+    // leads, the in-sync replicas) it knows. One metadata request per node.
     let mut nodes: BTreeMap<u64, (String, Option<Client>)> = BTreeMap::new();
+    let mut views: BTreeMap<u64, strata_client::proto::MetadataResponse> = BTreeMap::new();
     for b in &meta.brokers {
         let node = match client.node(&b.addr).await {
-            Ok(n) => n.metadata(&names).await.ok().map(|_| n),
+            Ok(n) => match n.metadata(&names).await {
+                Ok(view) => {
+                    views.insert(b.node_id, view);
+                    Some(n)
+                }
+                Err(_) => None,
+            },
             Err(_) => None,
         };
         nodes.insert(b.node_id, (b.addr.clone(), node));
     }
+    let seen_by = |node: u64, topic: &str, partition: u32| {
+        views
+            .get(&node)
+            .and_then(|v| v.topics.iter().find(|t| t.name == topic))
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+    };
+    // Each replica's applied index: one digest per replica, STATUS_CALLS at
+    // a time (a cluster of thousands of partitions answers in a moment,
+    // not after thousands of round trips one after another).
+    let mut asks = Vec::new();
+    for t in &meta.topics {
+        for p in &t.partitions {
+            for id in &p.replicas {
+                asks.push((t.name.as_str(), p.partition, *id));
+            }
+        }
+    }
+    let applied: Vec<Option<u64>> = futures::stream::iter(asks.iter().map(|(topic, partition, id)| {
+        let node = nodes.get(id).and_then(|(_, n)| n.clone());
+        async move {
+            match node {
+                Some(n) => n.partition_digest(topic, *partition, None).await.ok().map(|d| d.applied_index),
+                None => None,
+            }
+        }
+    }))
+    .buffered(STATUS_CALLS)
+    .collect()
+    .await;
+    let mut applied = asks.iter().zip(applied).map(|((t, p, id), a)| ((*t, *p, *id), a)).collect::<BTreeMap<_, _>>();
     let mut rows = Vec::new();
     for t in &meta.topics {
         for p in &t.partitions {
-            let mut replicas = BTreeMap::new();
-            let mut leader = p.leader;
-            for id in &p.replicas {
-                let answer = match nodes.get(id).and_then(|(_, n)| n.as_ref()) {
-                    Some(n) => n.partition_digest(&t.name, p.partition, None).await.ok(),
-                    None => None,
-                };
-                replicas.insert(*id, Replica { applied: answer.map(|d| d.applied_index) });
-            }
-            if leader == 0 {
-                // Ask the replicas who leads.
-                for id in &p.replicas {
-                    if let Some((_, Some(n))) = nodes.get(id)
-                        && let Ok(m) = n.metadata(&[t.name.as_str()]).await
-                        && let Some(l) = m.topics.first().and_then(|mt| mt.partitions.get(p.partition as usize))
-                        && l.leader != 0
-                    {
-                        leader = l.leader;
-                        break;
-                    }
-                }
-            }
+            let replicas: BTreeMap<u64, Replica> = p
+                .replicas
+                .iter()
+                .map(|id| (*id, Replica { applied: applied.remove(&(t.name.as_str(), p.partition, *id)).flatten() }))
+                .collect();
+            // Unknown to the node asked first: the replicas say who leads.
+            let leader = if p.leader != 0 {
+                p.leader
+            } else {
+                p.replicas
+                    .iter()
+                    .filter_map(|id| seen_by(*id, &t.name, p.partition).map(|l| l.leader))
+                    .find(|l| *l != 0)
+                    .unwrap_or(0)
+            };
             // The leader says which replicas are in sync with it.
-            let mut in_sync = Vec::new();
-            if let Some((_, Some(n))) = nodes.get(&leader)
-                && let Ok(m) = n.metadata(&[t.name.as_str()]).await
-                && let Some(l) = m.topics.first().and_then(|mt| mt.partitions.get(p.partition as usize))
-            {
-                in_sync.clone_from(&l.in_sync);
-            }
+            let in_sync = seen_by(leader, &t.name, p.partition).map(|l| l.in_sync.clone()).unwrap_or_default();
             rows.push((t.name.clone(), p.partition, leader, replicas, in_sync));
         }
     }
