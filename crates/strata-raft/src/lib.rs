@@ -20,6 +20,7 @@
 pub mod coalesce;
 pub mod controller;
 pub mod group;
+pub mod handover;
 pub mod liveness;
 pub mod log_store;
 pub mod network;

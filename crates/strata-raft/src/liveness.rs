@@ -41,12 +41,15 @@ pub struct PeerView {
     pub live: bool,
     /// The peer's incarnation as last heard (0: never heard).
     pub incarnation: u64,
+    /// The peer said it is stopping (in its last liveness call or answer).
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Peer {
     heard: Option<Instant>,
     incarnation: u64,
+    draining: bool,
 }
 
 /// This node's view of its peers' liveness.
@@ -60,6 +63,9 @@ pub struct Liveness {
     /// Woken when a peer restarts (a new incarnation) or is heard again
     /// after it was not live.
     changed: Notify,
+    /// This node is stopping and hands its leaderships over
+    /// ([`crate::handover`]): it stands for no election.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Liveness {
@@ -76,12 +82,24 @@ impl Liveness {
             peers: Mutex::default(),
             main_beat: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// This process's incarnation (never 0).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// This node is stopping: it hands its leaderships over and stands for
+    /// no election from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::set_draining`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long this process has been running.
@@ -96,6 +114,21 @@ impl Liveness {
         }
     }
 
+    /// Records a liveness call or answer from `peer`, in `incarnation`,
+    /// saying whether it is stopping.
+    pub fn heard_call(&self, peer: NodeId, incarnation: u64, draining: bool) {
+        if incarnation == 0 {
+            return;
+        }
+        self.record(peer, Some(incarnation));
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(p) = peers.get_mut(&peer)
+            && p.incarnation == incarnation
+        {
+            p.draining = draining;
+        }
+    }
+
     /// Records that `peer` was heard from now through a message that does
     /// not say which run of it sent it (a vote request): it is up, in the
     /// incarnation last heard. A peer never heard from is left alone (its
@@ -107,7 +140,7 @@ impl Liveness {
     fn record(&self, peer: NodeId, incarnation: Option<u64>) {
         let now = Instant::now();
         let Ok(mut peers) = self.peers.lock() else { return };
-        let entry = peers.entry(peer).or_insert(Peer { heard: None, incarnation: 0 });
+        let entry = peers.entry(peer).or_insert(Peer { heard: None, incarnation: 0, draining: false });
         let incarnation = match incarnation {
             Some(i) => i,
             None if entry.incarnation == 0 => return,
@@ -116,7 +149,9 @@ impl Liveness {
         let was_live = entry.heard.is_some_and(|h| now.duration_since(h) < DEAD_AFTER);
         let restarted = entry.incarnation != 0 && entry.incarnation != incarnation;
         let first = entry.incarnation == 0;
-        *entry = Peer { heard: Some(now), incarnation };
+        // A new run of the peer is not stopping (until it says so).
+        let draining = entry.draining && !restarted;
+        *entry = Peer { heard: Some(now), incarnation, draining };
         drop(peers);
         if restarted || (!was_live && !first) {
             self.changed.notify_waiters();
@@ -144,9 +179,9 @@ impl Liveness {
     pub fn view(&self, peer: NodeId) -> PeerView {
         let now = Instant::now();
         let known = self.peers.lock().ok().and_then(|p| p.get(&peer).copied());
-        let (heard, incarnation) = known.map_or((None, 0), |p| (p.heard, p.incarnation));
+        let (heard, incarnation, draining) = known.map_or((None, 0, false), |p| (p.heard, p.incarnation, p.draining));
         let since = now.duration_since(heard.unwrap_or(self.started).max(self.started));
-        PeerView { live: since < DEAD_AFTER, incarnation }
+        PeerView { live: since < DEAD_AFTER, incarnation, draining }
     }
 
     /// Resolves the next time a peer restarts or comes back.
@@ -162,15 +197,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_is_live_until_it_is_silent_for_the_dead_time() {
         let l = Liveness::new();
-        assert_eq!(l.view(2), PeerView { live: true, incarnation: 0 }, "not dead before it could be heard");
+        assert_eq!(l.view(2), PeerView { live: true, incarnation: 0, draining: false }, "not dead before it could be heard");
         tokio::time::advance(DEAD_AFTER).await;
         assert!(!l.view(2).live, "never heard since this node started");
         l.heard(2, 7);
-        assert_eq!(l.view(2), PeerView { live: true, incarnation: 7 });
+        assert_eq!(l.view(2), PeerView { live: true, incarnation: 7, draining: false });
         tokio::time::advance(DEAD_AFTER - Duration::from_millis(1)).await;
         assert!(l.view(2).live);
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(l.view(2), PeerView { live: false, incarnation: 7 });
+        assert_eq!(l.view(2), PeerView { live: false, incarnation: 7, draining: false });
     }
 
     #[tokio::test(start_paused = true)]
@@ -199,7 +234,23 @@ mod tests {
         l.touch(3);
         assert!(!l.view(3).live, "a message from a peer never heard says nothing of its run");
         l.touch(2);
-        assert_eq!(l.view(2), PeerView { live: true, incarnation: 8 }, "a Raft message keeps a peer live");
+        assert_eq!(l.view(2), PeerView { live: true, incarnation: 8, draining: false }, "a Raft message keeps a peer live");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_says_it_is_stopping_is_draining_until_it_restarts() {
+        let l = Liveness::new();
+        l.heard_call(2, 7, false);
+        assert!(!l.view(2).draining);
+        l.heard_call(2, 7, true);
+        assert!(l.view(2).draining);
+        l.heard(2, 7);
+        assert!(l.view(2).draining, "a Raft message says nothing of it");
+        l.heard(2, 8);
+        assert!(!l.view(2).draining, "its next run is not stopping");
+        assert!(!l.draining());
+        l.set_draining();
+        assert!(l.draining());
     }
 
     #[tokio::test(start_paused = true)]

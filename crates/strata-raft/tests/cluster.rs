@@ -30,6 +30,7 @@ struct Node {
     groups: Vec<(PartitionLog, PartitionRaft)>,
     /// The groups this node's Raft service answers for.
     registry: Groups,
+    identity: Arc<Identity>,
     server: JoinHandle<()>,
     /// The node's liveness calls to its peers (quiescent nodes only).
     _liveness: Option<JoinHandle<()>>,
@@ -107,12 +108,22 @@ async fn start_nodes_as(
             started.push((log, raft));
         }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let service =
-            RaftService::new(identity, groups.clone()).with_staging_dir(dir.path().join("snapshots")).into_server();
+        let service = RaftService::new(Arc::clone(&identity), groups.clone())
+            .with_staging_dir(dir.path().join("snapshots"))
+            .into_server();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
         });
-        nodes.push(Node { id, groups: started, registry: groups, server, _liveness: liveness, _db: db, _dir: dir });
+        nodes.push(Node {
+            id,
+            groups: started,
+            registry: groups,
+            identity,
+            server,
+            _liveness: liveness,
+            _db: db,
+            _dir: dir,
+        });
     }
     (nodes, members)
 }
@@ -456,6 +467,40 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
 /// the leader refuses its pre-vote, and so does the other follower, which
 /// trusts the leader (its node answers liveness calls and it heard an
 /// append from it in this term). No term rises.
+#[tokio::test]
+async fn a_stopping_leader_hands_its_group_over_and_the_new_leader_goes_on() {
+    let (nodes, members) = start_quiescent_nodes(3).await;
+    nodes[0].raft().initialize(members).await.expect("initialize");
+    nodes[0].raft().trigger().elect(false).await.expect("elect");
+    let before = write(&nodes[0], 0..3).await;
+    let led = nodes[0].raft().metrics().borrow_watched().clone();
+    for n in &nodes[1..] {
+        n.raft()
+            .wait(Some(WAIT))
+            .metrics(|m| m.current_leader == Some(1) && m.last_log_index == led.last_log_index, "following node 1")
+            .await
+            .expect("the followers hold node 1's entries");
+    }
+    let report = strata_raft::handover::hand_over_all(&nodes[0].identity, &nodes[0].registry, WAIT, |_| {}).await;
+    assert_eq!(report.led, 1, "{report:?}");
+    assert!(report.left.is_empty(), "the group was not handed over: {report:?}");
+    assert!(report.asked >= 1, "{report:?}");
+    let new = leader_seen_by(&nodes[2], Some(1)).await;
+    assert_ne!(new, 1);
+    assert_eq!(leader_seen_by(&nodes[1], Some(1)).await, new, "both followers follow the new leader");
+    let next = nodes.iter().find(|n| n.id == new).expect("the new leader is a node");
+    strata_raft::quiesce::renew_lease(next.raft()).await;
+    let after = write(next, 3..4).await;
+    let last = before.last().expect("written");
+    assert!(after[0].1 > last.1, "offsets go on after the handover: {before:?} then {after:?}");
+    // The node that handed over stands for nothing now.
+    assert!(nodes[0].identity.liveness.draining());
+    for n in nodes {
+        n.server.abort();
+        n.raft().shutdown().await.expect("shutdown");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiescent_groups_leader_is_not_unseated_while_it_serves() {
     let (nodes, members) = start_quiescent_nodes(3).await;

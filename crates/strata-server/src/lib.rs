@@ -177,6 +177,9 @@ pub struct Node {
     logs: Arc<LogManager>,
     replication: Arc<Replication>,
     request_log: Option<Arc<request_log::RequestLog>>,
+    /// The health service's statuses (NOT_SERVING from the start of a
+    /// drain).
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Node {
@@ -282,6 +285,7 @@ impl Node {
             groups::service::GroupService::new(Arc::clone(&coordinator), Arc::clone(&auth), streams_stop);
         let security_service = auth::service::SecurityService::new(Arc::clone(&auth), Arc::clone(&replication));
         let (health, health_service) = tonic_health::server::health_reporter();
+        let reporter = health.clone();
         health.set_serving::<ProducerServer<Services>>().await;
         health.set_serving::<ConsumerServer<Services>>().await;
         health.set_serving::<AdminServer<Services>>().await;
@@ -383,7 +387,25 @@ impl Node {
             logs,
             replication,
             request_log,
+            health: reporter,
         })
+    }
+
+    /// The first step of a graceful stop: the health service answers
+    /// NOT_SERVING (load balancers and orchestrators stop sending), then
+    /// every partition and the controller this node leads is handed over to
+    /// a follower that holds its last entry (`strata_raft::handover`), for
+    /// at most `within`. Requests are still served meanwhile (a write to a
+    /// group being handed over is answered `NOT_LEADER`, which clients
+    /// retry at the new leader). `progress` is told, about once a second,
+    /// how many groups are still led here.
+    pub async fn drain(&self, within: Duration, progress: impl FnMut(usize)) -> strata_raft::handover::Handover {
+        self.health.set_service_status("", ServingStatus::NotServing).await;
+        self.health.set_not_serving::<ProducerServer<Services>>().await;
+        self.health.set_not_serving::<ConsumerServer<Services>>().await;
+        self.health.set_not_serving::<AdminServer<Services>>().await;
+        self.health.set_not_serving::<GroupsServer<groups::service::GroupService>>().await;
+        self.replication.hand_over(within, progress).await
     }
 
     /// Closes and opens the request log's file again (after logrotate

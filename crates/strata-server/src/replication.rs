@@ -579,6 +579,12 @@ impl Replication {
         &self.quiesce
     }
 
+    /// Hands every group this node leads over to a follower (a graceful
+    /// stop; see `strata_raft::handover`).
+    pub async fn hand_over(&self, within: Duration, progress: impl FnMut(usize)) -> strata_raft::handover::Handover {
+        strata_raft::handover::hand_over_all(self.peers.identity(), &self.groups, within, progress).await
+    }
+
     /// Stops every group (node shutdown).
     pub async fn shutdown(&self) {
         if let Ok(mut tasks) = self.background.lock() {

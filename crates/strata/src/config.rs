@@ -10,6 +10,9 @@ use strata_server::NodeConfig;
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
+/// The longest leadership handover a stop may take.
+pub const MAX_HANDOVER_TIMEOUT_MS: u64 = 600_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -35,6 +38,9 @@ pub struct ServerConfig {
     pub traces: crate::traces::TracesConfig,
     pub data_dir: PathBuf,
     pub retention_check_interval_ms: u64,
+    /// On SIGTERM, how long the node hands its leaderships over before it
+    /// stops serving (0: it stops at once).
+    pub handover_timeout_ms: u64,
     pub log_format: String,
     pub log_level: String,
     pub topic_defaults: strata_server::LogConfig,
@@ -122,6 +128,12 @@ impl ServerConfig {
             .with_context(|| format!("listen address '{}' is not HOST:PORT (e.g. 127.0.0.1:7878)", self.listen))?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be \"text\" or \"json\", not \"{}\"", self.log_format);
+        }
+        if self.handover_timeout_ms > MAX_HANDOVER_TIMEOUT_MS {
+            bail!(
+                "handover_timeout_ms is {}, more than the limit of {MAX_HANDOVER_TIMEOUT_MS} (10 minutes)",
+                self.handover_timeout_ms
+            );
         }
         let cluster = if self.peers.trim().is_empty() {
             (self.node_id != strata_server::SINGLE_NODE_ID)

@@ -379,6 +379,25 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             }
         }
     };
+    if stopped.is_none() && config.handover_timeout_ms > 0 {
+        let within = Duration::from_millis(config.handover_timeout_ms);
+        eprintln!("strata: stopping: handing leaderships over (at most {within:?})");
+        let started = std::time::Instant::now();
+        let report = node.drain(within, |left| eprintln!("strata: {left} groups still led here")).await;
+        if report.led > 0 || !report.left.is_empty() {
+            eprintln!(
+                "strata: handed {} of {} led groups over in {:.1} s{}",
+                report.led.saturating_sub(report.left.len()),
+                report.led,
+                started.elapsed().as_secs_f64(),
+                if report.left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} left to the peers' failover", report.left.len())
+                }
+            );
+        }
+    }
     eprintln!("strata: shutting down");
     node.shutdown().await?;
     if let Some(provider) = tracer_provider {

@@ -80,6 +80,12 @@ impl Cluster {
         assert!(status.success(), "kill -{signal} node {id}");
     }
 
+    /// SIGTERM to node `id`; its exit status and what it printed.
+    fn stop(&mut self, id: u64) -> (std::process::ExitStatus, Vec<String>) {
+        let node = self.nodes[id as usize - 1].take().expect("node runs");
+        node.terminate(Duration::from_secs(90))
+    }
+
     fn restart(&mut self, id: u64) {
         let node = ServerProcess::start_node_with(&Self::dir_of(&self._dir, id), id, &self.ports, &self.env);
         self.nodes[id as usize - 1] = Some(node);
@@ -179,6 +185,80 @@ async fn killing_a_partition_leader_loses_no_acknowledged_record() {
     // same log up to a common applied index.
     cluster.restart(victim);
     for p in 0..PARTITIONS {
+        replicas_agree(&client, &cluster, topic, p).await;
+    }
+}
+
+/// SIGTERM: the node hands every partition it leads over before it stops,
+/// and producers (the client's routed produce, which retries `NOT_LEADER`)
+/// see no error at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_with_sigterm_hands_its_partitions_over_and_producers_see_no_error() {
+    const PARTS: u32 = 6;
+    let mut cluster = Cluster::start(3);
+    let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
+    let topic = "drain";
+    client.create_topic_replicated(topic, PARTS, Some(3), TopicConfig::default()).await.expect("create");
+    let acked: Acked = Arc::default();
+    let (count_tx, mut count_rx) = watch::channel(0usize);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let count_tx = Arc::new(count_tx);
+    let mut producers = Vec::new();
+    for p in 0..PARTS {
+        let (client, acked, count_tx, stop) =
+            (client.clone(), Arc::clone(&acked), Arc::clone(&count_tx), stop_rx.clone());
+        producers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for n in 0..20_000u64 {
+                if *stop.borrow() {
+                    break;
+                }
+                let value = format!("p{p}-{n}");
+                match client.produce_batch(topic, p, one_record(&value)).await {
+                    Ok(offset) => {
+                        acked.lock().expect("lock").push((p, offset, value));
+                        count_tx.send_modify(|c| *c += 1);
+                    }
+                    Err(e) => errors.push(format!("partition {p}, {value}: {e}")),
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= 200)).await.expect("records acknowledged").expect("rx");
+    let mut led: HashMap<u64, usize> = HashMap::new();
+    for p in 0..PARTS {
+        *led.entry(leader_of(&client, topic, p).await).or_default() += 1;
+    }
+    let (&victim, &partitions) = led.iter().max_by_key(|(id, n)| (**n, **id)).expect("leaders");
+    eprintln!("SIGTERM to node {victim}, which leads {partitions} of {PARTS} partitions");
+    let stopped_at = *count_rx.borrow();
+    let (exit, lines) = cluster.stop(victim);
+    assert!(exit.success(), "node {victim} exited with {exit:?}");
+    let handed = lines.iter().find(|l| l.contains("led groups over")).expect("the node reports its handover");
+    eprintln!("node {victim}: {handed}");
+    assert!(!handed.contains("left to the peers"), "every group was handed over: {handed}");
+
+    let target = stopped_at + 300;
+    tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= target)).await.expect("acks after the stop").expect("rx");
+    stop_tx.send_replace(true);
+    let mut errors = Vec::new();
+    for p in producers {
+        errors.extend(p.await.expect("producer"));
+    }
+    assert!(errors.is_empty(), "producers saw errors across a graceful stop: {errors:?}");
+
+    // Every acknowledged record is there once, at its offset.
+    let acked = acked.lock().expect("lock").clone();
+    for p in 0..PARTS {
+        let stored: HashMap<u64, String> = read_all(&client, topic, p).await.into_iter().collect();
+        for (_, off, value) in acked.iter().filter(|(ap, _, _)| *ap == p) {
+            assert_eq!(stored.get(off), Some(value), "partition {p}: acknowledged {value} missing at offset {off}");
+        }
+    }
+    // It comes back, catches up, and the replicas agree.
+    cluster.restart(victim);
+    for p in 0..PARTS {
         replicas_agree(&client, &cluster, topic, p).await;
     }
 }

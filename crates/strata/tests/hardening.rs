@@ -258,7 +258,12 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
             raft.vote(vote(1000, 3, Some((1000, 1 << 40)), false)).await.map(drop),
         );
         refused("a vote just under 2^63", raft.vote(vote((1 << 63) - 1, 2, None, false)).await.map(drop));
-        refused("a leadership transfer", raft.vote(vote(1000, 2, Some((1000, 1 << 40)), true)).await.map(drop));
+        // A leadership-transfer vote that no leader asked for (it would pass
+        // every voter's lease): never granted.
+        match raft.vote(vote(1000, 2, Some((1000, 1 << 40)), true)).await {
+            Ok(answer) => assert!(!answer.get_ref().vote_granted, "an unasked-for transfer vote was granted"),
+            Err(status) => assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}"),
+        }
         refused(
             "a last log id beyond the vote's term",
             raft.vote(vote(1000, 2, Some((1001, 5)), false)).await.map(drop),

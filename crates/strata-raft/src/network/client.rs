@@ -158,12 +158,14 @@ impl Peers {
                 target,
                 cluster_id: self.identity.cluster_id(),
                 incarnation: self.identity.liveness.incarnation(),
+                draining: self.identity.liveness.draining(),
             });
             request.set_timeout(DEAD_AFTER / 2);
             if let Ok(answer) = client.clone().liveness(request).await
                 && answer.get_ref().node_id == target
             {
-                self.identity.liveness.heard(target, answer.get_ref().incarnation);
+                let answer = answer.get_ref();
+                self.identity.liveness.heard_call(target, answer.incarnation, answer.draining);
             }
         }
     }
@@ -772,6 +774,30 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         let request = self.request(self.vote_request(&rpc), &option);
         let resp = self.client().map_err(Failure::rpc)?.pre_vote(request).await.map_err(|s| self.failed(s).rpc())?;
         self.vote_response(resp.into_inner()).map_err(Failure::rpc)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let message = pb::TransferLeaderRequest {
+            group: Some(self.stamp.group.into()),
+            target: self.stamp.target,
+            cluster_id: self.stamp.identity.cluster_id(),
+            from_leader: Some(vote_to_pb(req.from_leader())),
+            to: *req.to_node_id(),
+            last_log_id: req.last_log_id().map(log_id_to_pb),
+        };
+        let request = self.request(message, &option);
+        let resp =
+            self.client().map_err(Failure::rpc)?.transfer_leader(request).await.map_err(|s| self.failed(s).rpc())?;
+        // openraft only logs the answer: a refusal is reported as the
+        // peer's, in words.
+        match resp.into_inner().refused {
+            refused if refused.is_empty() => Ok(Ok(())),
+            refused => Err(Failure::Network(self.transport_error(&format!("handover refused: {refused}"))).rpc()),
+        }
     }
 
     async fn full_snapshot(

@@ -87,14 +87,20 @@ struct Registered {
 /// and that node's process incarnation (as the append said). A quiescent
 /// follower trusts a leader only while this names it in the current term
 /// and its node still runs in that incarnation ([`crate::quiesce`]).
+/// Also the handover its leader asked for, if any.
 #[derive(Debug, Default)]
-pub struct HeardFrom(std::sync::Mutex<(u64, NodeId, u64)>);
+pub struct HeardFrom {
+    last: std::sync::Mutex<(u64, NodeId, u64)>,
+    /// (term, node): the leader of `term` hands the group over to `node`
+    /// (a `TransferLeader` it sent, or, on the leader, its own request).
+    handover: std::sync::Mutex<Option<(u64, NodeId)>>,
+}
 
 impl HeardFrom {
     /// Records an append of `term` from `leader` in `incarnation`; an
     /// older term (a deposed leader's late append) changes nothing.
     pub fn record(&self, term: u64, leader: NodeId, incarnation: u64) {
-        if let Ok(mut h) = self.0.lock()
+        if let Ok(mut h) = self.last.lock()
             && term >= h.0
         {
             *h = (term, leader, incarnation);
@@ -103,7 +109,20 @@ impl HeardFrom {
 
     /// (term, leader, incarnation); zeros when nothing was heard.
     pub fn get(&self) -> (u64, NodeId, u64) {
-        self.0.lock().map(|h| *h).unwrap_or_default()
+        self.last.lock().map(|h| *h).unwrap_or_default()
+    }
+
+    /// Records that the leader of `term` hands the group over to `to`.
+    pub fn hand_over(&self, term: u64, to: NodeId) {
+        if let Ok(mut h) = self.handover.lock() {
+            *h = Some((term, to));
+        }
+    }
+
+    /// Whether the leader of `term` handed the group over to `candidate`:
+    /// the one leadership-transfer election a replica lets through.
+    pub fn handed_over(&self, term: u64, candidate: NodeId) -> bool {
+        self.handover.lock().is_ok_and(|h| *h == Some((term, candidate)))
     }
 }
 

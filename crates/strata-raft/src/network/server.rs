@@ -153,22 +153,38 @@ impl RaftService {
     /// Refusing a vote is always safe; only a group whose leader's node is
     /// live but whose leader cannot serve would wait (see ARCHITECTURE's
     /// known limits).
+    ///
+    /// A leadership-transfer election (in any group, the controller's too)
+    /// passes every voter's lease in openraft, so it is let through only
+    /// where the replica's leader handed the group over to that candidate
+    /// in the replica's current term (a `TransferLeader` it received, or,
+    /// on the leader, its own handover); every other one is refused.
     fn refuse_vote(
         &self,
         group: GroupId,
         raft: &PartitionRaft,
         candidate: NodeId,
         pre_vote: bool,
+        transfer: bool,
     ) -> Option<pb::VoteResponse> {
-        if group == GroupId::CONTROLLER {
-            return None;
-        }
         let me = self.identity.node_id;
         let (state, vote, leader) = {
             let m = raft.metrics();
             let m = m.borrow_watched();
             (m.state, m.vote, m.current_leader)
         };
+        let refusal = || Some(pb::VoteResponse { vote: Some(vote_to_pb(&vote)), vote_granted: false, last_log_id: None });
+        if transfer {
+            let handed = self.groups.heard(group).is_some_and(|h| h.handed_over(vote.leader_id.term, candidate));
+            if handed {
+                return None;
+            }
+            tracing::debug!(%group, candidate, "leadership-transfer vote refused: no handover to this candidate");
+            return refusal();
+        }
+        if group == GroupId::CONTROLLER {
+            return None;
+        }
         self.identity.liveness.touch(candidate);
         let refuse = if state == openraft::ServerState::Leader {
             if pre_vote {
@@ -190,7 +206,7 @@ impl RaftService {
             return None;
         }
         tracing::debug!(%group, candidate, ?leader, "vote refused: this replica's leader is serving");
-        Some(pb::VoteResponse { vote: Some(vote_to_pb(&vote)), vote_granted: false, last_log_id: None })
+        refusal()
     }
 }
 
@@ -365,7 +381,7 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, false) {
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, false, rpc.leadership_transfer) {
             return Ok(Response::new(refusal));
         }
         let resp = raft.vote(rpc).await.map_err(raft_failed)?;
@@ -378,11 +394,44 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true) {
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true, rpc.leadership_transfer) {
             return Ok(Response::new(refusal));
         }
         let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(vote_response_to_pb(&resp)))
+    }
+
+    /// The group's leader hands it over (see the proto): recorded, so that
+    /// the one leadership-transfer election it names passes
+    /// ([`Self::refuse_vote`]), and given to openraft, which lifts this
+    /// replica's lease and, on the node it names, starts that election
+    /// once the log holds the leader's last entry.
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let node = Self::peer(&request);
+        let req = request.into_inner();
+        let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
+        let from = vote_from_pb(req.from_leader)?;
+        let last = req.last_log_id.map(log_id_from_pb);
+        self.sender(node, &raft).check_transfer(&from, req.to, last.as_ref()).map_err(refused)?;
+        let current = raft.metrics().borrow_watched().vote;
+        if current != from {
+            return Ok(Response::new(pb::TransferLeaderResponse {
+                refused: format!("this replica's vote is {current}, not the handing leader's {from}"),
+            }));
+        }
+        if let Some(heard) = self.groups.heard(group) {
+            heard.hand_over(from.leader_id.term, req.to);
+        }
+        let answer = raft
+            .handle_transfer_leader(openraft::raft::TransferLeaderRequest::new(from, req.to, last))
+            .await
+            .map_err(raft_failed)?;
+        Ok(Response::new(pb::TransferLeaderResponse {
+            refused: answer.err().map(|e| e.to_string()).unwrap_or_default(),
+        }))
     }
 
     /// A self-contained snapshot: the controller's (its metadata), or an
@@ -489,8 +538,12 @@ impl pb::raft_server::Raft for RaftService {
         if req.incarnation == 0 {
             return Err(Status::invalid_argument("refused: incarnation 0"));
         }
-        self.identity.liveness.heard(req.from, req.incarnation);
-        Ok(Response::new(pb::LivenessResponse { node_id: me, incarnation: self.identity.liveness.incarnation() }))
+        self.identity.liveness.heard_call(req.from, req.incarnation, req.draining);
+        Ok(Response::new(pb::LivenessResponse {
+            node_id: me,
+            incarnation: self.identity.liveness.incarnation(),
+            draining: self.identity.liveness.draining(),
+        }))
     }
 
     /// A controller command forwarded by a member to the controller's

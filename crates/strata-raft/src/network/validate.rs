@@ -92,18 +92,33 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// A vote (or pre-vote) request: a candidate's vote is not committed,
-    /// and Strata never hands leadership over (a transfer would let the
-    /// request pass every voter's leader lease).
+    /// A vote (or pre-vote) request: a candidate's vote is not committed.
+    /// A leadership-transfer election (which passes every voter's leader
+    /// lease) is structurally fine here; the Raft service lets it through
+    /// only where the group's leader handed the group over to that
+    /// candidate (`RaftService::refuse_vote`).
     pub fn check_vote_request(&self, req: &VoteRequest<TypeConfig>) -> Result<(), Invalid> {
         self.check_vote(&req.vote)?;
         if req.vote.committed {
             return Err(Invalid::Refused("a vote request carries a committed vote"));
         }
-        if req.leadership_transfer {
-            return Err(Invalid::Refused("leadership transfers are not used by Strata"));
-        }
         check_log_id("the candidate's last entry", req.last_log_id.as_ref(), &req.vote)
+    }
+
+    /// A leader's handover (`TransferLeader`): the sender's own committed
+    /// vote, to another member, with a last entry of the leader's terms.
+    pub fn check_transfer(&self, from: &Vote, to: NodeId, last_log_id: Option<&LogId>) -> Result<(), Invalid> {
+        self.check_vote(from)?;
+        if !from.committed {
+            return Err(Invalid::Refused("a handover from a vote that is not a leader's (not committed)"));
+        }
+        if !self.members.contains(&to) {
+            return Err(Invalid::NotMember { node: to });
+        }
+        if to == from.leader_id.voted_for {
+            return Err(Invalid::Refused("a handover from the leader to itself"));
+        }
+        check_log_id("the leader's last entry", last_log_id, from)
     }
 
     /// An append request: a leader's (committed) vote, previous entry,
@@ -218,7 +233,18 @@ mod tests {
         near.check_vote(&Vote::new(5 + MAX_TERM_JUMP, 2)).expect("a jump within the bound");
         let mut transfer = VoteRequest::new(Vote::new(7, 2), None);
         transfer.leadership_transfer = true;
-        assert!(matches!(s.check_vote_request(&transfer), Err(Invalid::Refused(_))));
+        s.check_vote_request(&transfer).expect("a transfer's vote is let through here (the service decides)");
+        let leader = Vote::new_committed(7, 2);
+        s.check_transfer(&leader, 1, Some(&LogId::new_term_index(7, 4))).expect("a leader hands over to a member");
+        assert_eq!(s.check_transfer(&leader, 9, None), Err(Invalid::NotMember { node: 9 }));
+        assert!(matches!(s.check_transfer(&leader, 2, None), Err(Invalid::Refused(_))), "to itself");
+        assert!(matches!(s.check_transfer(&Vote::new(7, 2), 1, None), Err(Invalid::Refused(_))), "not a leader's");
+        assert_eq!(
+            s.check_transfer(&Vote::new_committed(7, 3), 1, None),
+            Err(Invalid::NotSender { voted_for: 3, sender: 2 }),
+            "another leader's handover"
+        );
+        assert!(s.check_transfer(&leader, 1, Some(&LogId::new_term_index(8, 4))).is_err(), "an entry beyond the term");
         let committed = VoteRequest::new(Vote::new_committed(7, 2), None);
         assert!(matches!(s.check_vote_request(&committed), Err(Invalid::Refused(_))));
         assert!(matches!(s.check_append(&append(Vote::new(7, 2), None, vec![])), Err(Invalid::Refused(_))));

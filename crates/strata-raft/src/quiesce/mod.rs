@@ -292,7 +292,9 @@ impl Quiescer {
             } else {
                 quiet += 1;
             }
-            if want == Want::Stand && now >= pace.next_stand {
+            // A stopping node stands for nothing: it is handing its
+            // leaderships over ([`crate::handover`]).
+            if want == Want::Stand && now >= pace.next_stand && !self.identity.liveness.draining() {
                 if self.elections.stand(id, raft.clone(), Arc::clone(&heard)) {
                     self.stats.candidacies.fetch_add(1, Ordering::Relaxed);
                 }

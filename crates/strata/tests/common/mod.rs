@@ -59,7 +59,12 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// What it printed to stderr (at most [`KEPT_LINES`] lines).
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// Lines of a server's stderr a test keeps.
+pub const KEPT_LINES: usize = 10_000;
 
 /// Free loopback ports (bound, then released for the servers to take).
 pub fn free_ports(n: usize) -> Vec<u16> {
@@ -187,6 +192,8 @@ impl ServerProcess {
             .expect("spawn strata server");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split(" listening on ").nth(1) {
@@ -194,10 +201,39 @@ impl ServerProcess {
                     let _ = tx.send(addr);
                 }
                 eprintln!("[server] {line}");
+                if let Ok(mut kept) = kept.lock()
+                    && kept.len() < KEPT_LINES
+                {
+                    kept.push(line);
+                }
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server printed its address within 60 s");
-        Self { child, addr, data_dir: data_dir.to_owned() }
+        Self { child, addr, data_dir: data_dir.to_owned(), lines }
+    }
+
+    /// SIGTERM, then waits (at most `within`) for the process to exit;
+    /// returns its exit status and what it printed.
+    pub fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -TERM");
+        let deadline = std::time::Instant::now() + within;
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                break exit;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit within {within:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The reader thread has the last lines once the pipe closes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline
+            && !self.lines.lock().expect("lines").iter().any(|l| l.contains("shutting down"))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lines = self.lines.lock().expect("lines").clone();
+        (exit, lines)
     }
 
     /// SIGKILL, then wait for the process to be gone.
