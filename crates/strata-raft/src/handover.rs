@@ -87,7 +87,7 @@ fn led_here(identity: &Identity, groups: &Groups) -> Vec<Led> {
             .collect();
         // Most caught up first; among equals, by a number of the group's
         // own, so that one node's groups spread over its peers.
-        let spread = |v: NodeId| (v ^ id.topic_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(id.partition));
+        let spread = |v: NodeId| v ^ id.topic_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(id.partition);
         candidates.sort_by_key(|v| (std::cmp::Reverse(matched(*v)), spread(*v)));
         out.push(Led { id, raft: raft.clone(), term: m.vote.leader_id.term, candidates });
     }

@@ -197,7 +197,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_is_live_until_it_is_silent_for_the_dead_time() {
         let l = Liveness::new();
-        assert_eq!(l.view(2), PeerView { live: true, incarnation: 0, draining: false }, "not dead before it could be heard");
+        assert_eq!(
+            l.view(2),
+            PeerView { live: true, incarnation: 0, draining: false },
+            "not dead before it could be heard"
+        );
         tokio::time::advance(DEAD_AFTER).await;
         assert!(!l.view(2).live, "never heard since this node started");
         l.heard(2, 7);
@@ -234,7 +238,11 @@ mod tests {
         l.touch(3);
         assert!(!l.view(3).live, "a message from a peer never heard says nothing of its run");
         l.touch(2);
-        assert_eq!(l.view(2), PeerView { live: true, incarnation: 8, draining: false }, "a Raft message keeps a peer live");
+        assert_eq!(
+            l.view(2),
+            PeerView { live: true, incarnation: 8, draining: false },
+            "a Raft message keeps a peer live"
+        );
     }
 
     #[tokio::test(start_paused = true)]

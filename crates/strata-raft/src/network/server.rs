@@ -173,7 +173,8 @@ impl RaftService {
             let m = m.borrow_watched();
             (m.state, m.vote, m.current_leader)
         };
-        let refusal = || Some(pb::VoteResponse { vote: Some(vote_to_pb(&vote)), vote_granted: false, last_log_id: None });
+        let refusal =
+            || Some(pb::VoteResponse { vote: Some(vote_to_pb(&vote)), vote_granted: false, last_log_id: None });
         if transfer {
             let handed = self.groups.heard(group).is_some_and(|h| h.handed_over(vote.leader_id.term, candidate));
             if handed {
@@ -381,7 +382,9 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, false, rpc.leadership_transfer) {
+        if let Some(refusal) =
+            self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, false, rpc.leadership_transfer)
+        {
             return Ok(Response::new(refusal));
         }
         let resp = raft.vote(rpc).await.map_err(raft_failed)?;
@@ -394,7 +397,9 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true, rpc.leadership_transfer) {
+        if let Some(refusal) =
+            self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true, rpc.leadership_transfer)
+        {
             return Ok(Response::new(refusal));
         }
         let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;
