@@ -14,10 +14,15 @@
 //!
 //! At most [`MAX_HANDOVERS`] groups are handed over at once (each is an
 //! election on the receiving node; thousands at once were what overloaded
-//! nodes before elections were queued). A group still led here
-//! [`ASK_AGAIN`] after it was asked goes to another follower. Groups with a
-//! single voter cannot be handed over; whatever is still led at the
-//! deadline is left to the peers' failover once the node has stopped.
+//! nodes before elections were queued). Only a follower that holds the
+//! leader's last entry is asked (openraft's transfer stops the group's
+//! writes until it happens, and one that lags would refuse). A group still
+//! led [`ASK_AGAIN`] after it was asked goes to another follower, at most
+//! [`MAX_ASKS`] times. Groups with a single voter cannot be handed over.
+//! When the handover ends with groups still led here (its deadline, or no
+//! follower could take them), the node falls silent: it makes and answers
+//! no liveness call, so its peers find it gone within a second and elect
+//! leaders for those groups instead of waiting for the process to exit.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,12 +44,15 @@ pub const ASK_AGAIN: Duration = Duration::from_secs(1);
 /// stopping too).
 const NO_CANDIDATE_WAIT: Duration = Duration::from_millis(300);
 /// How often the handover looks at the groups it still leads.
-const LOOK_EVERY: Duration = Duration::from_millis(20);
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// Handover requests per group: a group that did not move after this many
+/// is left to the peers' failover (its writes stay refused meanwhile).
+const MAX_ASKS: usize = 3;
 
 /// What a handover did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Handover {
-    /// Groups this node led (with another voter) when it started.
+    /// Groups this node led (with another voter) while it handed over.
     pub led: usize,
     /// Groups it still led when it gave up (none when all went over).
     pub left: Vec<GroupId>,
@@ -57,8 +65,9 @@ struct Led {
     id: GroupId,
     raft: crate::group::PartitionRaft,
     term: u64,
-    /// Followers that hold the leader's last entry, then the others, each
-    /// on a live node; most caught up first.
+    /// Followers that hold the leader's last entry, on a live node that is
+    /// not stopping (a follower that lags would refuse the transfer, and
+    /// the group would take no writes meanwhile).
     candidates: Vec<NodeId>,
 }
 
@@ -75,20 +84,20 @@ fn led_here(identity: &Identity, groups: &Groups) -> Vec<Led> {
         if voters.is_empty() {
             continue;
         }
-        let matched = |v: NodeId| {
-            m.replication.as_ref().and_then(|r| r.get(&v).cloned().flatten()).map_or(0, |l| l.index.saturating_add(1))
+        let caught_up = |v: NodeId| {
+            m.replication.as_ref().and_then(|r| r.get(&v).cloned().flatten()).map(|l| l.index) == m.last_log_index
         };
         let mut candidates: Vec<NodeId> = voters
             .into_iter()
             .filter(|v| {
                 let peer = identity.liveness.view(*v);
-                peer.live && !peer.draining
+                peer.live && !peer.draining && caught_up(*v)
             })
             .collect();
-        // Most caught up first; among equals, by a number of the group's
-        // own, so that one node's groups spread over its peers.
+        // By a number of the group's own, so that one node's groups spread
+        // over its peers.
         let spread = |v: NodeId| v ^ id.topic_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(id.partition);
-        candidates.sort_by_key(|v| (std::cmp::Reverse(matched(*v)), spread(*v)));
+        candidates.sort_by_key(|v| spread(*v));
         out.push(Led { id, raft: raft.clone(), term: m.vote.leader_id.term, candidates });
     }
     out
@@ -105,25 +114,36 @@ pub async fn hand_over_all(
     mut progress: impl FnMut(usize),
 ) -> Handover {
     identity.liveness.set_draining();
+    // Nor does openraft's own election timer (the controller's group
+    // ticks) make this node a leader again.
+    for raft in groups.all() {
+        raft.runtime_config().elect(false);
+    }
     let started = Instant::now();
     let deadline = started + within;
     let mut report = Handover::default();
     // Per group: when it was last asked, and how many times.
     let mut asked: HashMap<GroupId, (Instant, usize)> = HashMap::new();
     let mut told = Instant::now();
-    let mut first = true;
+    let mut seen: std::collections::HashSet<GroupId> = std::collections::HashSet::new();
     loop {
         let led = led_here(identity, groups);
-        if first {
-            report.led = led.len();
-            first = false;
-        }
+        seen.extend(led.iter().map(|l| l.id));
+        report.led = seen.len();
         let now = Instant::now();
         // Nothing left that a peer could take (every other voter is down or
-        // stopping too: a whole cluster told to stop at once).
-        let stuck = led.iter().all(|l| l.candidates.is_empty());
+        // stopping too: a whole cluster told to stop at once; or asked too
+        // often already).
+        let exhausted =
+            |l: &Led| asked.get(&l.id).is_some_and(|(at, times)| *times >= MAX_ASKS && now >= *at + ASK_AGAIN);
+        let stuck = led.iter().all(|l| l.candidates.is_empty() || exhausted(l));
         if led.is_empty() || now >= deadline || (stuck && now >= started + NO_CANDIDATE_WAIT) {
             report.left = led.iter().map(|l| l.id).collect();
+            if !report.left.is_empty() {
+                // Those groups take no writes while openraft waits for a
+                // transfer: the peers must find this node gone now.
+                identity.liveness.fall_silent();
+            }
             return report;
         }
         if now.duration_since(told) >= Duration::from_secs(1) {
@@ -137,10 +157,7 @@ pub async fn hand_over_all(
                 break;
             }
             let (at, times) = asked.get(&l.id).copied().unwrap_or((now, 0));
-            if times > 0 && now < at + ASK_AGAIN {
-                continue;
-            }
-            if l.candidates.is_empty() {
+            if (times > 0 && now < at + ASK_AGAIN) || times >= MAX_ASKS || l.candidates.is_empty() {
                 continue;
             }
             let to = l.candidates[times % l.candidates.len()];
@@ -148,8 +165,9 @@ pub async fn hand_over_all(
                 heard.hand_over(l.term, to);
             }
             tracing::debug!(group = %l.id, to, attempt = times + 1, "handing leadership over");
-            if l.raft.trigger().transfer_leader(to).await.is_ok() {
-                report.asked += 1;
+            match l.raft.trigger().transfer_leader(to).await {
+                Ok(()) => report.asked += 1,
+                Err(e) => tracing::warn!(group = %l.id, error = %e, "cannot hand this group over: its Raft stopped"),
             }
             asked.insert(l.id, (now, times + 1));
             room -= 1;

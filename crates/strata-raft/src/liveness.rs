@@ -66,6 +66,10 @@ pub struct Liveness {
     /// This node is stopping and hands its leaderships over
     /// ([`crate::handover`]): it stands for no election.
     draining: std::sync::atomic::AtomicBool,
+    /// This node stopped handing over with groups it still leads: it makes
+    /// and answers no liveness call, so that its peers find it gone and
+    /// elect new leaders at once rather than when its process has exited.
+    silent: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Liveness {
@@ -83,6 +87,7 @@ impl Liveness {
             main_beat: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            silent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -100,6 +105,17 @@ impl Liveness {
     /// Whether [`Self::set_draining`] was called.
     pub fn draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This node stops making and answering liveness calls (see the
+    /// field): its peers find it gone within [`DEAD_AFTER`].
+    pub fn fall_silent(&self) {
+        self.silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::fall_silent`] was called.
+    pub fn silent(&self) -> bool {
+        self.silent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long this process has been running.
@@ -171,6 +187,9 @@ impl Liveness {
     /// peers (they would go on trusting its leaders, and refusing votes to
     /// replace them), and stops calling them.
     pub fn runtime_stalled(&self) -> bool {
+        if self.silent() {
+            return true;
+        }
         let last = Duration::from_millis(self.main_beat.load(std::sync::atomic::Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last) > STALL_AFTER
     }

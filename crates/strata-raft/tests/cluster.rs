@@ -461,12 +461,9 @@ async fn a_restarted_leader_does_not_resume_its_old_term() {
     }
 }
 
-/// A quiescent group's leader sends no heartbeats, so openraft's own leader
-/// lease runs out on its followers a second after the last append. A
-/// follower that wrongly suspects the leader must still not unseat it:
-/// the leader refuses its pre-vote, and so does the other follower, which
-/// trusts the leader (its node answers liveness calls and it heard an
-/// append from it in this term). No term rises.
+/// A stopping node hands its group over (openraft's leadership transfer,
+/// through the `TransferLeader` RPC): a follower that holds every entry
+/// becomes leader, the other follower follows it, offsets go on.
 #[tokio::test]
 async fn a_stopping_leader_hands_its_group_over_and_the_new_leader_goes_on() {
     let (nodes, members) = start_quiescent_nodes(3).await;

@@ -383,8 +383,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let within = Duration::from_millis(config.handover_timeout_ms);
         eprintln!("strata: stopping: handing leaderships over (at most {within:?})");
         let started = std::time::Instant::now();
-        let report = node.drain(within, |left| eprintln!("strata: {left} groups still led here")).await;
-        if report.led > 0 || !report.left.is_empty() {
+        let drained = tokio::select! {
+            report = node.drain(within, |left| eprintln!("strata: {left} groups still led here")) => Some(report),
+            // A second signal: stop now.
+            () = shutdown_signal() => None,
+        };
+        if let Some(report) = drained
+            && (report.led > 0 || !report.left.is_empty())
+        {
             eprintln!(
                 "strata: handed {} of {} led groups over in {:.1} s{}",
                 report.led.saturating_sub(report.left.len()),

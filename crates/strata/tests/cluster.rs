@@ -233,11 +233,15 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_over_and_producers_see
     let (&victim, &partitions) = led.iter().max_by_key(|(id, n)| (**n, **id)).expect("leaders");
     eprintln!("SIGTERM to node {victim}, which leads {partitions} of {PARTS} partitions");
     let stopped_at = *count_rx.borrow();
-    let (exit, lines) = cluster.stop(victim);
+    // Waiting for the process blocks: off the runtime's workers.
+    let (exit, lines) = tokio::task::block_in_place(|| cluster.stop(victim));
     assert!(exit.success(), "node {victim} exited with {exit:?}");
     let handed = lines.iter().find(|l| l.contains("led groups over")).expect("the node reports its handover");
     eprintln!("node {victim}: {handed}");
     assert!(!handed.contains("left to the peers"), "every group was handed over: {handed}");
+    // "handed N of M led groups over": all of them, its partitions at least.
+    let counts: Vec<usize> = handed.split_whitespace().filter_map(|w| w.parse().ok()).take(2).collect::<Vec<usize>>();
+    assert!(counts.len() == 2 && counts[0] == counts[1] && counts[1] >= partitions, "{handed}");
 
     let target = stopped_at + 300;
     tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= target)).await.expect("acks after the stop").expect("rx");

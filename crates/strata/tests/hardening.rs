@@ -260,10 +260,23 @@ async fn a_member_certificate_cannot_wipe_brick_or_stall_the_cluster() {
         refused("a vote just under 2^63", raft.vote(vote((1 << 63) - 1, 2, None, false)).await.map(drop));
         // A leadership-transfer vote that no leader asked for (it would pass
         // every voter's lease): never granted.
-        match raft.vote(vote(1000, 2, Some((1000, 1 << 40)), true)).await {
-            Ok(answer) => assert!(!answer.get_ref().vote_granted, "an unasked-for transfer vote was granted"),
-            Err(status) => assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}"),
-        }
+        let answer = raft.vote(vote(1000, 2, Some((1000, 1 << 40)), true)).await.expect("answered");
+        assert!(!answer.get_ref().vote_granted, "an unasked-for transfer vote was granted");
+        refused("a pre-vote for a leadership transfer", raft.pre_vote(vote(1000, 2, None, true)).await.map(drop));
+        // Handovers: under a leader's vote this replica does not hold, in
+        // another node's name, or to a stranger.
+        let handover = |term: u64, leader: u64, to: u64| pb::TransferLeaderRequest {
+            group: Some(partition),
+            target,
+            cluster_id: cluster_id.clone(),
+            from_leader: Some(pb::Vote { term, voted_for: leader, committed: true }),
+            to,
+            last_log_id: Some(pb::LogId { term, index: 1 << 40 }),
+        };
+        let answer = raft.transfer_leader(handover(1000, 2, target)).await.expect("answered").into_inner();
+        assert!(answer.refused.contains("not the handing leader's"), "a forged leader's handover: {answer:?}");
+        refused("a handover in node 3's name", raft.transfer_leader(handover(1000, 3, 1)).await.map(drop));
+        refused("a handover to a stranger", raft.transfer_leader(handover(1000, 2, 9)).await.map(drop));
         refused(
             "a last log id beyond the vote's term",
             raft.vote(vote(1000, 2, Some((1001, 5)), false)).await.map(drop),

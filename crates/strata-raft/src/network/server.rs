@@ -397,9 +397,11 @@ impl pb::raft_server::Raft for RaftService {
         let (group, raft) = self.route(req.group, req.target, &req.cluster_id).await?;
         let rpc = vote_request_from_pb(req)?;
         self.sender(node, &raft).check_vote_request(&rpc).map_err(refused)?;
-        if let Some(refusal) =
-            self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true, rpc.leadership_transfer)
-        {
+        if rpc.leadership_transfer {
+            // openraft's transfer election skips the pre-vote.
+            return Err(refused(Invalid::Refused("a pre-vote for a leadership transfer")));
+        }
+        if let Some(refusal) = self.refuse_vote(group, &raft, rpc.vote.leader_id.voted_for, true, false) {
             return Ok(Response::new(refusal));
         }
         let resp = raft.pre_vote(rpc).await.map_err(raft_failed)?;
@@ -421,11 +423,23 @@ impl pb::raft_server::Raft for RaftService {
         let from = vote_from_pb(req.from_leader)?;
         let last = req.last_log_id.map(log_id_from_pb);
         self.sender(node, &raft).check_transfer(&from, req.to, last.as_ref()).map_err(refused)?;
-        let current = raft.metrics().borrow_watched().vote;
-        if current != from {
-            return Ok(Response::new(pb::TransferLeaderResponse {
-                refused: format!("this replica's vote is {current}, not the handing leader's {from}"),
-            }));
+        let (current, voter) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (m.vote, m.membership_config.membership().voter_ids().any(|v| v == req.to))
+        };
+        let why = if !voter {
+            Some(format!("node {} is not a voter of {group}", req.to))
+        } else if current != from {
+            Some(format!("this replica's vote is {current}, not the handing leader's {from}"))
+        } else if req.to == self.identity.node_id && self.identity.liveness.draining() {
+            // It would lead only to hand the group over again.
+            Some(format!("node {} is stopping too", req.to))
+        } else {
+            None
+        };
+        if let Some(refused) = why {
+            return Ok(Response::new(pb::TransferLeaderResponse { refused }));
         }
         if let Some(heard) = self.groups.heard(group) {
             heard.hand_over(from.leader_id.term, req.to);
@@ -542,6 +556,9 @@ impl pb::raft_server::Raft for RaftService {
         }
         if req.incarnation == 0 {
             return Err(Status::invalid_argument("refused: incarnation 0"));
+        }
+        if self.identity.liveness.silent() {
+            return Err(Status::unavailable("this node is stopping"));
         }
         self.identity.liveness.heard_call(req.from, req.incarnation, req.draining);
         Ok(Response::new(pb::LivenessResponse {

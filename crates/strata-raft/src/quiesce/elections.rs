@@ -80,7 +80,8 @@ async fn stand(identity: &Identity, raft: &PartitionRaft, heard: &HeardFrom) {
         });
         (m.current_term, m.state == ServerState::Leader || trusted)
     };
-    if settled || raft.trigger().elect(true).await.is_err() {
+    // A node that started stopping while this waited stands for nothing.
+    if settled || identity.liveness.draining() || raft.trigger().elect(true).await.is_err() {
         return;
     }
     let _ = raft

@@ -59,11 +59,13 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
-    /// What it printed to stderr (at most [`KEPT_LINES`] lines).
-    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The last [`KEPT_LINES`] lines it printed to stderr.
+    pub lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// The thread reading its stderr (it ends when the process exits).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Lines of a server's stderr a test keeps.
+/// Lines of a server's stderr a test keeps (the last ones).
 pub const KEPT_LINES: usize = 10_000;
 
 /// Free loopback ports (bound, then released for the servers to take).
@@ -192,24 +194,25 @@ impl ServerProcess {
             .expect("spawn strata server");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let kept = std::sync::Arc::clone(&lines);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split(" listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                     let _ = tx.send(addr);
                 }
                 eprintln!("[server] {line}");
-                if let Ok(mut kept) = kept.lock()
-                    && kept.len() < KEPT_LINES
-                {
-                    kept.push(line);
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() == KEPT_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
                 }
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server printed its address within 60 s");
-        Self { child, addr, data_dir: data_dir.to_owned(), lines }
+        Self { child, addr, data_dir: data_dir.to_owned(), lines, reader: Some(reader) }
     }
 
     /// SIGTERM, then waits (at most `within`) for the process to exit;
@@ -225,14 +228,11 @@ impl ServerProcess {
             assert!(std::time::Instant::now() < deadline, "the server did not exit within {within:?} of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         };
-        // The reader thread has the last lines once the pipe closes.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline
-            && !self.lines.lock().expect("lines").iter().any(|l| l.contains("shutting down"))
-        {
-            std::thread::sleep(Duration::from_millis(20));
+        // The reader has every line once the pipe closes with the process.
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stderr reader");
         }
-        let lines = self.lines.lock().expect("lines").clone();
+        let lines = self.lines.lock().expect("lines").iter().cloned().collect();
         (exit, lines)
     }
 
