@@ -592,9 +592,12 @@ impl Replication {
                 task.abort();
             }
         }
-        for raft in self.groups.drain() {
-            let _ = raft.shutdown().await;
-        }
+        // Many at a time: one after another, 3,000 groups took a minute.
+        futures::stream::iter(self.groups.drain())
+            .for_each_concurrent(SHUTDOWN_AT_ONCE, |raft| async move {
+                let _ = raft.shutdown().await;
+            })
+            .await;
     }
 
     /// Proposes a command to the controller (at its leader, wherever it is)
@@ -1196,6 +1199,9 @@ fn not_leader(directory: &Directory, group: GroupId, leader: Option<NodeId>, why
 fn shutting_down(e: &impl std::fmt::Display) -> Status {
     status(tonic::Code::Unavailable, pb::ErrorReason::ShuttingDown, format!("the partition's Raft group stopped: {e}"))
 }
+
+/// Groups stopped at once when the node shuts down.
+const SHUTDOWN_AT_ONCE: usize = 64;
 
 /// A proposal on its way through Raft (awaited apart from proposing, so a
 /// pipelined producer proposes in order without waiting).

@@ -233,6 +233,10 @@ struct ServerArgs {
     print_default_config: bool,
 }
 
+/// How long the process waits for blocking work left on its runtime once
+/// `main`'s work is done.
+const RUNTIME_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
 fn main() {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -243,6 +247,10 @@ fn main() {
         }
     };
     let result = runtime.block_on(run(cli));
+    // Work still on the runtime's blocking threads (a node's logs are closed
+    // by now) gets a moment, not as long as it likes: dropping the runtime
+    // would wait for it without bound.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_WAIT);
     if let Err(e) = result {
         if is_broken_pipe(&e) {
             std::process::exit(0);
@@ -405,7 +413,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("strata: shutting down");
+    let closing = std::time::Instant::now();
     node.shutdown().await?;
+    eprintln!("strata: stopped ({:.1} s to finish requests and close the logs)", closing.elapsed().as_secs_f64());
     if let Some(provider) = tracer_provider {
         // The spans still buffered go out (bounded by the exporter's timeout).
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
