@@ -592,7 +592,7 @@ impl Replication {
                 task.abort();
             }
         }
-        // Many at a time: one after another, 3,000 groups took a minute.
+        // Many at a time (a node may hold thousands).
         futures::stream::iter(self.groups.drain())
             .for_each_concurrent(SHUTDOWN_AT_ONCE, |raft| async move {
                 let _ = raft.shutdown().await;
