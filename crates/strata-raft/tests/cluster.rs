@@ -139,6 +139,18 @@ async fn leader_seen_by(node: &Node, not: Option<NodeId>) -> NodeId {
     metrics.current_leader.expect("leader")
 }
 
+/// Waits until every node but node 1 follows node 1 and holds its entries
+/// up to `last`.
+async fn followers_hold_node_1s_entries(nodes: &[Node], last: Option<u64>) {
+    for n in &nodes[1..] {
+        n.raft()
+            .wait(Some(WAIT))
+            .metrics(|m| m.current_leader == Some(1) && m.last_log_index == last, "following node 1")
+            .await
+            .expect("the followers hold node 1's entries");
+    }
+}
+
 /// Waits until `raft` leads with a quorum's acknowledgement (a new leader
 /// takes writes only then).
 async fn writable(raft: &PartitionRaft) {
@@ -471,13 +483,7 @@ async fn a_stopping_leader_hands_its_group_over_and_the_new_leader_goes_on() {
     nodes[0].raft().trigger().elect(false).await.expect("elect");
     let before = write(&nodes[0], 0..3).await;
     let led = nodes[0].raft().metrics().borrow_watched().clone();
-    for n in &nodes[1..] {
-        n.raft()
-            .wait(Some(WAIT))
-            .metrics(|m| m.current_leader == Some(1) && m.last_log_index == led.last_log_index, "following node 1")
-            .await
-            .expect("the followers hold node 1's entries");
-    }
+    followers_hold_node_1s_entries(&nodes, led.last_log_index).await;
     let report = strata_raft::handover::hand_over_all(&nodes[0].identity, &nodes[0].registry, WAIT, |_| {}).await;
     assert_eq!(report.led, 1, "{report:?}");
     assert!(report.left.is_empty(), "the group was not handed over: {report:?}");
@@ -507,13 +513,7 @@ async fn a_quiescent_groups_leader_is_not_unseated_while_it_serves() {
     write(&nodes[0], 0..3).await;
     let led = nodes[0].raft().metrics().borrow_watched().clone();
     assert_eq!(led.state, ServerState::Leader);
-    for n in &nodes[1..] {
-        n.raft()
-            .wait(Some(WAIT))
-            .metrics(|m| m.current_leader == Some(1) && m.last_log_index == led.last_log_index, "following node 1")
-            .await
-            .expect("the followers hold node 1's entries");
-    }
+    followers_hold_node_1s_entries(&nodes, led.last_log_index).await;
     // Node 2 stands again and again, for three times openraft's lease.
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < until {
