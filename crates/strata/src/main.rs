@@ -12,6 +12,7 @@ mod group_bench;
 mod log_limit;
 mod partitions_bench;
 mod security;
+mod systemd;
 mod traces;
 
 use std::path::PathBuf;
@@ -376,23 +377,33 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     );
     let mut fatal = node.fatal();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let serving = format!("serving clients on {}", node.addr());
+    systemd::ready(&serving);
     let stopped = loop {
         tokio::select! {
             () = shutdown_signal() => break None,
             reason = fatal.wait_for(Option::is_some) => break reason.ok().and_then(|r| r.clone()),
-            // SIGHUP: read the client listener's certificate again now.
+            // SIGHUP (systemctl reload): read the client listener's
+            // certificate again now, and reopen the request log.
             _ = hangup.recv() => {
+                systemd::reloading();
                 let _ = node.reload_certificates();
                 node.reopen_request_log();
+                systemd::ready(&serving);
             }
         }
     };
+    systemd::stopping("stopping");
     if stopped.is_none() && config.handover_timeout_ms > 0 {
         let within = Duration::from_millis(config.handover_timeout_ms);
         eprintln!("strata: stopping: handing leaderships over (at most {within:?})");
         let started = std::time::Instant::now();
+        let progress = |left: usize| {
+            eprintln!("strata: {left} groups still led here");
+            systemd::status(&format!("stopping: handing leaderships over, {left} groups still led here"));
+        };
         let drained = tokio::select! {
-            report = node.drain(within, |left| eprintln!("strata: {left} groups still led here")) => Some(report),
+            report = node.drain(within, progress) => Some(report),
             // A second signal: stop now.
             () = shutdown_signal() => None,
         };
@@ -413,6 +424,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("strata: shutting down");
+    systemd::status("stopping: finishing requests, closing the logs");
     let closing = std::time::Instant::now();
     node.shutdown().await?;
     eprintln!("strata: stopped ({:.1} s to finish requests and close the logs)", closing.elapsed().as_secs_f64());
