@@ -14,9 +14,10 @@
 //!
 //! At most [`MAX_HANDOVERS`] groups are handed over at once (each is an
 //! election on the receiving node; thousands at once were what overloaded
-//! nodes before elections were queued). Only a follower that holds the
-//! leader's last entry is asked (openraft's transfer stops the group's
-//! writes until it happens, and one that lags would refuse). A group still
+//! nodes before elections were queued). The most caught-up follower is
+//! asked first (openraft's transfer stops the group's writes until it
+//! happens; the follower stands once its log holds the leader's last
+//! entry, waiting a moment for it). A group still
 //! led [`ASK_AGAIN`] after it was asked goes to another follower, at most
 //! [`MAX_ASKS`] times. Groups with a single voter cannot be handed over.
 //! When the handover ends with groups still led here (its deadline, or no
@@ -65,9 +66,8 @@ struct Led {
     id: GroupId,
     raft: crate::group::PartitionRaft,
     term: u64,
-    /// Followers that hold the leader's last entry, on a live node that is
-    /// not stopping (a follower that lags would refuse the transfer, and
-    /// the group would take no writes meanwhile).
+    /// Followers on a live node that is not stopping, the most caught up
+    /// first.
     candidates: Vec<NodeId>,
 }
 
@@ -84,20 +84,25 @@ fn led_here(identity: &Identity, groups: &Groups) -> Vec<Led> {
         if voters.is_empty() {
             continue;
         }
-        let caught_up = |v: NodeId| {
-            m.replication.as_ref().and_then(|r| r.get(&v).cloned().flatten()).map(|l| l.index) == m.last_log_index
+        // How far behind the leader's last entry each follower is.
+        let behind = |v: NodeId| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(&v).cloned().flatten()).map_or(0, |l| l.index + 1);
+            m.last_log_index.map_or(0, |l| l + 1).saturating_sub(matched)
         };
         let mut candidates: Vec<NodeId> = voters
             .into_iter()
             .filter(|v| {
                 let peer = identity.liveness.view(*v);
-                peer.live && !peer.draining && caught_up(*v)
+                peer.live && !peer.draining
             })
             .collect();
-        // By a number of the group's own, so that one node's groups spread
-        // over its peers.
+        // The most caught up first (the group takes no writes from the
+        // request until the follower, once it holds the leader's last entry,
+        // has won; under load none holds it at the very moment). Among
+        // equals, by a number of the group's own, so that one node's groups
+        // spread over its peers.
         let spread = |v: NodeId| v ^ id.topic_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(id.partition);
-        candidates.sort_by_key(|v| spread(*v));
+        candidates.sort_by_key(|v| (behind(*v), spread(*v)));
         out.push(Led { id, raft: raft.clone(), term: m.vote.leader_id.term, candidates });
     }
     out
