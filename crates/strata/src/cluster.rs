@@ -27,6 +27,9 @@ pub enum ClusterCommand {
     },
 }
 
+/// How often `strata dev` looks for a node that exited.
+const EXIT_CHECK_EVERY: Duration = Duration::from_millis(200);
+
 /// Replicas `cluster status` asks at once for their applied index.
 const STATUS_CALLS: usize = 32;
 
@@ -202,7 +205,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => args.base_port.checked_add(100).context("--base-port leaves no room for the cluster ports")?,
     };
-    let nodes = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir, args.secure).await?;
+    let mut nodes = LocalCluster::start(args.nodes, args.base_port, cluster_base, &args.data_dir, args.secure).await?;
     let bootstrap = nodes.bootstrap();
     println!(
         "strata dev: {} nodes running, data and logs under {}, node-to-node mutual TLS with certificates in {}",
@@ -231,7 +234,19 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("try:\n  strata topic create demo --partitions 3 --replication-factor 3 --server {bootstrap}");
         println!("  strata cluster status --server {bootstrap}\nCtrl-C stops the cluster.");
     }
-    crate::shutdown_signal().await;
+    // A node that exits meanwhile (stopped or killed to try a failover) is
+    // reaped and reported; the others go on.
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            (node, status) = nodes.next_exit() => println!(
+                "strata dev: node {node} exited ({status}; its log: {}); the others go on",
+                args.data_dir.join(format!("node-{node}.log")).display()
+            ),
+        }
+    }
     println!("strata dev: stopping");
     nodes.stop().await;
     Ok(())
@@ -442,6 +457,23 @@ impl LocalCluster {
     /// Node `node`'s process id, while it runs.
     pub fn pid(&self, node: u16) -> Option<u32> {
         self.children.get(usize::from(node).checked_sub(1)?)?.as_ref()?.id()
+    }
+
+    /// Waits until a node exits on its own (killed, stopped, or failed) and
+    /// reaps it; returns which and how it ended. Pends for ever once none
+    /// runs.
+    pub async fn next_exit(&mut self) -> (u16, std::process::ExitStatus) {
+        loop {
+            for (i, slot) in self.children.iter_mut().enumerate() {
+                if let Some(child) = slot
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    *slot = None;
+                    return (u16::try_from(i + 1).unwrap_or(u16::MAX), status);
+                }
+            }
+            tokio::time::sleep(EXIT_CHECK_EVERY).await;
+        }
     }
 
     /// SIGKILL of node `node`, waiting until it is gone.

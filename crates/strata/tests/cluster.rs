@@ -619,6 +619,25 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
     let text = common::ok(&server, &["cluster", "status"], "");
     assert!(text.contains("demo") && text.contains("up"), "{text}");
 
+    // A node stopped on its own (SIGTERM to its process) is reported; the
+    // others go on.
+    let node3 = dir.path().join("dev").join("node-3");
+    let wanted = format!("--data-dir {}", node3.display());
+    let pid = std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(" server ") && cmdline.contains(&wanted))
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .expect("node 3's process");
+    let term = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(term.success());
+    let exited = lines.by_ref().map_while(Result::ok).find(|l| l.contains("exited")).expect("dev reports the exit");
+    assert!(exited.contains("node 3 exited") && exited.contains("the others go on"), "{exited}");
+
     // Ctrl-C stops every node cleanly.
     dev.interrupt();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
