@@ -126,22 +126,15 @@ impl Liveness {
     /// Records that `peer`, in `incarnation`, was heard from now.
     pub fn heard(&self, peer: NodeId, incarnation: u64) {
         if incarnation != 0 {
-            self.record(peer, Some(incarnation));
+            self.record(peer, Some(incarnation), None);
         }
     }
 
     /// Records a liveness call or answer from `peer`, in `incarnation`,
     /// saying whether it is stopping.
     pub fn heard_call(&self, peer: NodeId, incarnation: u64, draining: bool) {
-        if incarnation == 0 {
-            return;
-        }
-        self.record(peer, Some(incarnation));
-        if let Ok(mut peers) = self.peers.lock()
-            && let Some(p) = peers.get_mut(&peer)
-            && p.incarnation == incarnation
-        {
-            p.draining = draining;
+        if incarnation != 0 {
+            self.record(peer, Some(incarnation), Some(draining));
         }
     }
 
@@ -150,10 +143,12 @@ impl Liveness {
     /// incarnation last heard. A peer never heard from is left alone (its
     /// first call or answer says its incarnation).
     pub fn touch(&self, peer: NodeId) {
-        self.record(peer, None);
+        self.record(peer, None, None);
     }
 
-    fn record(&self, peer: NodeId, incarnation: Option<u64>) {
+    /// `draining`: what a liveness call or answer said (`None`: a message
+    /// that does not say).
+    fn record(&self, peer: NodeId, incarnation: Option<u64>, draining: Option<bool>) {
         let now = Instant::now();
         let Ok(mut peers) = self.peers.lock() else { return };
         let entry = peers.entry(peer).or_insert(Peer { heard: None, incarnation: 0, draining: false });
@@ -166,7 +161,7 @@ impl Liveness {
         let restarted = entry.incarnation != 0 && entry.incarnation != incarnation;
         let first = entry.incarnation == 0;
         // A new run of the peer is not stopping (until it says so).
-        let draining = entry.draining && !restarted;
+        let draining = draining.unwrap_or(entry.draining && !restarted);
         *entry = Peer { heard: Some(now), incarnation, draining };
         drop(peers);
         if restarted || (!was_live && !first) {

@@ -61,12 +61,16 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
         };
         nodes.insert(b.node_id, (b.addr.clone(), node));
     }
-    let seen_by = |node: u64, topic: &str, partition: u32| {
-        views
-            .get(&node)
-            .and_then(|v| v.topics.iter().find(|t| t.name == topic))
-            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
-    };
+    // What each node says of each partition, by (node, topic, partition).
+    let said: BTreeMap<(u64, &str, u32), &strata_client::proto::PartitionDescription> = views
+        .iter()
+        .flat_map(|(node, v)| {
+            v.topics
+                .iter()
+                .flat_map(move |t| t.partitions.iter().map(move |p| ((*node, t.name.as_str(), p.partition), p)))
+        })
+        .collect();
+    let seen_by = |node: u64, topic: &str, partition: u32| said.get(&(node, topic, partition)).copied();
     // Each replica's applied index: one digest per replica, STATUS_CALLS at
     // a time (a cluster of thousands of partitions answers in a moment,
     // not after thousands of round trips one after another).
