@@ -29,6 +29,17 @@ echo "== python example" >&2
 cargo build --locked -p strata
 examples/python/run-test.sh "$(realpath "${CARGO_TARGET_DIR:-target}")/debug/strata"
 
+# The Debian package, end to end (deploy/debian/test-package.sh): packaged
+# from the debug build, installed in a container with systemd as PID 1 (an
+# image built from Debian's packages on the first run, then cached), used,
+# reloaded, stopped, upgraded, removed and purged. Needs root and Docker.
+echo "== Debian package (systemd in a container)" >&2
+if [ "$(id -u)" = 0 ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  deploy/debian/test-package.sh "$(realpath "${CARGO_TARGET_DIR:-target}")/debug/strata"
+else
+  echo "skipped: the package test needs root and a running Docker engine (apt-get install docker.io)" >&2
+fi
+
 # The fault-injection suite, short: 5 nodes on hosts of their own (Docker
 # containers from the project's own image, built on the first run, or network
 # namespaces without Docker; needs root), partitions, kill -9 and pauses for

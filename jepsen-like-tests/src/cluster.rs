@@ -276,6 +276,63 @@ impl Cluster {
         Ok(seen)
     }
 
+    /// Stops node `id` as an operator does (SIGTERM: `systemctl stop`,
+    /// `docker stop`): it hands its leaderships over, then exits; the node
+    /// stays down until [`Cluster::restart`]. Returns how its exit was seen:
+    /// status 0 within `within`. An error when it was not running, exited
+    /// otherwise, or was still running after `within` (then it is killed).
+    pub async fn terminate(&mut self, id: u32, within: Duration) -> anyhow::Result<String> {
+        let node = self.node(id)?;
+        let started = Instant::now();
+        match node.host.kind {
+            Kind::Docker => {
+                if !node.running || node.paused {
+                    bail!("node {id} is not running");
+                }
+                let t = within.as_secs().max(1).to_string();
+                run(&["docker", "stop", "-t", &t, &node.host.name])?;
+                node.running = false;
+                let code = output(&["docker", "wait", &node.host.name])?;
+                if code != "0" {
+                    bail!("node {id}'s container exited with status {code} after SIGTERM, not 0");
+                }
+            }
+            Kind::Netns => {
+                let Some(mut child) = node.child.take() else { bail!("node {id} is not running") };
+                if node.paused {
+                    bail!("node {id} is paused");
+                }
+                let pid = child.id().with_context(|| format!("node {id} has no process id"))?;
+                Self::signal(pid, "TERM")?;
+                let status = match tokio::time::timeout(within, child.wait()).await {
+                    Ok(status) => status?,
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        bail!("node {id} (pid {pid}) was still running {within:?} after SIGTERM; killed");
+                    }
+                };
+                if !status.success() {
+                    bail!("node {id} (pid {pid}) ended with {status} after SIGTERM, not 0");
+                }
+            }
+        }
+        Ok(format!("node {id}: exited 0 {:.1} s after SIGTERM", started.elapsed().as_secs_f64()))
+    }
+
+    /// A `strata` command-line client for this cluster (TLS with the run's
+    /// CA, logged in as the superuser), e.g. `cluster wait-healthy`.
+    pub fn cli(&self) -> Command {
+        let mut command = Command::new(&self.strata);
+        command
+            .env("STRATA_SERVER", self.addrs().join(","))
+            .env("STRATA_TLS_CA", self.dir.join("tls/ca.crt"))
+            .env("STRATA_USER", USER)
+            .env("STRATA_PASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     /// Starts a killed node again (its data directory kept).
     pub fn restart(&mut self, id: u32) -> anyhow::Result<()> {
         self.spawn(id)

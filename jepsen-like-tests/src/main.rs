@@ -104,7 +104,35 @@ struct Results {
     minority_fault_send_success: Option<f64>,
     /// Milliseconds from each heal to the first acknowledged write after it.
     heal_to_first_write_ms: Vec<u64>,
+    /// Produce outcomes and latency during rolling restarts against before
+    /// the first fault (the rolling-restart nemesis).
+    rolling_restart: Option<RollingRestartFigures>,
     report: Report,
+}
+
+/// Produce requests invoked in a span of the run.
+#[derive(Debug, Default, Serialize, Clone, Copy)]
+struct SendFigures {
+    sends: u64,
+    ok: u64,
+    /// Refused: definitely not written.
+    fail: u64,
+    /// Unknown outcome (e.g. a deadline).
+    info: u64,
+    /// ok / sends.
+    success_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize, Clone, Copy)]
+struct RollingRestartFigures {
+    restarts: u64,
+    /// Seconds from each rolling restart's start to its end, summed.
+    duration_s: f64,
+    before: SendFigures,
+    during: SendFigures,
 }
 
 fn main() {
@@ -137,7 +165,7 @@ async fn run(args: Args) -> anyhow::Result<Verdict> {
         let events = history::load(path)?;
         let report = checker::check(&events);
         let verdict = report.verdict(!families.is_empty());
-        print_summary(&report, &verdict, None, &heal_to_first_write(&events));
+        print_summary(&report, &verdict, None, &heal_to_first_write(&events), rolling_restart_figures(&events));
         return Ok(verdict);
     }
     if args.workload != "log" && args.workload != "group" {
@@ -327,6 +355,7 @@ async fn drive(
             minority_fault_send_success: (sends > 0)
                 .then(|| liveness.minority_sends_ok.load(Ordering::Relaxed) as f64 / sends as f64),
             heal_to_first_write_ms: heal_to_first_write(&events),
+            rolling_restart: rolling_restart_figures(&events),
             report,
         };
         std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
@@ -335,6 +364,7 @@ async fn drive(
             &results.verdict,
             results.minority_fault_send_success,
             &results.heal_to_first_write_ms,
+            results.rolling_restart,
         );
         eprintln!("history, results and node logs in {}", dir.display());
         anyhow::Ok(results.verdict)
@@ -378,7 +408,78 @@ fn heal_to_first_write(events: &[Event]) -> Vec<u64> {
         .collect()
 }
 
-fn print_summary(report: &Report, verdict: &Verdict, minority_success: Option<f64>, heal_ms: &[u64]) {
+/// Sends invoked during rolling restarts (from each `rolling-restart`
+/// invoke to its outcome) against those invoked before the first fault of
+/// the run; `None` without a rolling restart.
+fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
+    let mut windows = Vec::new();
+    let mut open = None;
+    let mut first_fault = None;
+    for e in events.iter().filter(|e| e.process == NEMESIS) {
+        let Op::Nemesis { fault, .. } = &e.op else { continue };
+        if e.kind == Kind::Invoke {
+            first_fault.get_or_insert(e.time_ns);
+        }
+        match (fault.as_str(), e.kind) {
+            ("rolling-restart", Kind::Invoke) => open = Some(e.time_ns),
+            ("rolling-restart", _) => windows.extend(open.take().map(|start| (start, e.time_ns))),
+            _ => {}
+        }
+    }
+    if windows.is_empty() {
+        return None;
+    }
+    let first_fault = first_fault.unwrap_or(u64::MAX);
+    // Each send's invoke time, outcome and latency.
+    let mut invoked = std::collections::HashMap::new();
+    let mut before = Vec::new();
+    let mut during = Vec::new();
+    for e in events.iter().filter(|e| matches!(e.op, Op::Send { .. })) {
+        if e.kind == Kind::Invoke {
+            invoked.insert(e.process, e.time_ns);
+            continue;
+        }
+        let Some(start) = invoked.remove(&e.process) else { continue };
+        let outcome = (e.kind, (e.time_ns - start) as f64 / 1e6);
+        if start < first_fault {
+            before.push(outcome);
+        } else if windows.iter().any(|(a, b)| (*a..=*b).contains(&start)) {
+            during.push(outcome);
+        }
+    }
+    Some(RollingRestartFigures {
+        restarts: windows.len() as u64,
+        duration_s: windows.iter().map(|(a, b)| (b - a) as f64 / 1e9).sum(),
+        before: send_figures(&before),
+        during: send_figures(&during),
+    })
+}
+
+fn send_figures(outcomes: &[(Kind, f64)]) -> SendFigures {
+    let count = |k: Kind| outcomes.iter().filter(|(kind, _)| *kind == k).count() as u64;
+    let mut ok_ms: Vec<f64> = outcomes.iter().filter(|(k, _)| *k == Kind::Ok).map(|(_, ms)| *ms).collect();
+    ok_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| if ok_ms.is_empty() { 0.0 } else { ok_ms[((ok_ms.len() - 1) as f64 * q).round() as usize] };
+    let sends = outcomes.len() as u64;
+    SendFigures {
+        sends,
+        ok: count(Kind::Ok),
+        fail: count(Kind::Fail),
+        info: count(Kind::Info),
+        success_rate: if sends == 0 { 0.0 } else { count(Kind::Ok) as f64 / sends as f64 },
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
+}
+
+fn print_summary(
+    report: &Report,
+    verdict: &Verdict,
+    minority_success: Option<f64>,
+    heal_ms: &[u64],
+    rolling: Option<RollingRestartFigures>,
+) {
     println!();
     println!("| ops ok | ops fail | ops info | acknowledged sends | faults took effect / attempted |");
     println!("|---|---|---|---|---|");
@@ -408,5 +509,69 @@ fn print_summary(report: &Report, verdict: &Verdict, minority_success: Option<f6
             sorted.len()
         );
     }
+    if let Some(r) = rolling {
+        println!("\nrolling restarts: {} taking {:.1} s in all", r.restarts, r.duration_s);
+        println!("| sends | invoked | ok | fail | info | success | p50 ms | p99 ms | max ms |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (name, f) in [("before the first fault", r.before), ("during rolling restarts", r.during)] {
+            println!(
+                "| {name} | {} | {} | {} | {} | {:.3}% | {:.1} | {:.1} | {:.1} |",
+                f.sends,
+                f.ok,
+                f.fail,
+                f.info,
+                f.success_rate * 100.0,
+                f.p50_ms,
+                f.p99_ms,
+                f.max_ms
+            );
+        }
+    }
     println!("\n{verdict}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(time_ms: u64, process: i64, kind: Kind, op: Op) -> Event {
+        Event { index: 0, time_ns: time_ms * 1_000_000, process, kind, op, error: None }
+    }
+
+    fn send() -> Op {
+        Op::Send { partition: 0, value: 0, offset: None }
+    }
+
+    fn restart(kind: Kind) -> Event {
+        let op = Op::Nemesis { fault: "rolling-restart".into(), nodes: vec![1, 2, 3], detail: String::new() };
+        event(if kind == Kind::Invoke { 10_000 } else { 20_000 }, NEMESIS, kind, op)
+    }
+
+    #[test]
+    fn rolling_restart_figures_split_sends_by_when_they_were_invoked() {
+        let events = vec![
+            event(1_000, 1, Kind::Invoke, send()),
+            event(1_010, 1, Kind::Ok, send()),
+            event(2_000, 1, Kind::Invoke, send()),
+            event(2_020, 1, Kind::Ok, send()),
+            restart(Kind::Invoke),
+            event(11_000, 1, Kind::Invoke, send()),
+            event(11_500, 1, Kind::Ok, send()),
+            event(12_000, 2, Kind::Invoke, send()),
+            event(12_001, 2, Kind::Fail, send()),
+            restart(Kind::Ok),
+            // After the window: in neither span.
+            event(30_000, 1, Kind::Invoke, send()),
+            event(30_001, 1, Kind::Ok, send()),
+        ];
+        let f = rolling_restart_figures(&events).expect("a rolling restart");
+        assert_eq!(f.restarts, 1);
+        assert!((f.duration_s - 10.0).abs() < 1e-9);
+        assert_eq!((f.before.sends, f.before.ok, f.before.fail), (2, 2, 0));
+        assert!((f.before.max_ms - 20.0).abs() < 1e-9 && (f.before.p50_ms - 20.0).abs() < 1e-9);
+        assert_eq!((f.during.sends, f.during.ok, f.during.fail), (2, 1, 1));
+        assert!((f.during.success_rate - 0.5).abs() < 1e-9);
+        assert!((f.during.p99_ms - 500.0).abs() < 1e-9);
+        assert!(rolling_restart_figures(&events[..4]).is_none(), "no rolling restart, no figures");
+    }
 }

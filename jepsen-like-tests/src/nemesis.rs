@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -17,12 +18,22 @@ use crate::cluster::Cluster;
 use crate::history::{Kind, NEMESIS, Op, Recorder};
 use crate::net::Network;
 
+/// How long a node may take to stop gracefully (its handover is 30 s at
+/// most, finishing requests 10 s).
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+/// How long the cluster may take to be healthy again after a restart.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+
 /// Fault families, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Partition,
     Kill,
     Pause,
+    /// Every node in turn stopped with SIGTERM (a graceful stop: it hands
+    /// its leaderships over) and started again, the next one only once
+    /// `strata cluster wait-healthy` says every partition is in sync.
+    RollingRestart,
 }
 
 impl std::str::FromStr for Family {
@@ -32,7 +43,8 @@ impl std::str::FromStr for Family {
             "partition" => Ok(Self::Partition),
             "kill" => Ok(Self::Kill),
             "pause" => Ok(Self::Pause),
-            other => Err(format!("unknown nemesis '{other}' (known: partition, kill, pause)")),
+            "rolling-restart" => Ok(Self::RollingRestart),
+            other => Err(format!("unknown nemesis '{other}' (known: partition, kill, pause, rolling-restart)")),
         }
     }
 }
@@ -57,6 +69,10 @@ enum Fault {
     Pause {
         nodes: Vec<u32>,
     },
+    /// In this order.
+    RollingRestart {
+        nodes: Vec<u32>,
+    },
 }
 
 impl Fault {
@@ -69,6 +85,7 @@ impl Fault {
             Self::Kill { .. } => "kill-minority",
             Self::Pause { nodes } if nodes.len() == 1 => "pause-one",
             Self::Pause { .. } => "pause-minority",
+            Self::RollingRestart { .. } => "rolling-restart",
         }
     }
 
@@ -76,7 +93,7 @@ impl Fault {
         match self {
             Self::Partition { groups, .. } => groups.first().cloned().unwrap_or_default(),
             Self::Ring { sees } => sees.iter().map(|(n, _)| *n).collect(),
-            Self::Kill { nodes, .. } | Self::Pause { nodes } => nodes.clone(),
+            Self::Kill { nodes, .. } | Self::Pause { nodes } | Self::RollingRestart { nodes } => nodes.clone(),
         }
     }
 
@@ -86,6 +103,9 @@ impl Fault {
             Self::Ring { sees } => format!("each node sees {sees:?}"),
             Self::Kill { nodes, .. } => format!("kill -9 {nodes:?}, restart at heal"),
             Self::Pause { nodes } => format!("pause {nodes:?} (SIGSTOP, or a container frozen), resumed at heal"),
+            Self::RollingRestart { nodes } => {
+                format!("SIGTERM and restart {nodes:?} one at a time, each once the cluster is healthy")
+            }
         }
     }
 }
@@ -182,6 +202,10 @@ impl Nemesis {
         let n = self.cluster.lock().await.node_ids().len();
         match fault {
             Fault::Kill { nodes, .. } | Fault::Pause { nodes } => nodes.len() * 2 < n,
+            // Over by the time the flag would be set (it is set for the
+            // hold, after the injection): the figures of a rolling restart
+            // come from its own window in the history.
+            Fault::RollingRestart { .. } => false,
             // A node isolated, or the smaller half: the rest keep a majority.
             Fault::Partition { groups, .. } => groups.iter().any(|g| g.len() * 2 > n),
             Fault::Ring { .. } => false,
@@ -218,6 +242,10 @@ impl Nemesis {
                 2 => Fault::Kill { nodes: nodes[..minority.max(1)].to_vec(), all: false },
                 _ => Fault::Kill { nodes: nodes.clone(), all: true },
             },
+            Family::RollingRestart => {
+                nodes.sort_unstable();
+                Fault::RollingRestart { nodes }
+            }
             Family::Pause => match self.rng.random_range(0..3) {
                 0 | 1 => Fault::Pause { nodes: vec![nodes[0]] },
                 _ => Fault::Pause { nodes: nodes[..minority.max(1)].to_vec() },
@@ -255,13 +283,54 @@ impl Nemesis {
                 }
                 Ok(seen.join("; "))
             }
+            Fault::RollingRestart { nodes } => self.rolling_restart(nodes).await,
         }
+    }
+
+    /// Stops each node with SIGTERM and starts it again, the first once the
+    /// cluster is healthy and each next one once it is healthy again (as
+    /// `strata cluster rolling-restart` does); records how long it took.
+    async fn rolling_restart(&self, nodes: &[u32]) -> anyhow::Result<String> {
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        self.wait_healthy().await?;
+        for &n in nodes {
+            let stopped = {
+                let mut cluster = self.cluster.lock().await;
+                let stopped = cluster.terminate(n, STOP_WITHIN).await?;
+                cluster.restart(n)?;
+                stopped
+            };
+            let healthy = self.wait_healthy().await?;
+            eprintln!("[nemesis] {stopped}; restarted, healthy again after {healthy:.1} s");
+            seen.push(format!("{stopped}, healthy again {healthy:.1} s after its restart"));
+        }
+        seen.push(format!("rolling restart took {:.1} s", started.elapsed().as_secs_f64()));
+        Ok(seen.join("; "))
+    }
+
+    /// `strata cluster wait-healthy`; the seconds it took.
+    async fn wait_healthy(&self) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let mut cli = self.cluster.lock().await.cli();
+        let out =
+            cli.args(["cluster", "wait-healthy", "--wait", &format!("{}s", HEALTHY_WITHIN.as_secs())]).output().await?;
+        if !out.status.success() {
+            bail!(
+                "strata cluster wait-healthy failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed().as_secs_f64())
     }
 
     async fn heal(&self, fault: &Fault) -> anyhow::Result<()> {
         match fault {
             Fault::Partition { .. } | Fault::Ring { .. } => self.network.lock().await.heal(),
-            Fault::Kill { .. } | Fault::Pause { .. } => self.cluster.lock().await.revive_all(),
+            Fault::Kill { .. } | Fault::Pause { .. } | Fault::RollingRestart { .. } => {
+                self.cluster.lock().await.revive_all()
+            }
         }
     }
 }

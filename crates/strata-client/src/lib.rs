@@ -265,6 +265,17 @@ impl Client {
         Ok(self.admin_rpc().partition_digest(self.request(req)).await?.into_inner())
     }
 
+    /// Whether the node this client is connected to serves clients, as its
+    /// standard health service (`grpc.health.v1.Health/Check`, the whole
+    /// server) says: false from the moment it starts to stop.
+    pub async fn serving(&self) -> Result<bool> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.rpc_channel());
+        let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        let status = health.check(self.request(req)).await?.into_inner().status;
+        Ok(status == ServingStatus::Serving as i32)
+    }
+
     /// A handle on the node at `addr` of the same cluster (sharing this
     /// client's connections).
     pub async fn node(&self, addr: &str) -> Result<Client> {

@@ -39,6 +39,10 @@ const TOPIC_KEY_PREFIX: &str = "topic/";
 const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
 /// `deleted/<dir>`: a deleted topic's directory may be removed.
 const TOMBSTONE_PREFIX: &str = "deleted/";
+/// Written by [`LogManager::close`] once every writer has finished, removed
+/// by the next open: says whether the last stop was clean. Informational:
+/// recovery checks every partition's tail either way.
+const CLEAN_STOP_FILE: &str = "clean-stop";
 
 /// A topic as the catalog stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +117,8 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
 
 /// Waits until every partition writer has finished its queue, `limit` at
 /// most in all (writers run concurrently; awaiting them in turn is enough).
-async fn await_writers(writers: Vec<tokio::task::JoinHandle<()>>, limit: std::time::Duration, what: &str) {
+/// Whether they all did.
+async fn await_writers(writers: Vec<tokio::task::JoinHandle<()>>, limit: std::time::Duration, what: &str) -> bool {
     let all = async {
         for w in writers {
             let _ = w.await;
@@ -121,7 +126,9 @@ async fn await_writers(writers: Vec<tokio::task::JoinHandle<()>>, limit: std::ti
     };
     if tokio::time::timeout(limit, all).await.is_err() {
         warn!("{what}: partition writers still busy after {limit:?}; going on");
+        return false;
     }
+    true
 }
 
 /// The directory name of topic `name` with id `id`, refused if the
@@ -180,6 +187,14 @@ impl LogManager {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::DataDirLocked(root.to_owned())),
             Err(std::fs::TryLockError::Error(e)) => return Err(StorageError::io(&lock_path, e)),
         }
+        let clean_stop = root.join(CLEAN_STOP_FILE);
+        let stopped_cleanly = clean_stop.exists();
+        if stopped_cleanly {
+            // Gone before anything is written: a crash from here on is not
+            // taken for a clean stop next time.
+            std::fs::remove_file(&clean_stop).at(&clean_stop)?;
+            crate::segment::sync_dir(root)?;
+        }
         let db = IndexDb::open(&root.join("index"))?;
         let manager = Self {
             root: root.to_owned(),
@@ -221,6 +236,16 @@ impl LogManager {
             } else {
                 warn!(dir = %path.display(), "directory of no known topic under topics/: left untouched");
             }
+        }
+        let topics = manager.topics.read().map_err(|_| lock_poisoned())?.len();
+        if stopped_cleanly {
+            info!(topics, "the data directory was closed cleanly when the node last stopped");
+        } else if topics > 0 {
+            warn!(
+                topics,
+                "the data directory was not closed cleanly when the node last stopped (a crash, kill -9 or power \
+                 loss): every partition's tail was checked, and anything torn is reported above"
+            );
         }
         Ok(manager)
     }
@@ -553,7 +578,18 @@ impl LogManager {
         let writers: Vec<_> =
             topics.values().flat_map(|t| t.partitions.iter().filter_map(PartitionLog::take_writer)).collect();
         drop(topics);
-        await_writers(writers, std::time::Duration::from_secs(30), "closing the storage").await;
+        if await_writers(writers, std::time::Duration::from_secs(30), "closing the storage").await
+            && let Err(e) = self.mark_clean_stop()
+        {
+            warn!(error = %e, "cannot record the clean stop");
+        }
+    }
+
+    /// Records that every writer finished (see [`CLEAN_STOP_FILE`]).
+    fn mark_clean_stop(&self) -> Result<()> {
+        let path = self.root.join(CLEAN_STOP_FILE);
+        File::create(&path).at(&path)?.sync_all().at(&path)?;
+        crate::segment::sync_dir(&self.root)
     }
 
     /// One retention pass over every partition. Blocking.

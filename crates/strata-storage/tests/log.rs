@@ -419,7 +419,12 @@ async fn manager_validates_and_persists_topics() {
         m.close().await;
         drop(m);
     }
+    // A clean close leaves its mark, which the next open takes away (so a
+    // crash after it is not taken for a clean stop).
+    let clean_stop = dir.path().join("clean-stop");
+    assert!(clean_stop.exists(), "close marks a clean stop");
     let m = LogManager::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert!(!clean_stop.exists(), "open removes the mark");
     let info = m.describe_topic("orders").expect("persisted");
     assert_eq!(info.config.retention_ms, 5000);
     assert_eq!(info.partitions[2].high_watermark, 1);

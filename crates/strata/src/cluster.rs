@@ -13,6 +13,7 @@ use strata_client::Client;
 
 use crate::ClientOpts;
 use crate::cli::{OutputFormat, connect, table};
+use crate::rolling;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -25,6 +26,23 @@ pub enum ClusterCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// Wait until the cluster is healthy: every node answers, and every
+    /// partition has a leader and all its replicas in sync (no
+    /// under-replicated partition). Exits non-zero if it is not within
+    /// --wait (for scripts: before taking the next node down).
+    WaitHealthy {
+        /// Only these topics (default: all).
+        #[arg(long)]
+        topic: Vec<String>,
+        /// How long to wait, e.g. 5m.
+        #[arg(long = "wait", default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Restart every node, one at a time: wait until the cluster is healthy,
+    /// run --exec for one node (each node hands its leaderships over when it
+    /// stops), wait until it is back and every partition is in sync again,
+    /// then the next node.
+    RollingRestart(rolling::RollingRestartArgs),
 }
 
 /// How often `strata dev` looks for a node that exited.
@@ -39,38 +57,82 @@ struct Replica {
     applied: Option<u64>,
 }
 
+/// Each node's own answer to a metadata request: which nodes answer, and
+/// what each says of each partition's leader and in-sync replicas. One
+/// metadata request per node.
+pub(crate) struct ClusterView {
+    /// The metadata of the node asked first.
+    pub meta: strata_client::proto::MetadataResponse,
+    /// Every node: its address and, if it answered, a client for it.
+    pub nodes: BTreeMap<u64, (String, Option<Client>)>,
+    /// What each node said of each partition: (node, topic, partition) to
+    /// (leader, in-sync replicas).
+    said: BTreeMap<(u64, String, u32), (u64, Vec<u64>)>,
+}
+
+/// How long `ClusterView::gather` waits for one node's answer (a node cut
+/// off by the network does not hold up the rest for the whole deadline).
+const NODE_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+impl ClusterView {
+    pub async fn gather(client: &Client, names: &[&str]) -> anyhow::Result<Self> {
+        let meta = client.metadata(names).await?;
+        let mut nodes = BTreeMap::new();
+        let mut said = BTreeMap::new();
+        for b in &meta.brokers {
+            let answer = tokio::time::timeout(NODE_ANSWER_WAIT, async {
+                let n = client.node(&b.addr).await.ok()?;
+                let view = n.metadata(names).await.ok()?;
+                Some((n, view))
+            })
+            .await
+            .ok()
+            .flatten();
+            let node = answer.map(|(n, view)| {
+                for t in view.topics {
+                    for p in t.partitions {
+                        said.insert((b.node_id, t.name.clone(), p.partition), (p.leader, p.in_sync));
+                    }
+                }
+                n
+            });
+            nodes.insert(b.node_id, (b.addr.clone(), node));
+        }
+        Ok(Self { meta, nodes, said })
+    }
+
+    /// The partition's leader: as the node asked first knows it, else as
+    /// its replicas say; 0 when none knows one.
+    pub fn leader(&self, topic: &str, p: &strata_client::proto::PartitionDescription) -> u64 {
+        if p.leader != 0 {
+            return p.leader;
+        }
+        p.replicas
+            .iter()
+            .filter_map(|id| self.said.get(&(*id, topic.to_owned(), p.partition)).map(|(l, _)| *l))
+            .find(|l| *l != 0)
+            .unwrap_or(0)
+    }
+
+    /// The replicas in sync with `leader`, as the leader says.
+    pub fn in_sync(&self, topic: &str, partition: u32, leader: u64) -> Vec<u64> {
+        self.said.get(&(leader, topic.to_owned(), partition)).map(|(_, s)| s.clone()).unwrap_or_default()
+    }
+}
+
 pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status { topic, format } = command;
+    let (topic, format) = match command {
+        ClusterCommand::Status { topic, format } => (topic, format),
+        ClusterCommand::WaitHealthy { topic, timeout } => {
+            let client = connect(opts).await?;
+            return rolling::wait_healthy(&client, &topic, timeout).await.map(drop);
+        }
+        ClusterCommand::RollingRestart(args) => return rolling::rolling_restart(opts, args).await,
+    };
     let client = connect(opts).await?;
     let names: Vec<&str> = topic.iter().map(String::as_str).collect();
-    let meta = client.metadata(&names).await?;
-    // Each node answers for itself: alive, and the leaders (and, where it
-    // leads, the in-sync replicas) it knows. One metadata request per node.
-    let mut nodes: BTreeMap<u64, (String, Option<Client>)> = BTreeMap::new();
-    let mut views: BTreeMap<u64, strata_client::proto::MetadataResponse> = BTreeMap::new();
-    for b in &meta.brokers {
-        let node = match client.node(&b.addr).await {
-            Ok(n) => match n.metadata(&names).await {
-                Ok(view) => {
-                    views.insert(b.node_id, view);
-                    Some(n)
-                }
-                Err(_) => None,
-            },
-            Err(_) => None,
-        };
-        nodes.insert(b.node_id, (b.addr.clone(), node));
-    }
-    // What each node says of each partition, by (node, topic, partition).
-    let said: BTreeMap<(u64, &str, u32), &strata_client::proto::PartitionDescription> = views
-        .iter()
-        .flat_map(|(node, v)| {
-            v.topics
-                .iter()
-                .flat_map(move |t| t.partitions.iter().map(move |p| ((*node, t.name.as_str(), p.partition), p)))
-        })
-        .collect();
-    let seen_by = |node: u64, topic: &str, partition: u32| said.get(&(node, topic, partition)).copied();
+    let view = ClusterView::gather(&client, &names).await?;
+    let (meta, nodes) = (&view.meta, &view.nodes);
     // Each replica's applied index: one digest per replica, STATUS_CALLS at
     // a time (a cluster of thousands of partitions answers in a moment,
     // not after thousands of round trips one after another).
@@ -103,18 +165,8 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                 .iter()
                 .map(|id| (*id, Replica { applied: applied.remove(&(t.name.as_str(), p.partition, *id)).flatten() }))
                 .collect();
-            // Unknown to the node asked first: the replicas say who leads.
-            let leader = if p.leader != 0 {
-                p.leader
-            } else {
-                p.replicas
-                    .iter()
-                    .filter_map(|id| seen_by(*id, &t.name, p.partition).map(|l| l.leader))
-                    .find(|l| *l != 0)
-                    .unwrap_or(0)
-            };
-            // The leader says which replicas are in sync with it.
-            let in_sync = seen_by(leader, &t.name, p.partition).map(|l| l.in_sync.clone()).unwrap_or_default();
+            let leader = view.leader(&t.name, p);
+            let in_sync = view.in_sync(&t.name, p.partition, leader);
             rows.push((t.name.clone(), p.partition, leader, replicas, in_sync));
         }
     }
@@ -146,7 +198,7 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
         }
         OutputFormat::Text => {
             let mut t = table(&["NODE", "ADDRESS", "STATUS"]);
-            for (id, (addr, n)) in &nodes {
+            for (id, (addr, n)) in nodes {
                 t.add_row(vec![id.to_string(), addr.clone(), if n.is_some() { "up" } else { "down" }.to_owned()]);
             }
             println!("{t}\n");

@@ -7,10 +7,12 @@ mod cli;
 mod cluster;
 mod config;
 mod failover;
+mod generate;
 mod group;
 mod group_bench;
 mod log_limit;
 mod partitions_bench;
+mod rolling;
 mod security;
 mod systemd;
 mod traces;
@@ -151,6 +153,13 @@ enum Command {
         #[command(subcommand)]
         command: security::AclCommand,
     },
+    /// Whether the node at --server serves clients (its gRPC health
+    /// service): prints SERVING and exits 0, else prints why and exits 1.
+    /// A container health check or load balancer probe.
+    Health {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Who the node takes you for.
     Whoami {
         #[command(flatten)]
@@ -160,6 +169,18 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: certs::CertsCommand,
+    },
+    /// Print a shell completion script, e.g. `strata completions bash >
+    /// /etc/bash_completion.d/strata` (the Debian package installs them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (strata.1, strata-server.1, ...) into a folder.
+    #[command(hide = true)]
+    ManPages {
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Measure produce or consume throughput and latency.
     Bench {
@@ -276,10 +297,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { client, command } => group::run(&client, command).await,
         Command::Dev(args) => cluster::dev(args).await,
         Command::Certs { command } => certs::run(command),
+        Command::Completions { shell } => generate::completions::<Cli>(shell),
+        Command::ManPages { dir } => {
+            let n = generate::man_pages::<Cli>(&dir)?;
+            eprintln!("strata: wrote {n} man pages into {}", dir.display());
+            Ok(())
+        }
         Command::User { client, command } => security::user(&client, command).await,
         Command::Token { client, command } => security::token(&client, command).await,
         Command::Acl { client, command } => security::acl(&client, command).await,
         Command::Whoami { client } => security::whoami(&client).await,
+        Command::Health { client } => {
+            if cli::connect(&client).await?.serving().await? {
+                println!("SERVING");
+                Ok(())
+            } else {
+                anyhow::bail!("NOT_SERVING: the node at {} is stopping or not ready", client.server)
+            }
+        }
     }
 }
 
@@ -292,7 +327,12 @@ fn init_logging(format: &str, level: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let limit = tracing_subscriber::filter::filter_fn(log_limit::allow);
     let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
-    let layer = if format == "json" { layer.json().boxed() } else { layer.boxed() };
+    let layer = match (format == "json", systemd::stderr_is_journal()) {
+        (true, _) => layer.json().boxed(),
+        // journald stamps every line itself.
+        (false, true) => layer.without_time().boxed(),
+        (false, false) => layer.boxed(),
+    };
     tracing_subscriber::registry().with(layer.with_filter(limit).with_filter(filter)).init();
 }
 

@@ -35,3 +35,14 @@ pub fn stopping(status: &str) {
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
+
+/// Whether standard error is connected to the journal: systemd sets
+/// `JOURNAL_STREAM` to the device and inode of that stream, which is still
+/// ours unless it was redirected since.
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| stream.to_string_lossy() == format!("{}:{}", m.dev(), m.ino()))
+}

@@ -21,76 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{BIN, ClusterPorts, Dev, ServerProcess, WAIT, eventually, free_port_run, leader_of};
+use common::{
+    BIN, Cluster, ClusterPorts, Dev, ServerProcess, WAIT, eventually, free_port_run, leader_of, one_record, read_all,
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Acks, Client, Compression, Record, TopicConfig};
 use tokio::sync::watch;
 
 const PARTITIONS: u32 = 2;
-
-struct Cluster {
-    ports: ClusterPorts,
-    nodes: Vec<Option<ServerProcess>>,
-    /// Environment every node starts with.
-    env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(n: usize) -> Self {
-        Self::start_with(n, &[])
-    }
-
-    fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ports = ClusterPorts::new(n);
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let nodes = (1..=n as u64)
-            .map(|id| Some(ServerProcess::start_node_with(&Self::dir_of(&dir, id), id, &ports, &env)))
-            .collect();
-        Self { ports, nodes, env, _dir: dir }
-    }
-
-    fn dir_of(dir: &tempfile::TempDir, id: u64) -> std::path::PathBuf {
-        dir.path().join(format!("node-{id}"))
-    }
-
-    fn addr(&self, id: u64) -> String {
-        self.ports.addr(id)
-    }
-
-    fn bootstrap(&self) -> String {
-        self.ports.bootstrap()
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(node) = self.nodes[id as usize - 1].take() {
-            node.kill();
-        }
-    }
-
-    /// Sends `signal` (e.g. `STOP`, `CONT`) to node `id`'s process.
-    fn signal(&self, id: u64, signal: &str) {
-        let node = self.nodes[id as usize - 1].as_ref().expect("node runs");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(node.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} node {id}");
-    }
-
-    /// SIGTERM to node `id`; its exit status and what it printed.
-    fn stop(&mut self, id: u64) -> (std::process::ExitStatus, Vec<String>) {
-        let node = self.nodes[id as usize - 1].take().expect("node runs");
-        node.terminate(Duration::from_secs(90))
-    }
-
-    fn restart(&mut self, id: u64) {
-        let node = ServerProcess::start_node_with(&Self::dir_of(&self._dir, id), id, &self.ports, &self.env);
-        self.nodes[id as usize - 1] = Some(node);
-    }
-}
 
 type Acked = Arc<Mutex<Vec<(u32, u64, String)>>>;
 
@@ -313,27 +251,6 @@ async fn digests_agree(client: &Client, cluster: &Cluster, topic: &str, p: u32) 
         }
     }
     Ok(())
-}
-
-/// Every record of a partition (from its log start), by offset, read from
-/// its leader.
-async fn read_all(client: &Client, topic: &str, p: u32) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let earliest = client.list_offsets(topic, &[p], strata_client::proto::OffsetSpec::Earliest, 0).await;
-    let mut offset = earliest.expect("earliest offset")[0].offset;
-    loop {
-        let chunk = client.fetch(topic, p, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
-        if chunk.records.is_empty() {
-            return out;
-        }
-        out.extend(chunk.records.iter().map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned())));
-        offset = chunk.next_offset;
-    }
-}
-
-fn one_record(value: &str) -> Bytes {
-    let record = Record { value: Bytes::from(value.to_owned()), timestamp_ms: 1, ..Record::default() };
-    strata_record::encode(&[record], Compression::None)
 }
 
 /// What node `id` says leads partition `p` (0: none known there).

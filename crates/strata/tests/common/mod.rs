@@ -361,3 +361,90 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         data = &data[size + 2..];
     }
 }
+
+/// A cluster of real `strata server` processes on loopback ports.
+pub struct Cluster {
+    pub ports: ClusterPorts,
+    pub nodes: Vec<Option<ServerProcess>>,
+    /// Environment every node starts with.
+    pub env: Vec<(String, String)>,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    pub fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = ClusterPorts::new(n);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let nodes = (1..=n as u64)
+            .map(|id| Some(ServerProcess::start_node_with(&Self::dir_of(&dir, id), id, &ports, &env)))
+            .collect();
+        Self { ports, nodes, env, _dir: dir }
+    }
+
+    pub fn dir_of(dir: &tempfile::TempDir, id: u64) -> std::path::PathBuf {
+        dir.path().join(format!("node-{id}"))
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.ports.addr(id)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.ports.bootstrap()
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.kill();
+        }
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let node = self.nodes[id as usize - 1].as_ref().expect("node runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(node.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} node {id}");
+    }
+
+    /// SIGTERM to node `id`; its exit status and what it printed.
+    pub fn stop(&mut self, id: u64) -> (std::process::ExitStatus, Vec<String>) {
+        let node = self.nodes[id as usize - 1].take().expect("node runs");
+        node.terminate(Duration::from_secs(90))
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let node = ServerProcess::start_node_with(&Self::dir_of(&self._dir, id), id, &self.ports, &self.env);
+        self.nodes[id as usize - 1] = Some(node);
+    }
+}
+
+/// Every record of a partition (from its log start), by offset, read from
+/// its leader.
+pub async fn read_all(client: &strata_client::Client, topic: &str, p: u32) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let earliest = client.list_offsets(topic, &[p], strata_client::proto::OffsetSpec::Earliest, 0).await;
+    let mut offset = earliest.expect("earliest offset")[0].offset;
+    loop {
+        let chunk = client.fetch(topic, p, offset, 1 << 20, Duration::ZERO).await.expect("fetch");
+        if chunk.records.is_empty() {
+            return out;
+        }
+        out.extend(chunk.records.iter().map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned())));
+        offset = chunk.next_offset;
+    }
+}
+
+pub fn one_record(value: &str) -> bytes::Bytes {
+    let record =
+        strata_client::Record { value: bytes::Bytes::from(value.to_owned()), timestamp_ms: 1, ..Default::default() };
+    strata_record::encode(&[record], strata_client::Compression::None)
+}

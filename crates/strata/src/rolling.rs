@@ -1,0 +1,235 @@
+//! `strata cluster wait-healthy` and `strata cluster rolling-restart`:
+//! restart a cluster one node at a time without losing availability.
+//!
+//! Healthy means: every node answers, every partition has a leader, and
+//! every replica of every partition is in sync with it (Kafka's "no
+//! under-replicated partitions"). A rolling restart waits for that before
+//! each node and after it, so at most one replica of any partition is ever
+//! down; each node hands its leaderships over when it is stopped
+//! (`handover_timeout_ms`), so producers see no error.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use strata_client::Client;
+
+use crate::ClientOpts;
+use crate::cli::connect;
+use crate::cluster::ClusterView;
+
+/// How often the cluster is looked at while waiting.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How often waiting prints what it waits for.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug)]
+pub struct RollingRestartArgs {
+    /// The command that restarts one node, run with `sh -c`. It must return
+    /// once the node has been restarted (as `systemctl restart` does with
+    /// strata.service, a Type=notify unit). {node} is replaced by the node's
+    /// id, {addr} by its client address (HOST:PORT) and {host} by its host;
+    /// the environment has STRATA_NODE_ID, STRATA_NODE_ADDR and
+    /// STRATA_NODE_HOST too. E.g. --exec 'ssh {host} sudo systemctl restart strata'.
+    #[arg(long)]
+    exec: String,
+    /// Only these nodes, in this order (repeat or comma-separate; default:
+    /// every node, by id).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<u64>,
+    /// How long to wait for the cluster to be healthy, before the first
+    /// node and after each restart, e.g. 10m.
+    #[arg(long = "wait", default_value = "10m", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Print what would be run, restart nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// What keeps a cluster from being healthy.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    pub nodes: usize,
+    pub nodes_down: Vec<u64>,
+    pub partitions: usize,
+    pub leaderless: usize,
+    /// Partitions with a replica out of the leader's in-sync set.
+    pub under_replicated: usize,
+}
+
+impl Health {
+    pub fn healthy(&self) -> bool {
+        self.nodes_down.is_empty() && self.leaderless == 0 && self.under_replicated == 0
+    }
+
+    fn of(view: &ClusterView) -> Self {
+        let mut health = Self {
+            nodes: view.nodes.len(),
+            nodes_down: view.nodes.iter().filter(|(_, (_, n))| n.is_none()).map(|(id, _)| *id).collect(),
+            ..Self::default()
+        };
+        for t in &view.meta.topics {
+            for p in &t.partitions {
+                health.partitions += 1;
+                let leader = view.leader(&t.name, p);
+                if leader == 0 {
+                    health.leaderless += 1;
+                    continue;
+                }
+                let in_sync = view.in_sync(&t.name, p.partition, leader);
+                if p.replicas.iter().any(|r| !in_sync.contains(r)) {
+                    health.under_replicated += 1;
+                }
+            }
+        }
+        health
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} nodes up", self.nodes - self.nodes_down.len(), self.nodes)?;
+        if !self.nodes_down.is_empty() {
+            let down: Vec<String> = self.nodes_down.iter().map(u64::to_string).collect();
+            write!(f, " (down: {})", down.join(", "))?;
+        }
+        write!(
+            f,
+            "; {} partitions, {} without a leader, {} under-replicated",
+            self.partitions, self.leaderless, self.under_replicated
+        )
+    }
+}
+
+/// Waits until the cluster is healthy, at most `within`; prints what it
+/// waits for every few seconds. Returns the time it took.
+pub async fn wait_healthy(client: &Client, topics: &[String], within: Duration) -> anyhow::Result<Duration> {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let mut reported = started;
+    loop {
+        let last = match ClusterView::gather(client, &names).await {
+            Ok(view) => {
+                let health = Health::of(&view);
+                if health.healthy() {
+                    println!("healthy: {health} ({:.1} s)", started.elapsed().as_secs_f64());
+                    return Ok(started.elapsed());
+                }
+                health.to_string()
+            }
+            Err(e) => format!("no metadata: {e:#}"),
+        };
+        if started.elapsed() >= within {
+            bail!("the cluster is not healthy after {within:?}: {last}");
+        }
+        if reported.elapsed() >= REPORT_EVERY {
+            println!("waiting: {last} ({:.0} s)", started.elapsed().as_secs_f64());
+            reported = Instant::now();
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The host of HOST:PORT or [V6]:PORT.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// The command for one node. The address comes from the cluster's metadata,
+/// which is not trusted with the shell: anything but a plain host name or
+/// address is refused.
+fn command_for(template: &str, node: u64, addr: &str) -> anyhow::Result<String> {
+    if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b)) {
+        bail!("node {node}'s address {addr:?} is not a plain HOST:PORT; not putting it in a shell command");
+    }
+    Ok(template.replace("{node}", &node.to_string()).replace("{addr}", addr).replace("{host}", host_of(addr)))
+}
+
+pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> anyhow::Result<()> {
+    let client = connect(opts).await?;
+    let meta = client.metadata(&[]).await?;
+    let known: Vec<(u64, String)> = meta.brokers.iter().map(|b| (b.node_id, b.addr.clone())).collect();
+    let order: Vec<(u64, String)> = if args.nodes.is_empty() {
+        let mut all = known.clone();
+        all.sort();
+        all
+    } else {
+        args.nodes
+            .iter()
+            .map(|id| {
+                known.iter().find(|(k, _)| k == id).cloned().with_context(|| {
+                    let ids: Vec<String> = known.iter().map(|(k, _)| k.to_string()).collect();
+                    format!("node {id} is not in the cluster (its nodes: {})", ids.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let commands: Vec<String> =
+        order.iter().map(|(id, addr)| command_for(&args.exec, *id, addr)).collect::<anyhow::Result<_>>()?;
+    if args.dry_run {
+        for ((id, _), command) in order.iter().zip(&commands) {
+            println!("node {id}: {command}");
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    println!("rolling restart of {} nodes; first, the cluster must be healthy", order.len());
+    wait_healthy(&client, &[], args.wait).await.context("not restarting anything")?;
+    for (i, ((id, addr), command)) in order.iter().zip(&commands).enumerate() {
+        println!("[{}/{}] restarting node {id} ({addr}): {command}", i + 1, order.len());
+        let restart = Instant::now();
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("STRATA_NODE_ID", id.to_string())
+            .env("STRATA_NODE_ADDR", addr)
+            .env("STRATA_NODE_HOST", host_of(addr))
+            .status()
+            .await
+            .context("cannot run sh")?;
+        let done: Vec<String> = order[..i].iter().map(|(n, _)| n.to_string()).collect();
+        if !status.success() {
+            bail!(
+                "the restart command for node {id} failed ({status}); stopped there (restarted before it: {})",
+                if done.is_empty() { "none".to_owned() } else { done.join(", ") }
+            );
+        }
+        println!(
+            "[{}/{}] node {id} restarted in {:.1} s; waiting until it is back in sync",
+            i + 1,
+            order.len(),
+            restart.elapsed().as_secs_f64()
+        );
+        wait_healthy(&client, &[], args.wait)
+            .await
+            .with_context(|| format!("after restarting node {id}; the nodes after it were not restarted"))?;
+    }
+    println!("rolling restart done: {} nodes in {:.1} s", order.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_take_the_node_and_refuse_shell_syntax_from_metadata() {
+        let c = command_for("ssh {host} restart {node} # {addr}", 2, "10.0.0.2:7878").expect("plain");
+        assert_eq!(c, "ssh 10.0.0.2 restart 2 # 10.0.0.2:7878");
+        assert_eq!(command_for("{host}", 1, "[::1]:7878").expect("v6"), "::1");
+        assert_eq!(command_for("{host}", 1, "node-1.strata_internal:7878").expect("name"), "node-1.strata_internal");
+        for hostile in ["a;rm -rf /:1", "$(id):1", "a b:1", "`x`:1", "a|b:1", "", "a'b:1"] {
+            assert!(command_for("{host}", 1, hostile).is_err(), "{hostile:?} accepted");
+        }
+    }
+
+    #[test]
+    fn health_counts_what_is_missing() {
+        let h = Health { nodes: 3, nodes_down: vec![2], partitions: 6, leaderless: 1, under_replicated: 4 };
+        assert!(!h.healthy());
+        assert_eq!(h.to_string(), "2 of 3 nodes up (down: 2); 6 partitions, 1 without a leader, 4 under-replicated");
+        let ok = Health { nodes: 3, partitions: 6, ..Health::default() };
+        assert!(ok.healthy());
+    }
+}

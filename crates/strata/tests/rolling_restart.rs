@@ -1,0 +1,163 @@
+//! `strata cluster rolling-restart` and `strata cluster wait-healthy`
+//! against three real `strata server` processes on loopback, under a
+//! producer per partition (acks=quorum, the client's routed produce).
+//!
+//! The restart command the CLI runs (`--exec`) asks this test to restart a
+//! node: it writes `restart-ID` into a folder and waits for `done-ID`; the
+//! test stops the node with SIGTERM (it hands its leaderships over),
+//! starts it again and answers. So the CLI is driven exactly as it drives
+//! `systemctl restart` (a command that returns once the node is back).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Cluster, one_record, read_all};
+use strata_client::{Client, TopicConfig};
+use tokio::sync::watch;
+
+const PARTS: u32 = 6;
+
+/// The restart command: asks the test and waits (at most 3 minutes) for its
+/// answer.
+const RESTART_SCRIPT: &str = r#"#!/bin/sh
+set -e
+dir=$(dirname "$0")
+: > "$dir/restart-$1"
+n=0
+until [ -e "$dir/done-$1" ]; do
+  n=$((n + 1))
+  [ "$n" -lt 1800 ] || { echo "no answer for node $1" >&2; exit 1; }
+  sleep 0.1
+done
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no_error() {
+    let mut cluster = Cluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let client = Client::connect(&bootstrap).await.expect("connect");
+    let topic = "rolling";
+    client.create_topic_replicated(topic, PARTS, Some(3), TopicConfig::default()).await.expect("create");
+
+    // wait-healthy: healthy now; with node 3 down it says what is wrong and
+    // fails within its --wait.
+    let out = cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "60s"]);
+    assert!(out.status.success(), "wait-healthy: {}", text(&out));
+    assert!(text(&out).contains("healthy: 3 of 3 nodes up"), "{}", text(&out));
+    let (exit, _) = tokio::task::block_in_place(|| cluster.stop(3));
+    assert!(exit.success());
+    let out = cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "2s"]);
+    assert!(!out.status.success(), "healthy with a node down: {}", text(&out));
+    assert!(text(&out).contains("not healthy") && text(&out).contains("down: 3"), "{}", text(&out));
+    tokio::task::block_in_place(|| cluster.restart(3));
+
+    let acked: Arc<Mutex<Vec<(u32, u64, String)>>> = Arc::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut producers = Vec::new();
+    for p in 0..PARTS {
+        let (client, acked, stop) = (client.clone(), Arc::clone(&acked), stop_rx.clone());
+        producers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for n in 0..1_000_000u64 {
+                if *stop.borrow() {
+                    break;
+                }
+                let value = format!("p{p}-{n}");
+                match client.produce_batch(topic, p, one_record(&value)).await {
+                    Ok(offset) => acked.lock().expect("lock").push((p, offset, value)),
+                    Err(e) => errors.push(format!("partition {p}, {value}: {e}")),
+                }
+            }
+            errors
+        }));
+    }
+
+    // A node not in the cluster is refused before anything restarts.
+    let asks = tempfile::tempdir().expect("tempdir");
+    let script = asks.path().join("restart.sh");
+    std::fs::write(&script, RESTART_SCRIPT).expect("script");
+    let exec = format!("sh {} {{node}}", script.display());
+    let out = cli(&bootstrap, &["cluster", "rolling-restart", "--exec", &exec, "--nodes", "1,9"]);
+    assert!(!out.status.success() && text(&out).contains("node 9 is not in the cluster"), "{}", text(&out));
+
+    let mut rolling = tokio::process::Command::new(BIN)
+        .args(["cluster", "rolling-restart", "--exec", &exec, "--wait", "120s"])
+        .env("STRATA_SERVER", &bootstrap)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rolling-restart");
+    // Answer the command's requests until it ends.
+    let mut restarted = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = rolling.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the rolling restart did not end within 10 minutes");
+        for id in 1..=3u64 {
+            let ask = asks.path().join(format!("restart-{id}"));
+            if ask.exists() {
+                std::fs::remove_file(&ask).expect("rm");
+                let (exit, lines) = tokio::task::block_in_place(|| cluster.stop(id));
+                assert!(exit.success(), "node {id} exited with {exit:?}");
+                let handed = lines.iter().find(|l| l.contains("led groups over")).cloned().unwrap_or_default();
+                eprintln!("node {id} stopped: {handed}");
+                assert!(!handed.contains("left to the peers"), "node {id}: {handed}");
+                tokio::task::block_in_place(|| cluster.restart(id));
+                restarted.push(id);
+                std::fs::write(asks.path().join(format!("done-{id}")), b"").expect("answer");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = rolling.stdout.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut out, &mut stdout).await.expect("stdout");
+    }
+    eprintln!("{stdout}");
+    assert!(status.success(), "rolling-restart failed: {stdout}");
+    assert_eq!(restarted, vec![1, 2, 3], "every node once, in id order");
+    for (i, id) in [1, 2, 3].iter().enumerate() {
+        assert!(stdout.contains(&format!("[{}/3] restarting node {id}", i + 1)), "{stdout}");
+    }
+    assert!(stdout.contains("rolling restart done: 3 nodes"), "{stdout}");
+
+    // Producers went on through it all without an error, and every record
+    // acknowledged is there at its offset.
+    let before = acked.lock().expect("lock").len();
+    common::eventually("acknowledgements after the rolling restart", || {
+        let n = acked.lock().expect("lock").len();
+        async move { n >= before + 100 }
+    })
+    .await;
+    stop_tx.send_replace(true);
+    let mut errors = Vec::new();
+    for p in producers {
+        errors.extend(p.await.expect("producer"));
+    }
+    assert!(errors.is_empty(), "producers saw errors during the rolling restart: {errors:?}");
+    let acked = acked.lock().expect("lock").clone();
+    for p in 0..PARTS {
+        let stored: std::collections::HashMap<u64, String> = read_all(&client, topic, p).await.into_iter().collect();
+        for (_, offset, value) in acked.iter().filter(|(q, _, _)| *q == p) {
+            assert_eq!(stored.get(offset), Some(value), "partition {p}: acknowledged {value} at {offset}");
+        }
+    }
+}
+
+fn cli(server: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env("STRATA_SERVER", server)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run strata")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
