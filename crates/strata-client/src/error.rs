@@ -108,9 +108,27 @@ fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     false
 }
 
+/// Whether the request surely never reached the node: hyper hands back a
+/// request it had not sent when its connection closed ("operation was
+/// canceled"; a node that stops closes its connections once its in-flight
+/// requests are done), and a stream the node refused (`REFUSED_STREAM`,
+/// after its GOAWAY) was not processed, by HTTP/2's rules.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+            || e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        if caused_by::<tonic::ConnectError>(&status) {
+        if caused_by::<tonic::ConnectError>(&status) || never_sent(&status) {
             // A channel that lost its node reconnects on the next call and
             // answers this: nothing was sent, so it is safe to send again.
             return Self::Connect { addr: String::new(), reason: status.message().to_owned() };

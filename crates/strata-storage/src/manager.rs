@@ -575,14 +575,27 @@ impl LogManager {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => return,
         };
-        let writers: Vec<_> =
-            topics.values().flat_map(|t| t.partitions.iter().filter_map(PartitionLog::take_writer)).collect();
+        let named: Vec<(String, tokio::task::JoinHandle<()>)> = topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter_map(|p| p.take_writer().map(|w| (format!("{}/{}", p.topic(), p.partition()), w)))
+            })
+            .collect();
         drop(topics);
-        if await_writers(writers, std::time::Duration::from_secs(30), "closing the storage").await
-            && let Err(e) = self.mark_clean_stop()
-        {
-            warn!(error = %e, "cannot record the clean stop");
+        let (names, writers): (Vec<String>, Vec<_>) = named.into_iter().unzip();
+        let watch: Vec<tokio::task::AbortHandle> = writers.iter().map(tokio::task::JoinHandle::abort_handle).collect();
+        if await_writers(writers, std::time::Duration::from_secs(30), "closing the storage").await {
+            if let Err(e) = self.mark_clean_stop() {
+                warn!(error = %e, "cannot record the clean stop");
+            }
+            return;
         }
+        // Which ones: a handle still held elsewhere keeps a writer waiting.
+        let busy: Vec<&str> =
+            names.iter().zip(&watch).filter(|(_, w)| !w.is_finished()).map(|(n, _)| n.as_str()).take(20).collect();
+        warn!(partitions = ?busy, "partition writers still busy at close (at most 20 named)");
     }
 
     /// Records that every writer finished (see [`CLEAN_STOP_FILE`]).
