@@ -68,7 +68,9 @@ export STRATA_PROMETHEUS_PORT=$prom_port
 # The host's client: node1's published port, the compose CA.
 export STRATA_SERVER="127.0.0.1:$port1" STRATA_TLS_CA="$work/certs/ca/ca.crt"
 
-dc() { docker-compose --ansi never -p "$project" -f "$here/docker-compose.yml" "$@"; }
+# Every docker-compose command within 5 minutes (a stop takes at most the
+# 60 s stop_grace_period).
+dc() { timeout 300 docker-compose --ansi never -p "$project" -f "$here/docker-compose.yml" "$@"; }
 strata() { "$bin" "$@" --timeout 15s; }
 
 cleanup() {
@@ -198,9 +200,9 @@ import sys, time
 for line in open(sys.argv[1]):
     sys.stdout.write(line)
     time.sleep(float(sys.argv[2]))
-' "$work/records/$round-$p" "$pace" | strata produce "$topic" --partition "$p" 2>"$work/produce-$round-$p.err" &
+' "$work/records/$round-$p" "$pace" | timeout 180 "$bin" produce "$topic" --partition "$p" --timeout 15s 2>"$work/produce-$round-$p.err" &
     else
-      strata produce "$topic" --partition "$p" <"$work/records/$round-$p" 2>"$work/produce-$round-$p.err" &
+      timeout 180 "$bin" produce "$topic" --partition "$p" --timeout 15s <"$work/records/$round-$p" 2>"$work/produce-$round-$p.err" &
     fi
     pids+=($!)
   done
