@@ -40,6 +40,17 @@ else
   echo "skipped: the package test needs root and a running Docker engine (apt-get install docker.io)" >&2
 fi
 
+# The containers (deploy/compose/test.sh): the strata image from the debug
+# build, 3 nodes with TLS and Prometheus under docker-compose; produce and
+# consume through them, stop and start one node, Prometheus scrapes all three.
+echo "== docker-compose cluster" >&2
+if [ "$(id -u)" = 0 ] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
+    && command -v docker-compose >/dev/null 2>&1; then
+  deploy/compose/test.sh "$(realpath "${CARGO_TARGET_DIR:-target}")/debug/strata"
+else
+  echo "skipped: the compose test needs root, a running Docker engine and docker-compose (apt-get install docker.io docker-compose)" >&2
+fi
+
 # The fault-injection suite, short: 5 nodes on hosts of their own (Docker
 # containers from the project's own image, built on the first run, or network
 # namespaces without Docker; needs root), partitions, kill -9 and pauses for

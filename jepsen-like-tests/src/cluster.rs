@@ -290,9 +290,17 @@ impl Cluster {
                     bail!("node {id} is not running");
                 }
                 let t = within.as_secs().max(1).to_string();
-                run(&["docker", "stop", "-t", &t, &node.host.name])?;
+                let name = node.host.name.clone();
+                // Off the runtime's workers: `docker stop` lasts as long as
+                // the node's graceful stop, and a worker blocked that long
+                // would stall the clients' tasks queued on it (their
+                // connections would not even answer the node's GOAWAY).
+                let code = tokio::task::spawn_blocking(move || {
+                    run(&["docker", "stop", "-t", &t, &name])?;
+                    output(&["docker", "wait", &name])
+                })
+                .await??;
                 node.running = false;
-                let code = output(&["docker", "wait", &node.host.name])?;
                 if code != "0" {
                     bail!("node {id}'s container exited with status {code} after SIGTERM, not 0");
                 }

@@ -298,7 +298,8 @@ impl Nemesis {
             let stopped = {
                 let mut cluster = self.cluster.lock().await;
                 let stopped = cluster.terminate(n, STOP_WITHIN).await?;
-                cluster.restart(n)?;
+                // `docker start` blocks: the worker's other tasks move on.
+                tokio::task::block_in_place(|| cluster.restart(n))?;
                 stopped
             };
             let healthy = self.wait_healthy().await?;
