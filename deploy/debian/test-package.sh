@@ -2,7 +2,7 @@
 # The Debian package's end-to-end test, in a container with systemd as PID 1
 # (built from Debian's packages by deploy/docker/base-image.sh --systemd):
 #
-#   install the .deb -> the service runs (Type=notify), as the strata user,
+#   lintian finds nothing; install the .deb -> the service runs (Type=notify), as the strata user,
 #   with /var/lib/strata 0750 and the conffile; produce and consume through
 #   it; systemctl reload; systemctl stop (exit 0, a clean stop, and no
 #   recovery work on the next start); an edited config and the data survive
@@ -51,7 +51,7 @@ wait_for() {
 }
 
 step "building the packages (0.1.0-1, then 0.1.0-2 as the newer build) from $binary"
-deb1="$(deploy/debian/build.sh --binary "$binary" --deb-version 0.1.0-1 --fast)"
+deb1="$(deploy/debian/build.sh --binary "$binary" --deb-version 0.1.0-1 --fast --lintian)"
 cp "$deb1" "$target/debian/test-old.deb"
 deb2="$(deploy/debian/build.sh --binary "$binary" --deb-version 0.1.0-2 --fast)"
 
