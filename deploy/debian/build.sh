@@ -30,7 +30,7 @@ while (($#)); do
     --deb-version) deb_version="$2"; shift 2 ;;
     --lintian) lintian=true; shift ;;
     --fast) fast=true; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -76,8 +76,8 @@ gzip -9n "$assets"/man/*.1
 
 echo "== cargo deb" >&2
 mkdir -p "$out"
-# Stripped: the debug information (line tables) goes to a separate
-# strata-dbgsym package beside it.
+# Stripped, as Debian's binaries are; `cargo deb --dbgsym` could ship the
+# release profile's line tables (for backtraces) in a package of their own.
 args=(deb -p strata --no-build --output "$out" --strip)
 [ -n "$deb_version" ] && args+=(--deb-version "$deb_version")
 $fast && args+=(--fast)
