@@ -2,11 +2,13 @@
 # The Debian package's end-to-end test, in a container with systemd as PID 1
 # (built from Debian's packages by deploy/docker/base-image.sh --systemd):
 #
-#   lintian finds nothing; install the .deb -> the service runs (Type=notify), as the strata user,
-#   with /var/lib/strata 0750 and the conffile; produce and consume through
-#   it; systemctl reload; systemctl stop (exit 0, a clean stop, and no
-#   recovery work on the next start); an edited config and the data survive
-#   an upgrade to a newer build; remove keeps data, config and user; purge
+#   lintian finds nothing; install the .deb (the unit is installed, not
+#   enabled); enable --now -> the service runs (Type=notify) as the strata
+#   user, with /var/lib/strata 0750 and the conffile; produce and consume
+#   through it; systemctl reload; systemctl stop (exit 0, and the next start
+#   says the last stop was clean and finds no torn tail); an upgrade to a
+#   newer build leaves the running node alone and keeps an edited config and
+#   the data across the restart; remove keeps data, config and user; purge
 #   removes them.
 #
 #   deploy/debian/test-package.sh [STRATA_BINARY]
@@ -73,10 +75,12 @@ inside rm -f /etc/dpkg/dpkg.cfg.d/strata-slim
 docker cp "$target/debian/test-old.deb" "$name:/tmp/strata-old.deb"
 docker cp "$deb2" "$name:/tmp/strata-new.deb"
 
-step "dpkg -i (0.1.0-1): the service starts"
+step "dpkg -i (0.1.0-1): installed, not started (a node is configured first); enable --now starts it"
 inside dpkg -i /tmp/strata-old.deb >&2
-[ "$(inside systemctl is-active strata)" = active ] || fail "strata.service is not active after install"
-[ "$(inside systemctl is-enabled strata)" = enabled ] || fail "strata.service is not enabled after install"
+[ "$(inside systemctl is-active strata || true)" = inactive ] || fail "strata.service runs before it was enabled"
+[ "$(inside systemctl is-enabled strata || true)" = disabled ] || fail "strata.service is enabled by the install"
+inside systemctl enable --now strata
+[ "$(inside systemctl is-active strata)" = active ] || fail "strata.service is not active after enable --now"
 [ "$(inside systemctl show strata -p Type --value)" = notify ] || fail "strata.service is not Type=notify"
 [ "$(inside ps -o user= -C strata)" = strata ] || fail "the node does not run as the strata user"
 [ "$(inside stat -c %a:%U:%G /var/lib/strata)" = 750:strata:strata ] \
@@ -96,7 +100,8 @@ step "sandbox: $(grep -o 'Overall exposure level for strata.service: .*' "$targe
 step "produce and consume 200 records"
 inside strata topic create pkg --partitions 3 --replication-factor 1 >&2
 inside sh -c 'seq 1 200 | strata produce pkg' >&2
-got="$(inside strata consume pkg --from earliest -n 200 | sort -n | tr '\n' ' ')"
+got="$(inside timeout 60 strata consume pkg --from earliest -n 200 | sort -n | tr '\n' ' ')" \
+  || fail "consuming 200 records did not end within 60 s"
 [ "$got" = "$(seq 1 200 | tr '\n' ' ')" ] || fail "consumed records differ from the produced ones"
 
 step "systemctl reload: the node stays up, serving"
@@ -114,7 +119,7 @@ inside systemctl stop strata
   || fail "exit status $(inside systemctl show strata -p ExecMainStatus --value)"
 inside journalctl -u strata --no-pager | grep -q "strata: stopped" || fail "no 'strata: stopped' in the journal"
 
-step "systemctl start: no recovery work"
+step "systemctl start: the last stop was clean, no torn tail"
 cursor="$(inside journalctl -u strata -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')"
 inside systemctl start strata
 since="$(inside journalctl -u strata --no-pager --after-cursor "$cursor")"
@@ -123,7 +128,7 @@ if grep -Eq "not closed cleanly|torn tail|interrupted by a crash" <<<"$since"; t
   fail "recovery work after a clean stop: $(grep -E 'not closed cleanly|torn tail|interrupted by a crash' <<<"$since")"
 fi
 
-step "upgrade to 0.1.0-2: the edited config and the data are kept"
+step "upgrade to 0.1.0-2: the running node is left alone; the edited config and the data are kept"
 inside sed -i 's/^retention_check_interval_ms = 30000$/retention_check_interval_ms = 45000/' /etc/strata/strata.toml
 inside grep -q '^retention_check_interval_ms = 45000$' /etc/strata/strata.toml || fail "could not edit the config"
 pid="$(inside systemctl show strata -p MainPID --value)"
@@ -131,8 +136,11 @@ inside dpkg -i /tmp/strata-new.deb >&2
 [ "$(inside dpkg-query -W -f='${Version}' strata)" = 0.1.0-2 ] || fail "not upgraded"
 inside grep -q '^retention_check_interval_ms = 45000$' /etc/strata/strata.toml || fail "the upgrade lost the edit"
 [ "$(inside systemctl is-active strata)" = active ] || fail "not active after the upgrade"
-[ "$(inside systemctl show strata -p MainPID --value)" != "$pid" ] || fail "the upgrade did not restart the node"
-got="$(inside strata consume pkg --from earliest -n 200 | sort -n | tr '\n' ' ')"
+[ "$(inside systemctl show strata -p MainPID --value)" = "$pid" ] || fail "the upgrade restarted the node by itself"
+inside systemctl restart strata
+[ "$(inside systemctl show strata -p MainPID --value)" != "$pid" ] || fail "systemctl restart did not restart the node"
+got="$(inside timeout 60 strata consume pkg --from earliest -n 200 | sort -n | tr '\n' ' ')" \
+  || fail "consuming 200 records after the upgrade did not end within 60 s"
 [ "$got" = "$(seq 1 200 | tr '\n' ' ')" ] || fail "records lost across the upgrade"
 
 step "dpkg -r: data, config and user stay"

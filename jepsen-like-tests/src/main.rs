@@ -408,9 +408,11 @@ fn heal_to_first_write(events: &[Event]) -> Vec<u64> {
         .collect()
 }
 
-/// Sends invoked during rolling restarts (from each `rolling-restart`
-/// invoke to its outcome) against those invoked before the first fault of
-/// the run; `None` without a rolling restart.
+/// Sends that overlapped a rolling restart (in flight at any moment from
+/// its invoke to its outcome, so those slowed by it count too) against
+/// those invoked and done before the first fault, after the first
+/// [`WARM_UP`] of the run (connections, first elections); `None` without a
+/// rolling restart.
 fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
     let mut windows = Vec::new();
     let mut open = None;
@@ -441,10 +443,10 @@ fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
         }
         let Some(start) = invoked.remove(&e.process) else { continue };
         let outcome = (e.kind, (e.time_ns - start) as f64 / 1e6);
-        if start < first_fault {
-            before.push(outcome);
-        } else if windows.iter().any(|(a, b)| (*a..=*b).contains(&start)) {
+        if windows.iter().any(|(a, b)| start <= *b && e.time_ns >= *a) {
             during.push(outcome);
+        } else if start >= WARM_UP.as_nanos() as u64 && e.time_ns < first_fault {
+            before.push(outcome);
         }
     }
     Some(RollingRestartFigures {
@@ -454,6 +456,9 @@ fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
         during: send_figures(&during),
     })
 }
+
+/// The start of a run left out of the "before" figures.
+const WARM_UP: Duration = Duration::from_secs(5);
 
 fn send_figures(outcomes: &[(Kind, f64)]) -> SendFigures {
     let count = |k: Kind| outcomes.iter().filter(|(kind, _)| *kind == k).count() as u64;
@@ -550,11 +555,17 @@ mod tests {
     #[test]
     fn rolling_restart_figures_split_sends_by_when_they_were_invoked() {
         let events = vec![
+            // In the warm-up: in neither span.
             event(1_000, 1, Kind::Invoke, send()),
-            event(1_010, 1, Kind::Ok, send()),
-            event(2_000, 1, Kind::Invoke, send()),
-            event(2_020, 1, Kind::Ok, send()),
+            event(1_900, 1, Kind::Ok, send()),
+            event(6_000, 1, Kind::Invoke, send()),
+            event(6_010, 1, Kind::Ok, send()),
+            event(7_000, 1, Kind::Invoke, send()),
+            event(7_020, 1, Kind::Ok, send()),
+            // Invoked before the restart, slowed by it: during.
+            event(9_990, 3, Kind::Invoke, send()),
             restart(Kind::Invoke),
+            event(10_400, 3, Kind::Ok, send()),
             event(11_000, 1, Kind::Invoke, send()),
             event(11_500, 1, Kind::Ok, send()),
             event(12_000, 2, Kind::Invoke, send()),
@@ -569,9 +580,8 @@ mod tests {
         assert!((f.duration_s - 10.0).abs() < 1e-9);
         assert_eq!((f.before.sends, f.before.ok, f.before.fail), (2, 2, 0));
         assert!((f.before.max_ms - 20.0).abs() < 1e-9 && (f.before.p50_ms - 20.0).abs() < 1e-9);
-        assert_eq!((f.during.sends, f.during.ok, f.during.fail), (2, 1, 1));
-        assert!((f.during.success_rate - 0.5).abs() < 1e-9);
-        assert!((f.during.p99_ms - 500.0).abs() < 1e-9);
-        assert!(rolling_restart_figures(&events[..4]).is_none(), "no rolling restart, no figures");
+        assert_eq!((f.during.sends, f.during.ok, f.during.fail), (3, 2, 1));
+        assert!((f.during.p99_ms - 500.0).abs() < 1e-9 && (f.during.max_ms - 500.0).abs() < 1e-9);
+        assert!(rolling_restart_figures(&events[..6]).is_none(), "no rolling restart, no figures");
     }
 }

@@ -108,16 +108,28 @@ fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     false
 }
 
-/// Whether the request surely never reached the node: hyper hands back a
-/// request it had not sent when its connection closed ("operation was
-/// canceled"; a node that stops closes its connections once its in-flight
-/// requests are done), and a stream the node refused (`REFUSED_STREAM`,
-/// after its GOAWAY) was not processed, by HTTP/2's rules.
+/// Whether the request surely never reached the node's handlers, so that a
+/// write may be sent again without risk of doing it twice:
+/// - hyper hands back, as "canceled", a request it had not yet given to
+///   the connection when that connection closed or was not ready (a node
+///   that stops closes its connections once its in-flight requests are
+///   done);
+/// - h2 fails a stream with the peer's graceful GOAWAY (NO_ERROR) only when
+///   the stream is past the last one the peer said it processed (a GOAWAY
+///   with an error code fails every stream left, processed or not: not
+///   this case);
+/// - a stream the peer reset with REFUSED_STREAM was not processed, by
+///   HTTP/2's rules.
 fn never_sent(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
-        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
-            || e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && h2.is_remote()
+            && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
         {
             return true;
         }

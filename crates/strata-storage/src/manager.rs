@@ -39,8 +39,9 @@ const TOPIC_KEY_PREFIX: &str = "topic/";
 const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
 /// `deleted/<dir>`: a deleted topic's directory may be removed.
 const TOMBSTONE_PREFIX: &str = "deleted/";
-/// Written by [`LogManager::close`] once every writer has finished, removed
-/// by the next open: says whether the last stop was clean. Informational:
+/// Written by [`LogManager::close`] once every writer has finished and no
+/// partition had failed, removed by the next open: says whether the last
+/// stop was clean. Informational:
 /// recovery checks every partition's tail either way.
 const CLEAN_STOP_FILE: &str = "clean-stop";
 
@@ -583,10 +584,18 @@ impl LogManager {
                     .filter_map(|p| p.take_writer().map(|w| (format!("{}/{}", p.topic(), p.partition()), w)))
             })
             .collect();
+        // A partition that failed (an fsync error, a corrupt file) did not
+        // stop cleanly, whatever its writer did.
+        let failed = topics.values().flat_map(|t| t.partitions.iter()).find(|p| p.status().failure.is_some());
+        let failed = failed.map(|p| format!("{}/{}", p.topic(), p.partition()));
         drop(topics);
         let (names, writers): (Vec<String>, Vec<_>) = named.into_iter().unzip();
         let watch: Vec<tokio::task::AbortHandle> = writers.iter().map(tokio::task::JoinHandle::abort_handle).collect();
         if await_writers(writers, std::time::Duration::from_secs(30), "closing the storage").await {
+            if let Some(partition) = failed {
+                warn!(partition, "not recording a clean stop: a partition had failed");
+                return;
+            }
             if let Err(e) = self.mark_clean_stop() {
                 warn!(error = %e, "cannot record the clean stop");
             }

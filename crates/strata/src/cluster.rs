@@ -118,6 +118,49 @@ impl ClusterView {
     pub fn in_sync(&self, topic: &str, partition: u32, leader: u64) -> Vec<u64> {
         self.said.get(&(leader, topic.to_owned(), partition)).map(|(_, s)| s.clone()).unwrap_or_default()
     }
+
+    /// Partitions some node knows that the node asked first does not list
+    /// (its metadata lags: a node just restarted, a topic just created).
+    pub fn unlisted(&self) -> usize {
+        let listed: std::collections::BTreeSet<(&str, u32)> = self
+            .meta
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.as_str(), p.partition)))
+            .collect();
+        let known: std::collections::BTreeSet<(&str, u32)> =
+            self.said.keys().map(|(_, topic, partition)| (topic.as_str(), *partition)).collect();
+        known.difference(&listed).count()
+    }
+
+    /// Each replica's applied Raft index, by (topic, partition, node):
+    /// `None` where the node did not answer. One request per replica,
+    /// STATUS_CALLS at a time (thousands of partitions answer in a moment);
+    /// each asks for the digest of no entry, so it costs the node nothing
+    /// but the lookup.
+    pub async fn applied_indices(&self) -> BTreeMap<(String, u32, u64), Option<u64>> {
+        let mut asks = Vec::new();
+        for t in &self.meta.topics {
+            for p in &t.partitions {
+                for id in &p.replicas {
+                    asks.push((t.name.clone(), p.partition, *id));
+                }
+            }
+        }
+        let applied: Vec<Option<u64>> = futures::stream::iter(asks.iter().map(|(topic, partition, id)| {
+            let node = self.nodes.get(id).and_then(|(_, n)| n.clone());
+            async move {
+                match node {
+                    Some(n) => n.partition_digest(topic, *partition, Some(0)).await.ok().map(|d| d.applied_index),
+                    None => None,
+                }
+            }
+        }))
+        .buffered(STATUS_CALLS)
+        .collect()
+        .await;
+        asks.into_iter().zip(applied).collect()
+    }
 }
 
 pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<()> {
@@ -133,37 +176,14 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
     let names: Vec<&str> = topic.iter().map(String::as_str).collect();
     let view = ClusterView::gather(&client, &names).await?;
     let (meta, nodes) = (&view.meta, &view.nodes);
-    // Each replica's applied index: one digest per replica, STATUS_CALLS at
-    // a time (a cluster of thousands of partitions answers in a moment,
-    // not after thousands of round trips one after another).
-    let mut asks = Vec::new();
-    for t in &meta.topics {
-        for p in &t.partitions {
-            for id in &p.replicas {
-                asks.push((t.name.as_str(), p.partition, *id));
-            }
-        }
-    }
-    let applied: Vec<Option<u64>> = futures::stream::iter(asks.iter().map(|(topic, partition, id)| {
-        let node = nodes.get(id).and_then(|(_, n)| n.clone());
-        async move {
-            match node {
-                Some(n) => n.partition_digest(topic, *partition, None).await.ok().map(|d| d.applied_index),
-                None => None,
-            }
-        }
-    }))
-    .buffered(STATUS_CALLS)
-    .collect()
-    .await;
-    let mut applied = asks.iter().zip(applied).map(|((t, p, id), a)| ((*t, *p, *id), a)).collect::<BTreeMap<_, _>>();
+    let mut applied = view.applied_indices().await;
     let mut rows = Vec::new();
     for t in &meta.topics {
         for p in &t.partitions {
             let replicas: BTreeMap<u64, Replica> = p
                 .replicas
                 .iter()
-                .map(|id| (*id, Replica { applied: applied.remove(&(t.name.as_str(), p.partition, *id)).flatten() }))
+                .map(|id| (*id, Replica { applied: applied.remove(&(t.name.clone(), p.partition, *id)).flatten() }))
                 .collect();
             let leader = view.leader(&t.name, p);
             let in_sync = view.in_sync(&t.name, p.partition, leader);

@@ -8,6 +8,7 @@
 //! down; each node hands its leaderships over when it is stopped
 //! (`handover_timeout_ms`), so producers see no error.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,6 +23,8 @@ use crate::cluster::ClusterView;
 const POLL_EVERY: Duration = Duration::from_millis(500);
 /// How often waiting prints what it waits for.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// The least time one look at the cluster gets, even past the deadline.
+const MIN_LOOK: Duration = Duration::from_secs(1);
 
 #[derive(Args, Debug)]
 pub struct RollingRestartArgs {
@@ -30,7 +33,8 @@ pub struct RollingRestartArgs {
     /// strata.service, a Type=notify unit). {node} is replaced by the node's
     /// id, {addr} by its client address (HOST:PORT) and {host} by its host;
     /// the environment has STRATA_NODE_ID, STRATA_NODE_ADDR and
-    /// STRATA_NODE_HOST too. E.g. --exec 'ssh {host} sudo systemctl restart strata'.
+    /// STRATA_NODE_HOST too (prefer them, quoted, to the placeholders). E.g.
+    /// --exec 'ssh "$STRATA_NODE_HOST" sudo systemctl restart strata'.
     #[arg(long)]
     exec: String,
     /// Only these nodes, in this order (repeat or comma-separate; default:
@@ -41,6 +45,10 @@ pub struct RollingRestartArgs {
     /// node and after each restart, e.g. 10m.
     #[arg(long = "wait", default_value = "10m", value_parser = humantime::parse_duration)]
     wait: Duration,
+    /// How long --exec may take for one node, e.g. 15m; past it, it is
+    /// killed and the rolling restart stops there.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    exec_timeout: Duration,
     /// Print what would be run, restart nothing.
     #[arg(long)]
     dry_run: bool,
@@ -55,19 +63,42 @@ pub struct Health {
     pub leaderless: usize,
     /// Partitions with a replica out of the leader's in-sync set.
     pub under_replicated: usize,
+    /// Partitions with a replica that has not applied what their leader had
+    /// applied one look earlier (or with no earlier look yet).
+    pub behind: usize,
+    /// Partitions some node knows that the node asked first does not list.
+    pub unlisted: usize,
 }
+
+/// Each partition's leader and what it had applied, at the previous look.
+type Targets = HashMap<(String, u32), (u64, u64)>;
 
 impl Health {
     pub fn healthy(&self) -> bool {
-        self.nodes_down.is_empty() && self.leaderless == 0 && self.under_replicated == 0
+        self.nodes_down.is_empty()
+            && self.leaderless == 0
+            && self.under_replicated == 0
+            && self.behind == 0
+            && self.unlisted == 0
     }
 
-    fn of(view: &ClusterView) -> Self {
+    /// The health of `view`, and the targets of the next look. A replica is
+    /// caught up once it has applied what its leader had applied at the
+    /// previous look: a node just restarted counts as in sync with its
+    /// leaders (its acknowledgements are recent) before it has caught up,
+    /// and under load no follower ever equals its leader at one instant.
+    fn of(
+        view: &ClusterView,
+        applied: &BTreeMap<(String, u32, u64), Option<u64>>,
+        before: &Targets,
+    ) -> (Self, Targets) {
         let mut health = Self {
             nodes: view.nodes.len(),
             nodes_down: view.nodes.iter().filter(|(_, (_, n))| n.is_none()).map(|(id, _)| *id).collect(),
+            unlisted: view.unlisted(),
             ..Self::default()
         };
+        let mut targets = Targets::new();
         for t in &view.meta.topics {
             for p in &t.partitions {
                 health.partitions += 1;
@@ -80,9 +111,23 @@ impl Health {
                 if p.replicas.iter().any(|r| !in_sync.contains(r)) {
                     health.under_replicated += 1;
                 }
+                let of = |node: u64| applied.get(&(t.name.clone(), p.partition, node)).copied().flatten();
+                let key = (t.name.clone(), p.partition);
+                let caught_up = match before.get(&key) {
+                    Some(&(was_leader, target)) if was_leader == leader => {
+                        p.replicas.iter().all(|r| of(*r).is_some_and(|a| a >= target))
+                    }
+                    _ => false,
+                };
+                if !caught_up {
+                    health.behind += 1;
+                }
+                if let Some(now) = of(leader) {
+                    targets.insert(key, (leader, now));
+                }
             }
         }
-        health
+        (health, targets)
     }
 }
 
@@ -95,9 +140,13 @@ impl std::fmt::Display for Health {
         }
         write!(
             f,
-            "; {} partitions, {} without a leader, {} under-replicated",
-            self.partitions, self.leaderless, self.under_replicated
-        )
+            "; {} partitions, {} without a leader, {} under-replicated, {} catching up",
+            self.partitions, self.leaderless, self.under_replicated, self.behind
+        )?;
+        if self.unlisted > 0 {
+            write!(f, ", {} not yet in the first node's metadata", self.unlisted)?;
+        }
+        Ok(())
     }
 }
 
@@ -107,17 +156,28 @@ pub async fn wait_healthy(client: &Client, topics: &[String], within: Duration) 
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let started = Instant::now();
     let mut reported = started;
+    let mut targets = Targets::new();
     loop {
-        let last = match ClusterView::gather(client, &names).await {
-            Ok(view) => {
-                let health = Health::of(&view);
+        // Each look within the time left (a node cut off must not hold it).
+        let left = within.saturating_sub(started.elapsed()).max(MIN_LOOK);
+        let look = tokio::time::timeout(left, async {
+            let view = ClusterView::gather(client, &names).await?;
+            let applied = view.applied_indices().await;
+            anyhow::Ok((view, applied))
+        })
+        .await;
+        let last = match look {
+            Ok(Ok((view, applied))) => {
+                let (health, next) = Health::of(&view, &applied, &targets);
                 if health.healthy() {
                     println!("healthy: {health} ({:.1} s)", started.elapsed().as_secs_f64());
                     return Ok(started.elapsed());
                 }
+                targets = next;
                 health.to_string()
             }
-            Err(e) => format!("no metadata: {e:#}"),
+            Ok(Err(e)) => format!("no metadata: {e:#}"),
+            Err(_) => "no answer within the time left".to_owned(),
         };
         if started.elapsed() >= within {
             bail!("the cluster is not healthy after {within:?}: {last}");
@@ -140,7 +200,11 @@ fn host_of(addr: &str) -> &str {
 /// which is not trusted with the shell: anything but a plain host name or
 /// address is refused.
 fn command_for(template: &str, node: u64, addr: &str) -> anyhow::Result<String> {
-    if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b)) {
+    // A letter, digit or '[' first: a leading '-' would be an option to the
+    // command it is given to (`ssh -J...`).
+    let plain = addr.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'[')
+        && addr.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    if !plain {
         bail!("node {node}'s address {addr:?} is not a plain HOST:PORT; not putting it in a shell command");
     }
     Ok(template.replace("{node}", &node.to_string()).replace("{addr}", addr).replace("{host}", host_of(addr)))
@@ -179,21 +243,30 @@ pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> any
     for (i, ((id, addr), command)) in order.iter().zip(&commands).enumerate() {
         println!("[{}/{}] restarting node {id} ({addr}): {command}", i + 1, order.len());
         let restart = Instant::now();
-        let status = tokio::process::Command::new("sh")
+        let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(command)
             .env("STRATA_NODE_ID", id.to_string())
             .env("STRATA_NODE_ADDR", addr)
             .env("STRATA_NODE_HOST", host_of(addr))
-            .status()
-            .await
+            .kill_on_drop(true)
+            .spawn()
             .context("cannot run sh")?;
         let done: Vec<String> = order[..i].iter().map(|(n, _)| n.to_string()).collect();
+        let done = if done.is_empty() { "none".to_owned() } else { done.join(", ") };
+        let status = match tokio::time::timeout(args.exec_timeout, child.wait()).await {
+            Ok(status) => status.context("cannot wait for sh")?,
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!(
+                    "the restart command for node {id} took more than {:?} and was killed; stopped there \
+                     (restarted before it: {done})",
+                    args.exec_timeout
+                );
+            }
+        };
         if !status.success() {
-            bail!(
-                "the restart command for node {id} failed ({status}); stopped there (restarted before it: {})",
-                if done.is_empty() { "none".to_owned() } else { done.join(", ") }
-            );
+            bail!("the restart command for node {id} failed ({status}); stopped there (restarted before it: {done})");
         }
         println!(
             "[{}/{}] node {id} restarted in {:.1} s; waiting until it is back in sync",
@@ -219,16 +292,31 @@ mod tests {
         assert_eq!(c, "ssh 10.0.0.2 restart 2 # 10.0.0.2:7878");
         assert_eq!(command_for("{host}", 1, "[::1]:7878").expect("v6"), "::1");
         assert_eq!(command_for("{host}", 1, "node-1.strata_internal:7878").expect("name"), "node-1.strata_internal");
-        for hostile in ["a;rm -rf /:1", "$(id):1", "a b:1", "`x`:1", "a|b:1", "", "a'b:1"] {
+        for hostile in ["a;rm -rf /:1", "$(id):1", "a b:1", "`x`:1", "a|b:1", "", "a'b:1", "-Jevil.com:1", ":1"] {
             assert!(command_for("{host}", 1, hostile).is_err(), "{hostile:?} accepted");
         }
     }
 
     #[test]
     fn health_counts_what_is_missing() {
-        let h = Health { nodes: 3, nodes_down: vec![2], partitions: 6, leaderless: 1, under_replicated: 4 };
+        let h = Health {
+            nodes: 3,
+            nodes_down: vec![2],
+            partitions: 6,
+            leaderless: 1,
+            under_replicated: 4,
+            behind: 5,
+            unlisted: 2,
+        };
         assert!(!h.healthy());
-        assert_eq!(h.to_string(), "2 of 3 nodes up (down: 2); 6 partitions, 1 without a leader, 4 under-replicated");
+        assert_eq!(
+            h.to_string(),
+            "2 of 3 nodes up (down: 2); 6 partitions, 1 without a leader, 4 under-replicated, 5 catching up, \
+             2 not yet in the first node's metadata"
+        );
+        for lagging in [Health { behind: 1, ..Health::default() }, Health { unlisted: 1, ..Health::default() }] {
+            assert!(!lagging.healthy(), "{lagging}");
+        }
         let ok = Health { nodes: 3, partitions: 6, ..Health::default() };
         assert!(ok.healthy());
     }

@@ -79,7 +79,10 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
     let script = asks.path().join("restart.sh");
     std::fs::write(&script, RESTART_SCRIPT).expect("script");
     let exec = format!("sh {} {{node}}", script.display());
-    let out = cli(&bootstrap, &["cluster", "rolling-restart", "--exec", &exec, "--nodes", "1,9"]);
+    // Off the runtime's workers: the producers' tasks go on meanwhile.
+    let out = tokio::task::block_in_place(|| {
+        cli(&bootstrap, &["cluster", "rolling-restart", "--exec", &exec, "--nodes", "1,9"])
+    });
     assert!(!out.status.success() && text(&out).contains("node 9 is not in the cluster"), "{}", text(&out));
 
     let mut rolling = tokio::process::Command::new(BIN)
@@ -104,7 +107,8 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
                 std::fs::remove_file(&ask).expect("rm");
                 let (exit, lines) = tokio::task::block_in_place(|| cluster.stop(id));
                 assert!(exit.success(), "node {id} exited with {exit:?}");
-                let handed = lines.iter().find(|l| l.contains("led groups over")).cloned().unwrap_or_default();
+                let handed = lines.iter().find(|l| l.contains("led groups over")).cloned();
+                let handed = handed.unwrap_or_else(|| panic!("node {id} did not report its handover"));
                 eprintln!("node {id} stopped: {handed}");
                 assert!(!handed.contains("left to the peers"), "node {id}: {handed}");
                 tokio::task::block_in_place(|| cluster.restart(id));
