@@ -20,7 +20,7 @@ use jepsen_like_tests::checker::{self, Report, Verdict};
 use jepsen_like_tests::cluster::Cluster;
 use jepsen_like_tests::group::GroupWorkload;
 use jepsen_like_tests::history::{self, Event, Kind, NEMESIS, Op, Recorder};
-use jepsen_like_tests::nemesis::{Family, Nemesis, Schedule};
+use jepsen_like_tests::nemesis::{Family, GRACEFUL_STOP, Nemesis, Schedule};
 use jepsen_like_tests::net::Network;
 use jepsen_like_tests::workload::{Liveness, LogWorkload};
 use rand::SeedableRng;
@@ -133,7 +133,15 @@ struct RollingRestartFigures {
     duration_s: f64,
     before: SendFigures,
     during: SendFigures,
+    /// Nodes stopped (SIGTERM) within the rolling restarts.
+    stops: u64,
+    /// Sends in flight at any moment from a node's SIGTERM to
+    /// [`AROUND_STOP`] after it exited.
+    around_stops: SendFigures,
 }
+
+/// How long after a node's exit sends still count as around its stop.
+const AROUND_STOP: Duration = Duration::from_secs(2);
 
 fn main() {
     let args = Args::parse();
@@ -415,8 +423,10 @@ fn heal_to_first_write(events: &[Event]) -> Vec<u64> {
 /// rolling restart.
 fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
     let mut windows = Vec::new();
-    let mut open = None;
+    let mut stops = Vec::new();
+    let (mut open, mut stopping) = (None, None);
     let mut first_fault = None;
+    let around = AROUND_STOP.as_nanos() as u64;
     for e in events.iter().filter(|e| e.process == NEMESIS) {
         let Op::Nemesis { fault, .. } = &e.op else { continue };
         if e.kind == Kind::Invoke {
@@ -425,6 +435,8 @@ fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
         match (fault.as_str(), e.kind) {
             ("rolling-restart", Kind::Invoke) => open = Some(e.time_ns),
             ("rolling-restart", _) => windows.extend(open.take().map(|start| (start, e.time_ns))),
+            (GRACEFUL_STOP, Kind::Invoke) => stopping = Some(e.time_ns),
+            (GRACEFUL_STOP, _) => stops.extend(stopping.take().map(|start| (start, e.time_ns + around))),
             _ => {}
         }
     }
@@ -436,6 +448,7 @@ fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
     let mut invoked = std::collections::HashMap::new();
     let mut before = Vec::new();
     let mut during = Vec::new();
+    let mut near = Vec::new();
     for e in events.iter().filter(|e| matches!(e.op, Op::Send { .. })) {
         if e.kind == Kind::Invoke {
             invoked.insert(e.process, e.time_ns);
@@ -443,6 +456,9 @@ fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
         }
         let Some(start) = invoked.remove(&e.process) else { continue };
         let outcome = (e.kind, (e.time_ns - start) as f64 / 1e6);
+        if stops.iter().any(|(a, b)| start <= *b && e.time_ns >= *a) {
+            near.push(outcome);
+        }
         if windows.iter().any(|(a, b)| start <= *b && e.time_ns >= *a) {
             during.push(outcome);
         } else if start >= WARM_UP.as_nanos() as u64 && e.time_ns < first_fault {
@@ -454,6 +470,8 @@ fn rolling_restart_figures(events: &[Event]) -> Option<RollingRestartFigures> {
         duration_s: windows.iter().map(|(a, b)| (b - a) as f64 / 1e9).sum(),
         before: send_figures(&before),
         during: send_figures(&during),
+        stops: stops.len() as u64,
+        around_stops: send_figures(&near),
     })
 }
 
@@ -518,7 +536,12 @@ fn print_summary(
         println!("\nrolling restarts: {} taking {:.1} s in all", r.restarts, r.duration_s);
         println!("| sends | invoked | ok | fail | info | success | p50 ms | p99 ms | max ms |");
         println!("|---|---|---|---|---|---|---|---|---|");
-        for (name, f) in [("before the first fault", r.before), ("during rolling restarts", r.during)] {
+        let near = format!("within {} s of one of {} node stops", AROUND_STOP.as_secs(), r.stops);
+        for (name, f) in [
+            ("before the first fault".to_owned(), r.before),
+            ("during rolling restarts".to_owned(), r.during),
+            (near, r.around_stops),
+        ] {
             println!(
                 "| {name} | {} | {} | {} | {} | {:.3}% | {:.1} | {:.1} | {:.1} |",
                 f.sends,
@@ -547,6 +570,10 @@ mod tests {
         Op::Send { partition: 0, value: 0, offset: None }
     }
 
+    fn stop() -> Op {
+        Op::Nemesis { fault: GRACEFUL_STOP.into(), nodes: vec![1], detail: String::new() }
+    }
+
     fn restart(kind: Kind) -> Event {
         let op = Op::Nemesis { fault: "rolling-restart".into(), nodes: vec![1, 2, 3], detail: String::new() };
         event(if kind == Kind::Invoke { 10_000 } else { 20_000 }, NEMESIS, kind, op)
@@ -565,7 +592,9 @@ mod tests {
             // Invoked before the restart, slowed by it: during.
             event(9_990, 3, Kind::Invoke, send()),
             restart(Kind::Invoke),
+            event(10_100, NEMESIS, Kind::Invoke, stop()),
             event(10_400, 3, Kind::Ok, send()),
+            event(10_500, NEMESIS, Kind::Ok, stop()),
             event(11_000, 1, Kind::Invoke, send()),
             event(11_500, 1, Kind::Ok, send()),
             event(12_000, 2, Kind::Invoke, send()),
@@ -582,6 +611,9 @@ mod tests {
         assert!((f.before.max_ms - 20.0).abs() < 1e-9 && (f.before.p50_ms - 20.0).abs() < 1e-9);
         assert_eq!((f.during.sends, f.during.ok, f.during.fail), (3, 2, 1));
         assert!((f.during.p99_ms - 500.0).abs() < 1e-9 && (f.during.max_ms - 500.0).abs() < 1e-9);
+        // 10.1 s to 12.5 s (2 s after the exit): the sends of processes 3,
+        // 1 and 2.
+        assert_eq!((f.stops, f.around_stops.sends, f.around_stops.fail), (1, 3, 1));
         assert!(rolling_restart_figures(&events[..6]).is_none(), "no rolling restart, no figures");
     }
 }

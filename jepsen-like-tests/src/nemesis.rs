@@ -18,6 +18,9 @@ use crate::cluster::Cluster;
 use crate::history::{Kind, NEMESIS, Op, Recorder};
 use crate::net::Network;
 
+/// The history's name of one node's stop within a rolling restart.
+pub const GRACEFUL_STOP: &str = "graceful-stop";
+
 /// How long a node may take to stop gracefully (its handover is 30 s at
 /// most, finishing requests 10 s).
 const STOP_WITHIN: Duration = Duration::from_secs(60);
@@ -295,9 +298,20 @@ impl Nemesis {
         let mut seen = Vec::new();
         self.wait_healthy().await?;
         for &n in nodes {
+            // Each stop is in the history too: the figures look at the
+            // sends around it.
+            let op = |detail: String| Op::Nemesis { fault: GRACEFUL_STOP.into(), nodes: vec![n], detail };
+            self.recorder.record(NEMESIS, Kind::Invoke, op(String::new()), None);
             let stopped = {
                 let mut cluster = self.cluster.lock().await;
-                let stopped = cluster.terminate(n, STOP_WITHIN).await?;
+                let stopped = match cluster.terminate(n, STOP_WITHIN).await {
+                    Ok(stopped) => stopped,
+                    Err(e) => {
+                        self.recorder.record(NEMESIS, Kind::Fail, op(String::new()), Some(format!("{e:#}")));
+                        return Err(e);
+                    }
+                };
+                self.recorder.record(NEMESIS, Kind::Ok, op(stopped.clone()), None);
                 // `docker start` blocks: the worker's other tasks move on.
                 tokio::task::block_in_place(|| cluster.restart(n))?;
                 stopped

@@ -223,6 +223,9 @@ pub(crate) struct Inner {
     log_start_moves: Mutex<()>,
     /// Readers (snapshot transfers) that need the log start to stay put.
     start_pins: std::sync::atomic::AtomicUsize,
+    /// Tells the writer to take no more appends: it finishes what is queued
+    /// and ends, whoever still holds a handle (see [`PartitionLog::take_writer`]).
+    pub(super) closing: tokio::sync::Notify,
 }
 
 /// What every partition of a node shares.
@@ -343,6 +346,7 @@ impl PartitionLog {
             submit: tokio::sync::Mutex::new(SubmitState::default()),
             log_start_moves: Mutex::new(()),
             start_pins: std::sync::atomic::AtomicUsize::new(0),
+            closing: tokio::sync::Notify::new(),
         });
         match inner.recover() {
             Ok(()) => {}
@@ -795,10 +799,18 @@ impl PartitionLog {
         self.inner.set_failure(reason.into());
     }
 
-    /// The writer task, to await after the last handle is dropped (it ends
-    /// once every queued append is done). `None` after the first call.
+    /// Closes the log to appends and returns the writer task, which ends
+    /// once every append queued before is done: a handle still held
+    /// elsewhere (a request or Raft stream that has not ended yet) cannot
+    /// keep it waiting; later appends fail with `ShuttingDown`. `None` after
+    /// the first call.
     pub fn take_writer(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.writer.lock().ok().and_then(|mut w| w.take())
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if writer.is_some() {
+            // A permit if the writer is busy: it sees it at its next wait.
+            self.inner.closing.notify_one();
+        }
+        writer
     }
 }
 

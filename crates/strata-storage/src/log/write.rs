@@ -27,10 +27,21 @@ pub(super) async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Comman
     loop {
         let command = match held.take() {
             Some(c) => c,
-            None => match rx.recv().await {
-                Some(c) => c,
-                None => break,
-            },
+            None => {
+                let next = tokio::select! {
+                    c = rx.recv() => c,
+                    // Closed: what is queued is still written, then the
+                    // channel reports its end.
+                    () = inner.closing.notified() => {
+                        rx.close();
+                        rx.recv().await
+                    }
+                };
+                match next {
+                    Some(c) => c,
+                    None => break,
+                }
+            }
         };
         let first = match command {
             Command::Append(req) => req,
