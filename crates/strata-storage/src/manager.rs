@@ -41,8 +41,8 @@ const NEXT_TOPIC_ID_KEY: &[u8] = b"next_topic_id";
 const TOMBSTONE_PREFIX: &str = "deleted/";
 /// Written by [`LogManager::close`] once every writer has finished and no
 /// partition had failed, removed by the next open: says whether the last
-/// stop was clean. Informational:
-/// recovery checks every partition's tail either way.
+/// stop was clean. Informational: recovery checks every partition's tail
+/// either way.
 const CLEAN_STOP_FILE: &str = "clean-stop";
 
 /// A topic as the catalog stores it.
@@ -570,7 +570,8 @@ impl LogManager {
 
     /// Closes every partition, waiting (30 s at most in all) until their
     /// writers have finished what was queued. Partitions stop being served
-    /// at once; handles still held elsewhere keep their writer until dropped.
+    /// at once; a handle still held elsewhere gets `ShuttingDown` for any
+    /// later append. Records a clean stop when all went well.
     pub async fn close(&self) {
         let topics = match self.topics.write() {
             Ok(mut t) => std::mem::take(&mut *t),
