@@ -17,20 +17,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    BIN, Cluster, ClusterPorts, Dev, ServerProcess, WAIT, eventually, free_port_run, leader_of, one_record, read_all,
+    Acked, BIN, Cluster, ClusterPorts, Dev, Producers, ServerProcess, WAIT, assert_stored, eventually, free_port_run,
+    leader_of, one_record, read_all,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use strata_client::{Acks, Client, Compression, Record, TopicConfig};
 use tokio::sync::watch;
 
 const PARTITIONS: u32 = 2;
-
-type Acked = Arc<Mutex<Vec<(u32, u64, String)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_partition_leader_loses_no_acknowledged_record() {
@@ -137,40 +136,15 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_over_and_producers_see
     let client = Client::connect(&cluster.bootstrap()).await.expect("connect");
     let topic = "drain";
     client.create_topic_replicated(topic, PARTS, Some(3), TopicConfig::default()).await.expect("create");
-    let acked: Acked = Arc::default();
-    let (count_tx, mut count_rx) = watch::channel(0usize);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let count_tx = Arc::new(count_tx);
-    let mut producers = Vec::new();
-    for p in 0..PARTS {
-        let (client, acked, count_tx, stop) =
-            (client.clone(), Arc::clone(&acked), Arc::clone(&count_tx), stop_rx.clone());
-        producers.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            for n in 0..20_000u64 {
-                if *stop.borrow() {
-                    break;
-                }
-                let value = format!("p{p}-{n}");
-                match client.produce_batch(topic, p, one_record(&value)).await {
-                    Ok(offset) => {
-                        acked.lock().expect("lock").push((p, offset, value));
-                        count_tx.send_modify(|c| *c += 1);
-                    }
-                    Err(e) => errors.push(format!("partition {p}, {value}: {e}")),
-                }
-            }
-            errors
-        }));
-    }
-    tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= 200)).await.expect("records acknowledged").expect("rx");
+    let mut producers = Producers::start(&client, topic, PARTS);
+    producers.wait_for(200).await;
     let mut led: HashMap<u64, usize> = HashMap::new();
     for p in 0..PARTS {
         *led.entry(leader_of(&client, topic, p).await).or_default() += 1;
     }
     let (&victim, &partitions) = led.iter().max_by_key(|(id, n)| (**n, **id)).expect("leaders");
     eprintln!("SIGTERM to node {victim}, which leads {partitions} of {PARTS} partitions");
-    let stopped_at = *count_rx.borrow();
+    let stopped_at = producers.acknowledged();
     // Waiting for the process blocks: off the runtime's workers.
     let (exit, lines) = tokio::task::block_in_place(|| cluster.stop(victim));
     assert!(exit.success(), "node {victim} exited with {exit:?}");
@@ -181,23 +155,11 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_over_and_producers_see
     let counts: Vec<usize> = handed.split_whitespace().filter_map(|w| w.parse().ok()).take(2).collect::<Vec<usize>>();
     assert!(counts.len() == 2 && counts[0] == counts[1] && counts[1] >= partitions, "{handed}");
 
-    let target = stopped_at + 300;
-    tokio::time::timeout(WAIT, count_rx.wait_for(|c| *c >= target)).await.expect("acks after the stop").expect("rx");
-    stop_tx.send_replace(true);
-    let mut errors = Vec::new();
-    for p in producers {
-        errors.extend(p.await.expect("producer"));
-    }
+    producers.wait_for(stopped_at + 300).await;
+    let (errors, acked) = producers.stop().await;
     assert!(errors.is_empty(), "producers saw errors across a graceful stop: {errors:?}");
-
     // Every acknowledged record is there once, at its offset.
-    let acked = acked.lock().expect("lock").clone();
-    for p in 0..PARTS {
-        let stored: HashMap<u64, String> = read_all(&client, topic, p).await.into_iter().collect();
-        for (_, off, value) in acked.iter().filter(|(ap, _, _)| *ap == p) {
-            assert_eq!(stored.get(off), Some(value), "partition {p}: acknowledged {value} missing at offset {off}");
-        }
-    }
+    assert_stored(&client, topic, PARTS, &acked).await;
     // It comes back, catches up, and the replicas agree.
     cluster.restart(victim);
     for p in 0..PARTS {

@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Cluster, one_record, read_all};
+use common::{BIN, Cluster, Producers, assert_stored};
 use strata_client::{Client, TopicConfig};
-use tokio::sync::watch;
 
 const PARTS: u32 = 6;
 
@@ -53,26 +51,7 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
     assert!(text(&out).contains("not healthy") && text(&out).contains("down: 3"), "{}", text(&out));
     tokio::task::block_in_place(|| cluster.restart(3));
 
-    let acked: Arc<Mutex<Vec<(u32, u64, String)>>> = Arc::default();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut producers = Vec::new();
-    for p in 0..PARTS {
-        let (client, acked, stop) = (client.clone(), Arc::clone(&acked), stop_rx.clone());
-        producers.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            for n in 0..1_000_000u64 {
-                if *stop.borrow() {
-                    break;
-                }
-                let value = format!("p{p}-{n}");
-                match client.produce_batch(topic, p, one_record(&value)).await {
-                    Ok(offset) => acked.lock().expect("lock").push((p, offset, value)),
-                    Err(e) => errors.push(format!("partition {p}, {value}: {e}")),
-                }
-            }
-            errors
-        }));
-    }
+    let mut producers = Producers::start(&client, topic, PARTS);
 
     // A node not in the cluster is refused before anything restarts.
     let asks = tempfile::tempdir().expect("tempdir");
@@ -132,25 +111,10 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
 
     // Producers went on through it all without an error, and every record
     // acknowledged is there at its offset.
-    let before = acked.lock().expect("lock").len();
-    common::eventually("acknowledgements after the rolling restart", || {
-        let n = acked.lock().expect("lock").len();
-        async move { n >= before + 100 }
-    })
-    .await;
-    stop_tx.send_replace(true);
-    let mut errors = Vec::new();
-    for p in producers {
-        errors.extend(p.await.expect("producer"));
-    }
+    producers.wait_for(producers.acknowledged() + 100).await;
+    let (errors, acked) = producers.stop().await;
     assert!(errors.is_empty(), "producers saw errors during the rolling restart: {errors:?}");
-    let acked = acked.lock().expect("lock").clone();
-    for p in 0..PARTS {
-        let stored: std::collections::HashMap<u64, String> = read_all(&client, topic, p).await.into_iter().collect();
-        for (_, offset, value) in acked.iter().filter(|(q, _, _)| *q == p) {
-            assert_eq!(stored.get(offset), Some(value), "partition {p}: acknowledged {value} at {offset}");
-        }
-    }
+    assert_stored(&client, topic, PARTS, &acked).await;
 }
 
 fn cli(server: &str, args: &[&str]) -> std::process::Output {

@@ -448,3 +448,88 @@ pub fn one_record(value: &str) -> bytes::Bytes {
         strata_client::Record { value: bytes::Bytes::from(value.to_owned()), timestamp_ms: 1, ..Default::default() };
     strata_record::encode(&[record], strata_client::Compression::None)
 }
+
+/// Records acknowledged, as (partition, offset, value).
+pub type Acked = std::sync::Arc<std::sync::Mutex<Vec<(u32, u64, String)>>>;
+
+/// One producer per partition of a topic (the client's routed produce,
+/// acks=quorum), each sending unique values `p{P}-{N}` one at a time until
+/// stopped, keeping what was acknowledged and every error it saw.
+pub struct Producers {
+    acked: Acked,
+    count: tokio::sync::watch::Receiver<usize>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Producers {
+    pub fn start(client: &strata_client::Client, topic: &'static str, partitions: u32) -> Self {
+        let acked: Acked = Acked::default();
+        let (count_tx, count) = tokio::sync::watch::channel(0usize);
+        let count_tx = std::sync::Arc::new(count_tx);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let tasks = (0..partitions)
+            .map(|p| {
+                let (client, acked, count_tx, stop) =
+                    (client.clone(), std::sync::Arc::clone(&acked), std::sync::Arc::clone(&count_tx), stop_rx.clone());
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    // Bounded: a test stops them long before.
+                    for n in 0..1_000_000u64 {
+                        if *stop.borrow() {
+                            break;
+                        }
+                        let value = format!("p{p}-{n}");
+                        match client.produce_batch(topic, p, one_record(&value)).await {
+                            Ok(offset) => {
+                                acked.lock().expect("lock").push((p, offset, value));
+                                count_tx.send_modify(|c| *c += 1);
+                            }
+                            Err(e) => errors.push(format!("partition {p}, {value}: {e}")),
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Self { acked, count, stop, tasks }
+    }
+
+    /// Records acknowledged so far, in all.
+    pub fn acknowledged(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Waits (at most [`WAIT`]) until `n` records were acknowledged in all.
+    pub async fn wait_for(&mut self, n: usize) {
+        tokio::time::timeout(WAIT, self.count.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} records not acknowledged within {WAIT:?}"))
+            .expect("producers' counter");
+    }
+
+    /// Stops them: every error they saw, and every record acknowledged.
+    pub async fn stop(self) -> (Vec<String>, Vec<(u32, u64, String)>) {
+        self.stop.send_replace(true);
+        let mut errors = Vec::new();
+        for task in self.tasks {
+            errors.extend(task.await.expect("producer"));
+        }
+        let acked = self.acked.lock().expect("lock").clone();
+        (errors, acked)
+    }
+}
+
+/// Every acknowledged record of `acked` is stored at its offset.
+pub async fn assert_stored(client: &strata_client::Client, topic: &str, partitions: u32, acked: &[(u32, u64, String)]) {
+    for p in 0..partitions {
+        let stored: std::collections::HashMap<u64, String> = read_all(client, topic, p).await.into_iter().collect();
+        for (_, offset, value) in acked.iter().filter(|(q, _, _)| *q == p) {
+            assert_eq!(
+                stored.get(offset),
+                Some(value),
+                "partition {p}: acknowledged {value} missing at offset {offset}"
+            );
+        }
+    }
+}
