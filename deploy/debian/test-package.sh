@@ -5,7 +5,8 @@
 #   lintian finds nothing; install the .deb (the unit is installed, not
 #   enabled); enable --now -> the service runs (Type=notify) as the strata
 #   user, with /var/lib/strata 0750 and the conffile; produce and consume
-#   through it; systemctl reload; systemctl stop (exit 0, and the next start
+#   through it; the README's strata health, cluster wait-healthy and cluster
+#   rolling-restart (--exec 'systemctl restart strata'); systemctl reload; systemctl stop (exit 0, and the next start
 #   says the last stop was clean and finds no torn tail); an upgrade to a
 #   newer build leaves the running node alone and keeps an edited config and
 #   the data across the restart; remove keeps data, config and user; purge
@@ -103,6 +104,15 @@ inside sh -c 'seq 1 200 | strata produce pkg' >&2
 got="$(inside timeout 60 strata consume pkg --from earliest -n 200 | sort -n | tr '\n' ' ')" \
   || fail "consuming 200 records did not end within 60 s"
 [ "$got" = "$(seq 1 200 | tr '\n' ' ')" ] || fail "consumed records differ from the produced ones"
+
+step "the README's commands: strata health, cluster wait-healthy, cluster rolling-restart (systemctl restart)"
+[ "$(inside strata health --server 127.0.0.1:7878)" = SERVING ] || fail "strata health did not say SERVING"
+inside strata cluster wait-healthy --wait 60s >&2 || fail "wait-healthy: not healthy"
+pid="$(inside systemctl show strata -p MainPID --value)"
+inside strata cluster rolling-restart --exec 'systemctl restart strata' --wait 60s >"$target/debian/rolling.txt" 2>&1 \
+  || fail "rolling-restart failed: $(cat "$target/debian/rolling.txt")"
+grep -q "rolling restart done: 1 nodes" "$target/debian/rolling.txt" || fail "rolling-restart: $(cat "$target/debian/rolling.txt")"
+[ "$(inside systemctl show strata -p MainPID --value)" != "$pid" ] || fail "rolling-restart did not restart the node"
 
 step "systemctl reload: the node stays up, serving"
 pid="$(inside systemctl show strata -p MainPID --value)"
