@@ -14,7 +14,8 @@ set -euo pipefail
 packages=(clang libclang-dev protobuf-compiler build-essential iproute2 python3 python3-venv prometheus curl)
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
+  [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 
 if ((${#missing[@]})); then

@@ -86,14 +86,17 @@ inside systemctl enable --now strata
 [ "$(inside ps -o user= -C strata)" = strata ] || fail "the node does not run as the strata user"
 [ "$(inside stat -c %a:%U:%G /var/lib/strata)" = 750:strata:strata ] \
   || fail "/var/lib/strata is $(inside stat -c %a:%U:%G /var/lib/strata), not 750:strata:strata"
-inside dpkg-query -W -f='${Conffiles}\n' strata | grep -q ' /etc/strata/strata.toml ' \
+# (captured, not piped into grep -q: under pipefail the writer's SIGPIPE would fail the check)
+conffiles="$(inside dpkg-query -W -f='${Conffiles}\n' strata)"
+grep -q ' /etc/strata/strata.toml ' <<<"$conffiles" \
   || fail "/etc/strata/strata.toml is not a conffile"
 inside grep -q '^data_dir = "/var/lib/strata"$' /etc/strata/strata.toml || fail "the config's data_dir"
 for f in /usr/share/bash-completion/completions/strata /usr/share/zsh/vendor-completions/_strata \
   /usr/share/man/man1/strata.1.gz /usr/share/man/man1/strata-server.1.gz; do
   inside test -s "$f" || fail "$f is missing"
 done
-inside journalctl -u strata --no-pager | grep -q "strata .* listening on 127.0.0.1:7878" \
+journal="$(inside journalctl -u strata --no-pager)"
+grep -q "strata .* listening on 127.0.0.1:7878" <<<"$journal" \
   || fail "the node's start line is not in the journal"
 inside systemd-analyze security strata --no-pager >"$target/debian/security.txt" 2>&1 || true
 step "sandbox: $(grep -o 'Overall exposure level for strata.service: .*' "$target/debian/security.txt" || echo 'systemd-analyze security gave no score')"
@@ -122,12 +125,14 @@ inside systemctl reload strata
 inside strata topic describe pkg >/dev/null || fail "not serving after reload"
 
 step "systemctl stop: exit 0, a clean stop"
+cursor="$(inside journalctl -u strata -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')"
 inside systemctl stop strata
 [ "$(inside systemctl show strata -p Result --value)" = success ] \
   || fail "stop result: $(inside systemctl show strata -p Result --value)"
 [ "$(inside systemctl show strata -p ExecMainStatus --value)" = 0 ] \
   || fail "exit status $(inside systemctl show strata -p ExecMainStatus --value)"
-inside journalctl -u strata --no-pager | grep -q "strata: stopped" || fail "no 'strata: stopped' in the journal"
+journal="$(inside journalctl -u strata --no-pager --after-cursor "$cursor")"
+grep -q "strata: stopped" <<<"$journal" || fail "no 'strata: stopped' in the journal for this stop"
 
 step "systemctl start: the last stop was clean, no torn tail"
 cursor="$(inside journalctl -u strata -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')"
