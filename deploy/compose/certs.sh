@@ -54,6 +54,13 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   exit 1
 fi
 
+# The keys are readable by gid $gid on the host too: say so when that is a
+# group of the host's (its members could read the node and server keys).
+if host_group="$(getent group "$gid" 2>/dev/null)"; then
+  echo "[certs] warning: gid $gid is the host's group '${host_group%%:*}': its members can read" \
+    "the node and server keys in $dir (the image's strata group has that gid)" >&2
+fi
+
 echo "[certs] making a CA, node certificates for nodes 1-3 and a server certificate for $hosts in $dir" >&2
 mkdir -p "$dir"
 # As root in the container (to hand the files to the host user and the

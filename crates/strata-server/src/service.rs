@@ -779,7 +779,12 @@ impl pb::admin_server::Admin for Services {
         };
         let brokers =
             self.replication.brokers().into_iter().map(|(node_id, addr)| pb::Broker { node_id, addr }).collect();
-        Ok(Response::new(pb::MetadataResponse { brokers, topics, node_id: self.replication.node_id() }))
+        Ok(Response::new(pb::MetadataResponse {
+            brokers,
+            topics,
+            node_id: self.replication.node_id(),
+            members: self.replication.members(),
+        }))
     }
 
     async fn partition_digest(

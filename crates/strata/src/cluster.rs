@@ -119,6 +119,12 @@ impl ClusterView {
         self.said.get(&(leader, topic.to_owned(), partition)).map(|(_, s)| s.clone()).unwrap_or_default()
     }
 
+    /// Members the node asked first was configured with that have not
+    /// registered (not yet joined, so no other node knows their address).
+    pub fn unregistered(&self) -> Vec<u64> {
+        self.meta.members.iter().copied().filter(|id| !self.nodes.contains_key(id)).collect()
+    }
+
     /// Partitions some node knows that the node asked first does not list
     /// (its metadata lags: a node just restarted, a topic just created).
     pub fn unlisted(&self) -> usize {

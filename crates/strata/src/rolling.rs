@@ -1,9 +1,9 @@
 //! `strata cluster wait-healthy` and `strata cluster rolling-restart`:
 //! restart a cluster one node at a time without losing availability.
 //!
-//! Healthy means: every node answers, every partition has a leader, and
-//! every replica of every partition is in sync with it (Kafka's "no
-//! under-replicated partitions"). A rolling restart waits for that before
+//! Healthy means: every configured member has registered and answers, every
+//! partition has a leader, and every replica of every partition is in sync
+//! with it and has caught up (Kafka's "no under-replicated partitions"). A rolling restart waits for that before
 //! each node and after it, so at most one replica of any partition is ever
 //! down; each node hands its leaderships over when it is stopped
 //! (`handover_timeout_ms`), so producers see no error.
@@ -57,8 +57,12 @@ pub struct RollingRestartArgs {
 /// What keeps a cluster from being healthy.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Health {
+    /// Registered nodes.
     pub nodes: usize,
     pub nodes_down: Vec<u64>,
+    /// Configured members that have not registered yet (a new cluster
+    /// before every node's first start).
+    pub unregistered: Vec<u64>,
     pub partitions: usize,
     pub leaderless: usize,
     /// Partitions with a replica out of the leader's in-sync set.
@@ -76,6 +80,7 @@ type Targets = HashMap<(String, u32), (u64, u64)>;
 impl Health {
     pub fn healthy(&self) -> bool {
         self.nodes_down.is_empty()
+            && self.unregistered.is_empty()
             && self.leaderless == 0
             && self.under_replicated == 0
             && self.behind == 0
@@ -95,6 +100,7 @@ impl Health {
         let mut health = Self {
             nodes: view.nodes.len(),
             nodes_down: view.nodes.iter().filter(|(_, (_, n))| n.is_none()).map(|(id, _)| *id).collect(),
+            unregistered: view.unregistered(),
             unlisted: view.unlisted(),
             ..Self::default()
         };
@@ -137,6 +143,10 @@ impl std::fmt::Display for Health {
         if !self.nodes_down.is_empty() {
             let down: Vec<String> = self.nodes_down.iter().map(u64::to_string).collect();
             write!(f, " (down: {})", down.join(", "))?;
+        }
+        if !self.unregistered.is_empty() {
+            let missing: Vec<String> = self.unregistered.iter().map(u64::to_string).collect();
+            write!(f, ", {} not registered yet", missing.join(", "))?;
         }
         write!(
             f,
@@ -302,6 +312,7 @@ mod tests {
         let h = Health {
             nodes: 3,
             nodes_down: vec![2],
+            unregistered: vec![4],
             partitions: 6,
             leaderless: 1,
             under_replicated: 4,
@@ -311,10 +322,14 @@ mod tests {
         assert!(!h.healthy());
         assert_eq!(
             h.to_string(),
-            "2 of 3 nodes up (down: 2); 6 partitions, 1 without a leader, 4 under-replicated, 5 catching up, \
+            "2 of 3 nodes up (down: 2), 4 not registered yet; 6 partitions, 1 without a leader, 4 under-replicated, 5 catching up, \
              2 not yet in the first node's metadata"
         );
-        for lagging in [Health { behind: 1, ..Health::default() }, Health { unlisted: 1, ..Health::default() }] {
+        for lagging in [
+            Health { behind: 1, ..Health::default() },
+            Health { unlisted: 1, ..Health::default() },
+            Health { unregistered: vec![3], ..Health::default() },
+        ] {
             assert!(!lagging.healthy(), "{lagging}");
         }
         let ok = Health { nodes: 3, partitions: 6, ..Health::default() };

@@ -117,6 +117,24 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
     assert_stored(&client, topic, PARTS, &acked).await;
 }
 
+/// A new cluster whose third member has not started yet is not healthy,
+/// though every registered node is up and every partition in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_healthy_waits_for_a_configured_member_that_never_registered() {
+    let mut cluster = Cluster::start_nodes(3, &[1, 2], &[]);
+    let bootstrap = cluster.bootstrap();
+    let client = Client::connect(&bootstrap).await.expect("connect");
+    client.create_topic_replicated("two", 2, Some(2), TopicConfig::default()).await.expect("create");
+    let out = tokio::task::block_in_place(|| cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "5s"]));
+    assert!(!out.status.success(), "healthy without node 3: {}", text(&out));
+    assert!(text(&out).contains("2 of 2 nodes up, 3 not registered yet"), "{}", text(&out));
+
+    tokio::task::block_in_place(|| cluster.restart(3));
+    let out = tokio::task::block_in_place(|| cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "60s"]));
+    assert!(out.status.success(), "wait-healthy after node 3 started: {}", text(&out));
+    assert!(text(&out).contains("healthy: 3 of 3 nodes up"), "{}", text(&out));
+}
+
 fn cli(server: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(BIN)
         .args(args)

@@ -377,11 +377,20 @@ impl Cluster {
     }
 
     pub fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        Self::start_nodes(n, &ids, env)
+    }
+
+    /// A cluster of `n` members of which only `ids` are started (the rest
+    /// start with [`Cluster::restart`]).
+    pub fn start_nodes(n: usize, ids: &[u64], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = ClusterPorts::new(n);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let nodes = (1..=n as u64)
-            .map(|id| Some(ServerProcess::start_node_with(&Self::dir_of(&dir, id), id, &ports, &env)))
+            .map(|id| {
+                ids.contains(&id).then(|| ServerProcess::start_node_with(&Self::dir_of(&dir, id), id, &ports, &env))
+            })
             .collect();
         Self { ports, nodes, env, _dir: dir }
     }
@@ -421,6 +430,7 @@ impl Cluster {
         node.terminate(Duration::from_secs(90))
     }
 
+    /// Starts node `id` (again).
     pub fn restart(&mut self, id: u64) {
         let node = ServerProcess::start_node_with(&Self::dir_of(&self._dir, id), id, &self.ports, &self.env);
         self.nodes[id as usize - 1] = Some(node);
