@@ -166,7 +166,7 @@ pub(crate) async fn open_channel(addr: &str, options: &ConnectOptions) -> Result
                  CA that issued it with --tls-ca (STRATA_TLS_CA)"
             ))
         } else {
-            ClientError::Connect { addr: addr.to_owned(), reason }
+            ClientError::Connect { addr: addr.to_owned(), reason, closed: false }
         }
     })
 }

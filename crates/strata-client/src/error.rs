@@ -7,8 +7,11 @@ use tonic::Code;
 pub enum ClientError {
     #[error("invalid server address '{addr}': {reason}")]
     InvalidAddress { addr: String, reason: String },
-    #[error("cannot connect to strata{}: {reason} (is the server running and listening there?)", at(.addr))]
-    Connect { addr: String, reason: String },
+    /// No connection, or one the node closed before the request was sent
+    /// (`closed`: a node stopping or restarting). Either way nothing was
+    /// carried out, so the request may be sent again.
+    #[error("{}", connect_message(.addr, .reason, *.closed))]
+    Connect { addr: String, reason: String, closed: bool },
     /// TLS material that cannot be read or used, or a TLS handshake that
     /// failed.
     #[error("{0}")]
@@ -95,6 +98,18 @@ fn at(addr: &str) -> String {
     if addr.is_empty() { String::new() } else { format!(" at {addr}") }
 }
 
+fn connect_message(addr: &str, reason: &str, closed: bool) -> String {
+    if closed {
+        format!(
+            "strata{} closed the connection before the request was sent, so it was not carried out (the node is \
+             stopping or restarting): {reason}",
+            at(addr)
+        )
+    } else {
+        format!("cannot connect to strata{}: {reason} (is the server running and listening there?)", at(addr))
+    }
+}
+
 /// Whether a status's sources hold an error of type `E` (how tonic marks a
 /// failure of its own, e.g. a refused connection or an expired deadline).
 fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
@@ -140,10 +155,11 @@ fn never_sent(status: &tonic::Status) -> bool {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        if caused_by::<tonic::ConnectError>(&status) || never_sent(&status) {
+        let closed = never_sent(&status);
+        if closed || caused_by::<tonic::ConnectError>(&status) {
             // A channel that lost its node reconnects on the next call and
             // answers this: nothing was sent, so it is safe to send again.
-            return Self::Connect { addr: String::new(), reason: status.message().to_owned() };
+            return Self::Connect { addr: String::new(), reason: status.message().to_owned(), closed };
         }
         if caused_by::<tonic::TimeoutExpired>(&status) {
             // tonic reports its own deadline as CANCELLED; to the caller it
@@ -165,5 +181,28 @@ impl From<tonic::Status> for ClientError {
             status.message().to_owned()
         };
         Self::Server { code: status.code(), reason, message, leader_addr }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_is_not_reported_as_a_server_not_running() {
+        let refused = ClientError::Connect { addr: "10.0.0.1:7878".into(), reason: "refused".into(), closed: false };
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to strata at 10.0.0.1:7878: refused (is the server running and listening there?)"
+        );
+        let closed =
+            ClientError::Connect { addr: "10.0.0.1:7878".into(), reason: "stream refused".into(), closed: true };
+        let text = closed.to_string();
+        assert!(
+            text.starts_with("strata at 10.0.0.1:7878 closed the connection before the request was sent"),
+            "{text}"
+        );
+        assert!(!text.contains("is the server running"), "{text}");
+        assert!(closed.is_retriable() && refused.is_retriable());
     }
 }

@@ -372,8 +372,8 @@ impl Client {
                 }
                 // A cached channel's refused reconnection does not say
                 // where; this does.
-                (Err(ClientError::Connect { addr, reason }), Some(node_addr)) if addr.is_empty() => {
-                    ClientError::Connect { addr: node_addr, reason }
+                (Err(ClientError::Connect { addr, reason, closed }), Some(node_addr)) if addr.is_empty() => {
+                    ClientError::Connect { addr: node_addr, reason, closed }
                 }
                 (Err(e), _) => e,
             };

@@ -104,7 +104,7 @@ mod tests {
             message: "transport error".into(),
             leader_addr: None,
         };
-        let refused = ClientError::Connect { addr: "127.0.0.1:1".into(), reason: "refused".into() };
+        let refused = ClientError::Connect { addr: "127.0.0.1:1".into(), reason: "refused".into(), closed: false };
         let beyond = ClientError::Server {
             code: tonic::Code::OutOfRange,
             reason: "OFFSET_OUT_OF_RANGE".into(),
