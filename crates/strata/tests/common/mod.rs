@@ -69,10 +69,42 @@ pub struct ServerProcess {
 pub const KEPT_LINES: usize = 10_000;
 
 /// Free loopback ports (bound, then released for the servers to take).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// the kernel handed out for `127.0.0.1:0` could, once released, become the
+/// local port of some outgoing connection (a node dialling its peers) before
+/// the server that is to listen on it starts. Ports below that range are
+/// never given to outgoing connections, so only another test could take
+/// one; each process starts at its own place (by its id) to make that rare.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral < LOWEST + 1_000 {
+        // No room below the ephemeral range: the kernel's choice.
+        let listeners: Vec<_> =
+            (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+        return listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+    }
+    let span = ephemeral - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    // Held until all n are found, so one call never returns a port twice.
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = (LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "{n} free ports below {ephemeral}");
+    held.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
 /// A loopback cluster's ports and certificates: node i+1 serves clients on
