@@ -224,7 +224,8 @@ check() {
       fail "consuming $n records of partition $p (got $(wc -l <"$work/records/got-$p"))"
     fi
     if ! cmp -s "$work/records/expected-$p" "$work/records/got-$p"; then
-      diff "$work/records/expected-$p" "$work/records/got-$p" | head -n 10 >&2
+      diff "$work/records/expected-$p" "$work/records/got-$p" >"$work/records/diff-$p" || true
+      head -n 10 "$work/records/diff-$p" >&2
       fail "partition $p does not hold exactly what was acknowledged (above: the first differences, < expected, > read)"
     fi
   done

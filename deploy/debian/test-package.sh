@@ -53,6 +53,34 @@ wait_for() {
   done
 }
 
+# The cursor of the unit's last journal entry so far.
+journal_cursor() {
+  local c
+  c="$(inside journalctl -u strata -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')" \
+    || fail "journalctl failed"
+  [ -n "$c" ] || fail "journalctl gave no cursor"
+  printf '%s\n' "$c"
+}
+
+# Prints the unit's journal (after cursor $1, if not empty) once it has a
+# line matching $2, waiting at most 10 s: a line written to journald's
+# stream before `systemctl` returned may still be on its way into the
+# journal. Fails (status 1) if none comes.
+journal_until() {
+  local cursor=$1 pattern=$2 deadline=$((SECONDS + 10)) text
+  local args=(-u strata --no-pager)
+  [ -z "$cursor" ] || args+=(--after-cursor "$cursor")
+  while :; do
+    text="$(inside journalctl "${args[@]}")" || return 1
+    if grep -Eq "$pattern" <<<"$text"; then
+      printf '%s\n' "$text"
+      return 0
+    fi
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
 step "building the packages (0.1.0-1, then 0.1.0-2 as the newer build) from $binary"
 deb1="$(deploy/debian/build.sh --binary "$binary" --deb-version 0.1.0-1 --fast --lintian)"
 cp "$deb1" "$target/debian/test-old.deb"
@@ -95,8 +123,7 @@ for f in /usr/share/bash-completion/completions/strata /usr/share/zsh/vendor-com
   /usr/share/man/man1/strata.1.gz /usr/share/man/man1/strata-server.1.gz; do
   inside test -s "$f" || fail "$f is missing"
 done
-journal="$(inside journalctl -u strata --no-pager)"
-grep -q "strata .* listening on 127.0.0.1:7878" <<<"$journal" \
+journal_until "" "strata .* listening on 127.0.0.1:7878" >/dev/null \
   || fail "the node's start line is not in the journal"
 inside systemd-analyze security strata --no-pager >"$target/debian/security.txt" 2>&1 || true
 step "sandbox: $(grep -o 'Overall exposure level for strata.service: .*' "$target/debian/security.txt" || echo 'systemd-analyze security gave no score')"
@@ -125,19 +152,19 @@ inside systemctl reload strata
 inside strata topic describe pkg >/dev/null || fail "not serving after reload"
 
 step "systemctl stop: exit 0, a clean stop"
-cursor="$(inside journalctl -u strata -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')"
+cursor="$(journal_cursor)"
 inside systemctl stop strata
 [ "$(inside systemctl show strata -p Result --value)" = success ] \
   || fail "stop result: $(inside systemctl show strata -p Result --value)"
 [ "$(inside systemctl show strata -p ExecMainStatus --value)" = 0 ] \
   || fail "exit status $(inside systemctl show strata -p ExecMainStatus --value)"
-journal="$(inside journalctl -u strata --no-pager --after-cursor "$cursor")"
-grep -q "strata: stopped" <<<"$journal" || fail "no 'strata: stopped' in the journal for this stop"
+journal_until "$cursor" "strata: stopped" >/dev/null || fail "no 'strata: stopped' in the journal for this stop"
 
 step "systemctl start: the last stop was clean, no torn tail"
-cursor="$(inside journalctl -u strata -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')"
+cursor="$(journal_cursor)"
 inside systemctl start strata
-since="$(inside journalctl -u strata --no-pager --after-cursor "$cursor")"
+# Serving is logged after recovery: the journal up to it holds all of it.
+since="$(journal_until "$cursor" "strata .* listening on")" || fail "the start's serving line is not in the journal"
 grep -q "closed cleanly when the node last stopped" <<<"$since" || fail "the start after a clean stop did not say so"
 if grep -Eq "not closed cleanly|torn tail|interrupted by a crash" <<<"$since"; then
   fail "recovery work after a clean stop: $(grep -E 'not closed cleanly|torn tail|interrupted by a crash' <<<"$since")"

@@ -7,9 +7,10 @@ use tonic::Code;
 pub enum ClientError {
     #[error("invalid server address '{addr}': {reason}")]
     InvalidAddress { addr: String, reason: String },
-    /// No connection, or one the node closed before the request was sent
-    /// (`closed`: a node stopping or restarting). Either way nothing was
-    /// carried out, so the request may be sent again.
+    /// No connection, or (`closed`) one the node closed, or a stream it
+    /// refused, before it processed the request: a node stopping or
+    /// restarting, most often. Either way nothing was carried out, so the
+    /// request may be sent again.
     #[error("{}", connect_message(.addr, .reason, *.closed))]
     Connect { addr: String, reason: String, closed: bool },
     /// TLS material that cannot be read or used, or a TLS handshake that
@@ -101,8 +102,8 @@ fn at(addr: &str) -> String {
 fn connect_message(addr: &str, reason: &str, closed: bool) -> String {
     if closed {
         format!(
-            "strata{} closed the connection before the request was sent, so it was not carried out (the node is \
-             stopping or restarting): {reason}",
+            "strata{} closed the connection or refused the request before processing it, so it was not carried \
+             out (the node may be stopping or restarting): {reason}",
             at(addr)
         )
     } else {
@@ -155,8 +156,9 @@ fn never_sent(status: &tonic::Status) -> bool {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        let closed = never_sent(&status);
-        if closed || caused_by::<tonic::ConnectError>(&status) {
+        let refused = caused_by::<tonic::ConnectError>(&status);
+        if refused || never_sent(&status) {
+            let closed = !refused;
             // A channel that lost its node reconnects on the next call and
             // answers this: nothing was sent, so it is safe to send again.
             return Self::Connect { addr: String::new(), reason: status.message().to_owned(), closed };
@@ -198,10 +200,7 @@ mod tests {
         let closed =
             ClientError::Connect { addr: "10.0.0.1:7878".into(), reason: "stream refused".into(), closed: true };
         let text = closed.to_string();
-        assert!(
-            text.starts_with("strata at 10.0.0.1:7878 closed the connection before the request was sent"),
-            "{text}"
-        );
+        assert!(text.starts_with("strata at 10.0.0.1:7878 closed the connection or refused the request"), "{text}");
         assert!(!text.contains("is the server running"), "{text}");
         assert!(closed.is_retriable() && refused.is_retriable());
     }

@@ -26,9 +26,9 @@ pub enum ClusterCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
-    /// Wait until the cluster is healthy: every node answers, and every
-    /// partition has a leader and all its replicas in sync (no
-    /// under-replicated partition). Exits non-zero if it is not within
+    /// Wait until the cluster is healthy: every configured member has
+    /// registered and answers, and every partition has a leader and all its
+    /// replicas in sync and caught up (no under-replicated partition). Exits non-zero if it is not within
     /// --wait (for scripts: before taking the next node down).
     WaitHealthy {
         /// Only these topics (default: all).
@@ -119,8 +119,10 @@ impl ClusterView {
         self.said.get(&(leader, topic.to_owned(), partition)).map(|(_, s)| s.clone()).unwrap_or_default()
     }
 
-    /// Members the node asked first was configured with that have not
-    /// registered (not yet joined, so no other node knows their address).
+    /// Members the node asked first was configured with that it does not
+    /// know as registered (not yet joined, so no node knows their address;
+    /// or, briefly, the first node's metadata lags). A node older than the
+    /// `members` field lists none: then only registered nodes are checked.
     pub fn unregistered(&self) -> Vec<u64> {
         self.meta.members.iter().copied().filter(|id| !self.nodes.contains_key(id)).collect()
     }

@@ -220,8 +220,9 @@ fn command_for(template: &str, node: u64, addr: &str) -> anyhow::Result<String> 
     Ok(template.replace("{node}", &node.to_string()).replace("{addr}", addr).replace("{host}", host_of(addr)))
 }
 
-pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> anyhow::Result<()> {
-    let client = connect(opts).await?;
+/// The nodes to restart, in order, with the command for each: `--nodes`,
+/// or every registered node by id.
+async fn plan(client: &Client, args: &RollingRestartArgs) -> anyhow::Result<Vec<(u64, String, String)>> {
     let meta = client.metadata(&[]).await?;
     let known: Vec<(u64, String)> = meta.brokers.iter().map(|b| (b.node_id, b.addr.clone())).collect();
     let order: Vec<(u64, String)> = if args.nodes.is_empty() {
@@ -233,16 +234,29 @@ pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> any
             .iter()
             .map(|id| {
                 known.iter().find(|(k, _)| k == id).cloned().with_context(|| {
+                    if meta.members.contains(id) {
+                        return format!("node {id} has not registered with the cluster yet (it never started?)");
+                    }
                     let ids: Vec<String> = known.iter().map(|(k, _)| k.to_string()).collect();
                     format!("node {id} is not in the cluster (its nodes: {})", ids.join(", "))
                 })
             })
             .collect::<anyhow::Result<_>>()?
     };
-    let commands: Vec<String> =
-        order.iter().map(|(id, addr)| command_for(&args.exec, *id, addr)).collect::<anyhow::Result<_>>()?;
+    order
+        .into_iter()
+        .map(|(id, addr)| {
+            let command = command_for(&args.exec, id, &addr)?;
+            Ok((id, addr, command))
+        })
+        .collect()
+}
+
+pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> anyhow::Result<()> {
+    let client = connect(opts).await?;
+    let order = plan(&client, &args).await?;
     if args.dry_run {
-        for ((id, _), command) in order.iter().zip(&commands) {
+        for (id, _, command) in &order {
             println!("node {id}: {command}");
         }
         return Ok(());
@@ -250,7 +264,9 @@ pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> any
     let started = Instant::now();
     println!("rolling restart of {} nodes; first, the cluster must be healthy", order.len());
     wait_healthy(&client, &[], args.wait).await.context("not restarting anything")?;
-    for (i, ((id, addr), command)) in order.iter().zip(&commands).enumerate() {
+    // Again, now that every configured member has registered.
+    let order = plan(&client, &args).await?;
+    for (i, (id, addr, command)) in order.iter().enumerate() {
         println!("[{}/{}] restarting node {id} ({addr}): {command}", i + 1, order.len());
         let restart = Instant::now();
         let mut child = tokio::process::Command::new("sh")
@@ -262,7 +278,7 @@ pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> any
             .kill_on_drop(true)
             .spawn()
             .context("cannot run sh")?;
-        let done: Vec<String> = order[..i].iter().map(|(n, _)| n.to_string()).collect();
+        let done: Vec<String> = order[..i].iter().map(|(n, _, _)| n.to_string()).collect();
         let done = if done.is_empty() { "none".to_owned() } else { done.join(", ") };
         let status = match tokio::time::timeout(args.exec_timeout, child.wait()).await {
             Ok(status) => status.context("cannot wait for sh")?,

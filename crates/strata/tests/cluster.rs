@@ -439,10 +439,8 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let base = free_port_run(3);
-    let mut cluster_base = free_port_run(3);
-    while cluster_base.abs_diff(base) < 3 {
-        cluster_base = free_port_run(3);
-    }
+    // Its cluster listeners, and its metrics listeners 100 ports above them.
+    let cluster_base = free_port_run(103);
     let dev = std::process::Command::new(BIN)
         .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
         .args(["--cluster-base-port", &cluster_base.to_string()])

@@ -128,6 +128,10 @@ async fn wait_healthy_waits_for_a_configured_member_that_never_registered() {
     let out = tokio::task::block_in_place(|| cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "5s"]));
     assert!(!out.status.success(), "healthy without node 3: {}", text(&out));
     assert!(text(&out).contains("2 of 2 nodes up, 3 not registered yet"), "{}", text(&out));
+    let out = tokio::task::block_in_place(|| {
+        cli(&bootstrap, &["cluster", "rolling-restart", "--exec", "true", "--nodes", "3", "--dry-run"])
+    });
+    assert!(!out.status.success() && text(&out).contains("node 3 has not registered"), "{}", text(&out));
 
     tokio::task::block_in_place(|| cluster.restart(3));
     let out = tokio::task::block_in_place(|| cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "60s"]));

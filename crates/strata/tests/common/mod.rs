@@ -68,43 +68,9 @@ pub struct ServerProcess {
 /// Lines of a server's stderr a test keeps (the last ones).
 pub const KEPT_LINES: usize = 10_000;
 
-/// Free loopback ports (bound, then released for the servers to take).
-///
-/// Taken below the kernel's ephemeral range (`ip_local_port_range`): a port
-/// the kernel handed out for `127.0.0.1:0` could, once released, become the
-/// local port of some outgoing connection (a node dialling its peers) before
-/// the server that is to listen on it starts. Ports below that range are
-/// never given to outgoing connections, so only another test could take
-/// one; each process starts at its own place (by its id) to make that rare.
+/// Free loopback ports (each bound, then released for a server to take).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOWEST: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    if ephemeral < LOWEST + 1_000 {
-        // No room below the ephemeral range: the kernel's choice.
-        let listeners: Vec<_> =
-            (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
-        return listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
-    }
-    let span = ephemeral - LOWEST;
-    let start = std::process::id().wrapping_mul(7_919) % span;
-    // Held until all n are found, so one call never returns a port twice.
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..span {
-        if held.len() == n {
-            break;
-        }
-        let port = (LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(l);
-        }
-    }
-    assert_eq!(held.len(), n, "{n} free ports below {ephemeral}");
-    held.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+    (0..n).map(|_| free_port_run(1)).collect()
 }
 
 /// A loopback cluster's ports and certificates: node i+1 serves clients on
@@ -309,19 +275,42 @@ pub fn ok(server: &str, args: &[&str], stdin: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
-/// A port `p` such that `p`, `p + 1`, ... `p + n - 1` are free on loopback.
+/// A port `p` such that `p`, `p + 1`, ... `p + n - 1` are free on loopback
+/// (each bound, then released for a server to take).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// the kernel handed out for `127.0.0.1:0` could, once released, become the
+/// local port of some outgoing connection (a node dialling its peers) before
+/// the server that is to listen on it starts. Ports below that range are
+/// never given to outgoing connections. Within a test process no port is
+/// handed out twice (one counter for all); each process starts at its own
+/// place (by its id), so two test processes rarely meet.
 pub fn free_port_run(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = free_ports(1)[0];
-        if base.checked_add(n).is_none() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n32 = u32::from(n.max(1));
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    // An ephemeral range reaching down near LOWEST leaves no room below it:
+    // then any port above LOWEST (the race above is possible again).
+    let top = if (LOWEST + 1_000..=65_536).contains(&ephemeral) { ephemeral } else { 65_536 };
+    let span = top - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span / n32 {
+        let base = LOWEST + (start + NEXT.fetch_add(n32, Ordering::Relaxed)) % span;
+        if base + n32 > top {
             continue;
         }
-        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let all_free =
+            (base..base + n32).map(|p| std::net::TcpListener::bind(("127.0.0.1", p as u16))).all(|l| l.is_ok());
         if all_free {
-            return base;
+            return base as u16;
         }
     }
-    panic!("no run of {n} free ports found");
+    panic!("no run of {n} free ports between {LOWEST} and {top}");
 }
 
 /// A `strata dev` process, stopped with Ctrl-C (SIGINT) when dropped, so a
