@@ -17,8 +17,9 @@ use crate::rolling;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Nodes (answering or not) and, per partition, the leader, the replicas,
-    /// the leader's applied index and how far each replica lags behind it.
+    /// Nodes (up, down, or configured but not registered yet) and, per
+    /// partition, the leader, the replicas, the leader's applied index and
+    /// how far each replica lags behind it.
     Status {
         /// Only these topics (default: all).
         #[arg(long)]
@@ -200,10 +201,17 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
     }
     match format {
         OutputFormat::Json => {
-            let nodes_json: Vec<_> = nodes
+            let mut nodes_json: Vec<_> = nodes
                 .iter()
-                .map(|(id, (addr, n))| serde_json::json!({"node_id": id, "addr": addr, "alive": n.is_some()}))
+                .map(|(id, (addr, n))| {
+                    serde_json::json!({"node_id": id, "addr": addr, "alive": n.is_some(), "registered": true})
+                })
                 .collect();
+            nodes_json.extend(
+                view.unregistered()
+                    .into_iter()
+                    .map(|id| serde_json::json!({"node_id": id, "addr": null, "alive": false, "registered": false})),
+            );
             let parts: Vec<_> = rows
                 .iter()
                 .map(|(topic, partition, leader, replicas, in_sync)| {
@@ -228,6 +236,9 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
             let mut t = table(&["NODE", "ADDRESS", "STATUS"]);
             for (id, (addr, n)) in nodes {
                 t.add_row(vec![id.to_string(), addr.clone(), if n.is_some() { "up" } else { "down" }.to_owned()]);
+            }
+            for id in view.unregistered() {
+                t.add_row(vec![id.to_string(), "-".to_owned(), "not registered yet".to_owned()]);
             }
             println!("{t}\n");
             let mut t = table(&["TOPIC", "PARTITION", "LEADER", "IN-SYNC", "APPLIED-INDEX", "REPLICAS (node:lag)"]);

@@ -132,6 +132,10 @@ async fn wait_healthy_waits_for_a_configured_member_that_never_registered() {
         cli(&bootstrap, &["cluster", "rolling-restart", "--exec", "true", "--nodes", "3", "--dry-run"])
     });
     assert!(!out.status.success() && text(&out).contains("node 3 has not registered"), "{}", text(&out));
+    let out = tokio::task::block_in_place(|| cli(&bootstrap, &["cluster", "status", "--format", "json"]));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cluster status json");
+    let node3 = status["nodes"].as_array().expect("nodes").iter().find(|n| n["node_id"] == 3).cloned();
+    assert_eq!(node3.map(|n| (n["registered"].clone(), n["alive"].clone())), Some((false.into(), false.into())));
 
     tokio::task::block_in_place(|| cluster.restart(3));
     let out = tokio::task::block_in_place(|| cli(&bootstrap, &["cluster", "wait-healthy", "--wait", "60s"]));
