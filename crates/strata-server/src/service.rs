@@ -784,6 +784,7 @@ impl pb::admin_server::Admin for Services {
             topics,
             node_id: self.replication.node_id(),
             members: self.replication.members(),
+            controller_id: self.replication.controller_leader().unwrap_or(0),
         }))
     }
 

@@ -204,14 +204,24 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
             let mut nodes_json: Vec<_> = nodes
                 .iter()
                 .map(|(id, (addr, n))| {
-                    serde_json::json!({"node_id": id, "addr": addr, "alive": n.is_some(), "registered": true})
+                    serde_json::json!({
+                        "node_id": id,
+                        "addr": addr,
+                        "alive": n.is_some(),
+                        "registered": true,
+                        "controller_leader": *id == meta.controller_id,
+                    })
                 })
                 .collect();
-            nodes_json.extend(
-                view.unregistered()
-                    .into_iter()
-                    .map(|id| serde_json::json!({"node_id": id, "addr": null, "alive": false, "registered": false})),
-            );
+            nodes_json.extend(view.unregistered().into_iter().map(|id| {
+                serde_json::json!({
+                    "node_id": id,
+                    "addr": null,
+                    "alive": false,
+                    "registered": false,
+                    "controller_leader": false,
+                })
+            }));
             let parts: Vec<_> = rows
                 .iter()
                 .map(|(topic, partition, leader, replicas, in_sync)| {
@@ -235,7 +245,11 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
         OutputFormat::Text => {
             let mut t = table(&["NODE", "ADDRESS", "STATUS"]);
             for (id, (addr, n)) in nodes {
-                t.add_row(vec![id.to_string(), addr.clone(), if n.is_some() { "up" } else { "down" }.to_owned()]);
+                let mut state = if n.is_some() { "up" } else { "down" }.to_owned();
+                if *id == meta.controller_id {
+                    state.push_str(" (leads the controller)");
+                }
+                t.add_row(vec![id.to_string(), addr.clone(), state]);
             }
             for id in view.unregistered() {
                 t.add_row(vec![id.to_string(), "-".to_owned(), "not registered yet".to_owned()]);

@@ -221,13 +221,15 @@ fn command_for(template: &str, node: u64, addr: &str) -> anyhow::Result<String> 
 }
 
 /// The nodes to restart, in order, with the command for each: `--nodes`,
-/// or every registered node by id.
-async fn plan(client: &Client, args: &RollingRestartArgs) -> anyhow::Result<Vec<(u64, String, String)>> {
+/// or every registered node by id with the controller's leader last (as
+/// Kafka's operators restart the active controller last: its leadership then
+/// moves once, not with each node).
+async fn plan(client: &Client, args: &RollingRestartArgs) -> anyhow::Result<Plan> {
     let meta = client.metadata(&[]).await?;
     let known: Vec<(u64, String)> = meta.brokers.iter().map(|b| (b.node_id, b.addr.clone())).collect();
     let order: Vec<(u64, String)> = if args.nodes.is_empty() {
         let mut all = known.clone();
-        all.sort();
+        all.sort_by_key(|(id, _)| (*id == meta.controller_id, *id));
         all
     } else {
         args.nodes
@@ -243,29 +245,52 @@ async fn plan(client: &Client, args: &RollingRestartArgs) -> anyhow::Result<Vec<
             })
             .collect::<anyhow::Result<_>>()?
     };
-    order
+    let nodes = order
         .into_iter()
         .map(|(id, addr)| {
             let command = command_for(&args.exec, id, &addr)?;
             Ok((id, addr, command))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Plan { nodes, controller: meta.controller_id })
+}
+
+/// What a rolling restart restarts.
+struct Plan {
+    /// Node, address, command; in order.
+    nodes: Vec<(u64, String, String)>,
+    /// The controller's leader when planned (0: none known).
+    controller: u64,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.nodes.iter().map(|(id, _, _)| id.to_string()).collect();
+        write!(f, "order: {}", ids.join(", "))?;
+        if self.controller != 0 {
+            write!(f, " (node {} leads the controller)", self.controller)?;
+        }
+        Ok(())
+    }
 }
 
 pub async fn rolling_restart(opts: &ClientOpts, args: RollingRestartArgs) -> anyhow::Result<()> {
     let client = connect(opts).await?;
-    let order = plan(&client, &args).await?;
+    let planned = plan(&client, &args).await?;
     if args.dry_run {
-        for (id, _, command) in &order {
+        println!("{planned}");
+        for (id, _, command) in &planned.nodes {
             println!("node {id}: {command}");
         }
         return Ok(());
     }
     let started = Instant::now();
-    println!("rolling restart of {} nodes; first, the cluster must be healthy", order.len());
+    println!("rolling restart of {} nodes; first, the cluster must be healthy", planned.nodes.len());
     wait_healthy(&client, &[], args.wait).await.context("not restarting anything")?;
     // Again, now that every configured member has registered.
-    let order = plan(&client, &args).await?;
+    let planned = plan(&client, &args).await?;
+    println!("{planned}");
+    let order = planned.nodes;
     for (i, (id, addr, command)) in order.iter().enumerate() {
         println!("[{}/{}] restarting node {id} ({addr}): {command}", i + 1, order.len());
         let restart = Instant::now();

@@ -64,6 +64,12 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
     });
     assert!(!out.status.success() && text(&out).contains("node 9 is not in the cluster"), "{}", text(&out));
 
+    // Nodes go in id order, the controller's leader last.
+    let controller = client.metadata(&[]).await.expect("metadata").controller_id;
+    assert!((1..=3).contains(&controller), "no controller leader known: {controller}");
+    let mut expected: Vec<u64> = (1..=3).filter(|id| *id != controller).collect();
+    expected.push(controller);
+
     let mut rolling = tokio::process::Command::new(BIN)
         .args(["cluster", "rolling-restart", "--exec", &exec, "--wait", "120s"])
         .env("STRATA_SERVER", &bootstrap)
@@ -103,8 +109,9 @@ async fn a_rolling_restart_restarts_every_node_once_in_turn_and_producers_see_no
     }
     eprintln!("{stdout}");
     assert!(status.success(), "rolling-restart failed: {stdout}");
-    assert_eq!(restarted, vec![1, 2, 3], "every node once, in id order");
-    for (i, id) in [1, 2, 3].iter().enumerate() {
+    assert_eq!(restarted, expected, "every node once, in id order, the controller's leader ({controller}) last");
+    assert!(stdout.contains(&format!("(node {controller} leads the controller)")), "{stdout}");
+    for (i, id) in expected.iter().enumerate() {
         assert!(stdout.contains(&format!("[{}/3] restarting node {id}", i + 1)), "{stdout}");
     }
     assert!(stdout.contains("rolling restart done: 3 nodes"), "{stdout}");

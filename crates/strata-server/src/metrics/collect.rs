@@ -246,7 +246,7 @@ impl NodeCollector {
     fn encode_all(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metadata = self.replication.metadata_watch().borrow().clone();
         let names: HashMap<u64, &str> = metadata.topics.values().map(|t| (t.id, t.name.as_str())).collect();
-        let samples = self.replication.sample_groups();
+        let samples = self.replication.sample_raft_groups();
         let mut state = self.state.lock().map_err(|_| std::fmt::Error)?;
 
         // Build and cluster.
