@@ -785,6 +785,7 @@ impl pb::admin_server::Admin for Services {
             node_id: self.replication.node_id(),
             members: self.replication.members(),
             controller_id: self.replication.controller_leader().unwrap_or(0),
+            controller_term: self.replication.controller_term(),
         }))
     }
 

@@ -209,7 +209,6 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                         "addr": addr,
                         "alive": n.is_some(),
                         "registered": true,
-                        "controller_leader": *id == meta.controller_id,
                     })
                 })
                 .collect();
@@ -219,7 +218,6 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                     "addr": null,
                     "alive": false,
                     "registered": false,
-                    "controller_leader": false,
                 })
             }));
             let parts: Vec<_> = rows
@@ -240,16 +238,24 @@ pub async fn run(opts: &ClientOpts, command: ClusterCommand) -> anyhow::Result<(
                     })
                 })
                 .collect();
-            println!("{}", serde_json::json!({"nodes": nodes_json, "partitions": parts}));
+            let controller = serde_json::json!({
+                "leader": (meta.controller_id != 0).then_some(meta.controller_id),
+                "term": meta.controller_term,
+                "as_seen_by": meta.node_id,
+            });
+            println!("{}", serde_json::json!({"controller": controller, "nodes": nodes_json, "partitions": parts}));
         }
         OutputFormat::Text => {
+            match meta.controller_id {
+                0 => println!("controller: no leader known to node {}", meta.node_id),
+                id => println!(
+                    "controller: node {id} leads (term {}, as node {} sees it)",
+                    meta.controller_term, meta.node_id
+                ),
+            }
             let mut t = table(&["NODE", "ADDRESS", "STATUS"]);
             for (id, (addr, n)) in nodes {
-                let mut state = if n.is_some() { "up" } else { "down" }.to_owned();
-                if *id == meta.controller_id {
-                    state.push_str(" (leads the controller)");
-                }
-                t.add_row(vec![id.to_string(), addr.clone(), state]);
+                t.add_row(vec![id.to_string(), addr.clone(), if n.is_some() { "up" } else { "down" }.to_owned()]);
             }
             for id in view.unregistered() {
                 t.add_row(vec![id.to_string(), "-".to_owned(), "not registered yet".to_owned()]);

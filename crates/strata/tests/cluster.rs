@@ -492,9 +492,11 @@ fn strata_dev_runs_a_local_cluster_that_cluster_status_describes() {
     };
     let nodes = status["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3);
-    assert!(nodes.iter().all(|n| n["alive"] == true), "{status}");
+    assert!(nodes.iter().all(|n| n["alive"] == true && n["registered"] == true), "{status}");
+    let leader = status["controller"]["leader"].as_u64().unwrap_or(0);
+    assert!((1..=3).contains(&leader) && status["controller"]["term"].as_u64() > Some(0), "{status}");
     let text = common::ok(&server, &["cluster", "status"], "");
-    assert!(text.contains("demo") && text.contains("up"), "{text}");
+    assert!(text.contains("demo") && text.contains("up") && text.contains("controller: node "), "{text}");
 
     // A node stopped on its own (SIGTERM to its process) is reported; the
     // others go on.

@@ -279,11 +279,7 @@ const IN_SYNC_LAG_ENTRIES: u64 = 1000;
 /// `PartitionDescription.in_sync`). A quiescent leader hears nothing from
 /// its followers while the partition is idle: a follower that holds its
 /// last entry and whose node is `live` (node liveness) is in sync too.
-pub(super) fn in_sync(
-    metrics: &openraft::RaftMetrics<TypeConfig>,
-    me: NodeId,
-    live: impl Fn(NodeId) -> bool,
-) -> Vec<NodeId> {
+fn in_sync(metrics: &openraft::RaftMetrics<TypeConfig>, me: NodeId, live: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
     use openraft::Instant as _;
     if metrics.state != ServerState::Leader {
         return Vec::new();

@@ -49,7 +49,6 @@ mod propose;
 
 use admin::check_topic_limits;
 pub use leadership::Leadership;
-use leadership::not_leader;
 pub use propose::Pending;
 
 /// How long startup waits for a single-node cluster's groups to lead and

@@ -3,6 +3,7 @@
 //! (`acks=leader`).
 
 use super::*;
+use crate::replication::leadership::not_leader;
 
 impl Replication {
     /// Proposes a validated batch to its partition's group; the proposal
@@ -44,7 +45,7 @@ impl Replication {
     }
 }
 
-pub(super) fn shutting_down(e: &impl std::fmt::Display) -> Status {
+fn shutting_down(e: &impl std::fmt::Display) -> Status {
     status(tonic::Code::Unavailable, pb::ErrorReason::ShuttingDown, format!("the partition's Raft group stopped: {e}"))
 }
 
