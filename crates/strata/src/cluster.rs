@@ -17,8 +17,8 @@ use crate::rolling;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Nodes (up, down, or configured but not registered yet) and, per
-    /// partition, the leader, the replicas, the leader's applied index and
+    /// The controller's leader, the nodes (up, down, or configured but not
+    /// registered yet) and, per partition, the leader, the replicas, the leader's applied index and
     /// how far each replica lags behind it.
     Status {
         /// Only these topics (default: all).
@@ -29,8 +29,9 @@ pub enum ClusterCommand {
     },
     /// Wait until the cluster is healthy: every configured member has
     /// registered and answers, and every partition has a leader and all its
-    /// replicas in sync and caught up (no under-replicated partition). Exits non-zero if it is not within
-    /// --wait (for scripts: before taking the next node down).
+    /// replicas in sync and caught up (no under-replicated partition). Exits
+    /// non-zero if it is not within --wait (for scripts: before taking the
+    /// next node down).
     WaitHealthy {
         /// Only these topics (default: all).
         #[arg(long)]

@@ -3,10 +3,11 @@
 //!
 //! Healthy means: every configured member has registered and answers, every
 //! partition has a leader, and every replica of every partition is in sync
-//! with it and has caught up (Kafka's "no under-replicated partitions"). A rolling restart waits for that before
-//! each node and after it, so at most one replica of any partition is ever
-//! down; each node hands its leaderships over when it is stopped
-//! (`handover_timeout_ms`), so producers see no error.
+//! with it and has caught up (Kafka's "no under-replicated partitions"). A
+//! rolling restart waits for that before each node and after it, so at most
+//! one replica of any partition is ever down; each node hands its
+//! leaderships over when it is stopped (`handover_timeout_ms`), so
+//! producers see no error. The controller's leader goes last.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
