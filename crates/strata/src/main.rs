@@ -447,9 +447,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             // A second signal: stop now.
             () = shutdown_signal() => None,
         };
-        if let Some(report) = drained
-            && (report.led > 0 || !report.left.is_empty())
-        {
+        // Said also when the node led nothing (its leaderships had moved
+        // away, e.g. after its own earlier restart): a stop always reports.
+        if let Some(report) = drained {
             eprintln!(
                 "strata: handed {} of {} led groups over in {:.1} s{}",
                 report.led.saturating_sub(report.left.len()),
