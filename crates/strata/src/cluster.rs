@@ -18,8 +18,8 @@ use crate::rolling;
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// The controller's leader, the nodes (up, down, or configured but not
-    /// registered yet) and, per partition, the leader, the replicas, the leader's applied index and
-    /// how far each replica lags behind it.
+    /// registered yet) and, per partition, the leader, the replicas, the
+    /// leader's applied index and how far each replica lags behind it.
     Status {
         /// Only these topics (default: all).
         #[arg(long)]

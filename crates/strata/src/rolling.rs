@@ -39,7 +39,7 @@ pub struct RollingRestartArgs {
     #[arg(long)]
     exec: String,
     /// Only these nodes, in this order (repeat or comma-separate; default:
-    /// every node, by id).
+    /// every node by id, the controller's leader last).
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<u64>,
     /// How long to wait for the cluster to be healthy, before the first
